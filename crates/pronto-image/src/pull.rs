@@ -1,0 +1,321 @@
+//! The full-pull path: resolve a reference to a pinned manifest, download its layers
+//! concurrently (each verified), and unpack them in order into a directory.
+//!
+//! The tree is built in a hidden sibling staging directory and renamed into place only when every
+//! layer has been applied, so a failure leaves no partial root filesystem behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::manifest::{Compression, ImageManifest, ManifestError, ManifestKind, Platform};
+use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryError};
+use crate::unpack::{decompressed_reader, LayerStats, UnpackError, Unpacker};
+
+/// Layers downloaded at once.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("image {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("image {reference}: index entry {digest} is not an image manifest")]
+    NestedIndex { reference: String, digest: Digest },
+    #[error("image config {digest} is not valid JSON: {source}")]
+    Config {
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("layer {index} ({digest}): {source}")]
+    Unpack {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("target {path}: {reason}")]
+    Target { path: PathBuf, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An image reference resolved to one platform manifest, with its config.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as given.
+    pub reference: Reference,
+    /// The repository pinned to the platform manifest's digest (tags move; this does not).
+    pub pinned: Reference,
+    pub manifest_digest: Digest,
+    /// The index the manifest was picked from, if the reference named one.
+    pub index_digest: Option<Digest>,
+    pub manifest: ImageManifest,
+    pub manifest_bytes: Bytes,
+    pub compressions: Vec<Compression>,
+    /// The raw image config (verified against `manifest.config.digest`).
+    pub config_bytes: Bytes,
+    pub config: serde_json::Value,
+}
+
+impl ResolvedImage {
+    /// Sum of the (compressed) layer sizes.
+    pub fn layers_size(&self) -> u64 {
+        self.manifest.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// Resolves `reference` for the host platform.
+pub async fn resolve(
+    client: &RegistryClient,
+    reference: &Reference,
+) -> Result<ResolvedImage, PullError> {
+    resolve_for(client, reference, &Platform::host()).await
+}
+
+/// Resolves `reference`; an index is narrowed to the manifest for `platform`.
+pub async fn resolve_for(
+    client: &RegistryClient,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<ResolvedImage, PullError> {
+    let manifest_err = |source| PullError::Manifest {
+        reference: reference.to_string(),
+        source,
+    };
+    let mut fetched = client.fetch_manifest(reference).await?;
+    let mut index_digest = None;
+    if let ManifestKind::Index(index) = &fetched.kind {
+        let entry = index.select(platform).map_err(manifest_err)?;
+        index_digest = Some(fetched.digest.clone());
+        fetched = client
+            .fetch_manifest(&reference.with_digest(entry.digest.clone()))
+            .await?;
+    }
+    let manifest = match fetched.kind {
+        ManifestKind::Image(m) => *m,
+        ManifestKind::Index(_) => {
+            return Err(PullError::NestedIndex {
+                reference: reference.to_string(),
+                digest: fetched.digest,
+            })
+        }
+    };
+    let compressions = manifest.layer_compressions().map_err(manifest_err)?;
+    let config_bytes = client
+        .fetch_blob(
+            reference,
+            &manifest.config.digest,
+            Some(manifest.config.size),
+        )
+        .await?;
+    let config = serde_json::from_slice(&config_bytes).map_err(|source| PullError::Config {
+        digest: manifest.config.digest.clone(),
+        source,
+    })?;
+    Ok(ResolvedImage {
+        reference: reference.clone(),
+        pinned: Reference {
+            tag: None,
+            ..reference.with_digest(fetched.digest.clone())
+        },
+        manifest_digest: fetched.digest,
+        index_digest,
+        manifest,
+        manifest_bytes: fetched.bytes,
+        compressions,
+        config_bytes,
+        config,
+    })
+}
+
+/// Told how a pull goes; all methods default to nothing.
+pub trait PullProgress: Send + Sync {
+    /// `n` more compressed bytes arrived.
+    fn downloaded(&self, _n: u64) {}
+    /// Layer `index` is in the tree.
+    fn layer_unpacked(&self, _index: usize, _stats: &LayerStats) {}
+}
+
+/// A [`PullProgress`] that ignores everything.
+#[derive(Debug)]
+pub struct NoProgress;
+impl PullProgress for NoProgress {}
+
+/// What a finished unpack did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnpackSummary {
+    pub layers: usize,
+    pub compressed_bytes: u64,
+    pub file_bytes: u64,
+    pub entries: u64,
+    pub whiteouts: u64,
+    #[serde(with = "duration_secs")]
+    pub elapsed: Duration,
+}
+
+mod duration_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Downloads and unpacks `image` into `target`, which must not exist or be an empty directory.
+/// On any error nothing is left at `target` (and no staging or download files beside it).
+pub async fn unpack_image(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    target: &Path,
+    progress: Arc<dyn PullProgress>,
+) -> Result<UnpackSummary, PullError> {
+    let started = Instant::now();
+    let target_err = |reason: String| PullError::Target {
+        path: target.to_owned(),
+        reason,
+    };
+    let target_was_empty_dir = match std::fs::read_dir(target) {
+        Ok(mut entries) => match entries.next() {
+            None => true,
+            Some(_) => return Err(target_err("directory is not empty".into())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(target_err("exists and is not a directory".into()))
+        }
+        Err(e) => return Err(target_err(e.to_string())),
+    };
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| target_err("has no file name".into()))?
+        .to_string_lossy()
+        .into_owned();
+    let io_err = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| PullError::Io { op, path, source }
+    };
+    // Both live beside the target, on the same filesystem, so the final rename is atomic.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(&parent)
+        .map_err(io_err("creating staging directory in", &parent))?;
+    let blobs = tempfile::Builder::new()
+        .prefix(&format!(".{name}.blobs-"))
+        .tempdir_in(&parent)
+        .map_err(io_err("creating download directory in", &parent))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("setting mode of", staging.path()))?;
+
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(DOWNLOAD_CONCURRENCY));
+    let mut downloads = Vec::new();
+    for layer in &image.manifest.layers {
+        let (client, reference, layer, progress) = (
+            client.clone(),
+            image.pinned.clone(),
+            layer.clone(),
+            progress.clone(),
+        );
+        let path = blobs.path().join(layer.digest.hex());
+        let semaphore = semaphore.clone();
+        downloads.push(tokio::spawn(async move {
+            let _permit = semaphore
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            client
+                .download_blob(&reference, &layer.digest, Some(layer.size), &path, &|n| {
+                    progress.downloaded(n)
+                })
+                .await
+                .map(|()| path)
+        }));
+    }
+    // Abort the remaining downloads however this function ends.
+    let abort = AbortOnDrop(downloads.iter().map(|d| d.abort_handle()).collect());
+
+    let mut unpacker = Unpacker::new(staging.path()).map_err(|source| PullError::Unpack {
+        index: 0,
+        digest: image.manifest_digest.clone(),
+        source,
+    })?;
+    let mut summary = UnpackSummary {
+        layers: image.manifest.layers.len(),
+        compressed_bytes: image.layers_size(),
+        ..Default::default()
+    };
+    for (index, download) in downloads.into_iter().enumerate() {
+        let path = download.await.expect("download task panicked")?;
+        let compression = image.compressions[index];
+        let digest = image.manifest.layers[index].digest.clone();
+        let (returned, stats) = tokio::task::spawn_blocking(move || {
+            let stats = std::fs::File::open(&path)
+                .map_err(UnpackError::ReadTar)
+                .and_then(|f| unpacker.apply_layer(decompressed_reader(f, compression)));
+            let _ = std::fs::remove_file(&path);
+            (unpacker, stats)
+        })
+        .await
+        .expect("unpack task panicked");
+        unpacker = returned;
+        let stats = stats.map_err(|source| PullError::Unpack {
+            index,
+            digest,
+            source,
+        })?;
+        summary.file_bytes += stats.file_bytes;
+        summary.entries += stats.entries;
+        summary.whiteouts += stats.whiteouts;
+        progress.layer_unpacked(index, &stats);
+    }
+    drop(abort);
+    tokio::task::spawn_blocking(move || unpacker.finish())
+        .await
+        .expect("finish task panicked")
+        .map_err(|source| PullError::Unpack {
+            index: image.manifest.layers.len().saturating_sub(1),
+            digest: image.manifest_digest.clone(),
+            source,
+        })?;
+    if target_was_empty_dir {
+        std::fs::remove_dir(target).map_err(io_err("replacing empty directory", target))?;
+    }
+    std::fs::rename(staging.path(), target)
+        .map_err(io_err("moving the unpacked tree to", target))?;
+    // Renamed away: nothing left for the guard to delete.
+    let _ = staging.keep();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}

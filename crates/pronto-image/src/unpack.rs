@@ -1,0 +1,772 @@
+//! Applies OCI layer tars to a root directory, as a container engine does.
+//!
+//! Semantics (OCI image spec, "Applying Changesets"):
+//! - `DIR/.wh.NAME` deletes `DIR/NAME` from the layers below; `DIR/.wh..wh..opq` hides every
+//!   child of `DIR` that lower layers made (entries of the same layer stay).
+//! - A directory entry over an existing directory only updates its metadata; any other
+//!   replacement removes what was there first (file ↔ directory both ways).
+//! - Hardlinks link to a path already in the tree (this layer's or a lower one's).
+//!
+//! Security: entry names with `..` or a leading `/` are refused. Every path is resolved with
+//! `openat2(RESOLVE_IN_ROOT)`, so symlinks met on the way (`etc -> /etc`, `x -> ../../..`) are
+//! resolved as if the root were `/`: they can never lead outside it. The last component is never
+//! followed (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), so an entry replaces a symlink instead of
+//! writing through it.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::manifest::Compression;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("refusing tar entry {path:?}: {reason}")]
+    Traversal { path: String, reason: &'static str },
+    #[error("reading layer tar: {0}")]
+    ReadTar(#[source] io::Error),
+    #[error("{op} {path:?}: {source}")]
+    Entry {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tar entry {path:?} has unsupported type {kind:?}")]
+    UnsupportedEntry { path: String, kind: u8 },
+    #[error("hardlink {path:?} points to {target:?}, which is not in the tree")]
+    HardlinkTarget { path: String, target: String },
+    #[error("opening unpack root {path}: {source}")]
+    Root {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What one layer did to the tree.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LayerStats {
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub file_bytes: u64,
+    pub whiteouts: u64,
+}
+
+/// Applies layers, in order, to one root directory.
+#[derive(Debug)]
+pub struct Unpacker {
+    root: OwnedFd,
+    /// chown and device nodes need root; without it owners stay the caller's and devices are skipped.
+    privileged: bool,
+    /// Directory mtimes, applied once at the end: creating a child changes its parent's mtime.
+    dir_mtimes: HashMap<Vec<u8>, i64>,
+}
+
+/// One tar entry's path, split into checked components.
+struct EntryPath {
+    display: String,
+    components: Vec<Vec<u8>>,
+}
+
+impl EntryPath {
+    fn parse(raw: &[u8]) -> Result<EntryPath, UnpackError> {
+        let display = String::from_utf8_lossy(raw).into_owned();
+        if raw.starts_with(b"/") {
+            return Err(UnpackError::Traversal {
+                path: display,
+                reason: "absolute path",
+            });
+        }
+        let mut components = Vec::new();
+        for c in raw.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    return Err(UnpackError::Traversal {
+                        path: display,
+                        reason: "path contains '..'",
+                    })
+                }
+                c => components.push(c.to_vec()),
+            }
+        }
+        Ok(EntryPath {
+            display,
+            components,
+        })
+    }
+
+    fn joined(&self, n: usize) -> Vec<u8> {
+        self.components[..n].join(&b'/')
+    }
+
+    fn parent(&self) -> &[Vec<u8>] {
+        &self.components[..self.components.len().saturating_sub(1)]
+    }
+
+    fn name(&self) -> Option<&OsStr> {
+        self.components.last().map(|c| OsStr::from_bytes(c))
+    }
+}
+
+fn entry_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(Errno) -> UnpackError + 'a {
+    move |e| UnpackError::Entry {
+        op,
+        path: path.to_string(),
+        source: e.into(),
+    }
+}
+
+impl Unpacker {
+    /// An unpacker writing into `root`, which must exist and be a directory.
+    pub fn new(root: &Path) -> Result<Unpacker, UnpackError> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| UnpackError::Root {
+            path: root.display().to_string(),
+            source: e.into(),
+        })?;
+        Ok(Unpacker {
+            root: fd,
+            privileged: rustix::process::geteuid().is_root(),
+            dir_mtimes: HashMap::new(),
+        })
+    }
+
+    /// Applies one uncompressed layer tar.
+    pub fn apply_layer(&mut self, reader: impl Read) -> Result<LayerStats, UnpackError> {
+        let mut archive = tar::Archive::new(reader);
+        let mut stats = LayerStats::default();
+        // Paths this layer made (entries and the parents made for them): an opaque marker
+        // hides only what lower layers made.
+        let mut made_here: HashSet<Vec<u8>> = HashSet::new();
+        for entry in archive.entries().map_err(UnpackError::ReadTar)? {
+            let mut entry = entry.map_err(UnpackError::ReadTar)?;
+            stats.entries += 1;
+            let path = EntryPath::parse(&entry.path_bytes())?;
+            let Some(name) = path.components.last() else {
+                // The root itself ("./"): take its metadata.
+                let meta = EntryMeta::read(&mut entry)?;
+                self.set_meta(
+                    self.root.as_fd(),
+                    OsStr::new("."),
+                    &meta,
+                    &path,
+                    FileType::Directory,
+                )?;
+                self.dir_mtimes.insert(Vec::new(), meta.mtime);
+                continue;
+            };
+            if name.as_slice() == OPAQUE_MARKER {
+                stats.whiteouts += 1;
+                self.make_opaque(&path, &made_here)?;
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                stats.whiteouts += 1;
+                self.whiteout(&path, hidden, &made_here)?;
+                continue;
+            }
+            let parent = self.open_parent(&path, &mut made_here)?;
+            made_here.insert(path.joined(path.components.len()));
+            stats.file_bytes += self.write_entry(parent.as_fd(), &path, &mut entry)?;
+        }
+        Ok(stats)
+    }
+
+    /// Sets directory mtimes, deepest first. Call once after the last layer.
+    pub fn finish(mut self) -> Result<(), UnpackError> {
+        let mut dirs: Vec<_> = std::mem::take(&mut self.dir_mtimes).into_iter().collect();
+        dirs.sort_by_key(|(p, _)| {
+            std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count() + usize::from(!p.is_empty()))
+        });
+        for (path, mtime) in dirs {
+            let rel = if path.is_empty() { b".".to_vec() } else { path };
+            let fd = match self.resolve(&rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::NOTDIR) => continue, // removed by a later layer
+                Err(e) => {
+                    return Err(entry_err(
+                        "opening directory",
+                        &String::from_utf8_lossy(&rel),
+                    )(e))
+                }
+            };
+            let ts = Timestamps {
+                last_access: Timespec {
+                    tv_sec: mtime,
+                    tv_nsec: 0,
+                },
+                last_modification: Timespec {
+                    tv_sec: mtime,
+                    tv_nsec: 0,
+                },
+            };
+            rustix::fs::futimens(&fd, &ts).map_err(entry_err(
+                "setting mtime of",
+                &String::from_utf8_lossy(&rel),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Opens `rel` (relative to the root) with every symlink resolved inside the root.
+    fn resolve(&self, rel: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+        let rel = if rel.is_empty() { b"." as &[u8] } else { rel };
+        rustix::fs::openat2(
+            &self.root,
+            OsStr::from_bytes(rel),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// The directory that will hold the entry, creating missing parents (0755, root-owned).
+    fn open_parent(
+        &self,
+        path: &EntryPath,
+        made_here: &mut HashSet<Vec<u8>>,
+    ) -> Result<OwnedFd, UnpackError> {
+        let parent = path.parent();
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY;
+        match self.resolve(&parent.join(&b'/'), dir_flags) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(entry_err("opening parent of", &path.display)(e)),
+        }
+        let mut dir = self
+            .resolve(b".", dir_flags)
+            .map_err(entry_err("opening root for", &path.display))?;
+        for depth in 1..=parent.len() {
+            let prefix = path.joined(depth);
+            dir = match self.resolve(&prefix, dir_flags) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    let name = OsStr::from_bytes(&parent[depth - 1]);
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))
+                        .map_err(entry_err("creating parent directory for", &path.display))?;
+                    made_here.insert(prefix.clone());
+                    self.resolve(&prefix, dir_flags)
+                        .map_err(entry_err("opening parent of", &path.display))?
+                }
+                Err(e) => return Err(entry_err("opening parent of", &path.display)(e)),
+            };
+        }
+        Ok(dir)
+    }
+
+    fn whiteout(
+        &self,
+        path: &EntryPath,
+        hidden: &[u8],
+        made_here: &HashSet<Vec<u8>>,
+    ) -> Result<(), UnpackError> {
+        let target = [path.parent(), &[hidden.to_vec()]].concat().join(&b'/');
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(UnpackError::Traversal {
+                path: path.display.clone(),
+                reason: "whiteout of an invalid name",
+            });
+        }
+        if made_here.contains(&target) {
+            return Ok(()); // a whiteout hides lower layers only
+        }
+        let parent =
+            match self.resolve(&path.parent().join(&b'/'), OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()), // nothing to hide
+                Err(e) => return Err(entry_err("opening parent of whiteout", &path.display)(e)),
+            };
+        remove_all_at(parent.as_fd(), OsStr::from_bytes(hidden)).map_err(|source| {
+            UnpackError::Entry {
+                op: "applying whiteout",
+                path: path.display.clone(),
+                source,
+            }
+        })
+    }
+
+    fn make_opaque(
+        &self,
+        path: &EntryPath,
+        made_here: &HashSet<Vec<u8>>,
+    ) -> Result<(), UnpackError> {
+        let dir_rel = path.parent().join(&b'/');
+        let dir = match self.resolve(&dir_rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
+            Err(e) => return Err(entry_err("opening opaque directory", &path.display)(e)),
+        };
+        let mut doomed = Vec::new();
+        for child in rustix::fs::Dir::read_from(&dir)
+            .map_err(entry_err("reading opaque directory", &path.display))?
+        {
+            let child = child.map_err(entry_err("reading opaque directory", &path.display))?;
+            let name = child.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let full = if dir_rel.is_empty() {
+                name.to_vec()
+            } else {
+                [&dir_rel[..], b"/", name].concat()
+            };
+            if !made_here.contains(&full) {
+                doomed.push(name.to_vec());
+            }
+        }
+        for name in doomed {
+            remove_all_at(dir.as_fd(), OsStr::from_bytes(&name)).map_err(|source| {
+                UnpackError::Entry {
+                    op: "applying opaque marker",
+                    path: path.display.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Creates one entry in `parent`; returns the bytes of file content written.
+    fn write_entry<R: Read>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        path: &EntryPath,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<u64, UnpackError> {
+        let name = path.name().expect("root handled by the caller");
+        let kind = entry.header().entry_type();
+        let existing = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(entry_err("inspecting", &path.display)(e)),
+        };
+        // Replace whatever is there, except a directory over a directory (metadata only).
+        let keep_dir = kind.is_dir() && existing == Some(FileType::Directory);
+        if existing.is_some() && !keep_dir {
+            remove_all_at(parent, name).map_err(|source| UnpackError::Entry {
+                op: "replacing",
+                path: path.display.clone(),
+                source,
+            })?;
+        }
+        let meta = EntryMeta::read(entry)?;
+        let err = |op| entry_err(op, &path.display);
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let fd = rustix::fs::openat(
+                    parent,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(err("creating file"))?;
+                let mut file = File::from(fd);
+                let written = io::copy(entry, &mut file).map_err(|source| UnpackError::Entry {
+                    op: "writing",
+                    path: path.display.clone(),
+                    source,
+                })?;
+                self.set_meta(
+                    file.as_fd(),
+                    OsStr::new(""),
+                    &meta,
+                    path,
+                    FileType::RegularFile,
+                )?;
+                return Ok(written);
+            }
+            tar::EntryType::Directory => {
+                if !keep_dir {
+                    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+                        .map_err(err("creating directory"))?;
+                }
+                let key = path.joined(path.components.len());
+                self.dir_mtimes.insert(key, meta.mtime);
+                self.set_meta(parent, name, &meta, path, FileType::Directory)?;
+                return Ok(0);
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Entry {
+                    op: "reading symlink target of",
+                    path: path.display.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "symlink without a target"),
+                })?;
+                // The target is stored as is: it is only ever resolved inside the root.
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, name)
+                    .map_err(err("creating symlink"))?;
+                self.set_meta(parent, name, &meta, path, FileType::Symlink)?;
+            }
+            tar::EntryType::Link => {
+                let target_raw = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let target = EntryPath::parse(&target_raw)?;
+                let missing = || UnpackError::HardlinkTarget {
+                    path: path.display.clone(),
+                    target: target.display.clone(),
+                };
+                let Some(target_name) = target.name() else {
+                    return Err(missing());
+                };
+                let target_parent = self
+                    .resolve(
+                        &target.parent().join(&b'/'),
+                        OFlags::PATH | OFlags::DIRECTORY,
+                    )
+                    .map_err(|_| missing())?;
+                match rustix::fs::linkat(
+                    &target_parent,
+                    target_name,
+                    parent,
+                    name,
+                    AtFlags::empty(),
+                ) {
+                    Ok(()) => {}
+                    Err(Errno::NOENT) => return Err(missing()),
+                    Err(e) => return Err(err("creating hardlink")(e)),
+                }
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (file_type, dev) = match kind {
+                    tar::EntryType::Char => (FileType::CharacterDevice, meta.device),
+                    tar::EntryType::Block => (FileType::BlockDevice, meta.device),
+                    _ => (FileType::Fifo, 0),
+                };
+                if file_type != FileType::Fifo && !self.privileged {
+                    tracing::warn!(path = %path.display, "skipping device node: not running as root");
+                    return Ok(0);
+                }
+                rustix::fs::mknodat(parent, name, file_type, Mode::from_raw_mode(0o600), dev)
+                    .map_err(err("creating device node"))?;
+                self.set_meta(parent, name, &meta, path, file_type)?;
+            }
+            tar::EntryType::XGlobalHeader => {}
+            other => {
+                return Err(UnpackError::UnsupportedEntry {
+                    path: path.display.clone(),
+                    kind: other.as_byte(),
+                })
+            }
+        }
+        Ok(0)
+    }
+
+    /// Owner, xattrs, mode, mtime — in that order: chown clears setuid bits, so mode comes after
+    /// it. `name` empty means `dir` is the object itself (an open regular file).
+    fn set_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        meta: &EntryMeta,
+        path: &EntryPath,
+        kind: FileType,
+    ) -> Result<(), UnpackError> {
+        let err = |op| entry_err(op, &path.display);
+        let flags = if name.is_empty() {
+            AtFlags::EMPTY_PATH
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        if self.privileged {
+            let (uid, gid) = (
+                rustix::fs::Uid::from_raw(meta.uid),
+                rustix::fs::Gid::from_raw(meta.gid),
+            );
+            rustix::fs::chownat(dir, name, Some(uid), Some(gid), flags)
+                .map_err(err("setting owner of"))?;
+        }
+        if !meta.xattrs.is_empty() {
+            // xattr syscalls have no *at form; go through the fd's /proc path, never following
+            // the last component.
+            let mut proc_path = std::path::PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&dir)
+            ));
+            if !name.is_empty() {
+                proc_path.push(name);
+            }
+            for (key, value) in &meta.xattrs {
+                let set = if name.is_empty() {
+                    rustix::fs::setxattr(
+                        &proc_path,
+                        OsStr::from_bytes(key),
+                        value,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                } else {
+                    rustix::fs::lsetxattr(
+                        &proc_path,
+                        OsStr::from_bytes(key),
+                        value,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                };
+                match set {
+                    Ok(()) => {}
+                    // Symlinks cannot carry user.* xattrs on Linux; engines skip them too.
+                    Err(Errno::PERM | Errno::OPNOTSUPP)
+                        if kind == FileType::Symlink || !self.privileged =>
+                    {
+                        tracing::warn!(path = %path.display, key = %String::from_utf8_lossy(key), "skipping xattr the kernel refused");
+                    }
+                    Err(e) => return Err(err("setting xattr on")(e)),
+                }
+            }
+        }
+        if kind != FileType::Symlink {
+            let mode = Mode::from_raw_mode(meta.mode & 0o7777);
+            if name.is_empty() {
+                rustix::fs::fchmod(dir, mode).map_err(err("setting mode of"))?;
+            } else {
+                rustix::fs::chmodat(dir, name, mode, AtFlags::empty())
+                    .map_err(err("setting mode of"))?;
+            }
+        }
+        if kind != FileType::Directory {
+            let t = Timespec {
+                tv_sec: meta.mtime,
+                tv_nsec: 0,
+            };
+            let ts = Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            if name.is_empty() {
+                rustix::fs::futimens(dir, &ts).map_err(err("setting mtime of"))?;
+            } else {
+                rustix::fs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(err("setting mtime of"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metadata of an entry, PAX records applied over the header.
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    device: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<EntryMeta, UnpackError> {
+        let h = entry.header();
+        let bad = |what: &str, e: io::Error| {
+            UnpackError::ReadTar(io::Error::new(
+                e.kind(),
+                format!("bad {what} in tar header: {e}"),
+            ))
+        };
+        let mut meta = EntryMeta {
+            mode: h.mode().map_err(|e| bad("mode", e))?,
+            uid: h
+                .uid()
+                .map_err(|e| bad("uid", e))?
+                .try_into()
+                .unwrap_or(u32::MAX),
+            gid: h
+                .gid()
+                .map_err(|e| bad("gid", e))?
+                .try_into()
+                .unwrap_or(u32::MAX),
+            mtime: h
+                .mtime()
+                .map_err(|e| bad("mtime", e))?
+                .try_into()
+                .unwrap_or(i64::MAX),
+            device: 0,
+            xattrs: Vec::new(),
+        };
+        if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+            let major = h
+                .device_major()
+                .map_err(|e| bad("device major", e))?
+                .unwrap_or(0);
+            let minor = h
+                .device_minor()
+                .map_err(|e| bad("device minor", e))?
+                .unwrap_or(0);
+            meta.device = rustix::fs::makedev(major, minor);
+        }
+        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::ReadTar)? {
+            for ext in pax {
+                let ext = ext.map_err(UnpackError::ReadTar)?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                let num = || {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.split('.').next()?.parse::<i64>().ok())
+                };
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((name.to_vec(), value.to_vec()));
+                } else if key == b"uid" {
+                    meta.uid = num().and_then(|v| v.try_into().ok()).unwrap_or(meta.uid);
+                } else if key == b"gid" {
+                    meta.gid = num().and_then(|v| v.try_into().ok()).unwrap_or(meta.gid);
+                } else if key == b"mtime" {
+                    meta.mtime = num().unwrap_or(meta.mtime);
+                }
+            }
+        }
+        Ok(meta)
+    }
+}
+
+/// Removes `name` in `dir` and, for a directory, everything below it, never following symlinks.
+fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into);
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for child in rustix::fs::Dir::read_from(&sub)? {
+        let child = child?;
+        let n = child.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        remove_all_at(sub.as_fd(), OsStr::from_bytes(&n))?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(Into::into)
+}
+
+/// A reader over a decompressed layer. Decompression runs on its own thread so that inflating
+/// (CPU) and writing files (syscalls) overlap on two cores.
+pub fn decompressed_reader(file: File, compression: Compression) -> impl Read + Send {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    std::thread::Builder::new()
+        .name("pronto-inflate".into())
+        .spawn(move || {
+            let input = io::BufReader::with_capacity(1 << 20, file);
+            let mut reader: Box<dyn Read> = match compression {
+                Compression::None => Box::new(input),
+                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+                Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(input) {
+                    Ok(d) => Box::new(d),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                },
+            };
+            loop {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut filled = 0;
+                // Fill the buffer (decoders return short reads) to keep channel traffic low.
+                while filled < buf.len() {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                if tx.send(Ok(buf)).is_err() {
+                    return; // the reader is gone (error or done)
+                }
+            }
+        })
+        .expect("spawning the decompression thread");
+    ChannelReader {
+        rx,
+        current: Vec::new(),
+        pos: 0,
+    }
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(buf)) => {
+                    self.current = buf;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("decompressing layer: {e}"),
+                    ))
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_refuse_traversal_and_normalize() {
+        let p = EntryPath::parse(b"./a//b/./c").unwrap();
+        assert_eq!(
+            p.components,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        let e = EntryPath::parse(b"a/../../etc/passwd").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "refusing tar entry \"a/../../etc/passwd\": path contains '..'"
+        );
+        let e = EntryPath::parse(b"/etc/passwd").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "refusing tar entry \"/etc/passwd\": absolute path"
+        );
+        assert!(EntryPath::parse(b"./").unwrap().components.is_empty());
+    }
+}
