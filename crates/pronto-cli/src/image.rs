@@ -63,7 +63,10 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let image = pull::resolve(&client, &reference)
                 .await
                 .with_context(|| format!("resolving {reference}"))?;
-            let bar = Arc::new(BarProgress::new(image.layers_size(), image.manifest.layers.len()));
+            let bar = Arc::new(BarProgress::new(
+                image.layers_size(),
+                image.manifest.layers.len(),
+            ));
             let summary = pull::unpack_image(&client, &image, &dir, bar.clone())
                 .await
                 .with_context(|| format!("unpacking {} into {}", image.pinned, dir.display()))?;

@@ -6,7 +6,11 @@ mod image;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pronto", version, about = "Serverless containers that start in seconds")]
+#[command(
+    name = "pronto",
+    version,
+    about = "Serverless containers that start in seconds"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

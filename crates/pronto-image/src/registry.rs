@@ -308,6 +308,11 @@ impl RegistryClient {
                 reference: r.to_string(),
             });
         }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
         let media_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -330,7 +335,9 @@ impl RegistryClient {
             }
         }
         let digest = Digest::of(&body);
-        if let Some(expected) = &r.digest {
+        // Pinned: the body must hash to the pin. By tag: to what the registry says it is.
+        let expected = r.digest.clone().or(header_digest);
+        if let Some(expected) = &expected {
             if &digest != expected {
                 return Err(RegistryError::Verify {
                     what: "manifest",

@@ -249,25 +249,64 @@ impl Unpacker {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(entry_err("opening parent of", &path.display)(e)),
         }
-        let mut dir = self
-            .resolve(b".", dir_flags)
-            .map_err(entry_err("opening root for", &path.display))?;
-        for depth in 1..=parent.len() {
-            let prefix = path.joined(depth);
-            dir = match self.resolve(&prefix, dir_flags) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => {
-                    let name = OsStr::from_bytes(&parent[depth - 1]);
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))
-                        .map_err(entry_err("creating parent directory for", &path.display))?;
-                    made_here.insert(prefix.clone());
-                    self.resolve(&prefix, dir_flags)
-                        .map_err(entry_err("opening parent of", &path.display))?
+        self.mkdir_all(parent, made_here)
+            .map_err(entry_err("creating parent directory for", &path.display))
+    }
+
+    /// `mkdir -p` of `components` inside the root, following symlinks met on the way as the
+    /// kernel would if the root were `/` (so a link to a missing directory gets that directory
+    /// made, inside the root). `..` never climbs above the root.
+    fn mkdir_all(
+        &self,
+        components: &[Vec<u8>],
+        made_here: &mut HashSet<Vec<u8>>,
+    ) -> Result<OwnedFd, Errno> {
+        const MAX_SYMLINKS: usize = 40; // the kernel's limit
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY;
+        let mut remaining: std::collections::VecDeque<Vec<u8>> =
+            components.iter().cloned().collect();
+        let mut resolved: Vec<Vec<u8>> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = remaining.pop_front() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    resolved.pop();
+                    continue;
                 }
-                Err(e) => return Err(entry_err("opening parent of", &path.display)(e)),
-            };
+                _ => {}
+            }
+            // `resolved` holds no symlinks, so this opens exactly that path.
+            let here = self.resolve(&resolved.join(&b'/'), dir_flags)?;
+            let name = OsStr::from_bytes(&c);
+            match rustix::fs::statat(&here, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => resolved.push(c),
+                    FileType::Symlink => {
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(Errno::LOOP);
+                        }
+                        let target = rustix::fs::readlinkat(&here, name, Vec::new())?;
+                        let target = target.as_bytes();
+                        if target.starts_with(b"/") {
+                            resolved.clear();
+                        }
+                        for t in target.split(|&b| b == b'/').rev() {
+                            remaining.push_front(t.to_vec());
+                        }
+                    }
+                    _ => return Err(Errno::NOTDIR),
+                },
+                Err(Errno::NOENT) => {
+                    rustix::fs::mkdirat(&here, name, Mode::from_raw_mode(0o755))?;
+                    resolved.push(c);
+                    made_here.insert(resolved.join(&b'/'));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(dir)
+        self.resolve(&resolved.join(&b'/'), dir_flags)
     }
 
     fn whiteout(
