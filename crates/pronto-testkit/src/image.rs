@@ -1,6 +1,6 @@
 //! OCI images built in-process from a declarative description, pushed to a registry.
 //!
-//! ```ignore
+//! ```text
 //! let image = ImageBuilder::new()
 //!     .layer(Layer::gzip().dir("etc").file("etc/hosts", b"127.0.0.1 localhost\n").mode(0o644))
 //!     .layer(Layer::zstd().whiteout("etc/hosts"))

@@ -6,4 +6,5 @@
 
 pub mod image;
 pub mod registry;
+pub mod token_server;
 pub mod tree;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pronto_image::{Digest, Reference};
 
+use crate::token_server::{self, TokenServer};
+
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 /// How the registry asks clients to authenticate.
@@ -17,12 +19,16 @@ pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub enum RegistryAuth {
     /// htpasswd (HTTP Basic) with one user.
     Basic { username: String, password: String },
+    /// Bearer tokens from a [`TokenServer`] (which checks one username and password).
+    Token { username: String, password: String },
 }
 
 /// A running registry with its own storage directory; stopped (by PID) on drop.
 #[derive(Debug)]
 pub struct TestRegistry {
     child: Option<Child>,
+    /// Kept alive as long as the registry: it issues the tokens.
+    pub token_server: Option<TokenServer>,
     dir: tempfile::TempDir,
     addr: SocketAddr,
 }
@@ -62,6 +68,20 @@ impl TestRegistry {
                     htpasswd.display()
                 ));
             }
+            let mut token_server = None;
+            if let Some(RegistryAuth::Token { username, password }) = &auth {
+                let server = TokenServer::start(username, password)?;
+                let bundle = dir.path().join("token-cert.pem");
+                std::fs::write(&bundle, &server.cert_pem)?;
+                yaml.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    token_server::SERVICE,
+                    token_server::ISSUER,
+                    bundle.display()
+                ));
+                token_server = Some(server);
+            }
             std::fs::write(&config, yaml)?;
             let log = std::fs::File::create(dir.path().join("registry.log"))?;
             let mut cmd = Command::new(REGISTRY_BIN);
@@ -83,6 +103,7 @@ impl TestRegistry {
             let child = cmd.spawn().context("spawning docker-registry")?;
             let mut reg = TestRegistry {
                 child: Some(child),
+                token_server,
                 dir,
                 addr,
             };

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Unpack throughput: `pronto image unpack` against `skopeo copy` + `umoci unpack` of the same
+# ≥ 500 MB image of real files (Debian's Python stdlib plus a venv with numpy, scipy, pandas,
+# scikit-learn and matplotlib from PyPI), pulled from the same local registry, in the same run,
+# with the page cache dropped before every measured command. See bench/README.md.
+#
+#   bash bench/unpack.sh [--runs N]      (default 5; run as root on Debian 12)
+#
+# The image's file trees are built once and cached under /var/cache/pronto-bench/, keyed by a
+# hash of the recipe below. Everything else (registry, pulled trees) lives in a temp dir that is
+# removed on exit; the registry is killed by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_root=$PWD
+script_start=$EPOCHREALTIME
+
+runs=5
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    --runs=*) runs=${1#--runs=}; shift ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. What it needs
+bash scripts/install-deps.sh
+PY=/usr/bin/python3 # Debian's python: its stdlib is layer 1, its venv module builds layers 2-3
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "installing: python3-venv" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+log "building pronto (release)"
+cargo build --release --quiet -p pronto-cli -p pronto-testkit
+bin="${CARGO_TARGET_DIR:-$repo_root/target}/release"
+case "$bin" in /*) ;; *) bin="$repo_root/$bin" ;; esac
+
+# ---------------------------------------------------------------------------------------------
+# 2. The image's file trees, cached by recipe hash
+#   layer 1: /usr/lib/python3.11 + /usr/bin/python3.11 (copy of the host's Debian python)
+#   layer 2: /opt/venv after `pip install numpy scipy`            (a first RUN step)
+#   layer 3: what `pip install pandas scikit-learn matplotlib` adds (a second RUN step)
+# Versions are pinned (top level and every dependency) so the cache key means something.
+step1_pkgs="numpy==2.4.6 scipy==1.17.1"
+step2_pkgs="pandas==3.1.1 scikit-learn==1.9.1 matplotlib==3.11.2"
+constraints="cloudpickle==3.1.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 joblib==1.6.0
+kiwisolver==1.5.1 narwhals==2.29.0 packaging==26.3 pillow==13.0.0 pyparsing==3.3.3
+python-dateutil==4.0.0 threadpoolctl==3.8.0 tzdata==2026.6"
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+recipe="recipe v1
+arch $(uname -m)
+python $("$PY" -VV 2>&1) $(dpkg-query -W -f='${Version}' "libpython$pyver-stdlib" 2>/dev/null || true)
+layer1 /usr/lib/python$pyver /usr/bin/python$pyver
+layer2 venv /opt/venv; pip install --only-binary=:all: --compile $step1_pkgs
+layer3 pip install --only-binary=:all: --compile $step2_pkgs
+constraints $constraints"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
+cache_root=/var/cache/pronto-bench
+cache="$cache_root/image-$key"
+
+build_trees() {
+  local tmp
+  mkdir -p "$cache_root"
+  tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
+  log "building the image's file trees in $tmp (pip downloads; a few minutes)"
+  # layer 1
+  mkdir -p "$tmp/layer1/usr/lib" "$tmp/layer1/usr/bin"
+  cp -a "/usr/lib/python$pyver" "$tmp/layer1/usr/lib/"
+  cp -a "/usr/bin/python$pyver" "$tmp/layer1/usr/bin/"
+  # layers 2 and 3: one venv, two pip steps; what step 2 adds is moved to layer 3
+  local venv="$tmp/layer2/opt/venv" sp="lib/python$pyver/site-packages"
+  mkdir -p "$tmp/layer2/opt"
+  "$PY" -m venv "$venv"
+  printf '%s\n' $constraints $step1_pkgs $step2_pkgs >"$tmp/constraints.txt"
+  local pip=("$venv/bin/python" -m pip install -q --no-input --disable-pip-version-check
+    --only-binary=:all: --compile -c "$tmp/constraints.txt")
+  # PYTHONDONTWRITEBYTECODE would not stop pip's --compile, but keep the build independent of it
+  env -u PYTHONDONTWRITEBYTECODE "${pip[@]}" $step1_pkgs
+  (cd "$venv/$sp" && ls -A) | sort >"$tmp/sp.before"
+  (cd "$venv/bin" && ls -A) | sort >"$tmp/bin.before"
+  env -u PYTHONDONTWRITEBYTECODE "${pip[@]}" $step2_pkgs
+  mkdir -p "$tmp/layer3/opt/venv/$sp" "$tmp/layer3/opt/venv/bin"
+  local name
+  comm -13 "$tmp/sp.before" <(cd "$venv/$sp" && ls -A | sort) | while IFS= read -r name; do
+    mv "$venv/$sp/$name" "$tmp/layer3/opt/venv/$sp/"
+  done
+  comm -13 "$tmp/bin.before" <(cd "$venv/bin" && ls -A | sort) | while IFS= read -r name; do
+    mv "$venv/bin/$name" "$tmp/layer3/opt/venv/bin/"
+  done
+  rm -f "$tmp"/*.before "$tmp/constraints.txt"
+  printf '%s\n' "$recipe" >"$tmp/RECIPE"
+  rm -rf "$cache"
+  mv "$tmp" "$cache"
+}
+if [ -f "$cache/RECIPE" ]; then
+  log "image trees cached: $cache"
+else
+  build_trees
+fi
+layers=("$cache/layer1" "$cache/layer2" "$cache/layer3")
+image_bytes=$(du -sbc "${layers[@]}" | tail -1 | cut -f1)
+image_files=$(find "${layers[@]}" -type f | wc -l)
+image_entries=$(find "${layers[@]}" -mindepth 1 | wc -l)
+for l in "${layers[@]}"; do
+  printf '   %s: %s bytes, %s files\n' "$(basename "$l")" "$(du -sb "$l" | cut -f1)" \
+    "$(find "$l" -type f | wc -l)" >&2
+done
+log "image: $image_bytes bytes uncompressed (du -sb), $image_files files, $image_entries entries, ${#layers[@]} layers"
+if [ "$image_bytes" -lt 500000000 ]; then
+  echo "error: image is under 500 MB; the recipe needs more packages" >&2
+  exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. Own registry on a free loopback port, storage in a temp dir
+work=$(mktemp -d /var/tmp/pronto-bench.XXXXXX) # same disk as /tmp here, but not a tmpfs anywhere
+registry_pid=""
+cleanup() {
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/v2/" >/dev/null || { cat "$work/registry.log" >&2; exit 1; }
+log "registry on 127.0.0.1:$port (pid $registry_pid)"
+
+ref="127.0.0.1:$port/bench/pyvenv:v1"
+push_start=$EPOCHREALTIME
+layer_args=()
+for l in "${layers[@]}"; do layer_args+=(--layer "$l"); done
+digest=$("$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
+  --entrypoint /opt/venv/bin/python "${layer_args[@]}" "$ref")
+push_secs=$(awk -v a="$push_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
+compressed_bytes=$("$bin/pronto" image inspect "$ref" | jq '.layersSize')
+log "pushed $ref ($digest): $compressed_bytes bytes gzip in ${#layers[@]} layers (${push_secs}s to build+push)"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Measured runs
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { echo "$EPOCHREALTIME"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+
+run_pronto() { # $1 run number; appends to $work/pronto.times; writes $work/pronto.json
+  local dir="$work/r$1/pronto-rootfs" t0 t1
+  mkdir -p "$work/r$1"
+  drop_caches
+  t0=$(now)
+  "$bin/pronto" image unpack "$ref" "$dir" --json >"$work/pronto-$1.json"
+  t1=$(now)
+  echo "$(secs "$t0" "$t1")" >>"$work/pronto.times"
+}
+run_umoci() { # $1 run number; appends "total skopeo umoci" to $work/umoci.times
+  local layout="$work/r$1/layout" bundle="$work/r$1/bundle" t0 t1 t2
+  mkdir -p "$work/r$1"
+  drop_caches
+  t0=$(now)
+  skopeo copy -q --insecure-policy --src-tls-verify=false "docker://$ref" "oci:$layout:img"
+  t1=$(now)
+  umoci unpack --image "$layout:img" "$bundle" >/dev/null
+  t2=$(now)
+  echo "$(secs "$t0" "$t2") $(secs "$t0" "$t1") $(secs "$t1" "$t2")" >>"$work/umoci.times"
+}
+
+: >"$work/pronto.times"
+: >"$work/umoci.times"
+for i in $(seq "$runs"); do
+  if [ $((i % 2)) = 1 ]; then order="pronto umoci"; else order="umoci pronto"; fi
+  for tool in $order; do "run_$tool" "$i"; done
+  printf '   run %d/%d (%s first): pronto %ss, skopeo+umoci %ss\n' "$i" "$runs" "${order%% *}" \
+    "$(tail -1 "$work/pronto.times")" "$(tail -1 "$work/umoci.times" | cut -d' ' -f1)" >&2
+  if [ "$i" = 1 ]; then
+    # Not timed: both must have produced the same tree, or the comparison means nothing.
+    if ! diff -r --no-dereference "$work/r1/pronto-rootfs" "$work/r1/bundle/rootfs" >"$work/diff.txt" 2>&1; then
+      echo "error: pronto and umoci trees differ:" >&2
+      head -20 "$work/diff.txt" >&2
+      exit 1
+    fi
+    echo "   run 1: pronto and umoci trees identical (diff -r)" >&2
+  fi
+  rm -rf "$work/r$i"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 5. Report
+file_bytes=$(jq '.file_bytes' "$work/pronto-1.json")
+date_tag=$(date +%Y-%m-%d)
+mkdir -p bench/results
+out="bench/results/unpack-$date_tag.md"
+total_secs=$(secs "$script_start" "$(now)")
+export RUNS=$runs FILE_BYTES=$file_bytes IMAGE_BYTES=$image_bytes IMAGE_FILES=$image_files \
+  IMAGE_ENTRIES=$image_entries COMPRESSED=$compressed_bytes NLAYERS=${#layers[@]} REF_DIGEST=$digest \
+  KEY=$key TOTAL_SECS=$total_secs \
+  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
+  VERSIONS="pronto $(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo_root" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty'), $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
+"$PY" - "$work/pronto.times" "$work/umoci.times" "$work/pronto-1.json" >"$work/report.md" <<'PY'
+import json, os, statistics, sys
+pronto = [float(l) for l in open(sys.argv[1]) if l.strip()]
+umoci_rows = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
+umoci = [r[0] for r in umoci_rows]
+skopeo_part = [r[1] for r in umoci_rows]
+umoci_part = [r[2] for r in umoci_rows]
+summary = json.load(open(sys.argv[3]))
+fb = int(os.environ["FILE_BYTES"])
+mb = fb / 1e6
+def row(name, xs, speed=True):
+    med = statistics.median(xs)
+    s = f"{mb / med:.0f}" if speed else "–"
+    return f"| {name} | {med:.2f} | {min(xs):.2f} | {max(xs):.2f} | {s} |"
+med_p, med_u = statistics.median(pronto), statistics.median(umoci)
+e = os.environ
+print(f"""### Unpack throughput, {e['RUNS']} runs
+
+Image: {int(e['IMAGE_BYTES'])/1e6:.0f} MB uncompressed (du -sb), {e['IMAGE_FILES']} files ({e['IMAGE_ENTRIES']} entries), {e['NLAYERS']} gzip layers, {int(e['COMPRESSED'])/1e6:.0f} MB compressed; {mb:.0f} MB of file data (pronto's `file_bytes`, the data size used for MB/s of both). Cache key {e['KEY']}, manifest {e['REF_DIGEST']}.
+Machine: {e['MACHINE']}. Versions: {e['VERSIONS']}.
+Method: local docker-registry on loopback, fresh directories, `sync; echo 3 > /proc/sys/vm/drop_caches` before each measured command, order alternated between runs.
+
+| tool | median s | min s | max s | MB/s (median) |
+|---|---|---|---|---|
+{row("pronto image unpack", pronto)}
+{row("skopeo copy + umoci unpack", umoci)}
+{row("&nbsp;&nbsp;of which skopeo copy", skopeo_part, speed=False)}
+{row("&nbsp;&nbsp;of which umoci unpack", umoci_part, speed=False)}
+
+Ratio pronto / (skopeo + umoci), median times: **{med_p / med_u:.2f}** ({'pronto faster' if med_p < med_u else 'pronto slower'}, {max(med_p, med_u) / min(med_p, med_u):.2f}x).
+
+Raw seconds — pronto: {', '.join(f'{x:.2f}' for x in pronto)}; skopeo+umoci: {', '.join(f'{x:.2f}' for x in umoci)}.
+pronto's own summary (run 1): layers {summary.get('layers')}, compressed_bytes {summary.get('compressed_bytes')}, file_bytes {summary.get('file_bytes')}, entries {summary.get('entries')}, whiteouts {summary.get('whiteouts')}, elapsed {summary.get('elapsed')} s.
+Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
+PY
+cp "$work/report.md" "$out"
+echo
+cat "$work/report.md"
+echo
+log "written to $out"
