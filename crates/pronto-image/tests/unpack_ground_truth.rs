@@ -22,7 +22,13 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-async fn assert_matches_umoci(registry: &TestRegistry, image: ImageBuilder, name: &str) -> Tree {
+/// Pushes `image`, unpacks it with Pronto into `WORK/rootfs` and with umoci, asserts the trees
+/// are equal; returns Pronto's tree and the work dir.
+async fn assert_matches_umoci(
+    registry: &TestRegistry,
+    image: ImageBuilder,
+    name: &str,
+) -> (Tree, tempfile::TempDir) {
     let client = common::client();
     let reference = registry.reference(&format!("{name}:v1"));
     image.push(&client, &reference).await.unwrap();
@@ -42,7 +48,7 @@ async fn assert_matches_umoci(registry: &TestRegistry, image: ImageBuilder, name
     );
     assert!(!ours_tree.0.is_empty());
     common::assert_no_leftovers(work.path(), ".rootfs.");
-    ours_tree
+    (ours_tree, work)
 }
 
 #[tokio::test]
@@ -82,7 +88,9 @@ async fn basic_files_modes_owners_xattrs() {
         .xattr("user.pronto.note", b"hello")
         .xattr("trusted.overlay.test", b"y")
         .dir("etc")
-        .file("etc/hostname", b"pronto\n");
+        .mtime(1_600_000_000)
+        .file("etc/hostname", b"pronto\n")
+        .mtime(1_500_000_000);
     let image = ImageBuilder::new()
         .layer(base)
         .entrypoint(&["/bin/server"])
@@ -90,12 +98,21 @@ async fn basic_files_modes_owners_xattrs() {
         .working_dir("/home/app")
         .user("1000:1000")
         .expose("9000/tcp");
-    let tree = assert_matches_umoci(&registry, image, "basic").await;
+    let (tree, work) = assert_matches_umoci(&registry, image, "basic").await;
     // A few facts independent of umoci, so a shared bug cannot hide.
     assert_eq!(tree.get("bin/su").unwrap().mode, 0o4755);
     assert_eq!(tree.get("tmp").unwrap().mode, 0o1777);
     assert_eq!(tree.get("home/app").unwrap().uid, 1000);
     assert_eq!(tree.get("big.bin").unwrap().size, 5 << 20);
+    assert_eq!(tree.get("etc/hostname").unwrap().mtime, 1_500_000_000);
+    // A directory keeps its entry's mtime although a child was written into it afterwards.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(work.path().join("rootfs/etc"))
+            .unwrap()
+            .mtime(),
+        1_600_000_000
+    );
     assert_eq!(
         tree.get("abs-link").unwrap().link.as_deref(),
         Some(&b"/bin/server"[..])
@@ -142,7 +159,7 @@ async fn whiteouts_opaque_dirs_and_type_changes() {
         .whiteout("never-existed");
     let l3 = Layer::plain().whiteout("a").dir("a").file("a/reborn", b"r");
     let image = ImageBuilder::new().layer(l1).layer(l2).layer(l3);
-    let tree = assert_matches_umoci(&registry, image, "whiteouts").await;
+    let (tree, _work) = assert_matches_umoci(&registry, image, "whiteouts").await;
     assert!(tree.get("a/keep").is_none(), "a was whited out in layer 3");
     assert!(tree.get("a/reborn").is_some());
     assert!(tree.get("opq/old1").is_none() && tree.get("opq/olddir").is_none());
@@ -172,7 +189,7 @@ async fn hardlinks_within_and_across_layers() {
         .hardlink("second-name", "orig")
         .whiteout("orig");
     let image = ImageBuilder::new().layer(l1).layer(l2);
-    let tree = assert_matches_umoci(&registry, image, "hardlinks").await;
+    let (tree, _work) = assert_matches_umoci(&registry, image, "hardlinks").await;
     assert_eq!(
         tree.get("usr/bin/python").unwrap().hardlinks,
         vec![b"usr/bin/python3".to_vec(), b"usr/bin/python3.11".to_vec()]
@@ -205,7 +222,7 @@ async fn long_and_non_utf8_names() {
         .file("with\nnewline", b"nl");
     let l2 = Layer::gzip().hardlink("long-hardlink", &long_file);
     let image = ImageBuilder::new().layer(l1).layer(l2);
-    let tree = assert_matches_umoci(&registry, image, "names").await;
+    let (tree, _work) = assert_matches_umoci(&registry, image, "names").await;
     assert!(tree.0.contains_key(&b"caf\xe9-latin1"[..]));
     assert_eq!(
         tree.get(&long_file).unwrap().hardlinks,
@@ -225,7 +242,7 @@ async fn docker_media_types_mixed_compression_devices() {
         .mode(0o600);
     let l2 = Layer::plain().file("etc/os-release", b"ID=pronto\n");
     let image = ImageBuilder::new().layer(l1).layer(l2).docker_media_types();
-    let tree = assert_matches_umoci(&registry, image, "devices").await;
+    let (tree, _work) = assert_matches_umoci(&registry, image, "devices").await;
     assert_eq!(tree.get("dev/null").unwrap().kind, "char");
     assert_eq!(tree.get("dev/initctl").unwrap().kind, "fifo");
 

@@ -1,8 +1,9 @@
 //! A snapshot of a directory tree, for comparing an unpack with ground truth.
 //!
 //! Compared per path: type, permission bits (incl. setuid/setgid/sticky), uid, gid, size,
-//! sha256 of file content, symlink target, device number, xattrs, and which paths share an
-//! inode (hardlinks). Not compared: mtimes of directories (tools differ) and inode numbers.
+//! sha256 of file content, symlink target, device number, xattrs, mtime (not of directories:
+//! those made without a tar entry get the time of the unpack), and which paths share an inode
+//! (hardlinks). Not compared: atimes, ctimes and inode numbers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -23,6 +24,8 @@ pub struct Node {
     pub sha256: Option<String>,
     pub link: Option<Vec<u8>>,
     pub rdev: u64,
+    /// Modification time (seconds).
+    pub mtime: i64,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Other paths with the same inode, sorted (empty when not hardlinked).
     pub hardlinks: Vec<Vec<u8>>,
@@ -84,8 +87,8 @@ impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} mode={:o} owner={}:{} size={}",
-            self.kind, self.mode, self.uid, self.gid, self.size
+            "{} mode={:o} owner={}:{} size={} mtime={}",
+            self.kind, self.mode, self.uid, self.gid, self.size, self.mtime
         )?;
         if let Some(h) = &self.sha256 {
             write!(f, " sha256={}", &h[..12])?;
@@ -198,6 +201,8 @@ fn walk(
                 },
                 sha256,
                 link,
+                // Directories made implicitly (no tar entry) get "now": not comparable.
+                mtime: if ft.is_dir() { 0 } else { meta.mtime() },
                 rdev: if ft.is_char_device() || ft.is_block_device() {
                     meta.rdev()
                 } else {
