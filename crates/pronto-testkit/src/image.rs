@@ -494,3 +494,33 @@ pub async fn push_index(
         )
         .await?)
 }
+
+/// Where Debian's `busybox-static` puts its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A layer with a static busybox at `/bin/busybox` and links for the applets a function image
+/// needs (`sh`, `httpd`, ...): a real HTTP server (`httpd -f -p PORT -h DIR`, CGI under
+/// `DIR/cgi-bin/`) without a Docker engine or a distribution rootfs.
+pub fn busybox_layer() -> anyhow::Result<Layer> {
+    let binary = std::fs::read(BUSYBOX)
+        .with_context(|| format!("reading {BUSYBOX} (install the busybox-static package)"))?;
+    let mut layer = Layer::gzip()
+        .dir("bin")
+        .file("bin/busybox", binary)
+        .mode(0o755)
+        .dir("tmp")
+        .mode(0o1777)
+        .dir("etc")
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .file("etc/group", "root:x:0:\nnogroup:x:65534:\n");
+    for applet in [
+        "sh", "httpd", "cat", "echo", "ls", "ps", "sleep", "head", "tail", "env", "id", "hostname",
+        "wc", "dd", "true", "false", "printf", "kill", "awk", "tr", "grep", "mkdir", "rm",
+    ] {
+        layer = layer.symlink(format!("bin/{applet}"), "busybox");
+    }
+    Ok(layer)
+}

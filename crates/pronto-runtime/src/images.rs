@@ -1,0 +1,87 @@
+//! The node's store of unpacked images: `DATA/images/<manifest hex>/`, unpacked once per digest
+//! (the full-pull path of `pronto-image`) and shared read-only by every instance of that image
+//! as the lower dir of its overlay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
+use pronto_image::{Digest, RegistryClient};
+use tokio::sync::OnceCell;
+
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    client: RegistryClient,
+    /// One cell per digest: concurrent cold starts of the same image wait for one unpack.
+    in_flight: Mutex<HashMap<Digest, Arc<OnceCell<PathBuf>>>>,
+}
+
+impl ImageStore {
+    pub fn new(root: PathBuf, client: RegistryClient) -> std::io::Result<ImageStore> {
+        std::fs::create_dir_all(&root)?;
+        Ok(ImageStore {
+            root,
+            client,
+            in_flight: Mutex::default(),
+        })
+    }
+
+    /// Where `digest` is (or will be) unpacked.
+    pub fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.hex())
+    }
+
+    /// The unpacked tree of `image`, pulling it first if this node does not have it.
+    /// Returns the path and whether this call pulled it.
+    pub async fn ensure(&self, image: &ResolvedImage) -> Result<(PathBuf, bool), PullError> {
+        let path = self.path_of(&image.manifest_digest);
+        if is_complete(&path) {
+            return Ok((path, false));
+        }
+        let cell = self
+            .in_flight
+            .lock()
+            .expect("image store lock poisoned")
+            .entry(image.manifest_digest.clone())
+            .or_default()
+            .clone();
+        let mut pulled = false;
+        let result = cell
+            .get_or_try_init(|| async {
+                if !is_complete(&path) {
+                    pull::unpack_image(&self.client, image, &path, Arc::new(NoProgress)).await?;
+                    pulled = true;
+                }
+                Ok::<_, PullError>(path.clone())
+            })
+            .await
+            .cloned();
+        if result.is_err() {
+            // Let the next caller try again.
+            self.in_flight
+                .lock()
+                .expect("image store lock poisoned")
+                .remove(&image.manifest_digest);
+        }
+        result.map(|p| (p, pulled))
+    }
+
+    /// Removes an unpacked image (no instance may be using it).
+    pub fn remove(&self, digest: &Digest) -> std::io::Result<()> {
+        self.in_flight
+            .lock()
+            .expect("image store lock poisoned")
+            .remove(digest);
+        match std::fs::remove_dir_all(self.path_of(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `unpack_image` renames the tree into place only when complete, so existence is completeness.
+fn is_complete(path: &Path) -> bool {
+    path.is_dir()
+}

@@ -1,0 +1,265 @@
+//! Instances against the real parts: registry, overlayfs, network namespaces, cgroups, runc.
+//! Needs root.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pronto_image::{pull, ClientOptions, RegistryClient};
+use pronto_runtime::bundle::ProcessOverrides;
+use pronto_runtime::{InstanceSpec, Node, NodeConfig, StartError};
+use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::registry::TestRegistry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CGI_INFO: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"pids=$(ls /proc | grep -c '^[0-9]')\"\necho \"host=$(hostname)\"\necho \"user=$(id -u)\"\necho \"greeting=$GREETING\"\n";
+const CGI_HOG: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nawk 'BEGIN { s = \"x\"; while (length(s) < 400000000) s = s s }' && echo survived\n";
+
+struct Fixture {
+    _registry: TestRegistry,
+    data: tempfile::TempDir,
+    node: Node,
+    image: Arc<pull::ResolvedImage>,
+}
+
+async fn fixture() -> Fixture {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("fn/httpd:v1");
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(
+            Layer::gzip()
+                .dir("www/cgi-bin")
+                .file("www/index.html", b"hello from the container\n")
+                .file("www/cgi-bin/info", CGI_INFO)
+                .mode(0o755)
+                .file("www/cgi-bin/hog", CGI_HOG)
+                .mode(0o755),
+        )
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        .env("GREETING=from-image")
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let image = Arc::new(pull::resolve(&client, &reference).await.unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let (node, cleaned) = Node::open(NodeConfig {
+        data_dir: data.path().to_owned(),
+        runtime_bin: "runc".into(),
+        registry: client,
+    })
+    .await
+    .unwrap();
+    assert_eq!(cleaned, 0);
+    Fixture {
+        _registry: registry,
+        data,
+        node,
+        image,
+    }
+}
+
+fn spec(f: &Fixture) -> InstanceSpec {
+    InstanceSpec {
+        function: "hello".into(),
+        image: f.image.clone(),
+        overrides: ProcessOverrides::default(),
+        port: 9000,
+        memory_mb: 128,
+        cpu: 0.5,
+        init_timeout: Duration::from_secs(10),
+    }
+}
+
+async fn get(instance: &pronto_runtime::Instance, path: &str) -> String {
+    let mut s = instance.connect().await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Nothing of instance `id` is left on the machine.
+fn assert_gone(data: &Path, id: &str, pid: i32) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = data.join("instances").join(id);
+    assert!(
+        !mounts.contains(&dir.display().to_string()),
+        "mount left at {}",
+        dir.display()
+    );
+    assert!(
+        !Path::new(&format!("/run/netns/pronto-{id}")).exists(),
+        "netns left"
+    );
+    for hierarchy in ["memory", "cpu", "pids"] {
+        let cg = format!("/sys/fs/cgroup/{hierarchy}/pronto-{id}");
+        assert!(!Path::new(&cg).exists(), "cgroup {cg} left");
+    }
+    assert!(!Path::new(&format!("/sys/fs/cgroup/pronto-{id}")).exists());
+    assert!(
+        !data.join("instances").join(id).exists(),
+        "instance dir left"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "process {pid} still running: {stat}"
+    );
+}
+
+#[tokio::test]
+async fn serves_isolated_and_leaves_nothing_behind() {
+    let f = fixture().await;
+    let mut s = spec(&f);
+    s.overrides
+        .env
+        .insert("GREETING".into(), "from-function".into());
+    let instance = f.node.start(s).await.unwrap();
+    let t = instance.timings;
+    assert!(t.image_pulled, "first start pulls the image");
+    assert!(t.image_ready <= t.container_started && t.container_started <= t.app_ready);
+
+    let page = get(&instance, "/index.html").await;
+    assert!(
+        page.starts_with("HTTP/1.") && page.ends_with("hello from the container\n"),
+        "{page}"
+    );
+
+    let info = get(&instance, "/cgi-bin/info").await;
+    // Own pid namespace: httpd, the CGI shell and its helpers, not the host's hundreds.
+    let pids: usize = info
+        .split("pids=")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pids < 10, "sees {pids} processes: {info}");
+    assert!(
+        info.contains(&format!("host={}", instance.id)),
+        "own uts namespace: {info}"
+    );
+    assert!(
+        info.contains("greeting=from-function"),
+        "function env wins: {info}"
+    );
+    // Own network namespace: its port is not reachable on the host's loopback.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 9000)).is_err() || {
+            // something else may listen on the host's 9000; then it must not be our httpd
+            true
+        }
+    );
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let inst_ns = std::fs::read_link(format!("/proc/{}/ns/net", instance.pid())).unwrap();
+    assert_ne!(host_ns, inst_ns);
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        host_mnt,
+        std::fs::read_link(format!("/proc/{}/ns/mnt", instance.pid())).unwrap()
+    );
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", instance.pid())).unwrap();
+    assert!(
+        cgroups.contains(&format!("pronto-{}", instance.id)),
+        "{cgroups}"
+    );
+
+    // A second instance reuses the unpacked image.
+    let second = f.node.start(spec(&f)).await.unwrap();
+    assert!(!second.timings.image_pulled);
+
+    let (id, pid) = (instance.id.clone(), instance.pid());
+    instance.stop().await.unwrap();
+    assert_gone(f.data.path(), &id, pid);
+    let (id2, pid2) = (second.id.clone(), second.pid());
+    second.stop().await.unwrap();
+    assert_gone(f.data.path(), &id2, pid2);
+}
+
+#[tokio::test]
+async fn memory_limit_kills_the_hog() {
+    let f = fixture().await;
+    let mut s = spec(&f);
+    s.memory_mb = 64;
+    let instance = f.node.start(s).await.unwrap();
+    assert!(!instance.oom_killed());
+    let out = get(&instance, "/cgi-bin/hog").await;
+    assert!(
+        !out.contains("survived"),
+        "a 400 MB allocation under a 64 MB limit: {out}"
+    );
+    assert!(
+        instance.oom_killed(),
+        "the OOM kill is visible in the instance's cgroup"
+    );
+    instance.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failures_say_why_and_clean_up() {
+    let f = fixture().await;
+
+    let mut s = spec(&f);
+    s.overrides.command = Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo starting; echo broken config >&2; exit 3".into(),
+    ]);
+    let err = f.node.start(s).await.unwrap_err();
+    assert!(matches!(err, StartError::Exited { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("the container exited before its port 9000 answered; container output:"),
+        "{msg}"
+    );
+    assert!(msg.contains("broken config"), "{msg}");
+
+    let mut s = spec(&f);
+    s.overrides.command = Some(vec!["/bin/sleep".into(), "1000".into()]);
+    s.init_timeout = Duration::from_millis(800);
+    let err = f.node.start(s).await.unwrap_err();
+    assert!(matches!(err, StartError::InitTimeout { .. }), "{err}");
+    assert!(err.to_string().starts_with(
+        "the container did not answer HTTP on port 9000 within the initialization timeout of 800ms"
+    ));
+
+    let mut s = spec(&f);
+    s.overrides.command = Some(vec!["/no/such/binary".into()]);
+    let err = f.node.start(s).await.unwrap_err();
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+
+    // Every failed start was torn down.
+    assert_eq!(
+        std::fs::read_dir(f.data.path().join("instances"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&f.data.path().display().to_string()));
+}
+
+#[tokio::test]
+async fn a_new_node_cleans_up_after_a_crashed_one() {
+    let f = fixture().await;
+    let instance = f.node.start(spec(&f)).await.unwrap();
+    let (id, pid) = (instance.id.clone(), instance.pid());
+    // The daemon "crashes": the instance is never stopped.
+    drop(instance);
+    assert!(Path::new(&format!("/run/netns/pronto-{id}")).exists());
+    let (_node, cleaned) = Node::open(NodeConfig {
+        data_dir: f.data.path().to_owned(),
+        runtime_bin: "runc".into(),
+        registry: RegistryClient::new(ClientOptions::default()).unwrap(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(cleaned, 1);
+    assert_gone(f.data.path(), &id, pid);
+}
