@@ -26,7 +26,7 @@ done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
 
-log() { printf '== %s\n' "$*" >&2; }
+log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
 # 1. What it needs
@@ -39,8 +39,27 @@ fi
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 log "building pronto (release)"
 cargo build --release --quiet -p pronto-cli -p pronto-testkit
-bin="${CARGO_TARGET_DIR:-$repo_root/target}/release"
-case "$bin" in /*) ;; *) bin="$repo_root/$bin" ;; esac
+built="${CARGO_TARGET_DIR:-$repo_root/target}/release"
+case "$built" in /*) ;; *) built="$repo_root/$built" ;; esac
+pronto_version="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+
+work=$(mktemp -d /var/tmp/pronto-bench.XXXXXX) # registry storage, pulled trees; removed on exit
+registry_pid=""
+build_tmp=""
+cleanup() {
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  [ -z "$build_tmp" ] || rm -rf "$build_tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# Measure a fixed copy: a concurrent `cargo build` in the tree must not swap binaries mid-run.
+bin="$work/bin"
+mkdir -p "$bin"
+cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
 
 # ---------------------------------------------------------------------------------------------
 # 2. The image's file trees, cached by recipe hash
@@ -69,6 +88,7 @@ build_trees() {
   local tmp
   mkdir -p "$cache_root"
   tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
+  build_tmp=$tmp
   log "building the image's file trees in $tmp (pip downloads; a few minutes)"
   # layer 1
   mkdir -p "$tmp/layer1/usr/lib" "$tmp/layer1/usr/bin"
@@ -98,6 +118,7 @@ build_trees() {
   printf '%s\n' "$recipe" >"$tmp/RECIPE"
   rm -rf "$cache"
   mv "$tmp" "$cache"
+  build_tmp=""
 }
 if [ -f "$cache/RECIPE" ]; then
   log "image trees cached: $cache"
@@ -120,18 +141,6 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Own registry on a free loopback port, storage in a temp dir
-work=$(mktemp -d /var/tmp/pronto-bench.XXXXXX) # same disk as /tmp here, but not a tmpfs anywhere
-registry_pid=""
-cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/registry.yml" <<YML
 version: 0.1
@@ -160,26 +169,39 @@ log "pushed $ref ($digest): $compressed_bytes bytes gzip in ${#layers[@]} layers
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { echo "$EPOCHREALTIME"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
-
-run_pronto() { # $1 run number; appends to $work/pronto.times; writes $work/pronto.json
-  local dir="$work/r$1/pronto-rootfs" t0 t1
-  mkdir -p "$work/r$1"
-  drop_caches
-  t0=$(now)
-  "$bin/pronto" image unpack "$ref" "$dir" --json >"$work/pronto-$1.json"
-  t1=$(now)
-  echo "$(secs "$t0" "$t1")" >>"$work/pronto.times"
+# bash's `time` keyword: "wall user sys" seconds of the command and its children
+TIMEFORMAT='%3R %3U %3S'
+timed() { # $1 output file for "wall user sys", $2 log file for the command's stderr, rest: command
+  local tfile=$1 errlog=$2
+  shift 2
+  if ! { time "$@" 2>"$errlog"; } 2>"$tfile"; then
+    echo "error: $* failed:" >&2
+    tail -20 "$errlog" >&2
+    exit 1
+  fi
 }
-run_umoci() { # $1 run number; appends "total skopeo umoci" to $work/umoci.times
-  local layout="$work/r$1/layout" bundle="$work/r$1/bundle" t0 t1 t2
+
+run_pronto() { # $1 run number; appends "wall cpu" to $work/pronto.times
+  local w user sys
   mkdir -p "$work/r$1"
   drop_caches
-  t0=$(now)
-  skopeo copy -q --insecure-policy --src-tls-verify=false "docker://$ref" "oci:$layout:img"
-  t1=$(now)
-  umoci unpack --image "$layout:img" "$bundle" >/dev/null
-  t2=$(now)
-  echo "$(secs "$t0" "$t2") $(secs "$t0" "$t1") $(secs "$t1" "$t2")" >>"$work/umoci.times"
+  timed "$work/t" "$work/pronto.err" \
+    "$bin/pronto" image unpack "$ref" "$work/r$1/pronto-rootfs" --json >"$work/pronto-$1.json"
+  read -r w user sys <"$work/t"
+  echo "$w $(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.3f", u+s}')" >>"$work/pronto.times"
+}
+run_umoci() { # $1 run number; appends "wall cpu skopeo_wall umoci_wall" to $work/umoci.times
+  local layout="$work/r$1/layout" bundle="$work/r$1/bundle" w1 u1 s1 w2 u2 s2
+  mkdir -p "$work/r$1"
+  drop_caches
+  timed "$work/t1" "$work/skopeo.err" \
+    skopeo copy -q --insecure-policy --src-tls-verify=false "docker://$ref" "oci:$layout:img"
+  timed "$work/t2" "$work/umoci.err" umoci unpack --image "$layout:img" "$bundle" >/dev/null
+  read -r w1 u1 s1 <"$work/t1"
+  read -r w2 u2 s2 <"$work/t2"
+  awk -v w1="$w1" -v w2="$w2" -v c="$u1 $s1 $u2 $s2" \
+    'BEGIN{split(c, x, " "); printf "%.3f %.3f %.3f %.3f\n", w1+w2, x[1]+x[2]+x[3]+x[4], w1, w2}' \
+    >>"$work/umoci.times"
 }
 
 : >"$work/pronto.times"
@@ -188,7 +210,7 @@ for i in $(seq "$runs"); do
   if [ $((i % 2)) = 1 ]; then order="pronto umoci"; else order="umoci pronto"; fi
   for tool in $order; do "run_$tool" "$i"; done
   printf '   run %d/%d (%s first): pronto %ss, skopeo+umoci %ss\n' "$i" "$runs" "${order%% *}" \
-    "$(tail -1 "$work/pronto.times")" "$(tail -1 "$work/umoci.times" | cut -d' ' -f1)" >&2
+    "$(tail -1 "$work/pronto.times" | cut -d' ' -f1)" "$(tail -1 "$work/umoci.times" | cut -d' ' -f1)" >&2
   if [ "$i" = 1 ]; then
     # Not timed: both must have produced the same tree, or the comparison means nothing.
     if ! diff -r --no-dereference "$work/r1/pronto-rootfs" "$work/r1/bundle/rootfs" >"$work/diff.txt" 2>&1; then
@@ -212,39 +234,39 @@ export RUNS=$runs FILE_BYTES=$file_bytes IMAGE_BYTES=$image_bytes IMAGE_FILES=$i
   IMAGE_ENTRIES=$image_entries COMPRESSED=$compressed_bytes NLAYERS=${#layers[@]} REF_DIGEST=$digest \
   KEY=$key TOTAL_SECS=$total_secs \
   MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
-  VERSIONS="pronto $(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo_root" diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty'), $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
+  VERSIONS="pronto $pronto_version, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
 "$PY" - "$work/pronto.times" "$work/umoci.times" "$work/pronto-1.json" >"$work/report.md" <<'PY'
 import json, os, statistics, sys
-pronto = [float(l) for l in open(sys.argv[1]) if l.strip()]
-umoci_rows = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
-umoci = [r[0] for r in umoci_rows]
-skopeo_part = [r[1] for r in umoci_rows]
-umoci_part = [r[2] for r in umoci_rows]
+rows_p = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+rows_u = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
+pronto, pronto_cpu = [r[0] for r in rows_p], [r[1] for r in rows_p]
+umoci, umoci_cpu = [r[0] for r in rows_u], [r[1] for r in rows_u]
+skopeo_part, umoci_part = [r[2] for r in rows_u], [r[3] for r in rows_u]
 summary = json.load(open(sys.argv[3]))
-fb = int(os.environ["FILE_BYTES"])
-mb = fb / 1e6
-def row(name, xs, speed=True):
-    med = statistics.median(xs)
-    s = f"{mb / med:.0f}" if speed else "–"
-    return f"| {name} | {med:.2f} | {min(xs):.2f} | {max(xs):.2f} | {s} |"
-med_p, med_u = statistics.median(pronto), statistics.median(umoci)
 e = os.environ
+mb = int(e["FILE_BYTES"]) / 1e6
+med = statistics.median
+def row(name, xs, cpu=None):
+    s = f"{mb / med(xs):.0f}" if cpu is not None else "–"
+    c = f"{med(cpu):.2f}" if cpu is not None else "–"
+    return f"| {name} | {med(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} | {s} | {c} |"
+med_p, med_u = med(pronto), med(umoci)
 print(f"""### Unpack throughput, {e['RUNS']} runs
 
 Image: {int(e['IMAGE_BYTES'])/1e6:.0f} MB uncompressed (du -sb), {e['IMAGE_FILES']} files ({e['IMAGE_ENTRIES']} entries), {e['NLAYERS']} gzip layers, {int(e['COMPRESSED'])/1e6:.0f} MB compressed; {mb:.0f} MB of file data (pronto's `file_bytes`, the data size used for MB/s of both). Cache key {e['KEY']}, manifest {e['REF_DIGEST']}.
 Machine: {e['MACHINE']}. Versions: {e['VERSIONS']}.
-Method: local docker-registry on loopback, fresh directories, `sync; echo 3 > /proc/sys/vm/drop_caches` before each measured command, order alternated between runs.
+Method: local docker-registry on loopback, fresh directories, `sync; echo 3 > /proc/sys/vm/drop_caches` before each measured command, order alternated between runs. CPU = user+sys of the tool's processes (not the registry's).
 
-| tool | median s | min s | max s | MB/s (median) |
-|---|---|---|---|---|
-{row("pronto image unpack", pronto)}
-{row("skopeo copy + umoci unpack", umoci)}
-{row("&nbsp;&nbsp;of which skopeo copy", skopeo_part, speed=False)}
-{row("&nbsp;&nbsp;of which umoci unpack", umoci_part, speed=False)}
+| tool | median s | min s | max s | MB/s (median) | CPU s (median) |
+|---|---|---|---|---|---|
+{row("pronto image unpack", pronto, pronto_cpu)}
+{row("skopeo copy + umoci unpack", umoci, umoci_cpu)}
+{row("&nbsp;&nbsp;of which skopeo copy", skopeo_part)}
+{row("&nbsp;&nbsp;of which umoci unpack", umoci_part)}
 
 Ratio pronto / (skopeo + umoci), median times: **{med_p / med_u:.2f}** ({'pronto faster' if med_p < med_u else 'pronto slower'}, {max(med_p, med_u) / min(med_p, med_u):.2f}x).
 
-Raw seconds — pronto: {', '.join(f'{x:.2f}' for x in pronto)}; skopeo+umoci: {', '.join(f'{x:.2f}' for x in umoci)}.
+Raw wall seconds — pronto: {', '.join(f'{x:.2f}' for x in pronto)}; skopeo+umoci: {', '.join(f'{x:.2f}' for x in umoci)}.
 pronto's own summary (run 1): layers {summary.get('layers')}, compressed_bytes {summary.get('compressed_bytes')}, file_bytes {summary.get('file_bytes')}, entries {summary.get('entries')}, whiteouts {summary.get('whiteouts')}, elapsed {summary.get('elapsed')} s.
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY

@@ -5,7 +5,8 @@
 //! - `instances/<id>/`: one per live instance: `state.json` (written first, so a crash at any
 //!   later step can be undone), `config.json` (the bundle), `upper/`, `work/`, `rootfs/` (the
 //!   overlay mount point), the runtime's `pid` and `runtime.log`;
-//! - `logs/<id>.log`: the container's stdout+stderr (kept after teardown for `pronto logs`);
+//! - `logs/<function>/<id>.log`: the container's stdout+stderr (kept after teardown for
+//!   `pronto logs`);
 //! - `runc/`: the OCI runtime's state (`--root`).
 //!
 //! Names on the machine: network namespace `pronto-<id>`, cgroup `/pronto-<id>`, container `<id>`.
@@ -171,11 +172,14 @@ impl Node {
         &self.inner.images
     }
 
-    pub fn log_path(&self, instance_id: &str) -> PathBuf {
-        self.inner
-            .data_dir
-            .join("logs")
-            .join(format!("{instance_id}.log"))
+    /// Where instance `instance_id` of `function` writes its stdout and stderr.
+    pub fn log_path(&self, function: &str, instance_id: &str) -> PathBuf {
+        self.function_log_dir(function).join(format!("{instance_id}.log"))
+    }
+
+    /// All instance logs of `function`, kept after the instances are gone.
+    pub fn function_log_dir(&self, function: &str) -> PathBuf {
+        self.inner.data_dir.join("logs").join(function)
     }
 
     /// Tears down every instance recorded under this data dir (a previous daemon's, after a
@@ -222,6 +226,19 @@ impl Node {
         let cgroups_path = format!("/pronto-{id}");
         let dir = n.data_dir.join("instances").join(&id);
         let setup = |step| move |source| StartError::Setup { step, source };
+        // The name becomes a directory name (logs).
+        if spec.function.is_empty()
+            || spec.function.starts_with('.')
+            || spec.function.contains(['/', '\0'])
+        {
+            return Err(StartError::Setup {
+                step: "checking the function name",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("function name {:?} cannot name a directory", spec.function),
+                ),
+            });
+        }
         std::fs::create_dir(&dir).map_err(setup("creating the instance directory"))?;
         let state = InstanceState {
             id: id.clone(),
@@ -308,7 +325,10 @@ impl Node {
         )
         .map_err(setup("writing config.json"))?;
 
-        let log = self.log_path(id);
+        let log = self.log_path(&spec.function, id);
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(setup("creating the log directory"))?;
+        }
         let runtime_err = |source| StartError::Runtime {
             source,
             log_tail: tail(&log),
@@ -393,6 +413,7 @@ impl Instance {
         self.node
             .data_dir
             .join("logs")
+            .join(&self.function)
             .join(format!("{}.log", self.id))
     }
 
