@@ -1,0 +1,34 @@
+//! `POST /2023-03-30/functions`
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::{ApiError, FunctionView, JsonBody};
+use crate::model::{now, Function, FunctionInput};
+use crate::{images, AppState};
+
+pub(super) async fn create_function(
+    State(state): State<AppState>,
+    JsonBody(input): JsonBody<FunctionInput>,
+) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    let (spec, reference) = input.validate()?.into_new_spec()?;
+    let name = spec.function_name.clone();
+    // Checked before the registry round trip, which can be slow; the insert checks again.
+    if state.store.function_exists(&name).await? {
+        return Err(ApiError::FunctionAlreadyExists(name));
+    }
+    let image = images::pin(&state.registry, &reference).await?;
+    let t = now();
+    let function = Function {
+        function_id: uuid::Uuid::new_v4().to_string(),
+        spec,
+        image,
+        acceleration: None,
+        created_time: t,
+        last_modified_time: t,
+    };
+    state.store.create_function(function.clone()).await?;
+    tracing::info!(function = %name, image = %function.image.reference, "created function");
+    Ok((StatusCode::CREATED, Json(FunctionView::from(&function))))
+}

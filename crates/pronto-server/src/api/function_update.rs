@@ -1,0 +1,50 @@
+//! `PUT /2023-03-30/functions/{functionName}`: a partial update; fields not given keep their
+//! values. Giving `customContainerConfig.image` re-resolves it, even when unchanged (a moved tag
+//! is picked up that way).
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+
+use super::{function_name, ApiError, FunctionView, JsonBody};
+use crate::model::{now, FunctionInput};
+use crate::{images, AppState};
+
+pub(super) async fn update_function(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(input): JsonBody<FunctionInput>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let name = function_name(path)?;
+    let patch = input.validate()?;
+    // The name is the key; repeating it is allowed (a client may send a whole spec back).
+    if let Some(given) = &patch.function_name {
+        if *given != name {
+            return Err(ApiError::Rename {
+                current: name,
+                given: given.clone(),
+            });
+        }
+    }
+    // 404 before the registry round trip.
+    if !state.store.function_exists(&name).await? {
+        return Err(ApiError::FunctionNotFound(name));
+    }
+    let pinned = match &patch.image {
+        Some(image) => Some(images::pin(&state.registry, &image.reference).await?),
+        None => None,
+    };
+    let function = state
+        .store
+        .update_function(&name, move |f| {
+            patch.apply_to(&mut f.spec);
+            if let Some(image) = pinned {
+                // TODO(acceleration): a new digest restarts the acceleration job.
+                f.image = image;
+            }
+            f.last_modified_time = now();
+        })
+        .await?;
+    tracing::info!(function = %name, image = %function.image.reference, "updated function");
+    Ok(Json(FunctionView::from(&function)))
+}

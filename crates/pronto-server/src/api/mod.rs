@@ -1,0 +1,118 @@
+//! The control API: Function Compute 3.0-style REST over JSON, every route behind the API token.
+//!
+//! One file per handler (`function_*.rs`); [`route_table`] is the single list of routes, used to
+//! build the router and by the test that checks every route against `openapi.yaml`.
+
+mod error;
+mod function_create;
+mod function_delete;
+mod function_get;
+mod function_list;
+mod function_update;
+mod view;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request};
+use axum::http::{Method, Uri};
+use axum::routing::{get, post, MethodRouter};
+use axum::{middleware, Router};
+use serde::de::DeserializeOwned;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ErrorBody};
+pub use view::{ContainerConfigView, FunctionView, ListFunctionsOutput};
+
+use crate::auth::{self, ApiToken};
+use crate::model::ValidationError;
+use crate::AppState;
+
+/// Function Compute's API version, the first segment of every control path.
+pub const API_VERSION: &str = "2023-03-30";
+
+/// Every control route: path (axum and OpenAPI share the `{param}` syntax) and its handlers.
+pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        (
+            "/2023-03-30/functions",
+            post(function_create::create_function).get(function_list::list_functions),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}",
+            get(function_get::get_function)
+                .put(function_update::update_function)
+                .delete(function_delete::delete_function),
+        ),
+    ]
+}
+
+/// The paths [`route_table`] serves.
+pub fn route_paths() -> Vec<&'static str> {
+    route_table().into_iter().map(|(p, _)| p).collect()
+}
+
+/// The control router: every request, unknown paths included, needs the bearer token.
+pub fn control_router(state: AppState, token: ApiToken) -> Router {
+    let mut router = Router::new();
+    for (path, methods) in route_table() {
+        router = router.route(path, methods);
+    }
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(token, auth::require_token))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method,
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method,
+        path: uri.path().to_string(),
+    }
+}
+
+/// A JSON object body deserialized into `T`. Errors name the field (`memorySize: invalid
+/// type: ...`) and are [`ApiError`]s; the `Content-Type` is not checked (so `curl -d` works).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::Body {
+                status: r.status(),
+                message: r.body_text().to_lowercase(),
+            })?;
+        // Parsed to a Value first: syntax errors are told apart from wrong fields, and errors
+        // from a Value carry no line/column, which mean little to an API client.
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(ValidationError::new("request body", "must be a JSON object").into());
+        }
+        serde_path_to_error::deserialize(value)
+            .map(JsonBody)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ValidationError::new(field, e.into_inner().to_string()).into()
+            })
+    }
+}
+
+/// The `{functionName}` path segment.
+fn function_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(name)| name).map_err(|r| ApiError::Body {
+        status: r.status(),
+        message: r.body_text().to_lowercase(),
+    })
+}

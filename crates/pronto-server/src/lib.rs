@@ -1,0 +1,310 @@
+//! The control plane of `pronto serve`.
+//!
+//! - [`model`]: function specs, the API's input patch and its validation.
+//! - [`store`]: the SQLite metadata store (`DATA_DIR/pronto.db`).
+//! - [`auth`]: the API token (`DATA_DIR/api-token`) and the middleware that checks it.
+//! - [`images`]: image references resolved and pinned to a digest.
+//! - [`api`]: the REST API (`/2023-03-30/functions...`), described by `openapi.yaml`.
+//! - [`invoke`]: the router of the invoke listener (a placeholder for now).
+//!
+//! [`Server::new`] opens the data directory; [`Server::start`] (or [`Server::start_on`] with
+//! listeners already bound) serves both listeners and returns a [`RunningServer`]; [`serve`]
+//! does all of it until a shutdown future completes.
+
+pub mod api;
+pub mod auth;
+pub mod images;
+pub mod invoke;
+pub mod model;
+pub mod store;
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+use axum::Router;
+use pronto_image::RegistryClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::ApiToken;
+pub use store::Store;
+
+/// Where `pronto serve` listens for invocations unless told otherwise.
+pub const DEFAULT_INVOKE_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9000);
+/// Where `pronto serve` listens for the control API unless told otherwise.
+pub const DEFAULT_CONTROL_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9001);
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Holds `pronto.db` and `api-token`; created (0700) if missing.
+    pub data_dir: PathBuf,
+    pub control_addr: SocketAddr,
+    pub invoke_addr: SocketAddr,
+    /// Resolves function images.
+    pub registry: RegistryClient,
+}
+
+impl ServerConfig {
+    /// A config with the default addresses.
+    pub fn new(data_dir: impl Into<PathBuf>, registry: RegistryClient) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            control_addr: DEFAULT_CONTROL_ADDR,
+            invoke_addr: DEFAULT_INVOKE_ADDR,
+            registry,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Token(#[from] auth::AuthError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("binding the {listener} listener to {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("serving the {listener} listener: {source}")]
+    Serve {
+        listener: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {listener} listener task: {source}")]
+    Task {
+        listener: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// What request handlers share; cheap to clone. The instance pool will join it.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub registry: RegistryClient,
+}
+
+/// An opened data directory, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    state: AppState,
+    token: ApiToken,
+    invoke: Router,
+}
+
+impl Server {
+    /// Creates the data directory if needed, loads (or makes and prints, the first time) the
+    /// API token, and opens the store. Blocking file I/O: call it at startup.
+    pub fn new(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| ServerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let (token, created) = auth::load_or_create(&config.data_dir)?;
+        if created {
+            // Shown once, to whoever started the server; never logged.
+            println!(
+                "pronto: API token written to {}: {}",
+                config.data_dir.join(auth::TOKEN_FILE).display(),
+                token.expose()
+            );
+        }
+        let store = Store::open(&config.data_dir)?;
+        let state = AppState {
+            store,
+            registry: config.registry.clone(),
+        };
+        let invoke = invoke::invoke_router(state.clone());
+        Ok(Server {
+            config,
+            state,
+            token,
+            invoke,
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    /// Serves `router` on the invoke listener instead of [`invoke::invoke_router`].
+    pub fn with_invoke_router(mut self, router: Router) -> Server {
+        self.invoke = router;
+        self
+    }
+
+    /// Binds the configured addresses and serves.
+    pub async fn start(self) -> Result<RunningServer, ServerError> {
+        let bind = |listener, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
+        };
+        let control = bind("control", self.config.control_addr).await?;
+        let invoke = bind("invoke", self.config.invoke_addr).await?;
+        self.start_on(control, invoke)
+    }
+
+    /// Serves on listeners the caller bound (tests bind port 0).
+    pub fn start_on(
+        self,
+        control: TcpListener,
+        invoke: TcpListener,
+    ) -> Result<RunningServer, ServerError> {
+        let local = |listener, l: &TcpListener| {
+            l.local_addr()
+                .map_err(|source| ServerError::Serve { listener, source })
+        };
+        let control_addr = local("control", &control)?;
+        let invoke_addr = local("invoke", &invoke)?;
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let control_router = api::control_router(self.state.clone(), self.token.clone());
+        for (listener, tcp, router) in [
+            ("control", control, control_router),
+            ("invoke", invoke, self.invoke),
+        ] {
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                let result = axum::serve(tcp, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+                    .map_err(|source| ServerError::Serve { listener, source });
+                (listener, result)
+            });
+        }
+        tracing::info!(%control_addr, %invoke_addr, data_dir = %self.config.data_dir.display(),
+            "pronto serving");
+        Ok(RunningServer {
+            control_addr,
+            invoke_addr,
+            token: self.token,
+            state: self.state,
+            cancel,
+            tasks,
+        })
+    }
+}
+
+/// Asks a [`RunningServer`] to stop (from anywhere; cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Stops accepting connections; in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Both listeners, serving. Dropping it stops them (without waiting).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub control_addr: SocketAddr,
+    pub invoke_addr: SocketAddr,
+    token: ApiToken,
+    state: AppState,
+    cancel: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), ServerError>)>,
+}
+
+impl RunningServer {
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.cancel.clone())
+    }
+
+    /// Stops both listeners and waits for in-flight requests.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.cancel.cancel();
+        self.join().await
+    }
+
+    /// Waits until both listeners have stopped: after a [`ShutdownHandle::shutdown`], or when
+    /// one fails (which stops the other). The first error is returned.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<(), ServerError> {
+        let mut first = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = match joined {
+                Ok((_, result)) => result,
+                Err(source) => Err(ServerError::Task {
+                    listener: "server",
+                    source,
+                }),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "listener stopped");
+                self.cancel.cancel();
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// `pronto serve`: opens `config.data_dir`, serves until `shutdown` completes (then lets
+/// in-flight requests finish) or a listener fails.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let running = Server::new(config)?.start().await?;
+    let handle = running.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        handle.shutdown();
+    });
+    running.wait().await
+}

@@ -1,0 +1,704 @@
+//! Function specs as stored, the API's input patch, and its validation.
+//!
+//! Input arrives as a [`FunctionInput`] (every field optional, numbers wide so that a bad value
+//! reaches validation and is reported with the field's name instead of as a serde type error).
+//! [`FunctionInput::validate`] turns it into a typed [`FunctionPatch`]; a create builds a
+//! [`FunctionSpec`] from it with defaults ([`FunctionPatch::into_new_spec`]), an update merges it
+//! into the stored one ([`FunctionPatch::apply_to`]). Merging cannot fail: every check is done on
+//! the patch alone, so an update can be validated before the store's transaction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use pronto_image::{Digest, Reference};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The only runtime Pronto has (Function Compute's name for it).
+pub const RUNTIME: &str = "custom-container";
+
+pub const DEFAULT_PORT: u16 = 9000;
+pub const DEFAULT_MEMORY_SIZE: u32 = 512;
+pub const MEMORY_SIZE_MIN: u32 = 128;
+pub const MEMORY_SIZE_MAX: u32 = 32768;
+pub const MEMORY_SIZE_STEP: u32 = 64;
+pub const DEFAULT_CPU: f64 = 0.35;
+pub const CPU_MIN: f64 = 0.05;
+pub const CPU_MAX: f64 = 16.0;
+pub const DEFAULT_TIMEOUT: u32 = 60;
+pub const TIMEOUT_MAX: u32 = 86400;
+pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
+pub const INSTANCE_CONCURRENCY_MAX: u32 = 200;
+pub const DEFAULT_INITIALIZATION_TIMEOUT: u32 = 30;
+pub const INITIALIZATION_TIMEOUT_MAX: u32 = 600;
+pub const FUNCTION_NAME_MAX: usize = 64;
+/// Function Compute's limit.
+pub const DESCRIPTION_MAX: usize = 256;
+
+/// A request field that failed validation; shown as `FIELD: REASON`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The field's path in the request body, e.g. `customContainerConfig.port`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> ValidationError {
+        ValidationError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccelerationType {
+    /// Convert the image to the lazily loaded format after create/update.
+    Default,
+    /// Always cold-start from a full pull.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// Invocations need the API token.
+    Function,
+    /// Anyone who reaches the invoke port may invoke.
+    Anonymous,
+}
+
+/// How the function's container is run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerConfig {
+    /// The image reference as the user gave it (a tag may move; see [`Function::image`]).
+    pub image: String,
+    /// Overrides the image's entrypoint when not empty.
+    pub command: Vec<String>,
+    /// Overrides the image's cmd when not empty.
+    pub args: Vec<String>,
+    /// The port the program listens on inside the container.
+    pub port: u16,
+    pub acceleration_type: AccelerationType,
+}
+
+/// A function's desired state with every default applied: what the user asked for.
+///
+/// Stored as JSON (`functions.spec`); fields added later need `#[serde(default)]` so that older
+/// rows still load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSpec {
+    pub function_name: String,
+    pub description: String,
+    pub custom_container_config: ContainerConfig,
+    /// MiB.
+    pub memory_size: u32,
+    /// vCPUs.
+    pub cpu: f64,
+    /// Seconds an invocation may take.
+    pub timeout: u32,
+    /// Requests one instance serves at once.
+    pub instance_concurrency: u32,
+    pub environment_variables: BTreeMap<String, String>,
+    /// Seconds an instance has to answer on its port after start.
+    pub initialization_timeout: u32,
+    pub auth_type: AuthType,
+}
+
+/// The image a function runs, pinned at create/update time (tags move; this does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedImage {
+    /// `registry/repo@sha256:...` of the platform manifest.
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+}
+
+/// Where the conversion to the accelerated format stands. Nothing produces it yet: the store
+/// keeps a column for it and the API omits `accelerationInfo` while it is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccelerationInfo {
+    pub status: AccelerationStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccelerationStatus {
+    Preparing,
+    Ready,
+    Failed,
+}
+
+/// A function as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    /// A UUID, fixed at create.
+    pub function_id: String,
+    pub spec: FunctionSpec,
+    pub image: PinnedImage,
+    pub acceleration: Option<AccelerationInfo>,
+    /// UTC, millisecond precision (what the store keeps).
+    pub created_time: OffsetDateTime,
+    pub last_modified_time: OffsetDateTime,
+}
+
+/// Now, in UTC, truncated to milliseconds so that a stored and reloaded time compares equal.
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    let ms = t.millisecond();
+    t.replace_millisecond(ms).unwrap_or(t)
+}
+
+/// RFC 3339 in UTC with milliseconds: `2024-05-01T12:00:00.123Z`.
+pub fn format_time(t: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// The body of a create or update, as sent. Unknown fields are refused (a typo must not be
+/// silently ignored); `null` counts as absent.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionInput {
+    pub function_name: Option<String>,
+    pub description: Option<String>,
+    pub runtime: Option<String>,
+    pub custom_container_config: Option<ContainerConfigInput>,
+    pub memory_size: Option<i64>,
+    pub cpu: Option<f64>,
+    pub timeout: Option<i64>,
+    pub instance_concurrency: Option<i64>,
+    pub environment_variables: Option<BTreeMap<String, String>>,
+    pub initialization_timeout: Option<i64>,
+    pub auth_type: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerConfigInput {
+    pub image: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub port: Option<i64>,
+    pub acceleration_type: Option<String>,
+}
+
+/// An image as given, and parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInput {
+    pub given: String,
+    pub reference: Reference,
+}
+
+/// A validated [`FunctionInput`]: `Some` fields replace the stored ones (lists and the
+/// environment map are replaced whole, not merged).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FunctionPatch {
+    pub function_name: Option<String>,
+    pub description: Option<String>,
+    pub image: Option<ImageInput>,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub port: Option<u16>,
+    pub acceleration_type: Option<AccelerationType>,
+    pub memory_size: Option<u32>,
+    pub cpu: Option<f64>,
+    pub timeout: Option<u32>,
+    pub instance_concurrency: Option<u32>,
+    pub environment_variables: Option<BTreeMap<String, String>>,
+    pub initialization_timeout: Option<u32>,
+    pub auth_type: Option<AuthType>,
+}
+
+impl FunctionInput {
+    /// Checks every field present; the first bad one is reported.
+    pub fn validate(self) -> Result<FunctionPatch, ValidationError> {
+        let cc = self.custom_container_config.unwrap_or_default();
+        if let Some(name) = &self.function_name {
+            check_function_name(name)?;
+        }
+        if let Some(d) = &self.description {
+            let n = d.chars().count();
+            if n > DESCRIPTION_MAX {
+                return Err(ValidationError::new(
+                    "description",
+                    format!("must be at most {DESCRIPTION_MAX} characters, got {n}"),
+                ));
+            }
+        }
+        if let Some(r) = &self.runtime {
+            if r != RUNTIME {
+                return Err(ValidationError::new(
+                    "runtime",
+                    format!("must be {RUNTIME:?}, got {r:?}"),
+                ));
+            }
+        }
+        let image = match cc.image {
+            None => None,
+            Some(given) => {
+                const FIELD: &str = "customContainerConfig.image";
+                if given.trim() != given {
+                    return Err(ValidationError::new(
+                        FIELD,
+                        format!("must not have surrounding whitespace, got {given:?}"),
+                    ));
+                }
+                let reference = given
+                    .parse::<Reference>()
+                    .map_err(|e| ValidationError::new(FIELD, e.to_string()))?;
+                Some(ImageInput { given, reference })
+            }
+        };
+        for (field, list) in [("command", &cc.command), ("args", &cc.args)] {
+            for (i, s) in list.iter().flatten().enumerate() {
+                // execve takes C strings.
+                if s.contains('\0') {
+                    return Err(ValidationError::new(
+                        format!("customContainerConfig.{field}[{i}]"),
+                        "must not contain NUL",
+                    ));
+                }
+            }
+        }
+        let port = cc
+            .port
+            .map(|p| in_range("customContainerConfig.port", p, 1, 65535))
+            .transpose()?
+            .map(|p| p as u16);
+        let acceleration_type = cc
+            .acceleration_type
+            .map(|a| match a.as_str() {
+                "Default" => Ok(AccelerationType::Default),
+                "None" => Ok(AccelerationType::None),
+                _ => Err(ValidationError::new(
+                    "customContainerConfig.accelerationType",
+                    format!("must be \"Default\" or \"None\", got {a:?}"),
+                )),
+            })
+            .transpose()?;
+        let memory_size = self
+            .memory_size
+            .map(|m| {
+                let m = in_range(
+                    "memorySize",
+                    m,
+                    MEMORY_SIZE_MIN.into(),
+                    MEMORY_SIZE_MAX.into(),
+                )?;
+                if m % MEMORY_SIZE_STEP != 0 {
+                    return Err(ValidationError::new(
+                        "memorySize",
+                        format!("must be a multiple of {MEMORY_SIZE_STEP}, got {m}"),
+                    ));
+                }
+                Ok(m)
+            })
+            .transpose()?;
+        if let Some(c) = self.cpu {
+            if !(CPU_MIN..=CPU_MAX).contains(&c) {
+                return Err(ValidationError::new(
+                    "cpu",
+                    format!("must be between {CPU_MIN} and {CPU_MAX}, got {c}"),
+                ));
+            }
+        }
+        let timeout = self
+            .timeout
+            .map(|t| in_range("timeout", t, 1, TIMEOUT_MAX.into()))
+            .transpose()?;
+        let instance_concurrency = self
+            .instance_concurrency
+            .map(|c| in_range("instanceConcurrency", c, 1, INSTANCE_CONCURRENCY_MAX.into()))
+            .transpose()?;
+        if let Some(env) = &self.environment_variables {
+            for (k, v) in env {
+                if !is_env_name(k) {
+                    return Err(ValidationError::new(
+                        "environmentVariables",
+                        format!("invalid name {k:?}: must match [A-Za-z_][A-Za-z0-9_]*"),
+                    ));
+                }
+                if v.contains('\0') {
+                    return Err(ValidationError::new(
+                        format!("environmentVariables.{k}"),
+                        "must not contain NUL",
+                    ));
+                }
+            }
+        }
+        let initialization_timeout = self
+            .initialization_timeout
+            .map(|t| {
+                in_range(
+                    "initializationTimeout",
+                    t,
+                    1,
+                    INITIALIZATION_TIMEOUT_MAX.into(),
+                )
+            })
+            .transpose()?;
+        let auth_type = self
+            .auth_type
+            .map(|a| match a.as_str() {
+                "function" => Ok(AuthType::Function),
+                "anonymous" => Ok(AuthType::Anonymous),
+                _ => Err(ValidationError::new(
+                    "authType",
+                    format!("must be \"function\" or \"anonymous\", got {a:?}"),
+                )),
+            })
+            .transpose()?;
+        Ok(FunctionPatch {
+            function_name: self.function_name,
+            description: self.description,
+            image,
+            command: cc.command,
+            args: cc.args,
+            port,
+            acceleration_type,
+            memory_size,
+            cpu: self.cpu,
+            timeout,
+            instance_concurrency,
+            environment_variables: self.environment_variables,
+            initialization_timeout,
+            auth_type,
+        })
+    }
+}
+
+impl FunctionPatch {
+    /// The spec of a new function: `functionName` and `customContainerConfig.image` are
+    /// required, everything else defaults. Returns the image reference to resolve too.
+    pub fn into_new_spec(self) -> Result<(FunctionSpec, Reference), ValidationError> {
+        let Some(function_name) = self.function_name.clone() else {
+            return Err(ValidationError::new("functionName", "is required"));
+        };
+        let Some(image) = self.image.clone() else {
+            return Err(ValidationError::new(
+                "customContainerConfig.image",
+                "is required",
+            ));
+        };
+        let mut spec = FunctionSpec {
+            function_name,
+            description: String::new(),
+            custom_container_config: ContainerConfig {
+                image: image.given,
+                command: Vec::new(),
+                args: Vec::new(),
+                port: DEFAULT_PORT,
+                acceleration_type: AccelerationType::Default,
+            },
+            memory_size: DEFAULT_MEMORY_SIZE,
+            cpu: DEFAULT_CPU,
+            timeout: DEFAULT_TIMEOUT,
+            instance_concurrency: DEFAULT_INSTANCE_CONCURRENCY,
+            environment_variables: BTreeMap::new(),
+            initialization_timeout: DEFAULT_INITIALIZATION_TIMEOUT,
+            auth_type: AuthType::Function,
+        };
+        self.apply_to(&mut spec);
+        Ok((spec, image.reference))
+    }
+
+    /// Replaces the fields this patch has. `functionName` is left alone: it is the key, and the
+    /// caller checks that a patch does not try to change it.
+    pub fn apply_to(self, spec: &mut FunctionSpec) {
+        fn set<T>(field: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        let cc = &mut spec.custom_container_config;
+        set(&mut cc.image, self.image.map(|i| i.given));
+        set(&mut cc.command, self.command);
+        set(&mut cc.args, self.args);
+        set(&mut cc.port, self.port);
+        set(&mut cc.acceleration_type, self.acceleration_type);
+        set(&mut spec.description, self.description);
+        set(&mut spec.memory_size, self.memory_size);
+        set(&mut spec.cpu, self.cpu);
+        set(&mut spec.timeout, self.timeout);
+        set(&mut spec.instance_concurrency, self.instance_concurrency);
+        set(&mut spec.environment_variables, self.environment_variables);
+        set(
+            &mut spec.initialization_timeout,
+            self.initialization_timeout,
+        );
+        set(&mut spec.auth_type, self.auth_type);
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_-]*`, 1 to 64 characters.
+pub fn is_function_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= FUNCTION_NAME_MAX
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+fn check_function_name(name: &str) -> Result<(), ValidationError> {
+    if is_function_name(name) {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        "functionName",
+        format!(
+            "must be 1 to {FUNCTION_NAME_MAX} characters of [A-Za-z0-9_-] starting with a letter \
+             or underscore, got {name:?}"
+        ),
+    ))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*` (what a POSIX shell accepts as a variable name).
+fn is_env_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn in_range(field: &str, v: i64, min: i64, max: i64) -> Result<u32, ValidationError> {
+    if (min..=max).contains(&v) {
+        // min..=max is within u32 for every caller.
+        u32::try_from(v).map_err(|_| ValidationError::new(field, format!("out of range, got {v}")))
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be between {min} and {max}, got {v}"),
+        ))
+    }
+}
+
+impl fmt::Display for AccelerationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AccelerationType::Default => "Default",
+            AccelerationType::None => "None",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input(v: serde_json::Value) -> FunctionInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn err(v: serde_json::Value) -> String {
+        input(v).validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply_to_a_minimal_create() {
+        let (spec, reference) = input(json!({
+            "functionName": "hello",
+            "customContainerConfig": {"image": "127.0.0.1:5000/app:v1"}
+        }))
+        .validate()
+        .unwrap()
+        .into_new_spec()
+        .unwrap();
+        assert_eq!(reference.to_string(), "127.0.0.1:5000/app:v1");
+        assert_eq!(spec.custom_container_config.port, 9000);
+        assert_eq!(
+            spec.custom_container_config.acceleration_type,
+            AccelerationType::Default
+        );
+        assert_eq!(spec.memory_size, 512);
+        assert_eq!(spec.cpu, 0.35);
+        assert_eq!(spec.timeout, 60);
+        assert_eq!(spec.instance_concurrency, 1);
+        assert_eq!(spec.initialization_timeout, 30);
+        assert_eq!(spec.auth_type, AuthType::Function);
+        assert_eq!(spec.description, "");
+    }
+
+    #[test]
+    fn required_fields_on_create() {
+        let e = FunctionPatch::default().into_new_spec().unwrap_err();
+        assert_eq!(e.to_string(), "functionName: is required");
+        let e = input(json!({"functionName": "f"}))
+            .validate()
+            .unwrap()
+            .into_new_spec()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "customContainerConfig.image: is required");
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let p = input(json!({
+            "functionName": "_".repeat(64),
+            "customContainerConfig": {"image": "a", "port": 65535},
+            "memorySize": 32768, "cpu": 16, "timeout": 86400, "instanceConcurrency": 200,
+            "initializationTimeout": 600,
+        }))
+        .validate()
+        .unwrap();
+        assert_eq!(p.port, Some(65535));
+        assert_eq!(p.memory_size, Some(32768));
+        let p = input(json!({
+            "customContainerConfig": {"port": 1},
+            "memorySize": 128, "cpu": 0.05, "timeout": 1, "instanceConcurrency": 1,
+            "initializationTimeout": 1,
+        }))
+        .validate()
+        .unwrap();
+        assert_eq!(p.timeout, Some(1));
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_value() {
+        let cases = [
+            (
+                json!({"functionName": "9lives"}),
+                "functionName: must be 1 to 64 characters of [A-Za-z0-9_-] starting with a \
+                 letter or underscore, got \"9lives\"",
+            ),
+            (
+                json!({"functionName": ""}),
+                "functionName: must be 1 to 64 characters of [A-Za-z0-9_-] starting with a \
+                 letter or underscore, got \"\"",
+            ),
+            (
+                json!({"description": "x".repeat(257)}),
+                "description: must be at most 256 characters, got 257",
+            ),
+            (
+                json!({"runtime": "python3"}),
+                "runtime: must be \"custom-container\", got \"python3\"",
+            ),
+            (
+                json!({"customContainerConfig": {"image": "Bad/Repo"}}),
+                "customContainerConfig.image: invalid repository name \"Bad/Repo\": only \
+                 lowercase letters, digits and . _ - / are allowed",
+            ),
+            (
+                json!({"customContainerConfig": {"image": ""}}),
+                "customContainerConfig.image: empty image reference",
+            ),
+            (
+                json!({"customContainerConfig": {"port": 0}}),
+                "customContainerConfig.port: must be between 1 and 65535, got 0",
+            ),
+            (
+                json!({"customContainerConfig": {"port": 65536}}),
+                "customContainerConfig.port: must be between 1 and 65535, got 65536",
+            ),
+            (
+                json!({"customContainerConfig": {"accelerationType": "Fast"}}),
+                "customContainerConfig.accelerationType: must be \"Default\" or \"None\", got \
+                 \"Fast\"",
+            ),
+            (
+                json!({"customContainerConfig": {"args": ["a", "b\u{0}"]}}),
+                "customContainerConfig.args[1]: must not contain NUL",
+            ),
+            (
+                json!({"memorySize": -5}),
+                "memorySize: must be between 128 and 32768, got -5",
+            ),
+            (
+                json!({"memorySize": 130}),
+                "memorySize: must be a multiple of 64, got 130",
+            ),
+            (
+                json!({"cpu": 0.01}),
+                "cpu: must be between 0.05 and 16, got 0.01",
+            ),
+            (
+                json!({"cpu": 20}),
+                "cpu: must be between 0.05 and 16, got 20",
+            ),
+            (
+                json!({"timeout": 0}),
+                "timeout: must be between 1 and 86400, got 0",
+            ),
+            (
+                json!({"instanceConcurrency": 201}),
+                "instanceConcurrency: must be between 1 and 200, got 201",
+            ),
+            (
+                json!({"environmentVariables": {"1X": "v"}}),
+                "environmentVariables: invalid name \"1X\": must match [A-Za-z_][A-Za-z0-9_]*",
+            ),
+            (
+                json!({"environmentVariables": {"X": "a\u{0}"}}),
+                "environmentVariables.X: must not contain NUL",
+            ),
+            (
+                json!({"initializationTimeout": 601}),
+                "initializationTimeout: must be between 1 and 600, got 601",
+            ),
+            (
+                json!({"authType": "none"}),
+                "authType: must be \"function\" or \"anonymous\", got \"none\"",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(err(body.clone()), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn patch_replaces_only_given_fields() {
+        let (mut spec, _) = input(json!({
+            "functionName": "f",
+            "description": "d",
+            "customContainerConfig": {"image": "a:1", "command": ["/app"], "port": 8080},
+            "environmentVariables": {"A": "1", "B": "2"},
+        }))
+        .validate()
+        .unwrap()
+        .into_new_spec()
+        .unwrap();
+        let before = spec.clone();
+        input(json!({
+            "customContainerConfig": {"args": ["-v"]},
+            "environmentVariables": {"C": "3"},
+            "memorySize": 1024,
+        }))
+        .validate()
+        .unwrap()
+        .apply_to(&mut spec);
+        assert_eq!(spec.custom_container_config.args, ["-v"]);
+        assert_eq!(spec.custom_container_config.command, ["/app"]);
+        assert_eq!(spec.custom_container_config.port, 8080);
+        assert_eq!(spec.custom_container_config.image, "a:1");
+        assert_eq!(spec.description, "d");
+        assert_eq!(spec.memory_size, 1024);
+        assert_eq!(
+            spec.environment_variables,
+            BTreeMap::from([("C".to_string(), "3".to_string())])
+        );
+        assert_eq!(spec.function_name, before.function_name);
+    }
+
+    #[test]
+    fn times_have_milliseconds_and_round_trip() {
+        let t = now();
+        let s = format_time(t);
+        assert_eq!(s.len(), "2024-05-01T12:00:00.123Z".len(), "{s}");
+        let back =
+            OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(back, t);
+    }
+}

@@ -1,0 +1,597 @@
+//! The metadata store: embedded SQLite (`DATA_DIR/pronto.db`, WAL mode).
+//!
+//! One connection behind a mutex; every call runs on tokio's blocking pool. The control plane
+//! writes rarely and SQLite serializes writers anyway, so a pool would buy nothing yet.
+//!
+//! A function row keeps its spec as JSON (the source of truth) beside the columns that are
+//! queried or that change on their own schedule: the name (primary key), the pinned image,
+//! times, and the acceleration status (NULL until acceleration jobs exist). Versions and aliases
+//! will get their own tables, keyed by `functions.id`, in a later migration.
+//!
+//! Schema changes are append-only [`MIGRATIONS`]; `schema_version` records how many ran. A
+//! database from a newer Pronto is refused rather than guessed at.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::model::{format_time, AccelerationInfo, Function, FunctionSpec, PinnedImage};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "pronto.db";
+
+/// Schema migrations, in order; migration `i` brings the schema to version `i + 1`. Never edit
+/// a shipped one: append.
+const MIGRATIONS: &[&str] = &[
+    // 1: functions.
+    "CREATE TABLE functions (
+        name TEXT PRIMARY KEY NOT NULL,
+        id TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        image_ref TEXT NOT NULL,
+        image_digest TEXT NOT NULL,
+        acceleration TEXT,
+        created_time TEXT NOT NULL,
+        updated_time TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX functions_image_digest ON functions (image_digest);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migrating database {path} to schema version {version}: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this pronto supports \
+         ({supported})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: usize,
+    },
+    #[error("function {0} already exists")]
+    AlreadyExists(String),
+    #[error("function {0} not found")]
+    NotFound(String),
+    #[error("function {from} cannot be renamed to {to}")]
+    Rename { from: String, to: String },
+    #[error("stored function {name} is corrupt: {reason}")]
+    Corrupt { name: String, reason: String },
+    #[error("{op}: {source}")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Which functions [`Store::list_functions`] returns: by name, ascending.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only names starting with this (case-sensitive).
+    pub prefix: Option<String>,
+    /// Only names after this one (the previous page's last name).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// The metadata store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates `DATA_DIR/pronto.db`. Blocking.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        // WAL: readers never block the writer; NORMAL is durable across process crashes (a power
+        // loss may drop the last commits, not corrupt the file).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn, &path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock happens inside a transaction, which rolled back as
+            // it unwound: the connection is fine to reuse.
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.with_conn(|c| read_version(c).map_err(query("read schema version")))
+            .await
+    }
+
+    /// Inserts a new function; [`StoreError::AlreadyExists`] if the name is taken.
+    pub async fn create_function(&self, f: Function) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let row = Columns::of(&f)?;
+            let r = c.execute(
+                "INSERT INTO functions
+                   (name, id, spec, image_ref, image_digest, acceleration, created_time,
+                    updated_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    f.spec.function_name,
+                    f.function_id,
+                    row.spec,
+                    row.image_ref,
+                    row.image_digest,
+                    row.acceleration,
+                    row.created_time,
+                    row.updated_time
+                ],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::AlreadyExists(f.spec.function_name.clone()))
+                }
+                Err(source) => Err(StoreError::Query {
+                    op: "insert function",
+                    source,
+                }),
+            }
+        })
+        .await
+    }
+
+    /// True if a function is named `name`.
+    pub async fn function_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            c.query_row("SELECT 1 FROM functions WHERE name = ?1", [&name], |_| {
+                Ok(())
+            })
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(query("look up function"))
+        })
+        .await
+    }
+
+    /// The function named `name`; [`StoreError::NotFound`] if there is none.
+    pub async fn get_function(&self, name: &str) -> Result<Function, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| get(c, &name)).await
+    }
+
+    /// Functions by name, ascending.
+    pub async fn list_functions(&self, q: ListQuery) -> Result<Vec<Function>, StoreError> {
+        self.with_conn(move |c| {
+            // substr, not LIKE: LIKE ignores ASCII case and treats `_` (valid in names) as a
+            // wildcard.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time,
+                            updated_time
+                     FROM functions
+                     WHERE (?1 IS NULL OR substr(name, 1, length(?1)) = ?1)
+                       AND (?2 IS NULL OR name > ?2)
+                     ORDER BY name
+                     LIMIT ?3",
+                )
+                .map_err(query("list functions"))?;
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![q.prefix, q.after, limit], Columns::read)
+                .map_err(query("list functions"))?;
+            rows.map(|r| r.map_err(query("list functions"))?.into_function())
+                .collect()
+        })
+        .await
+    }
+
+    /// Reads, changes (with `f`) and writes back the function named `name` in one transaction,
+    /// so concurrent updates cannot lose each other's changes. A rename by `f` is refused
+    /// ([`StoreError::Rename`]): the name is the key.
+    pub async fn update_function<F>(&self, name: &str, f: F) -> Result<Function, StoreError>
+    where
+        F: FnOnce(&mut Function) + Send + 'static,
+    {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("begin update"))?;
+            let mut function = get(&tx, &name)?;
+            f(&mut function);
+            if function.spec.function_name != name {
+                // The name is the key; the transaction rolls back as it drops.
+                return Err(StoreError::Rename {
+                    from: name,
+                    to: function.spec.function_name,
+                });
+            }
+            let row = Columns::of(&function)?;
+            tx.execute(
+                "UPDATE functions
+                 SET spec = ?2, image_ref = ?3, image_digest = ?4, acceleration = ?5,
+                     updated_time = ?6
+                 WHERE name = ?1",
+                params![
+                    name,
+                    row.spec,
+                    row.image_ref,
+                    row.image_digest,
+                    row.acceleration,
+                    row.updated_time
+                ],
+            )
+            .map_err(query("update function"))?;
+            tx.commit().map_err(query("commit update"))?;
+            Ok(function)
+        })
+        .await
+    }
+
+    /// Deletes the function named `name`; [`StoreError::NotFound`] if there is none.
+    pub async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let n = c
+                .execute("DELETE FROM functions WHERE name = ?1", [&name])
+                .map_err(query("delete function"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn query(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+fn read_version(c: &Connection) -> Result<i64, rusqlite::Error> {
+    c.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |version| {
+        move |source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        }
+    };
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+         INSERT INTO schema_version (version)
+           SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM schema_version);",
+    )
+    .map_err(err(0))?;
+    let found = read_version(conn).map_err(err(0))?;
+    if found > MIGRATIONS.len() as i64 {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i + 1;
+        // Each migration and its version bump commit together, so a crash leaves a schema that
+        // matches its recorded version.
+        let tx = conn.transaction().map_err(err(version))?;
+        tx.execute_batch(sql).map_err(err(version))?;
+        tx.execute("UPDATE schema_version SET version = ?1", [version as i64])
+            .map_err(err(version))?;
+        tx.commit().map_err(err(version))?;
+        tracing::info!(path = %path.display(), version, "migrated database schema");
+    }
+    Ok(())
+}
+
+fn get(c: &Connection, name: &str) -> Result<Function, StoreError> {
+    c.prepare_cached(
+        "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time, updated_time
+         FROM functions WHERE name = ?1",
+    )
+    .and_then(|mut s| s.query_row([name], Columns::read).optional())
+    .map_err(query("get function"))?
+    .ok_or_else(|| StoreError::NotFound(name.to_string()))?
+    .into_function()
+}
+
+/// A `functions` row as text, both ways.
+struct Columns {
+    name: String,
+    id: String,
+    spec: String,
+    image_ref: String,
+    image_digest: String,
+    acceleration: Option<String>,
+    created_time: String,
+    updated_time: String,
+}
+
+impl Columns {
+    fn of(f: &Function) -> Result<Columns, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            name: f.spec.function_name.clone(),
+            reason: e.to_string(),
+        };
+        Ok(Columns {
+            name: f.spec.function_name.clone(),
+            id: f.function_id.clone(),
+            spec: serde_json::to_string(&f.spec).map_err(corrupt)?,
+            image_ref: f.image.reference.to_string(),
+            image_digest: f.image.manifest_digest.to_string(),
+            acceleration: f
+                .acceleration
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(corrupt)?,
+            created_time: format_time(f.created_time),
+            updated_time: format_time(f.last_modified_time),
+        })
+    }
+
+    fn read(r: &Row<'_>) -> rusqlite::Result<Columns> {
+        Ok(Columns {
+            name: r.get(0)?,
+            id: r.get(1)?,
+            spec: r.get(2)?,
+            image_ref: r.get(3)?,
+            image_digest: r.get(4)?,
+            acceleration: r.get(5)?,
+            created_time: r.get(6)?,
+            updated_time: r.get(7)?,
+        })
+    }
+
+    /// Parses and checks every column: the file may have been edited or damaged.
+    fn into_function(self) -> Result<Function, StoreError> {
+        let name = self.name;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            name: name.clone(),
+            reason,
+        };
+        let spec: FunctionSpec =
+            serde_json::from_str(&self.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
+        if spec.function_name != name {
+            return Err(corrupt(format!(
+                "spec names function {:?}",
+                spec.function_name
+            )));
+        }
+        let reference = self
+            .image_ref
+            .parse()
+            .map_err(|e| corrupt(format!("image {:?}: {e}", self.image_ref)))?;
+        let manifest_digest = self
+            .image_digest
+            .parse()
+            .map_err(|e| corrupt(format!("image digest {:?}: {e}", self.image_digest)))?;
+        let acceleration = self
+            .acceleration
+            .map(|a| serde_json::from_str::<AccelerationInfo>(&a))
+            .transpose()
+            .map_err(|e| corrupt(format!("acceleration: {e}")))?;
+        let time = |s: &str| {
+            OffsetDateTime::parse(s, &Rfc3339).map_err(|e| corrupt(format!("time {s:?}: {e}")))
+        };
+        Ok(Function {
+            function_id: self.id,
+            spec,
+            image: PinnedImage {
+                reference,
+                manifest_digest,
+            },
+            acceleration,
+            created_time: time(&self.created_time)?,
+            last_modified_time: time(&self.updated_time)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FunctionInput, FunctionPatch};
+    use pronto_image::Reference;
+
+    const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn function(name: &str) -> Function {
+        let input: FunctionInput = serde_json::from_value(serde_json::json!({
+            "functionName": name,
+            "customContainerConfig": {"image": "127.0.0.1:5000/app:v1"},
+            "environmentVariables": {"A": "1"},
+        }))
+        .unwrap();
+        let (spec, reference) = input.validate().unwrap().into_new_spec().unwrap();
+        let digest: pronto_image::Digest = DIGEST.parse().unwrap();
+        Function {
+            function_id: uuid::Uuid::new_v4().to_string(),
+            spec,
+            image: PinnedImage {
+                reference: Reference {
+                    tag: None,
+                    ..reference.with_digest(digest.clone())
+                },
+                manifest_digest: digest,
+            },
+            acceleration: None,
+            created_time: crate::model::now(),
+            last_modified_time: crate::model::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn crud_round_trip_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1);
+        let f = function("hello");
+        store.create_function(f.clone()).await.unwrap();
+        assert_eq!(store.get_function("hello").await.unwrap(), f);
+        let e = store.create_function(function("hello")).await.unwrap_err();
+        assert_eq!(e.to_string(), "function hello already exists");
+
+        let updated = store
+            .update_function("hello", |f| {
+                FunctionPatch {
+                    memory_size: Some(1024),
+                    ..Default::default()
+                }
+                .apply_to(&mut f.spec);
+            })
+            .await
+            .unwrap();
+        assert_eq!(updated.spec.memory_size, 1024);
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_function("hello").await.unwrap(), updated);
+        store.delete_function("hello").await.unwrap();
+        let e = store.get_function("hello").await.unwrap_err();
+        assert_eq!(e.to_string(), "function hello not found");
+        let e = store.delete_function("hello").await.unwrap_err();
+        assert_eq!(e.to_string(), "function hello not found");
+        let e = store.update_function("hello", |_| {}).await.unwrap_err();
+        assert_eq!(e.to_string(), "function hello not found");
+
+        store.create_function(function("a")).await.unwrap();
+        let e = store
+            .update_function("a", |f| f.spec.function_name = "b".into())
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "function a cannot be renamed to b");
+        assert_eq!(
+            store.get_function("a").await.unwrap().spec.function_name,
+            "a"
+        );
+    }
+
+    #[tokio::test]
+    async fn list_by_prefix_is_literal_and_case_sensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for n in ["a_1", "ab", "A_2", "a-3", "b"] {
+            store.create_function(function(n)).await.unwrap();
+        }
+        let names = |fs: Vec<Function>| -> Vec<String> {
+            fs.into_iter().map(|f| f.spec.function_name).collect()
+        };
+        let q = |prefix: Option<&str>, after: Option<&str>, limit| ListQuery {
+            prefix: prefix.map(Into::into),
+            after: after.map(Into::into),
+            limit,
+        };
+        let all = store.list_functions(q(None, None, 100)).await.unwrap();
+        assert_eq!(names(all), ["A_2", "a-3", "a_1", "ab", "b"]);
+        let a_ = store
+            .list_functions(q(Some("a_"), None, 100))
+            .await
+            .unwrap();
+        assert_eq!(names(a_), ["a_1"]);
+        let page = store
+            .list_functions(q(Some("a"), Some("a-3"), 1))
+            .await
+            .unwrap();
+        assert_eq!(names(page), ["a_1"]);
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        drop(c);
+        let e = Store::open(dir.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "database {} has schema version 99, newer than this pronto supports (1)",
+                dir.path().join(DB_FILE).display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn wal_mode_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mode: String = store
+            .with_conn(|c| {
+                c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .map_err(query("pragma"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_function(function("f")).await.unwrap();
+        store
+            .with_conn(|c| {
+                c.execute("UPDATE functions SET image_digest = 'md5:x'", [])
+                    .map_err(query("tamper"))
+            })
+            .await
+            .unwrap();
+        let e = store.get_function("f").await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("stored function f is corrupt: image digest \"md5:x\": "),
+            "{e}"
+        );
+    }
+}

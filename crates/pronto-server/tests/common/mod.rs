@@ -1,0 +1,178 @@
+//! A real registry, a real server on 127.0.0.1:0 over a temporary data directory, and an HTTP
+//! client that speaks to it.
+#![allow(dead_code)] // each test binary uses its own part
+
+use pronto_image::{ClientOptions, Digest, RegistryClient};
+use pronto_server::{RunningServer, Server, ServerConfig};
+use pronto_testkit::image::{ImageBuilder, Layer};
+use pronto_testkit::registry::TestRegistry;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub const FUNCTIONS: &str = "/2023-03-30/functions";
+
+pub struct Env {
+    pub registry: TestRegistry,
+    pub client: RegistryClient,
+    pub data: tempfile::TempDir,
+    pub server: Option<RunningServer>,
+    pub http: reqwest::Client,
+}
+
+/// A response: status, headers, and the body as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let registry = TestRegistry::start();
+        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        let data = tempfile::Builder::new()
+            .prefix("pronto-server-test-")
+            .tempdir()
+            .unwrap();
+        let mut env = Env {
+            registry,
+            client,
+            data,
+            server: None,
+            http: reqwest::Client::new(),
+        };
+        env.server = Some(env.start_server().await);
+        env
+    }
+
+    /// The data directory the server uses.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("data")
+    }
+
+    pub fn config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(self.data_dir(), self.client.clone());
+        config.control_addr = "127.0.0.1:0".parse().unwrap();
+        config.invoke_addr = "127.0.0.1:0".parse().unwrap();
+        config
+    }
+
+    async fn start_server(&self) -> RunningServer {
+        Server::new(self.config()).unwrap().start().await.unwrap()
+    }
+
+    /// Stops the server (waiting for it) and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        self.server = Some(self.start_server().await);
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        self.server().token().expose().to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server().control_addr)
+    }
+
+    /// A request with the right token and a JSON body (if any).
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+        self.call_raw(
+            method,
+            path,
+            Some(&format!("Bearer {}", self.token())),
+            body,
+        )
+        .await
+    }
+
+    /// A request with exactly this `Authorization` header (or none) and body bytes.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        reply(req.send().await.unwrap()).await
+    }
+
+    /// Pushes a one-file image whose digest depends on `content`.
+    pub async fn push(&self, repo_tag: &str, content: &[u8]) -> Digest {
+        ImageBuilder::new()
+            .layer(Layer::gzip().file("app", content))
+            .entrypoint(&["/app"])
+            .push(&self.client, &self.registry.reference(repo_tag))
+            .await
+            .unwrap()
+            .digest
+    }
+
+    /// `HOST/repo_tag`.
+    pub fn image(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.registry.host())
+    }
+
+    /// Creates a function from `image` with `extra` fields; asserts 201.
+    pub async fn create(&self, name: &str, image: &str, extra: Value) -> Value {
+        let mut body = json!({
+            "functionName": name,
+            "customContainerConfig": {"image": image},
+        });
+        merge(&mut body, extra);
+        let r = self.call(Method::POST, FUNCTIONS, Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body
+    }
+}
+
+pub async fn reply(resp: reqwest::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {bytes:?}"))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Deep-merges objects; anything else in `extra` replaces.
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// Asserts an error reply.
+#[track_caller]
+pub fn assert_error(r: &Reply, status: StatusCode, code: &str, message: &str) {
+    assert_eq!(
+        (r.status, &r.body),
+        (status, &json!({"code": code, "message": message})),
+    );
+}

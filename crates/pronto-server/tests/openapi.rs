@@ -1,0 +1,362 @@
+//! `openapi.yaml` and the server agree: every documented response is produced by the running
+//! server and its body matches the documented schema; every route the router serves is
+//! documented (and nothing more); and the request schemas accept and refuse what the server does.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Env, FUNCTIONS};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+fn load() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let doc: Value = serde_json::to_value(yaml).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "3.1 schemas are JSON Schema 2020-12, which is what this test validates with"
+    );
+    doc
+}
+
+/// Follows a local `$ref` (`#/components/...`) if `v` is one.
+fn deref<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc
+            .pointer(r.strip_prefix('#').unwrap())
+            .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => v,
+    }
+}
+
+/// A validator for `schema`, resolving its `$ref`s into the document's components.
+fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
+    let wrapped = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&wrapped)
+        .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}"))
+}
+
+fn errors(doc: &Value, schema: &Value, instance: &Value) -> Vec<String> {
+    validator(doc, schema)
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+/// `(path, method, status)` of every documented response but `default`.
+fn documented(doc: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            for status in op["responses"].as_object().unwrap().keys() {
+                if status != "default" {
+                    out.insert((path.clone(), method.to_string(), status.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn request_schema<'a>(doc: &'a Value, path: &str, method: &str) -> Option<&'a Value> {
+    doc["paths"][path][method]
+        .get("requestBody")
+        .map(|b| &b["content"]["application/json"]["schema"])
+}
+
+struct Case {
+    method: Method,
+    template: &'static str,
+    path: String,
+    auth: bool,
+    body: Option<Value>,
+    status: StatusCode,
+}
+
+fn case(
+    method: Method,
+    template: &'static str,
+    path: &str,
+    auth: bool,
+    body: Option<Value>,
+    status: u16,
+) -> Case {
+    Case {
+        method,
+        template,
+        path: path.to_string(),
+        auth,
+        body,
+        status: StatusCode::from_u16(status).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn every_documented_response_is_served_as_documented() {
+    let doc = load();
+    let env = Env::start().await;
+    env.push("app:v1", b"x").await;
+    let image = env.image("app:v1");
+    let one = "/2023-03-30/functions/{functionName}";
+    let all = FUNCTIONS;
+    let new = |name: &str| json!({"functionName": name, "customContainerConfig": {"image": image}});
+    let full = json!({
+        "functionName": "full", "description": "d", "runtime": "custom-container",
+        "customContainerConfig": {
+            "image": image, "command": ["/app"], "args": ["a"], "port": 8080,
+            "accelerationType": "None",
+        },
+        "memorySize": 1024, "cpu": 2, "timeout": 10, "instanceConcurrency": 5,
+        "environmentVariables": {"A": "b"}, "initializationTimeout": 5, "authType": "anonymous",
+    });
+    use Method as M;
+    let cases = [
+        case(M::POST, all, all, true, Some(new("f")), 201),
+        case(M::POST, all, all, true, Some(full), 201),
+        case(M::POST, all, all, true, Some(new("9")), 400),
+        case(M::POST, all, all, false, Some(new("g")), 401),
+        case(M::POST, all, all, true, Some(new("f")), 409),
+        case(M::GET, all, all, true, None, 200),
+        case(
+            M::GET,
+            all,
+            &format!("{all}?limit=1&prefix=f"),
+            true,
+            None,
+            200,
+        ),
+        case(M::GET, all, &format!("{all}?limit=1000"), true, None, 400),
+        case(M::GET, all, all, false, None, 401),
+        case(M::GET, one, "/2023-03-30/functions/f", true, None, 200),
+        case(M::GET, one, "/2023-03-30/functions/f", false, None, 401),
+        case(M::GET, one, "/2023-03-30/functions/nope", true, None, 404),
+        case(
+            M::PUT,
+            one,
+            "/2023-03-30/functions/f",
+            true,
+            Some(json!({"memorySize": 256, "customContainerConfig": {"image": image}})),
+            200,
+        ),
+        case(
+            M::PUT,
+            one,
+            "/2023-03-30/functions/f",
+            true,
+            Some(json!({"memorySize": 100})),
+            400,
+        ),
+        case(
+            M::PUT,
+            one,
+            "/2023-03-30/functions/f",
+            false,
+            Some(json!({})),
+            401,
+        ),
+        case(
+            M::PUT,
+            one,
+            "/2023-03-30/functions/nope",
+            true,
+            Some(json!({})),
+            404,
+        ),
+        case(M::DELETE, one, "/2023-03-30/functions/f", false, None, 401),
+        case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 204),
+        case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 404),
+    ];
+
+    let want = documented(&doc);
+    let mut covered = BTreeSet::new();
+    for c in cases {
+        let what = format!("{} {} -> {}", c.method, c.path, c.status);
+        let method = c.method.as_str().to_lowercase();
+        let body = c.body.as_ref().map(|b| serde_json::to_vec(b).unwrap());
+        let auth = c.auth.then(|| format!("Bearer {}", env.token()));
+        let r = env
+            .call_raw(c.method.clone(), &c.path, auth.as_deref(), body)
+            .await;
+        assert_eq!(r.status, c.status, "{what}: {}", r.body);
+
+        let key = (
+            c.template.to_string(),
+            method.clone(),
+            r.status.as_str().to_string(),
+        );
+        assert!(want.contains(&key), "{what}: response not documented");
+        covered.insert(key);
+        let op = &doc["paths"][c.template][&method];
+        let response = deref(&doc, &op["responses"][r.status.as_str()]);
+        match response.get("content") {
+            Some(content) => {
+                let schema = &content["application/json"]["schema"];
+                let errs = errors(&doc, schema, &r.body);
+                assert!(errs.is_empty(), "{what}: {}\n{errs:#?}", r.body);
+            }
+            None => assert_eq!(r.body, Value::Null, "{what}: documented without a body"),
+        }
+        if let Some(headers) = response.get("headers").and_then(Value::as_object) {
+            for name in headers.keys() {
+                assert!(r.headers.contains_key(name.as_str()), "{what}: no {name}");
+            }
+        }
+        // The request schema refuses exactly the bodies the server calls invalid.
+        if let (Some(body), Some(schema)) = (&c.body, request_schema(&doc, c.template, &method)) {
+            let errs = errors(&doc, schema, body);
+            if c.status == StatusCode::BAD_REQUEST {
+                assert!(!errs.is_empty(), "{what}: the schema accepts {body}");
+            } else {
+                assert!(errs.is_empty(), "{what}: {body}\n{errs:#?}");
+            }
+        }
+    }
+    let missing: Vec<_> = want.difference(&covered).collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never exercised: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_served_route_is_documented_and_nothing_else() {
+    let doc = load();
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let served: BTreeSet<&str> = pronto_server::api::route_paths().into_iter().collect();
+    assert_eq!(served, paths);
+
+    // Methods: a documented one is routed (not 405), any other is 405.
+    let env = Env::start().await;
+    for path in served {
+        let concrete = path.replace("{functionName}", "probe");
+        for method in METHODS {
+            let documented = doc["paths"][path].get(method).is_some();
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = env.call(m, &concrete, Some(json!({}))).await;
+            let routed = r.status != StatusCode::METHOD_NOT_ALLOWED;
+            assert_eq!(
+                routed, documented,
+                "{method} {path}: {} {}",
+                r.status, r.body
+            );
+        }
+    }
+}
+
+#[test]
+fn request_schemas_mirror_the_server_limits() {
+    let doc = load();
+    let create = request_schema(&doc, FUNCTIONS, "post").unwrap();
+    let update = request_schema(&doc, "/2023-03-30/functions/{functionName}", "put").unwrap();
+    let base = || json!({"functionName": "f", "customContainerConfig": {"image": "a"}});
+    let at_limits = [
+        json!({"functionName": format!("_{}", "a".repeat(63))}),
+        json!({"memorySize": 128}),
+        json!({"memorySize": 32768}),
+        json!({"cpu": 0.05}),
+        json!({"cpu": 16}),
+        json!({"timeout": 1}),
+        json!({"timeout": 86400}),
+        json!({"instanceConcurrency": 200}),
+        json!({"initializationTimeout": 600}),
+        json!({"customContainerConfig": {"image": "a", "port": 65535}}),
+        json!({"environmentVariables": {"_A1": ""}}),
+        json!({"description": "d".repeat(256)}),
+    ];
+    for extra in at_limits {
+        let mut body = base();
+        common::merge(&mut body, extra.clone());
+        assert_eq!(errors(&doc, create, &body), Vec::<String>::new(), "{extra}");
+    }
+    // The same bodies the server refuses in tests/errors.rs.
+    let refused = [
+        json!({"functionName": "1st"}),
+        json!({"functionName": "a".repeat(65)}),
+        json!({"memorySize": -5}),
+        json!({"memorySize": 200}),
+        json!({"memorySize": 32832}),
+        json!({"cpu": 0}),
+        json!({"cpu": 16.5}),
+        json!({"timeout": 0}),
+        json!({"instanceConcurrency": 201}),
+        json!({"initializationTimeout": 601}),
+        json!({"customContainerConfig": {"port": 0}}),
+        json!({"customContainerConfig": {"accelerationType": "Turbo"}}),
+        json!({"customContainerConfig": {"cmd": []}}),
+        json!({"environmentVariables": {"BAD-NAME": "v"}}),
+        json!({"authType": "token"}),
+        json!({"runtime": "python3.10"}),
+        json!({"description": "d".repeat(257)}),
+        json!({"handler": "x"}),
+    ];
+    for extra in refused {
+        let mut body = base();
+        common::merge(&mut body, extra.clone());
+        assert!(
+            !errors(&doc, create, &body).is_empty(),
+            "create accepts {extra}"
+        );
+        assert!(
+            !errors(&doc, update, &extra).is_empty(),
+            "update accepts {extra}"
+        );
+    }
+    assert!(!errors(&doc, create, &json!({"functionName": "f"})).is_empty());
+    assert!(!errors(
+        &doc,
+        create,
+        &json!({"functionName": "f", "customContainerConfig": {}})
+    )
+    .is_empty());
+    assert!(errors(&doc, update, &json!({})).is_empty());
+}
+
+/// Guards the harness: `$ref`s resolve, formats are checked, extra fields are refused.
+#[test]
+fn the_schema_validation_is_not_vacuous() {
+    let doc = load();
+    let function = json!({"$ref": "#/components/schemas/Function"});
+    assert!(!errors(&doc, &function, &json!({})).is_empty());
+    let f = json!({
+        "functionId": "7f1d2c3e-0000-4000-8000-000000000000", "functionName": "f",
+        "description": "", "runtime": "custom-container",
+        "customContainerConfig": {
+            "image": "a", "command": [], "args": [], "port": 9000, "accelerationType": "Default",
+            "resolvedImageUri": format!("docker.io/library/a@sha256:{}", "0".repeat(64)),
+        },
+        "memorySize": 512, "cpu": 0.35, "timeout": 60, "instanceConcurrency": 1,
+        "environmentVariables": {}, "initializationTimeout": 30, "authType": "function",
+        "createdTime": "2024-05-01T12:00:00.123Z", "lastModifiedTime": "2024-05-01T12:00:00.123Z",
+    });
+    assert_eq!(errors(&doc, &function, &f), Vec::<String>::new());
+    for (pointer, bad) in [
+        ("/createdTime", json!("yesterday")),
+        ("/customContainerConfig/resolvedImageUri", json!("a:latest")),
+        ("/extra", json!(1)),
+    ] {
+        let mut g = f.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        g.pointer_mut(parent).unwrap()[key] = bad;
+        assert!(
+            !errors(&doc, &function, &g).is_empty(),
+            "{pointer} accepted"
+        );
+    }
+}
