@@ -1,7 +1,9 @@
 //! `pronto`: the command-line front end. Flags are parsed here; each subcommand calls one
 //! library function and adds context to its error.
 
+mod client;
 mod image;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +16,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    endpoint: client::Endpoint,
 }
 
 #[derive(Subcommand)]
@@ -21,6 +25,20 @@ enum Command {
     /// Work with OCI images: inspect, unpack (the full-pull path).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run the daemon: control API, invoke listener, instances.
+    Serve(serve::ServeArgs),
+    /// Create, show, change and delete functions.
+    #[command(subcommand)]
+    Function(client::FunctionCommand),
+    /// Invoke a function (prints the body; the status and cold-start timing go to stderr).
+    Invoke(client::InvokeArgs),
+    /// Show what a function's instances wrote to stdout/stderr.
+    Logs {
+        name: String,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +57,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Image(cmd) => image::run(cmd).await,
+            Command::Serve(args) => serve::run(args, &cli.endpoint).await,
+            Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
+            Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
+            Command::Logs { name, tail } => client::logs(&cli.endpoint, &name, tail).await,
         }
     });
     match result {

@@ -174,7 +174,8 @@ impl Node {
 
     /// Where instance `instance_id` of `function` writes its stdout and stderr.
     pub fn log_path(&self, function: &str, instance_id: &str) -> PathBuf {
-        self.function_log_dir(function).join(format!("{instance_id}.log"))
+        self.function_log_dir(function)
+            .join(format!("{instance_id}.log"))
     }
 
     /// All instance logs of `function`, kept after the instances are gone.

@@ -140,8 +140,12 @@ fn read(path: &Path) -> Result<ApiToken, AuthError> {
     Ok(ApiToken(token.into()))
 }
 
-/// Why a request was refused (the client is told; the token never is).
-fn check(token: &ApiToken, header: Option<&axum::http::HeaderValue>) -> Result<(), &'static str> {
+/// Checks an `Authorization` header against the token. The error says why a request was
+/// refused (the client is told; the token never is).
+pub fn check(
+    token: &ApiToken,
+    header: Option<&axum::http::HeaderValue>,
+) -> Result<(), &'static str> {
     let header = header.ok_or("missing Authorization header")?;
     let value = header
         .to_str()

@@ -5,7 +5,9 @@
 //! - [`auth`]: the API token (`DATA_DIR/api-token`) and the middleware that checks it.
 //! - [`images`]: image references resolved and pinned to a digest.
 //! - [`api`]: the REST API (`/2023-03-30/functions...`), described by `openapi.yaml`.
-//! - [`invoke`]: the router of the invoke listener (a placeholder for now).
+//! - [`invoke`]: the invoke listener: auth, routing to a function, [`pool`] and [`proxy`].
+//! - [`pool`]: instances per function: warm reuse, cold starts, idle reclaim.
+//! - [`proxy`]: streams one request to an instance and its response back.
 //!
 //! [`Server::new`] opens the data directory; [`Server::start`] (or [`Server::start_on`] with
 //! listeners already bound) serves both listeners and returns a [`RunningServer`]; [`serve`]
@@ -16,6 +18,8 @@ pub mod auth;
 pub mod images;
 pub mod invoke;
 pub mod model;
+pub mod pool;
+pub mod proxy;
 pub mod store;
 
 use std::future::Future;
@@ -48,6 +52,12 @@ pub struct ServerConfig {
     pub invoke_addr: SocketAddr,
     /// Resolves function images.
     pub registry: RegistryClient,
+    /// The OCI runtime binary: `runc` (default) or `crun`.
+    pub runtime_bin: String,
+    /// An instance with no request for this long is stopped (scale to zero).
+    pub idle_timeout: std::time::Duration,
+    /// Instances one function may have at once on this node.
+    pub max_instances: usize,
 }
 
 impl ServerConfig {
@@ -58,6 +68,9 @@ impl ServerConfig {
             control_addr: DEFAULT_CONTROL_ADDR,
             invoke_addr: DEFAULT_INVOKE_ADDR,
             registry,
+            runtime_bin: "runc".into(),
+            idle_timeout: std::time::Duration::from_secs(300),
+            max_instances: 10,
         }
     }
 }
@@ -74,6 +87,12 @@ pub enum ServerError {
     Token(#[from] auth::AuthError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("opening the node's runtime state in {path}: {source}")]
+    Node {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("binding the {listener} listener to {addr}: {source}")]
     Bind {
         listener: &'static str,
@@ -95,11 +114,25 @@ pub enum ServerError {
     },
 }
 
-/// What request handlers share; cheap to clone. The instance pool will join it.
-#[derive(Debug, Clone)]
+/// What request handlers share; cheap to clone.
+#[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub registry: RegistryClient,
+    pub pool: std::sync::Arc<pool::Pool>,
+    /// Invocations of functions that are not anonymous need it too.
+    pub token: ApiToken,
+    /// Resolved (pinned) images, by manifest digest: resolved once, valid forever.
+    pub images: invoke::ImageCache,
+    pub max_instances: usize,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An opened data directory, ready to serve.
@@ -113,8 +146,8 @@ pub struct Server {
 
 impl Server {
     /// Creates the data directory if needed, loads (or makes and prints, the first time) the
-    /// API token, and opens the store. Blocking file I/O: call it at startup.
-    pub fn new(config: ServerConfig) -> Result<Server, ServerError> {
+    /// API token, opens the store, and cleans up instances a previous daemon left behind.
+    pub async fn new(config: ServerConfig) -> Result<Server, ServerError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -133,9 +166,27 @@ impl Server {
             );
         }
         let store = Store::open(&config.data_dir)?;
+        let node_dir = config.data_dir.join("node");
+        let (node, cleaned) = pronto_runtime::Node::open(pronto_runtime::NodeConfig {
+            data_dir: node_dir.clone(),
+            runtime_bin: config.runtime_bin.clone(),
+            registry: config.registry.clone(),
+        })
+        .await
+        .map_err(|source| ServerError::Node {
+            path: node_dir,
+            source,
+        })?;
+        if cleaned > 0 {
+            tracing::warn!(cleaned, "cleaned up instances left by a previous daemon");
+        }
         let state = AppState {
             store,
             registry: config.registry.clone(),
+            pool: pool::Pool::new(node),
+            token: token.clone(),
+            images: invoke::ImageCache::default(),
+            max_instances: config.max_instances,
         };
         let invoke = invoke::invoke_router(state.clone());
         Ok(Server {
@@ -205,6 +256,20 @@ impl Server {
                 (listener, result)
             });
         }
+        let (pool, idle) = (self.state.pool.clone(), self.config.idle_timeout);
+        let reaper_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let tick = (idle / 4).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(5),
+            );
+            loop {
+                tokio::select! {
+                    _ = reaper_cancel.cancelled() => break,
+                    _ = tokio::time::sleep(tick) => pool.reap(idle),
+                }
+            }
+        });
         tracing::info!(%control_addr, %invoke_addr, data_dir = %self.config.data_dir.display(),
             "pronto serving");
         Ok(RunningServer {
@@ -283,6 +348,8 @@ impl RunningServer {
                 }
             }
         }
+        // In-flight requests have drained: now the instances go.
+        self.state.pool.shutdown().await;
         first
     }
 }
@@ -299,7 +366,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let running = Server::new(config)?.start().await?;
+    let running = Server::new(config).await?.start().await?;
     let handle = running.shutdown_handle();
     tokio::spawn(async move {
         shutdown.await;

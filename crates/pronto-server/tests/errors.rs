@@ -311,14 +311,14 @@ async fn every_control_request_needs_the_token() {
 }
 
 #[tokio::test]
-async fn invoke_listener_is_a_placeholder() {
+async fn invoke_listener_explains_paths_it_does_not_serve() {
     let env = Env::start().await;
     let url = format!("http://{}/hello/anything", env.server().invoke_addr);
     let r = common::reply(env.http.post(url).body("x").send().await.unwrap()).await;
     assert_error(
         &r,
-        StatusCode::NOT_IMPLEMENTED,
-        "NotImplemented",
-        "invoking functions is not implemented yet",
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "invoke a function at /invoke/{functionName}/{path} or with the x-fc-invocation-target header",
     );
 }

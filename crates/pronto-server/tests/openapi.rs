@@ -110,6 +110,7 @@ async fn every_documented_response_is_served_as_documented() {
     env.push("app:v1", b"x").await;
     let image = env.image("app:v1");
     let one = "/2023-03-30/functions/{functionName}";
+    let logs = "/2023-03-30/functions/{functionName}/logs";
     let all = FUNCTIONS;
     let new = |name: &str| json!({"functionName": name, "customContainerConfig": {"image": image}});
     let full = json!({
@@ -172,6 +173,38 @@ async fn every_documented_response_is_served_as_documented() {
             "/2023-03-30/functions/nope",
             true,
             Some(json!({})),
+            404,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/f/logs?tail=5",
+            true,
+            None,
+            200,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/f/logs?tail=0",
+            true,
+            None,
+            400,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/f/logs",
+            false,
+            None,
+            401,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/nope/logs",
+            true,
+            None,
             404,
         ),
         case(M::DELETE, one, "/2023-03-30/functions/f", false, None, 401),

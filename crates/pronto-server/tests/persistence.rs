@@ -33,7 +33,7 @@ async fn token_file_is_private_and_stable_across_restarts() {
     let other = tempfile::tempdir().unwrap();
     let mut config = env.config();
     config.data_dir = other.path().join("d");
-    let server = pronto_server::Server::new(config).unwrap();
+    let server = pronto_server::Server::new(config).await.unwrap();
     assert_ne!(server.token().expose(), token);
 }
 

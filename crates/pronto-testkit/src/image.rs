@@ -518,7 +518,7 @@ pub fn busybox_layer() -> anyhow::Result<Layer> {
         .file("etc/group", "root:x:0:\nnogroup:x:65534:\n");
     for applet in [
         "sh", "httpd", "cat", "echo", "ls", "ps", "sleep", "head", "tail", "env", "id", "hostname",
-        "wc", "dd", "true", "false", "printf", "kill", "awk", "tr", "grep", "mkdir", "rm",
+        "wc", "dd", "true", "false", "printf", "kill", "awk", "tr", "grep", "mkdir", "rm", "nc",
     ] {
         layer = layer.symlink(format!("bin/{applet}"), "busybox");
     }

@@ -13,6 +13,7 @@ pub(super) async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     let name = function_name(path)?;
     state.store.delete_function(&name).await?;
+    state.pool.retire(&name);
     tracing::info!(function = %name, "deleted function");
     Ok(StatusCode::NO_CONTENT)
 }

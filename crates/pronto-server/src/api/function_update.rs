@@ -45,6 +45,8 @@ pub(super) async fn update_function(
             f.last_modified_time = now();
         })
         .await?;
+    // Instances of the old settings take no new requests; idle ones stop now.
+    state.pool.retire(&name);
     tracing::info!(function = %name, image = %function.image.reference, "updated function");
     Ok(Json(FunctionView::from(&function)))
 }

@@ -8,6 +8,7 @@ mod function_create;
 mod function_delete;
 mod function_get;
 mod function_list;
+mod function_logs;
 mod function_update;
 mod view;
 
@@ -42,6 +43,10 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(function_get::get_function)
                 .put(function_update::update_function)
                 .delete(function_delete::delete_function),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/logs",
+            get(function_logs::function_logs),
         ),
     ]
 }

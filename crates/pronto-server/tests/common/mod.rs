@@ -17,6 +17,8 @@ pub struct Env {
     pub data: tempfile::TempDir,
     pub server: Option<RunningServer>,
     pub http: reqwest::Client,
+    /// Applied to every config this env starts a server with.
+    tweak: fn(&mut ServerConfig),
 }
 
 /// A response: status, headers, and the body as JSON (`Null` when empty).
@@ -29,6 +31,11 @@ pub struct Reply {
 
 impl Env {
     pub async fn start() -> Env {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose config `tweak` changed (e.g. a short idle timeout).
+    pub async fn start_with(tweak: fn(&mut ServerConfig)) -> Env {
         let registry = TestRegistry::start();
         let client = RegistryClient::new(ClientOptions::default()).unwrap();
         let data = tempfile::Builder::new()
@@ -41,6 +48,7 @@ impl Env {
             data,
             server: None,
             http: reqwest::Client::new(),
+            tweak,
         };
         env.server = Some(env.start_server().await);
         env
@@ -55,11 +63,17 @@ impl Env {
         let mut config = ServerConfig::new(self.data_dir(), self.client.clone());
         config.control_addr = "127.0.0.1:0".parse().unwrap();
         config.invoke_addr = "127.0.0.1:0".parse().unwrap();
+        (self.tweak)(&mut config);
         config
     }
 
     async fn start_server(&self) -> RunningServer {
-        Server::new(self.config()).unwrap().start().await.unwrap()
+        Server::new(self.config())
+            .await
+            .unwrap()
+            .start()
+            .await
+            .unwrap()
     }
 
     /// Stops the server (waiting for it) and starts a new one on the same data directory.

@@ -1,0 +1,384 @@
+//! `pronto function|invoke|logs`: HTTP clients of a running `pronto serve`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+/// Where the daemon is and how to authenticate.
+#[derive(Args, Debug, Clone)]
+pub struct Endpoint {
+    /// The control API of `pronto serve`.
+    #[arg(
+        long,
+        env = "PRONTO_API",
+        default_value = "http://127.0.0.1:9001",
+        global = true
+    )]
+    pub api: String,
+    /// The invoke listener of `pronto serve`.
+    #[arg(
+        long,
+        env = "PRONTO_INVOKE",
+        default_value = "http://127.0.0.1:9000",
+        global = true
+    )]
+    pub invoke_url: String,
+    /// API token; default: read from DATA_DIR/api-token.
+    #[arg(long, env = "PRONTO_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The daemon's data directory (for the token file).
+    #[arg(
+        long,
+        env = "PRONTO_DATA_DIR",
+        default_value = "/var/lib/pronto",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl Endpoint {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let path = self.data_dir.join("api-token");
+        let t = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading the API token from {} (or pass --token / PRONTO_TOKEN)",
+                path.display()
+            )
+        })?;
+        Ok(t.trim().to_string())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionCommand {
+    /// Create a function from flags or a YAML/JSON spec file (`-f`).
+    Create(FunctionFields),
+    /// Change some fields of a function (only those given).
+    Update(FunctionFields),
+    /// Show a function, with its pinned image digest.
+    Get { name: String },
+    /// List functions.
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Delete a function and stop its instances.
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct FunctionFields {
+    /// Function name (or `functionName` in the file).
+    pub name: Option<String>,
+    /// A YAML or JSON file with the function's fields (Function Compute names); flags override it.
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The command (replaces the image ENTRYPOINT); repeat for each argument.
+    #[arg(long = "command")]
+    pub command: Vec<String>,
+    /// Arguments (replace the image CMD); repeat for each.
+    #[arg(long = "arg")]
+    pub args: Vec<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Memory in MB.
+    #[arg(long)]
+    pub memory_size: Option<i64>,
+    #[arg(long)]
+    pub cpu: Option<f64>,
+    /// Seconds.
+    #[arg(long)]
+    pub timeout: Option<i64>,
+    #[arg(long)]
+    pub instance_concurrency: Option<i64>,
+    /// Seconds.
+    #[arg(long)]
+    pub initialization_timeout: Option<i64>,
+    /// `Default` (convert for lazy loading) or `None`.
+    #[arg(long)]
+    pub acceleration_type: Option<String>,
+    /// K=V, repeatable.
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Let anyone invoke it without the API token.
+    #[arg(long)]
+    pub anonymous: bool,
+}
+
+impl FunctionFields {
+    fn body(&self) -> anyhow::Result<(Option<String>, Value)> {
+        let mut body = match &self.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let v: Value = serde_yaml::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if !v.is_object() {
+                    bail!("{}: expected a mapping of function fields", path.display());
+                }
+                v
+            }
+            None => json!({}),
+        };
+        let obj = body.as_object_mut().expect("checked");
+        let mut ccc = obj
+            .remove("customContainerConfig")
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        let put = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put(&mut ccc, "image", self.image.clone().map(Value::from));
+        put(
+            &mut ccc,
+            "command",
+            (!self.command.is_empty()).then(|| json!(self.command)),
+        );
+        put(
+            &mut ccc,
+            "args",
+            (!self.args.is_empty()).then(|| json!(self.args)),
+        );
+        put(&mut ccc, "port", self.port.map(Value::from));
+        put(
+            &mut ccc,
+            "accelerationType",
+            self.acceleration_type.clone().map(Value::from),
+        );
+        if !ccc.is_empty() {
+            obj.insert("customContainerConfig".into(), Value::Object(ccc));
+        }
+        put(obj, "memorySize", self.memory_size.map(Value::from));
+        put(obj, "cpu", self.cpu.map(Value::from));
+        put(obj, "timeout", self.timeout.map(Value::from));
+        put(
+            obj,
+            "instanceConcurrency",
+            self.instance_concurrency.map(Value::from),
+        );
+        put(
+            obj,
+            "initializationTimeout",
+            self.initialization_timeout.map(Value::from),
+        );
+        if self.anonymous {
+            obj.insert("authType".into(), "anonymous".into());
+        }
+        if !self.env.is_empty() {
+            let mut env = obj
+                .remove("environmentVariables")
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default();
+            for kv in &self.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?}: expected K=V"))?;
+                env.insert(k.to_string(), v.into());
+            }
+            obj.insert("environmentVariables".into(), Value::Object(env));
+        }
+        let name = self.name.clone().or_else(|| {
+            obj.get("functionName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        Ok((name, body))
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("http client")
+}
+
+/// Sends a control-API request; prints the JSON answer or fails with the server's message.
+async fn call(
+    ep: &Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", ep.api.trim_end_matches('/'));
+    let mut req = http()
+        .request(method.clone(), &url)
+        .bearer_auth(ep.token()?);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach pronto serve at {}", ep.api))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("{method} {path}: {status}: {msg}");
+    }
+    Ok(if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    })
+}
+
+const FUNCTIONS: &str = "/2023-03-30/functions";
+
+pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()> {
+    let out = match cmd {
+        FunctionCommand::Create(fields) => {
+            let (name, mut body) = fields.body()?;
+            let name =
+                name.context("a function name is required (argument or functionName in the file)")?;
+            body["functionName"] = name.into();
+            call(ep, reqwest::Method::POST, FUNCTIONS, Some(body)).await?
+        }
+        FunctionCommand::Update(fields) => {
+            let (name, mut body) = fields.body()?;
+            let name = name.context("a function name is required")?;
+            if let Some(o) = body.as_object_mut() {
+                o.remove("functionName");
+            }
+            call(
+                ep,
+                reqwest::Method::PUT,
+                &format!("{FUNCTIONS}/{name}"),
+                Some(body),
+            )
+            .await?
+        }
+        FunctionCommand::Get { name } => {
+            call(
+                ep,
+                reqwest::Method::GET,
+                &format!("{FUNCTIONS}/{name}"),
+                None,
+            )
+            .await?
+        }
+        FunctionCommand::List { prefix } => {
+            let q = prefix.map(|p| format!("?prefix={p}")).unwrap_or_default();
+            call(ep, reqwest::Method::GET, &format!("{FUNCTIONS}{q}"), None).await?
+        }
+        FunctionCommand::Delete { name } => {
+            call(
+                ep,
+                reqwest::Method::DELETE,
+                &format!("{FUNCTIONS}/{name}"),
+                None,
+            )
+            .await?;
+            println!("deleted {name}");
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// Request body: a string, or @FILE.
+    #[arg(short, long)]
+    pub data: Option<String>,
+    /// Path inside the function, e.g. /api/items?x=1.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method (default: GET, or POST with --data).
+    #[arg(short = 'X', long)]
+    pub method: Option<String>,
+    /// Extra header `Name: value`, repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+}
+
+pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
+    let body = match &a.data {
+        Some(d) => Some(match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+            None => d.clone().into_bytes(),
+        }),
+        None => None,
+    };
+    let method = a
+        .method
+        .clone()
+        .unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.into());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).context("invalid --method")?;
+    let path = if a.path.starts_with('/') {
+        a.path.clone()
+    } else {
+        format!("/{}", a.path)
+    };
+    let url = format!(
+        "{}/invoke/{}{path}",
+        ep.invoke_url.trim_end_matches('/'),
+        a.name
+    );
+    let mut req = http().request(method, &url);
+    if let Ok(t) = ep.token() {
+        req = req.bearer_auth(t);
+    }
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("-H {h:?}: expected 'Name: value'"))?;
+        req = req.header(k.trim(), v.trim());
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let started = std::time::Instant::now();
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach pronto serve at {}", ep.invoke_url))?;
+    let status = resp.status();
+    let cold = resp
+        .headers()
+        .get("x-pronto-cold-start")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp.bytes().await?;
+    let elapsed = started.elapsed();
+    use std::io::Write;
+    std::io::stdout().write_all(&bytes)?;
+    match cold {
+        Some(c) => eprintln!(
+            "[{status}] cold start in {:.0} ms ({c})",
+            elapsed.as_secs_f64() * 1e3
+        ),
+        None => eprintln!("[{status}] warm, {:.1} ms", elapsed.as_secs_f64() * 1e3),
+    }
+    if !status.is_success() {
+        bail!("invocation failed with {status}");
+    }
+    Ok(())
+}
+
+pub async fn logs(ep: &Endpoint, name: &str, tail: usize) -> anyhow::Result<()> {
+    let v = call(
+        ep,
+        reqwest::Method::GET,
+        &format!("{FUNCTIONS}/{name}/logs?tail={tail}"),
+        None,
+    )
+    .await?;
+    match v["logs"].as_str() {
+        Some(text) => print!("{text}"),
+        None => println!("{}", serde_json::to_string_pretty(&v)?),
+    }
+    Ok(())
+}

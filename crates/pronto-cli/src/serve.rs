@@ -1,0 +1,60 @@
+//! `pronto serve`
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pronto_image::RegistryClient;
+use pronto_server::ServerConfig;
+
+use crate::client::Endpoint;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Control API address.
+    #[arg(long, env = "PRONTO_CONTROL_ADDR", default_value_t = pronto_server::DEFAULT_CONTROL_ADDR)]
+    control_addr: SocketAddr,
+    /// Invoke listener address.
+    #[arg(long, env = "PRONTO_INVOKE_ADDR", default_value_t = pronto_server::DEFAULT_INVOKE_ADDR)]
+    invoke_addr: SocketAddr,
+    /// OCI runtime: runc (default) or crun.
+    #[arg(long, env = "PRONTO_RUNTIME", default_value = "runc")]
+    runtime: String,
+    /// Seconds an instance may sit idle before it is stopped.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Instances one function may have at once.
+    #[arg(long, default_value_t = 10)]
+    max_instances: usize,
+}
+
+pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let registry = RegistryClient::from_env().map_err(|e| anyhow::anyhow!(e))?;
+    let mut config = ServerConfig::new(endpoint.data_dir.clone(), registry);
+    config.control_addr = args.control_addr;
+    config.invoke_addr = args.invoke_addr;
+    config.runtime_bin = args.runtime;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout);
+    config.max_instances = args.max_instances;
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    eprintln!(
+        "pronto: serving control API on {}, invocations on {}, data in {}",
+        config.control_addr,
+        config.invoke_addr,
+        config.data_dir.display()
+    );
+    pronto_server::serve(config, shutdown)
+        .await
+        .context("pronto serve")?;
+    eprintln!("pronto: stopped; all instances torn down");
+    Ok(())
+}

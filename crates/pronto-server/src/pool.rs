@@ -1,0 +1,439 @@
+//! The instance pool: which instance serves a request, when to cold-start another, when to
+//! reclaim one.
+//!
+//! Per function the pool keeps the instances of its current *revision* (a new image or setting
+//! makes a new revision; older instances serve no new request and are stopped). A request takes
+//! an instance with fewer than `instanceConcurrency` requests in flight; if none has room and
+//! fewer than `max_instances` exist, it cold-starts one; otherwise it waits (bounded by the
+//! function timeout). Instances idle longer than the idle timeout are stopped by [`Pool::reap`]
+//! (scale to zero); dead ones (crashed, OOM-killed) are dropped and reported.
+//!
+//! Connections to an instance are HTTP/1.1 keep-alive connections made inside its network
+//! namespace and reused across requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+use pronto_image::pull::ResolvedImage;
+use pronto_runtime::bundle::ProcessOverrides;
+use pronto_runtime::{Instance, InstanceSpec, Node, StartError, StartTimings};
+use tokio::sync::Notify;
+
+pub type ProxyBody = axum::body::Body;
+
+/// What the pool needs to know about a function to run it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub name: String,
+    /// Changes whenever anything that affects instances changes (image, command, env, limits).
+    pub revision: String,
+    pub image: Arc<ResolvedImage>,
+    pub overrides: ProcessOverrides,
+    pub port: u16,
+    pub memory_mb: u64,
+    pub cpu: f64,
+    pub init_timeout: Duration,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub max_instances: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("function {function}: starting an instance failed: {source}")]
+    Start {
+        function: String,
+        #[source]
+        source: StartError,
+    },
+    #[error("function {function}: all {instances} instances are busy and none freed up within {waited:?}")]
+    Busy {
+        function: String,
+        instances: usize,
+        waited: Duration,
+    },
+}
+
+struct Slot {
+    instance: Arc<Instance>,
+    in_flight: usize,
+    last_used: Instant,
+    /// Idle keep-alive connections.
+    connections: Vec<SendRequest<ProxyBody>>,
+}
+
+#[derive(Default)]
+struct FunctionInstances {
+    revision: String,
+    slots: Vec<Slot>,
+    /// Instances of an older revision still finishing requests; stopped when the last ends.
+    draining: Vec<Slot>,
+    /// Cold starts under way (they count against `max_instances`).
+    starting: usize,
+    /// Woken whenever a slot frees up or a start ends.
+    changed: Arc<Notify>,
+}
+
+/// All functions' instances on this node.
+pub struct Pool {
+    node: Node,
+    functions: Mutex<HashMap<String, FunctionInstances>>,
+}
+
+/// One request's claim on an instance; dropping it releases the claim.
+pub struct Lease {
+    pool: Arc<Pool>,
+    pub function: String,
+    pub instance: Arc<Instance>,
+    /// The cold start this request caused, if it did.
+    pub cold_start: Option<StartTimings>,
+    connection: Option<SendRequest<ProxyBody>>,
+    /// Set when the exchange finished cleanly, so the connection may be reused.
+    reusable: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("function", &self.function)
+            .field("instance", &self.instance.id)
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(node: Node) -> Arc<Pool> {
+        Arc::new(Pool {
+            node,
+            functions: Mutex::default(),
+        })
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// An instance of `spec`'s revision with room for one more request.
+    pub async fn acquire(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+        let deadline = Instant::now() + spec.timeout;
+        loop {
+            let mut retired = Vec::new();
+            let wait;
+            {
+                let mut all = self.functions.lock().expect("pool lock poisoned");
+                let f = all.entry(spec.name.clone()).or_default();
+                if f.revision != spec.revision {
+                    f.retire_slots(&mut retired);
+                    f.revision = spec.revision.clone();
+                }
+                // Drop instances that died since their last request.
+                let (alive, dead): (Vec<Slot>, Vec<Slot>) =
+                    f.slots.drain(..).partition(|s| s.instance.is_running());
+                f.slots = alive;
+                for s in dead {
+                    report_death(&s.instance);
+                    retired.push(s.instance);
+                }
+                if let Some(slot) = f
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.in_flight < spec.concurrency)
+                    .min_by_key(|s| s.in_flight)
+                {
+                    slot.in_flight += 1;
+                    slot.last_used = Instant::now();
+                    let lease = Lease {
+                        pool: self.clone(),
+                        function: spec.name.clone(),
+                        instance: slot.instance.clone(),
+                        cold_start: None,
+                        connection: slot.connections.pop(),
+                        reusable: false,
+                    };
+                    drop(all);
+                    stop_all(retired);
+                    return Ok(lease);
+                }
+                if f.slots.len() + f.starting < spec.max_instances {
+                    f.starting += 1;
+                    wait = None;
+                } else {
+                    wait = Some(f.changed.clone());
+                }
+            }
+            stop_all(retired);
+            match wait {
+                None => return self.cold_start(spec).await,
+                Some(changed) => {
+                    let notified = changed.notified();
+                    let now = Instant::now();
+                    if now >= deadline
+                        || tokio::time::timeout(deadline - now, notified)
+                            .await
+                            .is_err()
+                    {
+                        let instances = self.instances_of(&spec.name);
+                        return Err(AcquireError::Busy {
+                            function: spec.name.clone(),
+                            instances,
+                            waited: spec.timeout,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+        let result = self
+            .node
+            .start(InstanceSpec {
+                function: spec.name.clone(),
+                image: spec.image.clone(),
+                overrides: spec.overrides.clone(),
+                port: spec.port,
+                memory_mb: spec.memory_mb,
+                cpu: spec.cpu,
+                init_timeout: spec.init_timeout,
+            })
+            .await;
+        let mut all = self.functions.lock().expect("pool lock poisoned");
+        let f = all.entry(spec.name.clone()).or_default();
+        f.starting = f.starting.saturating_sub(1);
+        f.changed.notify_waiters();
+        let instance = match result {
+            Ok(i) => Arc::new(i),
+            Err(source) => {
+                return Err(AcquireError::Start {
+                    function: spec.name.clone(),
+                    source,
+                })
+            }
+        };
+        let slot = Slot {
+            instance: instance.clone(),
+            in_flight: 1,
+            last_used: Instant::now(),
+            connections: Vec::new(),
+        };
+        if f.revision == spec.revision {
+            f.slots.push(slot);
+        } else {
+            // The function changed while this instance started: it serves this one request.
+            f.draining.push(slot);
+        }
+        let timings = instance.timings;
+        Ok(Lease {
+            pool: self.clone(),
+            function: spec.name.clone(),
+            instance,
+            cold_start: Some(timings),
+            connection: None,
+            reusable: false,
+        })
+    }
+
+    fn instances_of(&self, function: &str) -> usize {
+        self.functions
+            .lock()
+            .expect("pool lock poisoned")
+            .get(function)
+            .map_or(0, |f| f.slots.len())
+    }
+
+    /// Instance ids of a function (for tests and status).
+    pub fn instance_ids(&self, function: &str) -> Vec<String> {
+        self.functions
+            .lock()
+            .expect("pool lock poisoned")
+            .get(function)
+            .map(|f| f.slots.iter().map(|s| s.instance.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes `instance` out of service and stops it now, busy or not (it hung or broke).
+    pub fn recycle(&self, function: &str, instance_id: &str) {
+        let mut retired = Vec::new();
+        if let Some(f) = self
+            .functions
+            .lock()
+            .expect("pool lock poisoned")
+            .get_mut(function)
+        {
+            for list in [&mut f.slots, &mut f.draining] {
+                list.retain(|s| {
+                    let keep = s.instance.id != instance_id;
+                    if !keep {
+                        retired.push(s.instance.clone());
+                    }
+                    keep
+                });
+            }
+            f.changed.notify_waiters();
+        }
+        stop_all(retired);
+    }
+
+    /// Takes every instance of `function` out of service (it was deleted or updated): idle ones
+    /// stop now, busy ones when their requests end.
+    pub fn retire(&self, function: &str) {
+        let mut retired = Vec::new();
+        if let Some(f) = self
+            .functions
+            .lock()
+            .expect("pool lock poisoned")
+            .get_mut(function)
+        {
+            f.retire_slots(&mut retired);
+            f.revision.clear();
+        }
+        stop_all(retired);
+    }
+
+    /// Stops idle instances older than `idle_timeout` and drops dead ones.
+    pub fn reap(&self, idle_timeout: Duration) {
+        let mut retired = Vec::new();
+        let now = Instant::now();
+        for f in self
+            .functions
+            .lock()
+            .expect("pool lock poisoned")
+            .values_mut()
+        {
+            f.draining.retain(|s| {
+                let dead = !s.instance.is_running();
+                if dead {
+                    retired.push(s.instance.clone());
+                }
+                !dead
+            });
+            f.slots.retain(|s| {
+                let dead = !s.instance.is_running();
+                if dead {
+                    report_death(&s.instance);
+                }
+                let idle = s.in_flight == 0 && now.duration_since(s.last_used) >= idle_timeout;
+                if dead || idle {
+                    retired.push(s.instance.clone());
+                }
+                !(dead || idle)
+            });
+        }
+        stop_all(retired);
+    }
+
+    /// Stops every instance and waits for the teardowns (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Instance>> = self
+            .functions
+            .lock()
+            .expect("pool lock poisoned")
+            .drain()
+            .flat_map(|(_, f)| f.slots.into_iter().chain(f.draining).map(|s| s.instance))
+            .collect();
+        for i in all {
+            if let Err(e) = i.stop().await {
+                tracing::error!(error = %e, "teardown at shutdown");
+            }
+        }
+    }
+
+    fn release(&self, lease: &mut Lease) {
+        let mut finished = None;
+        {
+            let mut all = self.functions.lock().expect("pool lock poisoned");
+            let Some(f) = all.get_mut(&lease.function) else {
+                return;
+            };
+            f.changed.notify_waiters();
+            let is_this = |s: &Slot| Arc::ptr_eq(&s.instance, &lease.instance);
+            if let Some(slot) = f.slots.iter_mut().find(|s| is_this(s)) {
+                slot.in_flight = slot.in_flight.saturating_sub(1);
+                slot.last_used = Instant::now();
+                if let Some(c) = lease.connection.take() {
+                    if lease.reusable && !c.is_closed() {
+                        slot.connections.push(c);
+                    }
+                }
+            } else if let Some(i) = f.draining.iter().position(is_this) {
+                let slot = &mut f.draining[i];
+                slot.in_flight = slot.in_flight.saturating_sub(1);
+                if slot.in_flight == 0 {
+                    finished = Some(f.draining.swap_remove(i).instance);
+                }
+            }
+        }
+        if let Some(i) = finished {
+            stop_all(vec![i]);
+        }
+    }
+}
+
+impl FunctionInstances {
+    /// Moves every slot out of service: idle ones into `retired` (to stop), busy ones to draining.
+    fn retire_slots(&mut self, retired: &mut Vec<Arc<Instance>>) {
+        for s in self.slots.drain(..) {
+            if s.in_flight == 0 {
+                retired.push(s.instance);
+            } else {
+                self.draining.push(s);
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// The connection to send this request on: an idle keep-alive one or a new one.
+    pub async fn connection(&mut self) -> std::io::Result<&mut SendRequest<ProxyBody>> {
+        if let Some(c) = &mut self.connection {
+            if c.ready().await.is_ok() {
+                return Ok(self.connection.as_mut().expect("just checked"));
+            }
+            self.connection = None;
+        }
+        let stream = self.instance.connect().await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "instance connection ended");
+            }
+        });
+        Ok(self.connection.insert(sender))
+    }
+
+    /// The exchange completed: the connection may carry the next request.
+    pub fn mark_reusable(&mut self) {
+        self.reusable = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        pool.release(self);
+    }
+}
+
+fn report_death(instance: &Instance) {
+    if instance.oom_killed() {
+        tracing::warn!(function = %instance.function, instance = %instance.id, "instance was OOM-killed (memory limit)");
+    } else {
+        tracing::warn!(function = %instance.function, instance = %instance.id, log = %instance.log_tail(), "instance exited");
+    }
+}
+
+/// Stops instances in the background; teardown errors are logged.
+fn stop_all(instances: Vec<Arc<Instance>>) {
+    for i in instances {
+        tokio::spawn(async move {
+            if let Err(e) = i.stop().await {
+                tracing::error!(error = %e, "instance teardown");
+            }
+        });
+    }
+}

@@ -1,0 +1,208 @@
+//! Forwards one invocation to an instance and streams the response back.
+//!
+//! Method, path, query, headers and body pass through unchanged, except hop-by-hop headers
+//! (RFC 9110 §7.6.1) and Pronto's own credentials, which never reach the function. Bodies are
+//! streamed both ways: memory stays flat whatever their size.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::{Frame, Incoming};
+
+use crate::pool::{AcquireError, Lease, Pool, RunSpec};
+
+/// The header a cold start's response carries: where its time went, in milliseconds.
+pub const COLD_START_HEADER: &str = "x-pronto-cold-start";
+/// The instance that served the request.
+pub const INSTANCE_HEADER: &str = "x-pronto-instance";
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Sends `req` (already stripped of the `/invoke/NAME` prefix: `path_and_query` is what the
+/// function sees) to an instance of `spec`.
+pub async fn forward(
+    pool: &Arc<Pool>,
+    spec: &RunSpec,
+    req: Request<Body>,
+    path_and_query: &str,
+) -> Response<Body> {
+    let started = Instant::now();
+    let mut lease = match pool.acquire(spec).await {
+        Ok(l) => l,
+        Err(e @ AcquireError::Busy { .. }) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ResourceThrottled",
+                &e.to_string(),
+            )
+        }
+        Err(e @ AcquireError::Start { .. }) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "FunctionNotStarted",
+                &e.to_string(),
+            )
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let mut out = Request::builder().method(parts.method).uri(path_and_query);
+    let headers = out.headers_mut().expect("fresh builder");
+    copy_end_to_end(&parts.headers, headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-fc-invocation-target");
+    let out = out.body(body).expect("valid request parts");
+
+    let remaining = spec.timeout.saturating_sub(started.elapsed());
+    let sent = tokio::time::timeout(remaining, async {
+        let conn = lease.connection().await?;
+        conn.send_request(out).await.map_err(std::io::Error::other)
+    })
+    .await;
+    let response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let instance = lease.instance.clone();
+            let message = if instance.oom_killed() {
+                format!(
+                    "function {}: instance {} was killed: out of memory (memorySize {} MB)",
+                    spec.name, instance.id, spec.memory_mb
+                )
+            } else {
+                format!(
+                    "function {}: instance {} failed the request: {e}; container output:\n{}",
+                    spec.name,
+                    instance.id,
+                    instance.log_tail()
+                )
+            };
+            drop(lease);
+            pool.recycle(&spec.name, &instance.id);
+            return error(StatusCode::BAD_GATEWAY, "FunctionFailed", &message);
+        }
+        Err(_) => {
+            let id = lease.instance.id.clone();
+            drop(lease);
+            // It may be stuck for good: take it out of service.
+            pool.recycle(&spec.name, &id);
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "FunctionTimeout",
+                &format!(
+                    "function {} did not respond within its timeout of {:?}",
+                    spec.name, spec.timeout
+                ),
+            );
+        }
+    };
+    let first_byte = started.elapsed();
+    let (parts, body) = response.into_parts();
+    let mut builder = Response::builder().status(parts.status);
+    let headers = builder.headers_mut().expect("fresh builder");
+    copy_end_to_end(&parts.headers, headers);
+    headers.insert(
+        HeaderName::from_static(INSTANCE_HEADER),
+        HeaderValue::from_str(&lease.instance.id).expect("hex id"),
+    );
+    if let Some(t) = lease.cold_start {
+        let value = format!(
+            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={}",
+            t.image_ready.as_millis(),
+            t.container_started.as_millis(),
+            t.app_ready.as_millis(),
+            first_byte.as_millis(),
+            t.image_pulled
+        );
+        headers.insert(
+            HeaderName::from_static(COLD_START_HEADER),
+            HeaderValue::from_str(&value).expect("ascii"),
+        );
+    }
+    if http_body::Body::is_end_stream(&body) {
+        // Nothing to stream: nobody may poll the body, so release the connection now.
+        lease.mark_reusable();
+    }
+    builder
+        .body(Body::new(LeasedBody {
+            inner: body,
+            lease: Some(lease),
+        }))
+        .expect("valid response parts")
+}
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let listed: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("valid error response")
+}
+
+/// The instance's response body, holding the lease until the last byte (so the instance counts
+/// as busy while it streams) and marking the connection reusable when it ends cleanly.
+struct LeasedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(mut lease) = self.lease.take() {
+                    lease.mark_reusable();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
