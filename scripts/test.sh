@@ -1,10 +1,33 @@
 #!/usr/bin/env bash
 # The test suite: installs what it needs, then runs every test of the workspace. Run as root
-# (the tests create device nodes, set owners and xattrs, and start real registries).
+# (the tests create device nodes, set owners and xattrs, start real registries, run containers
+# with runc in network namespaces and cgroups). Fails if the tests left namespaces, mounts or
+# containers behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+leftovers() {
+  { ip netns list 2>/dev/null | grep -o '^pronto-[0-9a-f]*' || true
+    grep -E ' - overlay ' /proc/self/mountinfo | awk '{print $5}' | grep '/instances/' || true
+  } | sort
+}
+before=$(leftovers)
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+
+after=$(leftovers)
+new=$(comm -13 <(echo "$before") <(echo "$after") | sed '/^$/d')
+if [ -n "$new" ]; then
+  echo "error: the tests left these behind:" >&2
+  echo "$new" >&2
+  exit 1
+fi
+echo "no network namespaces or instance mounts left behind"
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

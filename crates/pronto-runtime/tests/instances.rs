@@ -60,6 +60,24 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// Whatever the test left running (a failed assertion skips its `stop`) is cleaned up the
+    /// way a restarted node does it, on a runtime of its own.
+    fn drop(&mut self) {
+        let data_dir = self.data.path().to_owned();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("cleanup runtime");
+            rt.block_on(Node::open(NodeConfig {
+                data_dir,
+                runtime_bin: "runc".into(),
+                registry: RegistryClient::new(ClientOptions::default()).unwrap(),
+            }))
+            .map(drop)
+        })
+        .join();
+    }
+}
+
 fn spec(f: &Fixture) -> InstanceSpec {
     InstanceSpec {
         function: "hello".into(),

@@ -80,6 +80,8 @@ struct FunctionInstances {
 pub struct Pool {
     node: Node,
     functions: Mutex<HashMap<String, FunctionInstances>>,
+    /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
+    teardowns: tokio_util::task::TaskTracker,
 }
 
 /// One request's claim on an instance; dropping it releases the claim.
@@ -108,6 +110,7 @@ impl Pool {
         Arc::new(Pool {
             node,
             functions: Mutex::default(),
+            teardowns: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -153,7 +156,7 @@ impl Pool {
                         reusable: false,
                     };
                     drop(all);
-                    stop_all(retired);
+                    self.stop_all(retired);
                     return Ok(lease);
                 }
                 if f.slots.len() + f.starting < spec.max_instances {
@@ -163,7 +166,7 @@ impl Pool {
                     wait = Some(f.changed.clone());
                 }
             }
-            stop_all(retired);
+            self.stop_all(retired);
             match wait {
                 None => return self.cold_start(spec).await,
                 Some(changed) => {
@@ -273,7 +276,7 @@ impl Pool {
             }
             f.changed.notify_waiters();
         }
-        stop_all(retired);
+        self.stop_all(retired);
     }
 
     /// Takes every instance of `function` out of service (it was deleted or updated): idle ones
@@ -289,7 +292,7 @@ impl Pool {
             f.retire_slots(&mut retired);
             f.revision.clear();
         }
-        stop_all(retired);
+        self.stop_all(retired);
     }
 
     /// Stops idle instances older than `idle_timeout` and drops dead ones.
@@ -321,7 +324,7 @@ impl Pool {
                 !(dead || idle)
             });
         }
-        stop_all(retired);
+        self.stop_all(retired);
     }
 
     /// Stops every instance and waits for the teardowns (graceful shutdown).
@@ -338,6 +341,8 @@ impl Pool {
                 tracing::error!(error = %e, "teardown at shutdown");
             }
         }
+        self.teardowns.close();
+        self.teardowns.wait().await;
     }
 
     fn release(&self, lease: &mut Lease) {
@@ -366,7 +371,7 @@ impl Pool {
             }
         }
         if let Some(i) = finished {
-            stop_all(vec![i]);
+            self.stop_all(vec![i]);
         }
     }
 }
@@ -427,13 +432,15 @@ fn report_death(instance: &Instance) {
     }
 }
 
-/// Stops instances in the background; teardown errors are logged.
-fn stop_all(instances: Vec<Arc<Instance>>) {
-    for i in instances {
-        tokio::spawn(async move {
-            if let Err(e) = i.stop().await {
-                tracing::error!(error = %e, "instance teardown");
-            }
-        });
+impl Pool {
+    /// Stops instances in the background; teardown errors are logged.
+    fn stop_all(&self, instances: Vec<Arc<Instance>>) {
+        for i in instances {
+            self.teardowns.spawn(async move {
+                if let Err(e) = i.stop().await {
+                    tracing::error!(error = %e, "instance teardown");
+                }
+            });
+        }
     }
 }

@@ -90,14 +90,17 @@ pub async fn forward(
             };
             drop(lease);
             pool.recycle(&spec.name, &instance.id);
-            return error(StatusCode::BAD_GATEWAY, "FunctionFailed", &message);
+            return with_instance(
+                error(StatusCode::BAD_GATEWAY, "FunctionFailed", &message),
+                &instance.id,
+            );
         }
         Err(_) => {
             let id = lease.instance.id.clone();
             drop(lease);
             // It may be stuck for good: take it out of service.
             pool.recycle(&spec.name, &id);
-            return error(
+            let e = error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "FunctionTimeout",
                 &format!(
@@ -105,6 +108,7 @@ pub async fn forward(
                     spec.name, spec.timeout
                 ),
             );
+            return with_instance(e, &id);
         }
     };
     let first_byte = started.elapsed();
@@ -157,6 +161,15 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
         }
         to.append(name.clone(), value.clone());
     }
+}
+
+/// Names the instance a failed request went to.
+fn with_instance(mut r: Response<Body>, id: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut()
+            .insert(HeaderName::from_static(INSTANCE_HEADER), v);
+    }
+    r
 }
 
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {

@@ -392,11 +392,14 @@ async fn failures_are_reported_and_nothing_leaks() {
 
     // Hangs: 504 after `timeout`, and the instance is recycled.
     env.create("slow", &image, json!({"timeout": 2})).await;
-    let first = get(&env, "slow", "/index.html").await;
-    let hung_instance = instance_of(&first);
+    assert_eq!(
+        get(&env, "slow", "/index.html").await.status(),
+        StatusCode::OK
+    );
     let started = std::time::Instant::now();
     let r = get(&env, "slow", "/cgi-bin/hang").await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let hung_instance = instance_of(&r);
     assert!(started.elapsed() < Duration::from_secs(5));
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "FunctionTimeout");

@@ -190,3 +190,24 @@ pub fn assert_error(r: &Reply, status: StatusCode, code: &str, message: &str) {
         (status, &json!({"code": code, "message": message})),
     );
 }
+
+impl Drop for Env {
+    /// However the test ended (a failed assertion included), nothing of its instances stays on
+    /// the machine: the node's crash cleanup runs over the data dir, on a runtime of its own
+    /// (the test's may be shutting down).
+    fn drop(&mut self) {
+        drop(self.server.take());
+        let node_dir = self.data_dir().join("node");
+        let registry = self.client.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("cleanup runtime");
+            rt.block_on(pronto_runtime::Node::open(pronto_runtime::NodeConfig {
+                data_dir: node_dir,
+                runtime_bin: "runc".into(),
+                registry,
+            }))
+            .map(drop)
+        })
+        .join();
+    }
+}
