@@ -45,8 +45,6 @@ pub enum ApiError {
     RouteNotFound { method: Method, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: Method, path: String },
-    #[error("{0}")]
-    NotImplemented(&'static str),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -80,7 +78,6 @@ impl ApiError {
             ApiError::FunctionAlreadyExists(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,7 +99,6 @@ impl ApiError {
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::RouteNotFound { .. } => "NotFound",
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
-            ApiError::NotImplemented(_) => "NotImplemented",
             ApiError::Store(_) => "InternalError",
         }
     }
