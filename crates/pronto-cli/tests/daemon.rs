@@ -167,6 +167,23 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
     assert!(!Path::new(&format!("/run/netns/pronto-{}", running[0])).exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&data.join("node/instances").display().to_string()));
+    for cgroup in [
+        format!("/sys/fs/cgroup/memory/pronto-{}", running[0]),
+        format!("/sys/fs/cgroup/pronto-{}", running[0]),
+    ] {
+        assert!(!Path::new(&cgroup).exists(), "{cgroup} left");
+    }
+    let containers = Command::new("runc")
+        .arg("--root")
+        .arg(data.join("node/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&containers.stdout).trim(),
+        "",
+        "containers left"
+    );
     let (body, _) = ok(daemon.cli(&["invoke", "web", "--path", "/index.html"]));
     assert_eq!(body, "hi from busybox\n");
 
