@@ -249,6 +249,13 @@ impl Server {
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                // Small responses go out at once, not after the client's delayed ACK (Nagle).
+                let tcp =
+                    axum::serve::ListenerExt::tap_io(tcp, |stream: &mut tokio::net::TcpStream| {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                    });
                 let result = axum::serve(tcp, app)
                     .with_graceful_shutdown(cancel.cancelled_owned())
                     .await
