@@ -143,7 +143,8 @@ impl Unpacker {
         Ok(Unpacker {
             root: fd,
             privileged: rustix::process::geteuid().is_root(),
-            dir_mtimes: HashMap::new(),
+            // The root's time, unless a layer has a "./" entry.
+            dir_mtimes: HashMap::from([(Vec::new(), 0)]),
         })
     }
 
@@ -238,7 +239,7 @@ impl Unpacker {
 
     /// The directory that will hold the entry, creating missing parents (0755, root-owned).
     fn open_parent(
-        &self,
+        &mut self,
         path: &EntryPath,
         made_here: &mut HashSet<Vec<u8>>,
     ) -> Result<OwnedFd, UnpackError> {
@@ -257,7 +258,7 @@ impl Unpacker {
     /// kernel would if the root were `/` (so a link to a missing directory gets that directory
     /// made, inside the root). `..` never climbs above the root.
     fn mkdir_all(
-        &self,
+        &mut self,
         components: &[Vec<u8>],
         made_here: &mut HashSet<Vec<u8>>,
     ) -> Result<OwnedFd, Errno> {
@@ -301,7 +302,11 @@ impl Unpacker {
                 Err(Errno::NOENT) => {
                     rustix::fs::mkdirat(&here, name, Mode::from_raw_mode(0o755))?;
                     resolved.push(c);
-                    made_here.insert(resolved.join(&b'/'));
+                    let made = resolved.join(&b'/');
+                    // No tar entry gives it a time: the epoch, not "now", so that unpacking
+                    // the same image twice gives the same tree.
+                    self.dir_mtimes.insert(made.clone(), 0);
+                    made_here.insert(made);
                 }
                 Err(e) => return Err(e),
             }
