@@ -25,6 +25,41 @@ pub enum ImageCommand {
     },
     /// Print an image's pinned digest, layers, sizes and config as JSON.
     Inspect { reference: String },
+    /// Convert an image into the accelerated format and push it beside the image
+    /// (tag `sha256-<digest>.pronto`).
+    Convert {
+        reference: String,
+        /// Chunk size in bytes (a power of two, 4 KiB..16 MiB); suffixes K and M accepted.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        chunk_size: u32,
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
+        compression: String,
+        /// Scratch space for the unpacked tree and the packs.
+        #[arg(long, default_value = "/var/tmp/pronto")]
+        work_dir: PathBuf,
+        /// The chunk memo (dedup across conversions); "none" to disable.
+        #[arg(long, default_value = "/var/lib/pronto/chunk-memo.db")]
+        memo: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild an image from its accelerated artifact (every chunk fetched and checked) and
+    /// compare it with a plain unpack of the image.
+    Verify {
+        reference: String,
+        #[arg(long, default_value = "/var/tmp/pronto")]
+        work_dir: PathBuf,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1u64 << 20),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    u32::try_from(n * mul).map_err(|_| format!("size {s:?} is too large"))
 }
 
 pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
@@ -53,6 +88,81 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 "config": image.config,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        ImageCommand::Convert {
+            reference,
+            chunk_size,
+            compression,
+            work_dir,
+            memo,
+            json,
+        } => {
+            let reference = parse(&reference)?;
+            let image = pull::resolve(&client, &reference)
+                .await
+                .with_context(|| format!("resolving {reference}"))?;
+            let mut opts = pronto_convert::ConvertOptions::new(work_dir);
+            opts.chunk_size = chunk_size;
+            opts.compression = match compression.as_str() {
+                "lz4" => pronto_format::Compression::Lz4,
+                "none" => pronto_format::Compression::None,
+                _ => pronto_format::Compression::Zstd,
+            };
+            opts.memo = (memo != "none").then(|| PathBuf::from(memo));
+            let spinner = ProgressBar::new_spinner();
+            spinner.set_message(format!("converting {}", image.pinned));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            let report = pronto_convert::convert(&client, &image, &opts)
+                .await
+                .with_context(|| format!("converting {}", image.pinned));
+            spinner.finish_and_clear();
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let secs = report.elapsed.as_secs_f64();
+                println!(
+                    "converted {} → {}\n  index {} ({} bytes, {:.2}% of the files)\n  {} files, {:.1} MB in {} chunks ({} reused), {} packs ({} new), {:.1} MB stored, {:.1} MB uploaded\n  {:.2} s ({:.2} s unpack + {:.2} s chunking), {:.0} MB/s of file data",
+                    image.reference,
+                    report.artifact,
+                    report.index_digest,
+                    report.index_size,
+                    100.0 * report.index_size as f64 / report.file_bytes.max(1) as f64,
+                    report.files,
+                    report.file_bytes as f64 / 1e6,
+                    report.chunks,
+                    report.reused_chunks,
+                    report.packs,
+                    report.new_packs,
+                    report.stored_bytes as f64 / 1e6,
+                    report.uploaded_bytes as f64 / 1e6,
+                    secs,
+                    report.unpack_time.as_secs_f64(),
+                    report.chunk_time.as_secs_f64(),
+                    report.file_bytes as f64 / 1e6 / secs.max(1e-9),
+                );
+            }
+        }
+        ImageCommand::Verify {
+            reference,
+            work_dir,
+        } => {
+            let reference = parse(&reference)?;
+            let image = pull::resolve(&client, &reference)
+                .await
+                .with_context(|| format!("resolving {reference}"))?;
+            let report = pronto_convert::verify(&client, &image, &work_dir)
+                .await
+                .with_context(|| format!("verifying the artifact of {}", image.pinned))?;
+            println!(
+                "ok: {} matches {}: {} entries, {} files, {} chunks, {:.1} MB",
+                report.artifact,
+                image.pinned,
+                report.entries,
+                report.files,
+                report.chunks,
+                report.file_bytes as f64 / 1e6
+            );
         }
         ImageCommand::Unpack {
             reference,

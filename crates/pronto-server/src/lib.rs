@@ -1,5 +1,6 @@
 //! The control plane of `pronto serve`.
 //!
+//! - [`accel`]: acceleration jobs (`Preparing` → `Ready`/`Failed`).
 //! - [`model`]: function specs, the API's input patch and its validation.
 //! - [`store`]: the SQLite metadata store (`DATA_DIR/pronto.db`).
 //! - [`auth`]: the API token (`DATA_DIR/api-token`) and the middleware that checks it.
@@ -13,6 +14,7 @@
 //! listeners already bound) serves both listeners and returns a [`RunningServer`]; [`serve`]
 //! does all of it until a shutdown future completes.
 
+pub mod accel;
 pub mod api;
 pub mod auth;
 pub mod images;
@@ -58,6 +60,10 @@ pub struct ServerConfig {
     pub idle_timeout: std::time::Duration,
     /// Instances one function may have at once on this node.
     pub max_instances: usize,
+    /// Run acceleration jobs (off: functions stay `Preparing`, to be resumed by a later start).
+    pub accelerate: bool,
+    /// Conversions at once.
+    pub max_conversions: usize,
 }
 
 impl ServerConfig {
@@ -71,6 +77,8 @@ impl ServerConfig {
             runtime_bin: "runc".into(),
             idle_timeout: std::time::Duration::from_secs(300),
             max_instances: 10,
+            accelerate: true,
+            max_conversions: 1,
         }
     }
 }
@@ -125,6 +133,9 @@ pub struct AppState {
     /// Resolved (pinned) images, by manifest digest: resolved once, valid forever.
     pub images: invoke::ImageCache,
     pub max_instances: usize,
+    pub accel: std::sync::Arc<accel::Accelerator>,
+    /// Whether acceleration jobs run (see [`ServerConfig::accelerate`]).
+    pub accelerate: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -180,7 +191,23 @@ impl Server {
         if cleaned > 0 {
             tracing::warn!(cleaned, "cleaned up instances left by a previous daemon");
         }
+        let mut convert = pronto_convert::ConvertOptions::new(config.data_dir.join("convert"));
+        convert.memo = Some(config.data_dir.join("chunk-memo.db"));
+        let accel = accel::Accelerator::new(
+            config.registry.clone(),
+            store.clone(),
+            convert,
+            config.max_conversions,
+        );
+        if config.accelerate {
+            let resumed = accel.resume().await?;
+            if resumed > 0 {
+                tracing::info!(resumed, "resumed acceleration jobs");
+            }
+        }
         let state = AppState {
+            accel,
+            accelerate: config.accelerate,
             store,
             registry: config.registry.clone(),
             pool: pool::Pool::new(node),

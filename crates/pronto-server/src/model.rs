@@ -117,15 +117,44 @@ pub struct PinnedImage {
     pub manifest_digest: Digest,
 }
 
-/// Where the conversion to the accelerated format stands. Nothing produces it yet: the store
-/// keeps a column for it and the API omits `accelerationInfo` while it is `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the conversion to the accelerated format stands (see `accel.rs`); `None` (omitted in
+/// the API) for `accelerationType: None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccelerationInfo {
     pub status: AccelerationStatus,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `Ready`: where the artifact is (`REGISTRY/REPO:sha256-<hex>.pronto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// `Ready`: the artifact manifest's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_digest: Option<String>,
+    /// `Ready`: bytes of the index blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_size: Option<u64>,
+    /// `Ready`: bytes of the packs the index references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
+    /// `Ready`: how long the conversion took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+}
+
+impl Default for AccelerationInfo {
+    fn default() -> Self {
+        AccelerationInfo {
+            status: AccelerationStatus::Preparing,
+            reason: None,
+            artifact: None,
+            artifact_digest: None,
+            index_size: None,
+            stored_bytes: None,
+            duration_seconds: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

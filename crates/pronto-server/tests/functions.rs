@@ -135,8 +135,8 @@ async fn defaults_are_applied_and_shown() {
     assert_eq!(f["environmentVariables"], json!({}));
     assert_eq!(f["initializationTimeout"], 30);
     assert_eq!(f["authType"], "function");
-    // No acceleration jobs yet: the field is absent rather than invented.
-    assert!(f.get("accelerationInfo").is_none(), "{f}");
+    // accelerationType Default: a conversion job starts with the function.
+    assert_eq!(f["accelerationInfo"]["status"], "Preparing", "{f}");
 }
 
 #[tokio::test]

@@ -23,6 +23,11 @@ const HOG: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nawk
 const NC_HANDLER: &str = "#!/bin/sh\nread -r method path proto\ncase \"$path\" in\n  /hog) awk 'BEGIN { s = \"x\"; while (length(s) < 800000000) s = s s }' ;;\n  *) printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n' ;;\nesac\n";
 const WHOAMI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"pids=$(ls /proc | grep -c '^[0-9]') version=$VERSION host=$(hostname)\"\n";
 
+/// These tests are about invocations: no conversions competing for the CPU.
+fn no_acceleration(c: &mut pronto_server::ServerConfig) {
+    c.accelerate = false;
+}
+
 async fn push_app(env: &Env, tag: &str, index: &str) {
     ImageBuilder::new()
         .layer(busybox_layer().unwrap())
@@ -87,7 +92,7 @@ fn instance_of(r: &reqwest::Response) -> String {
 
 #[tokio::test]
 async fn create_cold_warm_update_delete() {
-    let env = Env::start().await;
+    let env = Env::start_with(no_acceleration).await;
     push_app(&env, "v1", "version one\n").await;
     env.create("hello", &env.image("fn/app:v1"), json!({"memorySize": 128}))
         .await;
@@ -205,7 +210,7 @@ fn assert_no_instance_dirs(data: &Path) {
 
 #[tokio::test]
 async fn request_fidelity() {
-    let env = Env::start().await;
+    let env = Env::start_with(no_acceleration).await;
     push_app(&env, "v1", "x").await;
     env.create(
         "echo",
@@ -348,7 +353,7 @@ fn peak_rss_kb() -> usize {
 
 #[tokio::test]
 async fn failures_are_reported_and_nothing_leaks() {
-    let env = Env::start().await;
+    let env = Env::start_with(no_acceleration).await;
     push_app(&env, "v1", "x").await;
     let image = env.image("fn/app:v1");
 
@@ -483,7 +488,11 @@ async fn failures_are_reported_and_nothing_leaks() {
 
 #[tokio::test]
 async fn idle_instances_are_reclaimed() {
-    let env = Env::start_with(|c| c.idle_timeout = Duration::from_millis(800)).await;
+    let env = Env::start_with(|c| {
+        no_acceleration(c);
+        c.idle_timeout = Duration::from_millis(800);
+    })
+    .await;
     push_app(&env, "v1", "x").await;
     env.create("idle", &env.image("fn/app:v1"), json!({})).await;
     let r = get(&env, "idle", "/index.html").await;

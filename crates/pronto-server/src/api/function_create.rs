@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::{ApiError, FunctionView, JsonBody};
+use crate::accel::Accelerator;
 use crate::model::{now, Function, FunctionInput};
 use crate::{images, AppState};
 
@@ -20,15 +21,19 @@ pub(super) async fn create_function(
     }
     let image = images::pin(&state.registry, &reference).await?;
     let t = now();
+    let acceleration = Accelerator::initial_status(spec.custom_container_config.acceleration_type);
     let function = Function {
         function_id: uuid::Uuid::new_v4().to_string(),
         spec,
         image,
-        acceleration: None,
+        acceleration,
         created_time: t,
         last_modified_time: t,
     };
     state.store.create_function(function.clone()).await?;
+    if function.acceleration.is_some() && state.accelerate {
+        state.accel.submit(name.clone(), function.image.clone());
+    }
     tracing::info!(function = %name, image = %function.image.reference, "created function");
     Ok((StatusCode::CREATED, Json(FunctionView::from(&function))))
 }

@@ -7,7 +7,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 use super::{function_name, ApiError, FunctionView, JsonBody};
-use crate::model::{now, FunctionInput};
+use crate::accel::Accelerator;
+use crate::model::{now, AccelerationStatus, FunctionInput};
 use crate::{images, AppState};
 
 pub(super) async fn update_function(
@@ -37,14 +38,27 @@ pub(super) async fn update_function(
     let function = state
         .store
         .update_function(&name, move |f| {
+            let was = f.spec.custom_container_config.acceleration_type;
             patch.apply_to(&mut f.spec);
+            let now_type = f.spec.custom_container_config.acceleration_type;
+            let new_image = pinned
+                .as_ref()
+                .is_some_and(|p| p.manifest_digest != f.image.manifest_digest);
             if let Some(image) = pinned {
-                // TODO(acceleration): a new digest restarts the acceleration job.
                 f.image = image;
+            }
+            // A new image (or acceleration switched on) starts over; switched off, it is gone.
+            if new_image || was != now_type || f.acceleration.is_none() {
+                f.acceleration = Accelerator::initial_status(now_type);
             }
             f.last_modified_time = now();
         })
         .await?;
+    if function.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
+        && state.accelerate
+    {
+        state.accel.submit(name.clone(), function.image.clone());
+    }
     // Instances of the old settings take no new requests; idle ones stop now.
     state.pool.retire(&name);
     tracing::info!(function = %name, image = %function.image.reference, "updated function");

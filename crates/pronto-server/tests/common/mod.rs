@@ -76,6 +76,12 @@ impl Env {
             .unwrap()
     }
 
+    /// Restarts with another config tweak (kept for later restarts).
+    pub async fn restart_with(&mut self, tweak: fn(&mut ServerConfig)) {
+        self.tweak = tweak;
+        self.restart().await;
+    }
+
     /// Stops the server (waiting for it) and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         self.server.take().unwrap().shutdown().await.unwrap();

@@ -1,0 +1,142 @@
+//! The chunk memo: which chunks a repository already stores, and where (pack, offset), so a
+//! later conversion — a new version of the image, or another image sharing its base layers —
+//! references them instead of storing and uploading them again. A SQLite file; entries are only
+//! trusted after the pack is seen in the registry.
+
+use std::path::Path;
+
+use pronto_format::Compression;
+use pronto_image::Digest;
+use rusqlite::{params, Connection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoError {
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MemoChunk {
+    pub pack: Digest,
+    pub pack_size: u64,
+    pub offset: u64,
+    pub compressed_size: u32,
+    pub compression: Compression,
+}
+
+pub struct Memo {
+    conn: Connection,
+    path: String,
+}
+
+impl Memo {
+    pub fn open(path: &Path) -> Result<Memo, MemoError> {
+        let p = path.display().to_string();
+        let err = |source| MemoError::Sqlite {
+            path: p.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE IF NOT EXISTS chunks (
+               repo TEXT NOT NULL, digest BLOB NOT NULL, pack TEXT NOT NULL, pack_size INTEGER NOT NULL,
+               offset INTEGER NOT NULL, compressed_size INTEGER NOT NULL, compression INTEGER NOT NULL,
+               PRIMARY KEY (repo, digest));",
+        )
+        .map_err(err)?;
+        Ok(Memo { conn, path: p })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> MemoError + '_ {
+        |source| MemoError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Every chunk recorded for `repo`; malformed rows are skipped.
+    pub fn chunks_of(&self, repo: &str) -> Result<Vec<([u8; 32], MemoChunk)>, MemoError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT digest, pack, pack_size, offset, compressed_size, compression FROM chunks WHERE repo = ?1")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![repo], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (digest, pack, pack_size, offset, csize, comp) = row.map_err(self.err())?;
+            let (Ok(digest), Ok(pack), Some(compression)) = (
+                <[u8; 32]>::try_from(digest.as_slice()),
+                pack.parse::<Digest>(),
+                match comp {
+                    0 => Some(Compression::None),
+                    1 => Some(Compression::Zstd),
+                    2 => Some(Compression::Lz4),
+                    _ => None,
+                },
+            ) else {
+                continue;
+            };
+            out.push((
+                digest,
+                MemoChunk {
+                    pack,
+                    pack_size: pack_size as u64,
+                    offset: offset as u64,
+                    compressed_size: csize as u32,
+                    compression,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn record(
+        &mut self,
+        repo: &str,
+        chunks: &[([u8; 32], MemoChunk)],
+    ) -> Result<(), MemoError> {
+        let path = self.path.clone();
+        let err = |source| MemoError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare("INSERT OR REPLACE INTO chunks VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .map_err(err)?;
+            for (d, c) in chunks {
+                stmt.execute(params![
+                    repo,
+                    d.as_slice(),
+                    c.pack.to_string(),
+                    c.pack_size as i64,
+                    c.offset as i64,
+                    c.compressed_size as i64,
+                    c.compression as u8 as i64
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}

@@ -1,0 +1,165 @@
+//! A deterministic walk of an unpacked tree into index entries: parents before children,
+//! siblings sorted by raw name bytes, the first path of a hardlinked inode carries the node.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use pronto_format::{NodeKind, NodeMeta};
+
+/// One path of the tree.
+pub struct Entry {
+    /// Relative, `/`-separated; empty for the root.
+    pub path: Vec<u8>,
+    pub meta: NodeMeta,
+    /// For a regular file's first path: where to read its content.
+    pub content: Option<PathBuf>,
+    /// For a later path of a hardlinked file: the first path.
+    pub hardlink_of: Option<Vec<u8>>,
+}
+
+type WalkError = (PathBuf, std::io::Error);
+
+pub fn walk(root: &Path) -> Result<Vec<Entry>, WalkError> {
+    let mut out = Vec::new();
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let meta = std::fs::symlink_metadata(root).map_err(|e| (root.to_owned(), e))?;
+    out.push(Entry {
+        path: Vec::new(),
+        meta: node_meta(root, &meta)?,
+        content: None,
+        hardlink_of: None,
+    });
+    walk_dir(root, &[], &mut out, &mut links)?;
+    Ok(out)
+}
+
+fn walk_dir(
+    dir: &Path,
+    rel: &[u8],
+    out: &mut Vec<Entry>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<(), WalkError> {
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .map_err(|e| (dir.to_owned(), e))?
+        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| (dir.to_owned(), e))?;
+    names.sort();
+    for name in names {
+        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+        let rel_path = if rel.is_empty() {
+            name.clone()
+        } else {
+            [rel, b"/", &name].concat()
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| (path.clone(), e))?;
+        let ft = meta.file_type();
+        if ft.is_file() && meta.nlink() > 1 {
+            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                out.push(Entry {
+                    path: rel_path,
+                    meta: node_meta(&path, &meta)?,
+                    content: None,
+                    hardlink_of: Some(first.clone()),
+                });
+                continue;
+            }
+            links.insert((meta.dev(), meta.ino()), rel_path.clone());
+        }
+        out.push(Entry {
+            path: rel_path.clone(),
+            meta: node_meta(&path, &meta)?,
+            content: ft.is_file().then(|| path.clone()),
+            hardlink_of: None,
+        });
+        if ft.is_dir() {
+            walk_dir(&path, &rel_path, out, links)?;
+        }
+    }
+    Ok(())
+}
+
+fn node_meta(path: &Path, m: &std::fs::Metadata) -> Result<NodeMeta, WalkError> {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else {
+        NodeKind::Socket
+    };
+    let symlink_target = if ft.is_symlink() {
+        std::fs::read_link(path)
+            .map_err(|e| (path.to_owned(), e))?
+            .as_os_str()
+            .as_bytes()
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(NodeMeta {
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+        size: if ft.is_file() { m.size() } else { 0 },
+        rdev: if ft.is_char_device() || ft.is_block_device() {
+            m.rdev()
+        } else {
+            0
+        },
+        symlink_target,
+        xattrs: xattrs(path).map_err(|e| (path.to_owned(), e))?,
+    })
+}
+
+/// Every extended attribute of `path` (not following a symlink), sorted by name.
+pub fn xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: `c` is NUL-terminated; `names` is writable for the length passed.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name)?;
+        let mut value = vec![0u8; 64 << 10];
+        // SAFETY: both strings are NUL-terminated; `value` is writable for its length.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        value.truncate(len as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,443 @@
+//! `pronto image verify`: the artifact rebuilt chunk by chunk must equal a plain unpack of its
+//! source image — every path, type, mode, owner, mtime, size, device, symlink target, xattr,
+//! hardlink and byte.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pronto_format::{Index, NodeKind};
+use pronto_image::manifest::ManifestKind;
+use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
+use pronto_image::{Digest, RegistryClient, RegistryError};
+use serde::Serialize;
+
+use crate::artifact::{self, INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no accelerated artifact for {image} ({reference}): {error}")]
+    NoArtifact {
+        image: Digest,
+        reference: String,
+        #[source]
+        error: Box<RegistryError>,
+    },
+    #[error("{reference} is not a Pronto artifact of {image}: {reason}")]
+    NotAnArtifact {
+        reference: String,
+        image: Digest,
+        reason: String,
+    },
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    #[error("index {digest}: {error}")]
+    Index {
+        digest: Digest,
+        #[source]
+        error: pronto_format::FormatError,
+    },
+    #[error("{path:?}: chunk {chunk} of the artifact: {error}")]
+    Chunk {
+        path: String,
+        chunk: String,
+        #[source]
+        error: pronto_format::FormatError,
+    },
+    #[error("{path:?}: {what} differs: artifact has {artifact}, the image has {image}")]
+    Mismatch {
+        path: String,
+        what: &'static str,
+        artifact: String,
+        image: String,
+    },
+    #[error("{path:?} is in the image but not in the artifact")]
+    Missing { path: String },
+    #[error("unpacking the source image: {0}")]
+    Unpack(#[source] Box<PullError>),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<RegistryError> for VerifyError {
+    fn from(e: RegistryError) -> Self {
+        VerifyError::Registry(Box::new(e))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub artifact: String,
+    pub index_digest: String,
+    pub entries: u64,
+    pub files: u64,
+    pub chunks: u64,
+    pub file_bytes: u64,
+}
+
+/// Fetches the artifact of `image` and compares it with a plain unpack of `image`.
+pub async fn verify(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    work_dir: &Path,
+) -> Result<VerifyReport, VerifyError> {
+    let source = image.manifest_digest.clone();
+    let reference = artifact::artifact_reference(&image.pinned, &source);
+    let fetched =
+        client
+            .fetch_manifest(&reference)
+            .await
+            .map_err(|error| VerifyError::NoArtifact {
+                image: source.clone(),
+                reference: reference.to_string(),
+                error: Box::new(error),
+            })?;
+    let not_artifact = |reason: &str| VerifyError::NotAnArtifact {
+        reference: reference.to_string(),
+        image: source.clone(),
+        reason: reason.to_string(),
+    };
+    let ManifestKind::Image(manifest) = fetched.kind else {
+        return Err(not_artifact("it is an index"));
+    };
+    if manifest.subject.as_ref().map(|s| &s.digest) != Some(&source) {
+        return Err(not_artifact("its subject is another image"));
+    }
+    let Some((index_desc, pack_descs)) = manifest.layers.split_first() else {
+        return Err(not_artifact("it has no layers"));
+    };
+    if index_desc.media_type != INDEX_MEDIA_TYPE
+        || pack_descs.iter().any(|p| p.media_type != PACK_MEDIA_TYPE)
+    {
+        return Err(not_artifact("unexpected layer media types"));
+    }
+    let index_bytes = client
+        .fetch_blob(&image.pinned, &index_desc.digest, Some(index_desc.size))
+        .await?;
+    let index_err = |error| VerifyError::Index {
+        digest: index_desc.digest.clone(),
+        error,
+    };
+    let index = Index::open(index_bytes.to_vec()).map_err(index_err)?;
+    if hex::encode(index.source_manifest()) != source.hex() {
+        return Err(not_artifact("the index names another source manifest"));
+    }
+    if index.config_json() != image.config_bytes.as_ref() {
+        return Err(not_artifact("the index carries another image config"));
+    }
+
+    let io = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| VerifyError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(work_dir).map_err(io("creating", work_dir))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pronto-verify-")
+        .tempdir_in(work_dir)
+        .map_err(io("creating scratch dir in", work_dir))?;
+    // Every pack whole (each verified against its digest), then the ground truth.
+    let packs = index.packs();
+    if packs.len() != pack_descs.len() {
+        return Err(not_artifact(
+            "the index and the manifest list different packs",
+        ));
+    }
+    let mut pack_files = Vec::new();
+    for (i, (digest, size)) in packs.iter().enumerate() {
+        let digest: Digest = format!("sha256:{}", hex::encode(digest))
+            .parse()
+            .expect("hex digest");
+        if pack_descs[i].digest != digest {
+            return Err(not_artifact(
+                "the index and the manifest list different packs",
+            ));
+        }
+        let path = scratch.path().join(format!("pack-{i}"));
+        client
+            .download_blob(&image.pinned, &digest, Some(*size), &path, &|_| {})
+            .await?;
+        pack_files.push(path);
+    }
+    let rootfs = scratch.path().join("rootfs");
+    pull::unpack_image(client, image, &rootfs, Arc::new(NoProgress))
+        .await
+        .map_err(|e| VerifyError::Unpack(Box::new(e)))?;
+
+    let mut report = VerifyReport {
+        artifact: reference.to_string(),
+        index_digest: index_desc.digest.to_string(),
+        ..Default::default()
+    };
+    let rootfs2 = rootfs.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        compare(&index, &rootfs2, &pack_files, &mut report).map(|()| report)
+    })
+    .await
+    .expect("verify task panicked")?;
+    Ok(report)
+}
+
+fn compare(
+    index: &Index,
+    rootfs: &Path,
+    packs: &[PathBuf],
+    report: &mut VerifyReport,
+) -> Result<(), VerifyError> {
+    let index_digest = report_digest(report);
+    let index_err = |error| VerifyError::Index {
+        digest: index_digest.clone(),
+        error,
+    };
+    let walked = index.walk().map_err(index_err)?;
+    let mut seen_inode: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut open_packs: HashMap<u32, std::fs::File> = HashMap::new();
+    for (path, ino) in &walked {
+        report.entries += 1;
+        let shown = String::from_utf8_lossy(path).into_owned();
+        let on_disk = rootfs.join(std::ffi::OsStr::from_bytes(path));
+        let m = std::fs::symlink_metadata(&on_disk).map_err(|_| VerifyError::Mismatch {
+            path: shown.clone(),
+            what: "existence",
+            artifact: "a node".into(),
+            image: "nothing".into(),
+        })?;
+        let node = index.inode(*ino).map_err(index_err)?;
+        let mismatch = |what, artifact: String, image: String| VerifyError::Mismatch {
+            path: shown.clone(),
+            what,
+            artifact,
+            image,
+        };
+        let kind = kind_of(&m);
+        if node.kind != kind {
+            return Err(mismatch(
+                "type",
+                format!("{:?}", node.kind),
+                format!("{kind:?}"),
+            ));
+        }
+        let checks: [(&'static str, u64, u64); 4] = [
+            ("mode", node.mode as u64, (m.mode() & 0o7777) as u64),
+            ("uid", node.uid as u64, m.uid() as u64),
+            ("gid", node.gid as u64, m.gid() as u64),
+            (
+                "rdev",
+                node.rdev,
+                if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+                    m.rdev()
+                } else {
+                    0
+                },
+            ),
+        ];
+        for (what, a, b) in checks {
+            if a != b {
+                return Err(mismatch(what, format!("{a:o}"), format!("{b:o}")));
+            }
+        }
+        if kind != NodeKind::Dir
+            && (node.mtime, node.mtime_nsec) != (m.mtime(), m.mtime_nsec() as u32)
+        {
+            return Err(mismatch(
+                "mtime",
+                node.mtime.to_string(),
+                m.mtime().to_string(),
+            ));
+        }
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = index
+            .xattrs(*ino)
+            .map_err(index_err)?
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let disk_xattrs = crate::tree::xattrs(&on_disk).map_err(|source| VerifyError::Io {
+            op: "reading xattrs of",
+            path: on_disk.clone(),
+            source,
+        })?;
+        if xattrs != disk_xattrs {
+            return Err(mismatch(
+                "xattrs",
+                format!("{} entries", xattrs.len()),
+                format!("{} entries", disk_xattrs.len()),
+            ));
+        }
+        match kind {
+            NodeKind::Symlink => {
+                let target = std::fs::read_link(&on_disk).map_err(|source| VerifyError::Io {
+                    op: "reading link",
+                    path: on_disk.clone(),
+                    source,
+                })?;
+                let a = index.symlink_target(*ino).map_err(index_err)?;
+                if a != target.as_os_str().as_bytes() {
+                    return Err(mismatch(
+                        "symlink target",
+                        String::from_utf8_lossy(a).into_owned(),
+                        target.display().to_string(),
+                    ));
+                }
+            }
+            NodeKind::File => {
+                // Paths of one inode in the artifact are one inode on disk too.
+                let id = (m.dev(), m.ino());
+                match seen_inode.get(ino) {
+                    Some(first) if *first != id => {
+                        return Err(mismatch(
+                            "hardlink",
+                            "a link to an earlier path".into(),
+                            "a separate file".into(),
+                        ))
+                    }
+                    Some(_) => continue,
+                    None => {
+                        seen_inode.insert(*ino, id);
+                    }
+                }
+                if node.size != m.size() {
+                    return Err(mismatch(
+                        "size",
+                        node.size.to_string(),
+                        m.size().to_string(),
+                    ));
+                }
+                report.files += 1;
+                report.file_bytes += node.size;
+                let mut f = std::fs::File::open(&on_disk).map_err(|source| VerifyError::Io {
+                    op: "opening",
+                    path: on_disk.clone(),
+                    source,
+                })?;
+                for c in index.chunks(*ino).map_err(index_err)? {
+                    report.chunks += 1;
+                    let chunk_name = hex::encode(c.digest);
+                    let pack_path =
+                        packs
+                            .get(c.pack as usize)
+                            .ok_or_else(|| VerifyError::Chunk {
+                                path: shown.clone(),
+                                chunk: chunk_name.clone(),
+                                error: pronto_format::FormatError::ChunkPackOutOfRange {
+                                    ino: *ino,
+                                    chunk: report.chunks as u32,
+                                    pack: c.pack,
+                                    packs: packs.len() as u32,
+                                },
+                            })?;
+                    let pf = match open_packs.entry(c.pack) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(std::fs::File::open(pack_path).map_err(|source| {
+                                VerifyError::Io {
+                                    op: "opening",
+                                    path: pack_path.clone(),
+                                    source,
+                                }
+                            })?)
+                        }
+                    };
+                    let mut stored = vec![0u8; c.compressed_size as usize];
+                    pf.seek(SeekFrom::Start(c.offset))
+                        .and_then(|_| pf.read_exact(&mut stored))
+                        .map_err(|source| VerifyError::Io {
+                            op: "reading chunk from",
+                            path: pack_path.clone(),
+                            source,
+                        })?;
+                    let data = pronto_format::decompress_chunk(&stored, &c).map_err(|error| {
+                        VerifyError::Chunk {
+                            path: shown.clone(),
+                            chunk: chunk_name.clone(),
+                            error,
+                        }
+                    })?;
+                    let mut expected = vec![0u8; data.len()];
+                    f.read_exact(&mut expected)
+                        .map_err(|source| VerifyError::Io {
+                            op: "reading",
+                            path: on_disk.clone(),
+                            source,
+                        })?;
+                    if expected != data {
+                        return Err(mismatch(
+                            "content",
+                            format!("chunk {chunk_name}"),
+                            "other bytes".into(),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // And nothing of the image is missing from the artifact.
+    let count = count_entries(rootfs).map_err(|source| VerifyError::Io {
+        op: "walking",
+        path: rootfs.to_owned(),
+        source,
+    })?;
+    if count != walked.len() as u64 {
+        let disk = crate::tree::walk(rootfs).map_err(|(path, source)| VerifyError::Io {
+            op: "walking",
+            path,
+            source,
+        })?;
+        for e in disk {
+            if index.resolve(&e.path).map_err(index_err)?.is_none() {
+                return Err(VerifyError::Missing {
+                    path: String::from_utf8_lossy(&e.path).into_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report_digest(r: &VerifyReport) -> Digest {
+    r.index_digest.parse().unwrap_or_else(|_| Digest::of(b""))
+}
+
+fn kind_of(m: &std::fs::Metadata) -> NodeKind {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = m.file_type();
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else {
+        NodeKind::Socket
+    }
+}
+
+/// Paths in the tree, the root included.
+fn count_entries(root: &Path) -> std::io::Result<u64> {
+    let mut n = 1;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            n += 1;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,290 @@
+//! Conversion against the real registry: every test image converts and verifies against a
+//! plain unpack (ground truth), conversion is deterministic, tampering is detected, and chunks
+//! are stored once.
+
+use std::path::Path;
+
+use pronto_convert::{convert, verify, ConvertOptions};
+use pronto_format::Compression;
+use pronto_image::pull::{self, ResolvedImage};
+use pronto_image::{ClientOptions, Reference, RegistryClient};
+use pronto_testkit::image::{ImageBuilder, Layer};
+use pronto_testkit::registry::TestRegistry;
+
+const CHUNK: u32 = 64 << 10;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn client() -> RegistryClient {
+    RegistryClient::new(ClientOptions::default()).unwrap()
+}
+
+fn options(work: &Path) -> ConvertOptions {
+    let mut o = ConvertOptions::new(work.to_owned());
+    o.chunk_size = CHUNK;
+    o.pack_target = 256 << 10; // several packs even for small images
+    o
+}
+
+async fn push(
+    registry: &TestRegistry,
+    image: ImageBuilder,
+    tag: &str,
+) -> (Reference, ResolvedImage) {
+    let reference = registry.reference(tag);
+    image.push(&client(), &reference).await.unwrap();
+    let resolved = pull::resolve(&client(), &reference).await.unwrap();
+    (reference, resolved)
+}
+
+fn images() -> Vec<(&'static str, ImageBuilder)> {
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(200));
+    vec![
+        (
+            "basic",
+            ImageBuilder::new().layer(
+                Layer::gzip()
+                    .dir("bin")
+                    .file("bin/su", b"setuid")
+                    .mode(0o4755)
+                    .dir("tmp")
+                    .mode(0o1777)
+                    .file("empty", b"")
+                    .file("one-chunk-exactly", noise(CHUNK as usize, 1))
+                    .file("three-chunks-exactly", noise(3 * CHUNK as usize, 2))
+                    .file("multi", noise(5 * CHUNK as usize + 17, 3))
+                    .file("zeros", vec![0u8; 200_000])
+                    .symlink("link", "/bin/su")
+                    .file("tagged", b"x")
+                    .xattr("user.note", b"hello")
+                    .xattr(
+                        "security.capability",
+                        [
+                            1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        ],
+                    )
+                    .file("owned", b"o")
+                    .owner(1000, 1001)
+                    .mtime(1_234_567_890),
+            ),
+        ),
+        (
+            "whiteouts",
+            ImageBuilder::new()
+                .layer(
+                    Layer::gzip()
+                        .file("a/keep", b"k")
+                        .file("a/gone", b"g")
+                        .file("opq/old", b"o")
+                        .file("x", b"file"),
+                )
+                .layer(
+                    Layer::zstd()
+                        .whiteout("a/gone")
+                        .opaque("opq")
+                        .file("opq/new", b"n")
+                        .dir("x")
+                        .file("x/in", b"dir now"),
+                ),
+        ),
+        (
+            "links-names-devices",
+            ImageBuilder::new()
+                .layer(
+                    Layer::gzip()
+                        .file("orig", noise(100_000, 4))
+                        .hardlink("second", "orig")
+                        .file(&long, b"long")
+                        .file(b"caf\xe9".as_slice(), b"latin1")
+                        .char_device("dev/null", 1, 3)
+                        .block_device("dev/loop7", 7, 7)
+                        .fifo("dev/fifo"),
+                )
+                .layer(Layer::plain().hardlink("third", "orig")),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_image_converts_and_verifies_against_a_plain_unpack() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    for (name, image) in images() {
+        let (_, resolved) = push(&registry, image, &format!("{name}:v1")).await;
+        let report = convert(&client(), &resolved, &options(work.path()))
+            .await
+            .unwrap();
+        assert!(
+            report.packs >= 1 || report.file_bytes == 0,
+            "{name}: {report:?}"
+        );
+        let v = verify(&client(), &resolved, work.path()).await.unwrap();
+        assert_eq!(v.index_digest, report.index_digest.to_string());
+        assert!(v.entries > 3, "{name}: {v:?}");
+        assert_eq!(v.file_bytes, report.file_bytes, "{name}");
+    }
+    // Scratch space is cleaned up.
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn conversion_is_deterministic_and_lz4_and_raw_work_too() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, resolved) = push(&registry, images().remove(0).1, "det:v1").await;
+    let a = convert(&client(), &resolved, &options(work.path()))
+        .await
+        .unwrap();
+    let b = convert(&client(), &resolved, &options(work.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.index_digest, b.index_digest,
+        "same image, same options: same index"
+    );
+    assert_eq!(a.artifact_digest, b.artifact_digest);
+    assert!(
+        a.reused_chunks >= 1,
+        "the 200 KB of zeros is four identical chunks: {a:?}"
+    );
+    for c in [Compression::Lz4, Compression::None] {
+        let mut o = options(work.path());
+        o.compression = c;
+        let r = convert(&client(), &resolved, &o).await.unwrap();
+        assert_ne!(r.index_digest, a.index_digest);
+        verify(&client(), &resolved, work.path()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tampering_is_detected_and_named() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, resolved) = push(&registry, images().remove(0).1, "tamper:v1").await;
+    let report = convert(&client(), &resolved, &options(work.path()))
+        .await
+        .unwrap();
+
+    // A flipped byte in a pack: the pack fails its digest.
+    let artifact = client()
+        .fetch_manifest(&report.artifact.parse().unwrap())
+        .await
+        .unwrap();
+    let pronto_image::manifest::ManifestKind::Image(m) = artifact.kind else {
+        panic!()
+    };
+    let pack = &m.layers[1];
+    let path = registry.blob_path(&pack.digest);
+    let original = std::fs::read(&path).unwrap();
+    let mut bad = original.clone();
+    bad[original.len() / 2] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let e = verify(&client(), &resolved, work.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "blob {} failed verification: digest mismatch",
+            pack.digest
+        )),
+        "{e}"
+    );
+    std::fs::write(&path, &original).unwrap();
+
+    // A flipped byte in the index.
+    let index = &m.layers[0];
+    let path = registry.blob_path(&index.digest);
+    let original = std::fs::read(&path).unwrap();
+    let mut bad = original.clone();
+    bad[100] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let e = verify(&client(), &resolved, work.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("blob {} failed verification", index.digest)),
+        "{e}"
+    );
+    std::fs::write(&path, &original).unwrap();
+
+    verify(&client(), &resolved, work.path()).await.unwrap();
+
+    // No artifact at all.
+    let (_, other) = push(&registry, images().remove(1).1, "never-converted:v1").await;
+    let e = verify(&client(), &other, work.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "no accelerated artifact for {}",
+            other.manifest_digest
+        )),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn shared_chunks_are_stored_once() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut opts = options(work.path());
+    opts.memo = Some(work.path().join("memo.db"));
+    let base = || {
+        Layer::gzip()
+            .file("usr/lib/big", noise(40 * CHUNK as usize, 7))
+            .file("usr/lib/small", b"libc")
+    };
+    let (_, v1) = push(
+        &registry,
+        ImageBuilder::new()
+            .layer(base())
+            .layer(Layer::gzip().file("app/main", b"v1")),
+        "app:v1",
+    )
+    .await;
+    let first = convert(&client(), &v1, &opts).await.unwrap();
+    assert_eq!(first.reused_chunks, 0);
+    assert!(first.uploaded_bytes >= 40 * CHUNK as u64);
+    let (_, bytes_after_first) = registry.blob_usage();
+
+    // A new version changing one small file: ~one chunk uploaded.
+    let (_, v2) = push(
+        &registry,
+        ImageBuilder::new()
+            .layer(base())
+            .layer(Layer::gzip().file("app/main", b"v2!")),
+        "app:v2",
+    )
+    .await;
+    let (_, bytes_before) = registry.blob_usage();
+    let second = convert(&client(), &v2, &opts).await.unwrap();
+    assert!(
+        second.uploaded_bytes <= CHUNK as u64,
+        "re-uploaded {} bytes",
+        second.uploaded_bytes
+    );
+    assert_eq!(second.reused_chunks, second.chunks - 1);
+    let (_, bytes_after) = registry.blob_usage();
+    // New: one small pack, the index, the manifest; not the 2.5 MB of shared chunks again.
+    assert!(
+        bytes_after - bytes_before < 256 << 10,
+        "registry grew by {} bytes",
+        bytes_after - bytes_before
+    );
+    assert!(bytes_after_first > 40 * CHUNK as u64);
+    verify(&client(), &v2, work.path()).await.unwrap();
+    verify(&client(), &v1, work.path()).await.unwrap();
+}

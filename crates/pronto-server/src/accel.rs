@@ -1,0 +1,194 @@
+//! Acceleration jobs: after a create or update with `accelerationType: Default`, the function's
+//! image is converted to the accelerated format (`pronto-convert`) in the background.
+//!
+//! - The function's `accelerationInfo.status` is `Preparing` from the moment the request is
+//!   answered, then `Ready` (artifact, sizes, duration) or `Failed` (the reason). Invocations
+//!   never wait for it: until `Ready` they use the full pull.
+//! - `Preparing` is stored, so a daemon that stops mid-job restarts the job when it starts
+//!   ([`Accelerator::resume`]).
+//! - A result is recorded only if the function still runs the image it was made for: an update
+//!   during a job supersedes it, and the old result can never mark the new image `Ready`.
+//! - Functions with the same image share one job (by manifest digest); at most
+//!   `max_concurrent` conversions run at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pronto_convert::ConvertOptions;
+use pronto_image::pull;
+use pronto_image::{Digest, RegistryClient};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::model::{AccelerationInfo, AccelerationStatus, AccelerationType, PinnedImage};
+use crate::store::{ListQuery, Store, StoreError};
+
+/// What a finished conversion produced.
+#[derive(Debug, Clone)]
+struct Converted {
+    artifact: String,
+    artifact_digest: Digest,
+    index_size: u64,
+    stored_bytes: u64,
+    duration_secs: f64,
+}
+
+type JobResult = Result<Converted, String>;
+
+pub struct Accelerator {
+    registry: RegistryClient,
+    store: Store,
+    options: ConvertOptions,
+    limit: Semaphore,
+    jobs: Mutex<HashMap<Digest, Arc<OnceCell<JobResult>>>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl std::fmt::Debug for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accelerator").finish_non_exhaustive()
+    }
+}
+
+impl Accelerator {
+    pub fn new(
+        registry: RegistryClient,
+        store: Store,
+        options: ConvertOptions,
+        max_concurrent: usize,
+    ) -> Arc<Self> {
+        Arc::new(Accelerator {
+            registry,
+            store,
+            options,
+            limit: Semaphore::new(max_concurrent.max(1)),
+            jobs: Mutex::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        })
+    }
+
+    /// What a function gets stored with when its image (or acceleration setting) is set.
+    pub fn initial_status(t: AccelerationType) -> Option<AccelerationInfo> {
+        (t == AccelerationType::Default).then(|| AccelerationInfo {
+            status: AccelerationStatus::Preparing,
+            ..AccelerationInfo::default()
+        })
+    }
+
+    /// Converts `image` for `function` in the background.
+    pub fn submit(self: &Arc<Self>, function: String, image: PinnedImage) {
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.run(function, image).await });
+    }
+
+    /// Restarts the jobs of every function stored as `Preparing` (after a restart).
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut after = None;
+        let mut n = 0;
+        loop {
+            let page = self
+                .store
+                .list_functions(ListQuery {
+                    prefix: None,
+                    after: after.clone(),
+                    limit: 100,
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.spec.function_name.clone());
+            for f in &page {
+                if f.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
+                {
+                    self.submit(f.spec.function_name.clone(), f.image.clone());
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    async fn run(&self, function: String, image: PinnedImage) {
+        let digest = image.manifest_digest.clone();
+        let cell = self
+            .jobs
+            .lock()
+            .expect("job table poisoned")
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| async {
+                let _permit = self.limit.acquire().await.expect("semaphore never closed");
+                tracing::info!(image = %image.reference, "acceleration job started");
+                let started = Instant::now();
+                let resolved = pull::resolve(&self.registry, &image.reference)
+                    .await
+                    .map_err(|e| format!("resolving {}: {e}", image.reference))?;
+                let report = pronto_convert::convert(&self.registry, &resolved, &self.options)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Converted {
+                    artifact: report.artifact,
+                    artifact_digest: report.artifact_digest,
+                    index_size: report.index_size,
+                    stored_bytes: report.stored_bytes,
+                    duration_secs: started.elapsed().as_secs_f64(),
+                })
+            })
+            .await
+            .clone();
+        {
+            // Done: a later submit of this image (say, after a failure) runs a new job.
+            let mut jobs = self.jobs.lock().expect("job table poisoned");
+            if jobs.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                jobs.remove(&digest);
+            }
+        }
+        match &result {
+            Ok(c) => {
+                tracing::info!(function, artifact = %c.artifact, secs = c.duration_secs, "acceleration ready")
+            }
+            Err(reason) => tracing::warn!(function, %reason, "acceleration failed"),
+        }
+        let info = match result {
+            Ok(c) => AccelerationInfo {
+                status: AccelerationStatus::Ready,
+                artifact: Some(c.artifact),
+                artifact_digest: Some(c.artifact_digest.to_string()),
+                index_size: Some(c.index_size),
+                stored_bytes: Some(c.stored_bytes),
+                duration_seconds: Some(c.duration_secs),
+                ..AccelerationInfo::default()
+            },
+            Err(reason) => AccelerationInfo {
+                status: AccelerationStatus::Failed,
+                reason: Some(reason),
+                ..AccelerationInfo::default()
+            },
+        };
+        let recorded = self
+            .store
+            .update_function(&function, move |f| {
+                let current = f.image.manifest_digest == digest
+                    && f.spec.custom_container_config.acceleration_type
+                        == AccelerationType::Default;
+                if current {
+                    f.acceleration = Some(info);
+                }
+            })
+            .await;
+        match recorded {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => tracing::error!(function, error = %e, "recording the acceleration result"),
+        }
+    }
+
+    /// Waits for the running jobs (tests; a stopping daemon abandons them: they stay
+    /// `Preparing` and resume at the next start).
+    pub async fn idle(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+    }
+}
