@@ -2,7 +2,6 @@
 //! siblings sorted by raw name bytes, the first path of a hardlinked inode carries the node.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -84,21 +83,7 @@ fn walk_dir(
 
 fn node_meta(path: &Path, m: &std::fs::Metadata) -> Result<NodeMeta, WalkError> {
     let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        NodeKind::Dir
-    } else if ft.is_file() {
-        NodeKind::File
-    } else if ft.is_symlink() {
-        NodeKind::Symlink
-    } else if ft.is_char_device() {
-        NodeKind::CharDevice
-    } else if ft.is_block_device() {
-        NodeKind::BlockDevice
-    } else if ft.is_fifo() {
-        NodeKind::Fifo
-    } else {
-        NodeKind::Socket
-    };
+    let kind = kind_of(ft);
     let symlink_target = if ft.is_symlink() {
         std::fs::read_link(path)
             .map_err(|e| (path.to_owned(), e))?
@@ -128,38 +113,32 @@ fn node_meta(path: &Path, m: &std::fs::Metadata) -> Result<NodeMeta, WalkError> 
 
 /// Every extended attribute of `path` (not following a symlink), sorted by name.
 pub fn xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut names = vec![0u8; 64 << 10];
-    // SAFETY: `c` is NUL-terminated; `names` is writable for the length passed.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOTSUP) {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
-    }
-    names.truncate(n as usize);
     let mut out = Vec::new();
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name)?;
-        let mut value = vec![0u8; 64 << 10];
-        // SAFETY: both strings are NUL-terminated; `value` is writable for its length.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
+    for name in xattr::list(path)? {
+        // Gone between list and get: a racing writer; the walk reads a stable tree.
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push((name.as_bytes().to_vec(), value));
         }
-        value.truncate(len as usize);
-        out.push((name.to_vec(), value));
     }
     out.sort();
     Ok(out)
+}
+
+/// The node kind of a file type.
+pub fn kind_of(ft: std::fs::FileType) -> NodeKind {
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else {
+        NodeKind::Socket
+    }
 }

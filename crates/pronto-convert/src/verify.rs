@@ -217,7 +217,7 @@ fn compare(
             artifact,
             image,
         };
-        let kind = kind_of(&m);
+        let kind = crate::tree::kind_of(m.file_type());
         if node.kind != kind {
             return Err(mismatch(
                 "type",
@@ -404,26 +404,6 @@ fn compare(
 
 fn report_digest(r: &VerifyReport) -> Digest {
     r.index_digest.parse().unwrap_or_else(|_| Digest::of(b""))
-}
-
-fn kind_of(m: &std::fs::Metadata) -> NodeKind {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = m.file_type();
-    if ft.is_dir() {
-        NodeKind::Dir
-    } else if ft.is_file() {
-        NodeKind::File
-    } else if ft.is_symlink() {
-        NodeKind::Symlink
-    } else if ft.is_char_device() {
-        NodeKind::CharDevice
-    } else if ft.is_block_device() {
-        NodeKind::BlockDevice
-    } else if ft.is_fifo() {
-        NodeKind::Fifo
-    } else {
-        NodeKind::Socket
-    }
 }
 
 /// Paths in the tree, the root included.

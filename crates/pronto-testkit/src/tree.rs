@@ -220,38 +220,11 @@ fn walk(
 }
 
 fn list_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use std::ffi::CString;
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut names = vec![0u8; 64 << 10];
-    // SAFETY: `c` is a NUL-terminated path and `names` a writable buffer of the length passed.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOTSUP) {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
-    }
-    names.truncate(n as usize);
     let mut out = Vec::new();
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name)?;
-        let mut value = vec![0u8; 64 << 10];
-        // SAFETY: both strings are NUL-terminated; `value` is writable for its length.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
+    for name in xattr::list(path)? {
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push((name.as_bytes().to_vec(), value));
         }
-        value.truncate(len as usize);
-        out.push((name.to_vec(), value));
     }
     Ok(out)
 }
