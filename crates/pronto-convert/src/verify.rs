@@ -127,7 +127,9 @@ pub async fn verify(
         digest: index_desc.digest.clone(),
         error,
     };
+    // `open` checks the header, sections and checksum; `validate` the whole tree.
     let index = Index::open(index_bytes.to_vec()).map_err(index_err)?;
+    index.validate().map_err(index_err)?;
     if hex::encode(index.source_manifest()) != source.hex() {
         return Err(not_artifact("the index names another source manifest"));
     }

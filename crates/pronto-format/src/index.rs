@@ -1849,13 +1849,11 @@ mod tests {
     #[test]
     fn reseal_is_what_open_checks() {
         let mut blob = small();
-        blob[CHECKSUM_OFFSET_FOR_TEST] ^= 1;
+        blob[crate::layout::CHECKSUM_OFFSET] ^= 1;
         assert!(open_err(blob.clone()).starts_with("checksum mismatch"));
         reseal(&mut blob);
         opened(blob).validate().unwrap();
     }
-
-    const CHECKSUM_OFFSET_FOR_TEST: usize = crate::layout::CHECKSUM_OFFSET;
 
     #[test]
     fn builder_output_covers_every_kind() {
