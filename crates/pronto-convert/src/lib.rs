@@ -100,6 +100,11 @@ pub struct ConvertReport {
     pub chunks: u64,
     /// Chunks referenced from earlier in the image or from existing packs.
     pub reused_chunks: u64,
+    /// Files taken whole from the layer memo (their layer was converted before): not read,
+    /// hashed or chunked again.
+    pub layer_reused_files: u64,
+    /// Bytes of file content read and hashed by this conversion.
+    pub hashed_bytes: u64,
     pub packs: usize,
     pub new_packs: usize,
     /// Bytes uploaded for new packs.
@@ -146,33 +151,63 @@ pub async fn convert(
         .tempdir_in(&opts.work_dir)
         .map_err(io("creating scratch dir in", &opts.work_dir))?;
     let rootfs = scratch.path().join("rootfs");
-    pull::unpack_image(client, image, &rootfs, Arc::new(NoProgress))
+    let unpacked = pull::unpack_image(client, image, &rootfs, Arc::new(NoProgress))
         .await
         .map_err(|e| ConvertError::Unpack(Box::new(e)))?;
     let unpack_time = started.elapsed();
+    // inode → (layer digest, entry path): which layer entry wrote each file.
+    let origins: HashMap<u64, (Digest, Vec<u8>)> = unpacked
+        .file_origins
+        .into_iter()
+        .filter_map(|(ino, o)| {
+            let layer = image.manifest.layers.get(o.layer)?.digest.clone();
+            Some((ino, (layer, o.path)))
+        })
+        .collect();
 
     // Chunks this repository already stores, in packs that are still there.
     let repo_key = format!("{}/{}", image.pinned.registry, image.pinned.repository);
     let mut known: HashMap<[u8; 32], memo::MemoChunk> = HashMap::new();
+    let mut layer_memo = memo::LayerFiles::new();
     if let Some(path) = &opts.memo {
-        let entries = memo::Memo::open(path)?.chunks_of(&repo_key)?;
+        let memo = memo::Memo::open(path)?;
+        let entries = memo.chunks_of(&repo_key)?;
+        let layers: Vec<Digest> = image
+            .manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect();
+        let files = memo.layer_files(&repo_key, &layers)?;
         let mut present: HashMap<Digest, bool> = HashMap::new();
+        let mut packs: Vec<Digest> = entries.iter().map(|(_, c)| c.pack.clone()).collect();
+        for (_, chunks) in files.values() {
+            packs.extend(chunks.iter().filter_map(|c| c.pack.parse().ok()));
+        }
+        for pack in packs {
+            if let std::collections::hash_map::Entry::Vacant(slot) = present.entry(pack) {
+                let e = client
+                    .blob_exists(&image.pinned, slot.key())
+                    .await
+                    .map_err(|e| ConvertError::Push(Box::new(e)))?;
+                slot.insert(e);
+            }
+        }
+        let here = |p: &str| {
+            p.parse::<Digest>()
+                .ok()
+                .and_then(|d| present.get(&d).copied())
+                == Some(true)
+        };
         for (digest, chunk) in entries {
-            let exists = match present.get(&chunk.pack) {
-                Some(e) => *e,
-                None => {
-                    let e = client
-                        .blob_exists(&image.pinned, &chunk.pack)
-                        .await
-                        .map_err(|e| ConvertError::Push(Box::new(e)))?;
-                    present.insert(chunk.pack.clone(), e);
-                    e
-                }
-            };
-            if exists {
+            if present.get(&chunk.pack) == Some(&true) {
                 known.insert(digest, chunk);
             }
         }
+        layer_memo = files
+            .into_iter()
+            .filter(|(_, (_, chunks))| chunks.iter().all(|c| here(&c.pack)))
+            .collect();
     }
 
     let chunk_started = Instant::now();
@@ -181,7 +216,12 @@ pub async fn convert(
     let source = image.manifest_digest.clone();
     let config = image.config_bytes.to_vec();
     let built = tokio::task::spawn_blocking(move || {
-        build(&root, &packs_dir, &opts2, &known, &source, config)
+        let memo = Memos {
+            chunks: &known,
+            origins: &origins,
+            layer_files: &layer_memo,
+        };
+        build(&root, &packs_dir, &opts2, &memo, &source, config)
     })
     .await
     .expect("conversion task panicked")?;
@@ -229,7 +269,9 @@ pub async fn convert(
             .await
             .map_err(|e| ConvertError::Push(Box::new(e)))?;
     if let Some(path) = &opts.memo {
-        memo::Memo::open(path)?.record(&repo_key, &built.new_chunks)?;
+        let mut memo = memo::Memo::open(path)?;
+        memo.record(&repo_key, &built.new_chunks)?;
+        memo.record_layer_files(&repo_key, &built.layer_files)?;
     }
     let artifact_ref = artifact::artifact_reference(&image.pinned, &image.manifest_digest);
     Ok(ConvertReport {
@@ -243,6 +285,8 @@ pub async fn convert(
         file_bytes: built.file_bytes,
         chunks: built.chunks,
         reused_chunks: built.reused_chunks,
+        layer_reused_files: built.layer_reused_files,
+        hashed_bytes: built.hashed_bytes,
         packs: built.packs.len(),
         new_packs: built.packs.iter().filter(|p| p.path.is_some()).count(),
         uploaded_bytes: uploaded,
@@ -260,8 +304,18 @@ struct PackOut {
     path: Option<PathBuf>,
 }
 
+/// What earlier conversions left to reuse.
+struct Memos<'a> {
+    chunks: &'a HashMap<[u8; 32], memo::MemoChunk>,
+    origins: &'a HashMap<u64, (Digest, Vec<u8>)>,
+    layer_files: &'a memo::LayerFiles,
+}
+
 struct Built {
     index: Vec<u8>,
+    layer_files: memo::LayerFiles,
+    layer_reused_files: u64,
+    hashed_bytes: u64,
     packs: Vec<PackOut>,
     new_chunks: Vec<([u8; 32], memo::MemoChunk)>,
     files: u64,
@@ -275,10 +329,11 @@ fn build(
     root: &std::path::Path,
     packs_dir: &std::path::Path,
     opts: &ConvertOptions,
-    known: &HashMap<[u8; 32], memo::MemoChunk>,
+    memos: &Memos<'_>,
     source: &Digest,
     config: Vec<u8>,
 ) -> Result<Built, ConvertError> {
+    let known = memos.chunks;
     use rayon::prelude::*;
 
     let entries = tree::walk(root).map_err(|(path, source)| ConvertError::Io {
@@ -376,17 +431,57 @@ fn build(
         batch.clear();
         Ok(())
     };
+    let (mut layer_reused_files, mut layer_chunks, mut hashed_bytes) = (0u64, 0u64, 0u64);
+    let mut remembered_refs: Vec<(usize, Vec<ChunkRef>)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(path) = &e.content else { continue };
         files += 1;
         file_bytes += e.meta.size;
+        // A file its layer's earlier conversion already chunked: take its chunk list whole.
+        let remembered = memos
+            .origins
+            .get(&e.ino)
+            .and_then(|origin| memos.layer_files.get(origin))
+            .filter(|(size, _)| *size == e.meta.size);
+        if let Some((_, remembered)) = remembered {
+            let refs: Option<Vec<ChunkRef>> = remembered
+                .iter()
+                .map(|c| {
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(&c.digest, &mut digest).ok()?;
+                    let pack: Digest = c.pack.parse().ok()?;
+                    Some(ChunkRef {
+                        digest,
+                        pack: packer.existing(&pack, c.pack_size),
+                        compression: Compression::from_u8(c.compression)?,
+                        offset: c.offset,
+                        compressed_size: c.compressed_size,
+                        uncompressed_size: c.uncompressed_size,
+                    })
+                })
+                .collect();
+            if let Some(refs) = refs {
+                layer_chunks += refs.len() as u64;
+                layer_reused_files += 1;
+                remembered_refs.push((i, refs));
+                continue;
+            }
+        }
+        hashed_bytes += e.meta.size;
         let mut f = std::fs::File::open(path).map_err(|source| ConvertError::Io {
             op: "opening",
             path: path.clone(),
             source,
         })?;
+        let mut remaining = e.meta.size;
         loop {
-            let mut buf = vec![0u8; chunk_size];
+            // Only what the file still holds: most files are far smaller than a chunk, and a
+            // batch holds thousands of them.
+            let want = (chunk_size as u64).min(remaining) as usize;
+            if want == 0 {
+                break;
+            }
+            let mut buf = vec![0u8; want];
             let n = read_full(&mut f, &mut buf).map_err(|source| ConvertError::Io {
                 op: "reading",
                 path: path.clone(),
@@ -396,6 +491,7 @@ fn build(
                 break;
             }
             buf.truncate(n);
+            remaining -= n as u64;
             batch_bytes += n;
             batch.push((i, buf));
             if batch_bytes >= BATCH_BYTES {
@@ -408,6 +504,11 @@ fn build(
         }
     }
     flush(&mut batch, &mut packer, &mut placed)?;
+    for (i, refs) in remembered_refs {
+        file_chunks[i] = refs;
+    }
+    chunks += layer_chunks;
+    reused += layer_chunks;
 
     let packs = packer.finish().map_err(|source| ConvertError::Io {
         op: "finishing packs in",
@@ -430,6 +531,30 @@ fn build(
         }
     }
 
+    // What this conversion teaches the layer memo: every file with a known origin.
+    let mut layer_files = memo::LayerFiles::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (Some(_), Some(origin)) = (&e.content, memos.origins.get(&e.ino)) else {
+            continue;
+        };
+        let chunks = file_chunks[i]
+            .iter()
+            .map(|c| {
+                let p = &packs[c.pack as usize];
+                memo::FileChunk {
+                    digest: hex::encode(c.digest),
+                    pack: p.digest.to_string(),
+                    pack_size: p.size,
+                    offset: c.offset,
+                    compressed_size: c.compressed_size,
+                    uncompressed_size: c.uncompressed_size,
+                    compression: c.compression as u8,
+                }
+            })
+            .collect();
+        layer_files.insert(origin.clone(), (e.meta.size, chunks));
+    }
+
     let mut builder = IndexBuilder::new(opts.chunk_size);
     let mut source_bytes = [0u8; 32];
     hex::decode_to_slice(source.hex(), &mut source_bytes).expect("digest is 64 hex digits");
@@ -449,6 +574,9 @@ fn build(
     let index = builder.finish()?;
     Ok(Built {
         index,
+        layer_files,
+        layer_reused_files,
+        hashed_bytes,
         packs: packs
             .into_iter()
             .map(|p| PackOut {

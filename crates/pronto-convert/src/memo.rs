@@ -1,7 +1,9 @@
-//! The chunk memo: which chunks a repository already stores, and where (pack, offset), so a
-//! later conversion — a new version of the image, or another image sharing its base layers —
-//! references them instead of storing and uploading them again. A SQLite file; entries are only
-//! trusted after the pack is seen in the registry.
+//! The memo: which chunks a repository already stores, and where (pack, offset), so a later
+//! conversion — a new version of the image, or another image sharing its base layers —
+//! references them instead of storing and uploading them again; and, per layer digest, the chunk
+//! list of every file that layer's entries wrote, so a layer converted once is not read, hashed
+//! or chunked again. A SQLite file; entries are only trusted once their packs are seen in the
+//! registry.
 
 use std::path::Path;
 
@@ -18,6 +20,21 @@ pub enum MemoError {
         source: rusqlite::Error,
     },
 }
+
+/// One chunk of a remembered file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FileChunk {
+    pub digest: String,
+    pub pack: String,
+    pub pack_size: u64,
+    pub offset: u64,
+    pub compressed_size: u32,
+    pub uncompressed_size: u32,
+    pub compression: u8,
+}
+
+/// (layer digest, entry path) → (file size, chunks).
+pub type LayerFiles = std::collections::HashMap<(Digest, Vec<u8>), (u64, Vec<FileChunk>)>;
 
 #[derive(Debug, Clone)]
 pub struct MemoChunk {
@@ -49,7 +66,11 @@ impl Memo {
              CREATE TABLE IF NOT EXISTS chunks (
                repo TEXT NOT NULL, digest BLOB NOT NULL, pack TEXT NOT NULL, pack_size INTEGER NOT NULL,
                offset INTEGER NOT NULL, compressed_size INTEGER NOT NULL, compression INTEGER NOT NULL,
-               PRIMARY KEY (repo, digest));",
+               PRIMARY KEY (repo, digest));
+             CREATE TABLE IF NOT EXISTS layer_files (
+               repo TEXT NOT NULL, layer TEXT NOT NULL, path BLOB NOT NULL, size INTEGER NOT NULL,
+               chunks TEXT NOT NULL,
+               PRIMARY KEY (repo, layer, path));",
         )
         .map_err(err)?;
         Ok(Memo { conn, path: p })
@@ -107,6 +128,54 @@ impl Memo {
             ));
         }
         Ok(out)
+    }
+
+    /// The remembered files of `layers` in `repo`.
+    pub fn layer_files(&self, repo: &str, layers: &[Digest]) -> Result<LayerFiles, MemoError> {
+        let mut out = LayerFiles::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, chunks FROM layer_files WHERE repo = ?1 AND layer = ?2")
+            .map_err(self.err())?;
+        for layer in layers {
+            let rows = stmt
+                .query_map(params![repo, layer.to_string()], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(self.err())?;
+            for row in rows {
+                let (path, size, chunks) = row.map_err(self.err())?;
+                // A row this version cannot read is a miss, not an error.
+                if let Ok(chunks) = serde_json::from_str::<Vec<FileChunk>>(&chunks) {
+                    out.insert((layer.clone(), path), (size as u64, chunks));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn record_layer_files(&mut self, repo: &str, files: &LayerFiles) -> Result<(), MemoError> {
+        let path = self.path.clone();
+        let err = |source| MemoError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare("INSERT OR REPLACE INTO layer_files VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(err)?;
+            for ((layer, file), (size, chunks)) in files {
+                let chunks = serde_json::to_string(chunks).expect("chunks serialize");
+                stmt.execute(params![repo, layer.to_string(), file, *size as i64, chunks])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     pub fn record(

@@ -17,6 +17,8 @@ pub struct Entry {
     pub content: Option<PathBuf>,
     /// For a later path of a hardlinked file: the first path.
     pub hardlink_of: Option<Vec<u8>>,
+    /// Inode number (to find which layer entry wrote a file).
+    pub ino: u64,
 }
 
 type WalkError = (PathBuf, std::io::Error);
@@ -30,6 +32,7 @@ pub fn walk(root: &Path) -> Result<Vec<Entry>, WalkError> {
         meta: node_meta(root, &meta)?,
         content: None,
         hardlink_of: None,
+        ino: meta.ino(),
     });
     walk_dir(root, &[], &mut out, &mut links)?;
     Ok(out)
@@ -63,6 +66,7 @@ fn walk_dir(
                     meta: node_meta(&path, &meta)?,
                     content: None,
                     hardlink_of: Some(first.clone()),
+                    ino: meta.ino(),
                 });
                 continue;
             }
@@ -73,6 +77,7 @@ fn walk_dir(
             meta: node_meta(&path, &meta)?,
             content: ft.is_file().then(|| path.clone()),
             hardlink_of: None,
+            ino: meta.ino(),
         });
         if ft.is_dir() {
             walk_dir(&path, &rel_path, out, links)?;

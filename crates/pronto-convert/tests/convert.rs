@@ -288,3 +288,71 @@ async fn shared_chunks_are_stored_once() {
     verify(&client(), &v2, work.path()).await.unwrap();
     verify(&client(), &v1, work.path()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_layer_converted_before_is_not_chunked_again() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut opts = options(work.path());
+    opts.memo = Some(work.path().join("memo.db"));
+    // The same base layer (same digest) under two apps of one repository (the memo is per
+    // repository: another repository cannot read these packs).
+    let base = || {
+        Layer::gzip()
+            .file("usr/lib/big", noise(20 * CHUNK as usize, 11))
+            .file("usr/lib/small", b"libc")
+    };
+    let (_, a) = push(
+        &registry,
+        ImageBuilder::new()
+            .layer(base())
+            .layer(Layer::gzip().file("app/a", noise(3000, 1))),
+        "layered:a",
+    )
+    .await;
+    let first = convert(&client(), &a, &opts).await.unwrap();
+    assert_eq!(first.layer_reused_files, 0);
+    assert_eq!(first.hashed_bytes, first.file_bytes);
+
+    let (_, b) = push(
+        &registry,
+        ImageBuilder::new()
+            .layer(base())
+            .layer(Layer::gzip().file("app/b", noise(5000, 2))),
+        "layered:b",
+    )
+    .await;
+    assert_eq!(
+        a.manifest.layers[0].digest, b.manifest.layers[0].digest,
+        "shared base layer"
+    );
+    let second = convert(&client(), &b, &opts).await.unwrap();
+    assert_eq!(
+        second.layer_reused_files, 2,
+        "both base files come from the memo: {second:?}"
+    );
+    assert_eq!(
+        second.hashed_bytes, 5000,
+        "only the new layer's file was read and hashed"
+    );
+    verify(&client(), &b, work.path()).await.unwrap();
+
+    // A memo whose packs are gone from the registry is not trusted.
+    let mut fresh_registry_opts = options(work.path());
+    fresh_registry_opts.memo = opts.memo.clone();
+    let other = TestRegistry::start();
+    let (_, c) = push(
+        &other,
+        ImageBuilder::new()
+            .layer(base())
+            .layer(Layer::gzip().file("app/a", noise(3000, 1))),
+        "layered:a",
+    )
+    .await;
+    let third = convert(&client(), &c, &fresh_registry_opts).await.unwrap();
+    assert_eq!(
+        third.layer_reused_files, 0,
+        "another registry: nothing to reuse"
+    );
+    verify(&client(), &c, work.path()).await.unwrap();
+}

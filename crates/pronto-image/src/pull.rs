@@ -168,6 +168,9 @@ pub struct UnpackSummary {
     pub whiteouts: u64,
     #[serde(with = "duration_secs")]
     pub elapsed: Duration,
+    /// Which layer entry wrote each regular file, by inode number (for the converter).
+    #[serde(skip)]
+    pub file_origins: std::collections::HashMap<u64, crate::unpack::FileOrigin>,
 }
 
 mod duration_secs {
@@ -291,6 +294,7 @@ pub async fn unpack_image(
         progress.layer_unpacked(index, &stats);
     }
     drop(abort);
+    summary.file_origins = unpacker.take_origins();
     tokio::task::spawn_blocking(move || unpacker.finish())
         .await
         .expect("finish task panicked")

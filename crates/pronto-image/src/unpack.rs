@@ -71,6 +71,20 @@ pub struct Unpacker {
     privileged: bool,
     /// Directory mtimes, applied once at the end: creating a child changes its parent's mtime.
     dir_mtimes: HashMap<Vec<u8>, i64>,
+    /// Layers applied so far (the index of the one being applied).
+    layer: usize,
+    /// Which layer entry wrote each regular file, by inode number (see [`FileOrigin`]).
+    origins: HashMap<u64, FileOrigin>,
+}
+
+/// The tar entry a regular file of the tree came from. Files are never changed in place (a
+/// later entry replaces them with a new inode, hardlinks share the content), so the layer digest
+/// and the entry path name the file's bytes: what the converter's layer memo relies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOrigin {
+    pub layer: usize,
+    /// The entry's path in the layer tar (normalized).
+    pub path: Vec<u8>,
 }
 
 /// One tar entry's path, split into checked components.
@@ -145,6 +159,8 @@ impl Unpacker {
             privileged: rustix::process::geteuid().is_root(),
             // The root's time, unless a layer has a "./" entry.
             dir_mtimes: HashMap::from([(Vec::new(), 0)]),
+            layer: 0,
+            origins: HashMap::new(),
         })
     }
 
@@ -186,7 +202,13 @@ impl Unpacker {
             made_here.insert(path.joined(path.components.len()));
             stats.file_bytes += self.write_entry(parent.as_fd(), &path, &mut entry)?;
         }
+        self.layer += 1;
         Ok(stats)
+    }
+
+    /// Where each regular file came from, by inode number.
+    pub fn take_origins(&mut self) -> HashMap<u64, FileOrigin> {
+        std::mem::take(&mut self.origins)
     }
 
     /// Sets directory mtimes, deepest first. Call once after the last layer.
@@ -437,6 +459,15 @@ impl Unpacker {
                     path,
                     FileType::RegularFile,
                 )?;
+                if let Ok(st) = rustix::fs::fstat(&file) {
+                    self.origins.insert(
+                        st.st_ino,
+                        FileOrigin {
+                            layer: self.layer,
+                            path: path.joined(path.components.len()),
+                        },
+                    );
+                }
                 return Ok(written);
             }
             tar::EntryType::Directory => {
