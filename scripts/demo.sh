@@ -94,6 +94,15 @@ echo "   curl, the way Function Compute's examples do it:"
 curl -s -H "x-fc-invocation-target: 2016-08-15/proxy/demo/hello" \
   -H "Authorization: Bearer $(cat "$work/data/api-token")" "http://127.0.0.1:$invoke/cgi-bin/hello?curl"
 
+echo "== acceleration (accelerationType: Default): the image is converted in the background"
+for _ in $(seq 100); do
+  status=$(p function get hello | jq -r '.accelerationInfo.status')
+  [ "$status" != Preparing ] && break
+  sleep 0.2
+done
+p function get hello | jq -c '.accelerationInfo | {status, artifact, indexSize, storedBytes, durationSeconds, reason}'
+echo "   pronto image verify: $("$bin/pronto" image verify "$ref:v1" --work-dir "$work/verify")"
+
 echo "== new image v2, pronto function update, invoke"
 echo "   pushed $ref:v2 ($(build_app v2 Bonjour))"
 p function update hello --image "$ref:v2" | jq -c '{image: .customContainerConfig.resolvedImageUri}'
