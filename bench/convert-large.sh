@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# Conversion on a ≥ 1 GB image, and dedup between two versions of it: `pronto image convert` of
+# bench/convert.sh's Python image plus a fourth layer with PyTorch (PyPI's torch wheel, installed
+# without its CUDA dependencies) from a local registry, page cache dropped before every measured
+# command; then v1 and v2 (same layers, the torch layer changed: one file edited, one small
+# package added) converted into the same repository with the same chunk memo. See bench/README.md.
+#
+#   bash bench/convert-large.sh [--runs N]      (default 3; root, Debian 12)
+#
+# Layers 1-3 come from bench/unpack.sh's cache (/var/cache/pronto-bench/image-<key>/, run
+# bench/unpack.sh or bench/convert.sh once first); the torch layers are built once and cached in
+# /var/cache/pronto-bench/large-<key>/ (wheels in /var/cache/pronto-bench/wheels/). Everything
+# else (registry, scratch, memo) lives in a temp dir removed on exit; the registry is killed by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_root=$PWD
+script_start=$EPOCHREALTIME
+
+runs=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    --runs=*) runs=${1#--runs=}; shift ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
+
+log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# 1. What it needs
+bash scripts/install-deps.sh
+PY=/usr/bin/python3
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ "$(dpkg-query -W -f='${Status}' time 2>/dev/null)" != "install ok installed" ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+fi
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+log "building pronto (release)"
+cargo build --release --quiet -p pronto-cli -p pronto-testkit
+built="${CARGO_TARGET_DIR:-$repo_root/target}/release"
+case "$built" in /*) ;; *) built="$repo_root/$built" ;; esac
+pronto_version="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+
+work=$(mktemp -d /var/tmp/pronto-bench-convert-large.XXXXXX)
+registry_pid=""
+build_tmp=""
+cleanup() {
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  [ -z "$build_tmp" ] || rm -rf "$build_tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+bin="$work/bin"
+mkdir -p "$bin"
+cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
+
+# ---------------------------------------------------------------------------------------------
+# 2. The image's file trees.
+# Layers 1-3: bench/unpack.sh's recipe and cache key, verbatim (change all three scripts together).
+step1_pkgs="numpy==2.4.6 scipy==1.17.1"
+step2_pkgs="pandas==3.1.1 scikit-learn==1.9.1 matplotlib==3.11.2"
+constraints="cloudpickle==3.1.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 joblib==1.6.0
+kiwisolver==1.5.1 narwhals==2.29.0 packaging==26.3 pillow==13.0.0 pyparsing==3.3.3
+python-dateutil==4.0.0 threadpoolctl==3.8.0 tzdata==2026.6"
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+recipe="recipe v1
+arch $(uname -m)
+python $("$PY" -VV 2>&1) $(dpkg-query -W -f='${Version}' "libpython$pyver-stdlib" 2>/dev/null || true)
+layer1 /usr/lib/python$pyver /usr/bin/python$pyver
+layer2 venv /opt/venv; pip install --only-binary=:all: --compile $step1_pkgs
+layer3 pip install --only-binary=:all: --compile $step2_pkgs
+constraints $constraints"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
+cache_root=/var/cache/pronto-bench
+cache="$cache_root/image-$key"
+[ -f "$cache/RECIPE" ] || die "layers 1-3 not cached ($cache): run bash bench/convert.sh (or bench/unpack.sh) once first"
+
+# Layer 4 (v1): PyPI's torch wheel, --no-deps (on Linux x86_64 it requires ~3 GB of nvidia-*/cuda
+# packages, which are left out: the image is CPU-only in practice) plus its pure dependencies.
+# Layer 4 (v2): the same, with one file edited (torch/version.py) and one small package added.
+torch_pkgs="torch==2.15.0"
+torch_deps="filelock==4.2.12 typing-extensions==4.16.0 sympy==1.14.0 networkx==3.6.1 jinja2==3.1.6
+fsspec==2026.9.0 mpmath==1.4.1 MarkupSafe==3.0.4"
+v2_pkgs="tqdm==4.70.1"
+v2_edit="torch/version.py"
+large_recipe="$recipe
+large v1
+layer4 pip install --no-deps --only-binary=:all: --compile $torch_pkgs $torch_deps
+layer4v2 layer4 + pip install --no-deps --compile $v2_pkgs; append a line to $v2_edit"
+lkey=$(printf '%s' "$large_recipe" | sha256sum | cut -c1-16)
+lcache="$cache_root/large-$lkey"
+wheels="$cache_root/wheels"
+
+build_large() {
+  local tmp venv sp="lib/python$pyver/site-packages" name
+  mkdir -p "$cache_root" "$wheels"
+  tmp=$(mktemp -d "$cache_root/.build-large-$lkey.XXXXXX")
+  build_tmp=$tmp
+  log "building the torch layers in $tmp"
+  # a venv equal to layers 2+3, to install into
+  venv="$tmp/build/opt/venv"
+  mkdir -p "$tmp/build/opt"
+  cp -a "$cache/layer2/opt/venv" "$venv"
+  cp -a "$cache/layer3/opt/venv/." "$venv/"
+  "$venv/bin/python" -m pip download -q --no-input --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$wheels" $torch_pkgs $torch_deps $v2_pkgs
+  local pip=(env -u PYTHONDONTWRITEBYTECODE "$venv/bin/python" -m pip install -q --no-input
+    --disable-pip-version-check --no-index --find-links "$wheels" --no-deps --only-binary=:all: --compile)
+  split_new() { # $1 destination layer dir: move what the last pip step added
+    mkdir -p "$1/opt/venv/$sp" "$1/opt/venv/bin"
+    comm -13 "$tmp/sp.before" <(cd "$venv/$sp" && ls -A | sort) | while IFS= read -r name; do
+      mv "$venv/$sp/$name" "$1/opt/venv/$sp/"
+    done
+    comm -13 "$tmp/bin.before" <(cd "$venv/bin" && ls -A | sort) | while IFS= read -r name; do
+      mv "$venv/bin/$name" "$1/opt/venv/bin/"
+    done
+  }
+  (cd "$venv/$sp" && ls -A) | sort >"$tmp/sp.before"
+  (cd "$venv/bin" && ls -A) | sort >"$tmp/bin.before"
+  "${pip[@]}" $torch_pkgs $torch_deps
+  # does it import (CPU) without the CUDA packages? recorded, not required
+  if "$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "imports; cuda available:", torch.cuda.is_available(), "; randn(4).sum() =", float(torch.randn(4).sum()))' >"$tmp/IMPORT_CHECK" 2>"$tmp/import.err"; then :; else
+    echo "import torch fails without the CUDA packages: $(tail -1 "$tmp/import.err" | cut -c1-80)…" >"$tmp/IMPORT_CHECK"
+  fi
+  rm -f "$tmp/import.err"
+  split_new "$tmp/layer4"
+  # remove pycache written by the import check into layers 2-3 copies (irrelevant: build venv only)
+  "${pip[@]}" $v2_pkgs
+  cp -a "$tmp/layer4" "$tmp/layer4v2"
+  split_new "$tmp/layer4v2"
+  local f="$tmp/layer4v2/opt/venv/$sp/$v2_edit"
+  printf '\n# v2: rebuilt with %s\n' "$v2_pkgs" >>"$f"
+  "$PY" -c 'import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)' "$f"
+  rm -rf "$tmp/build" "$tmp"/*.before
+  printf '%s\n' "$large_recipe" >"$tmp/RECIPE"
+  rm -rf "$lcache"
+  mv "$tmp" "$lcache"
+  build_tmp=""
+}
+if [ -f "$lcache/RECIPE" ]; then log "torch layers cached: $lcache"; else build_large; fi
+v1_layers=("$cache/layer1" "$cache/layer2" "$cache/layer3" "$lcache/layer4")
+v2_layers=("$cache/layer1" "$cache/layer2" "$cache/layer3" "$lcache/layer4v2")
+image_bytes=$(du -sbc "${v1_layers[@]}" | tail -1 | cut -f1)
+image2_bytes=$(du -sbc "${v2_layers[@]}" | tail -1 | cut -f1)
+image_files=$(find "${v1_layers[@]}" -type f | wc -l)
+layer_sizes=""
+for l in "${v1_layers[@]}" "$lcache/layer4v2"; do
+  layer_sizes+="$(basename "$l") $(du -sb "$l" | cut -f1) $(find "$l" -type f | wc -l);"
+done
+log "image v1: $image_bytes bytes (du -sb), $image_files files; v2: $image2_bytes bytes"
+[ "$image_bytes" -ge 1000000000 ] || die "image is under 1 GB"
+import_check=$(head -c 300 "$lcache/IMPORT_CHECK" 2>/dev/null | tr '\n' ' ' || echo '?')
+import_check=${import_check//"$lcache"/…}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Own registry on a free loopback port; v1 and v2 as two tags of one repository
+port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/v2/" >/dev/null || { cat "$work/registry.log" >&2; exit 1; }
+log "registry on 127.0.0.1:$port (pid $registry_pid)"
+registry="127.0.0.1:$port"
+src_repo=bench/pylarge
+push() { # $1 tag, rest: layers; prints the manifest digest
+  local tag=$1 args=() l
+  shift
+  for l in "$@"; do args+=(--layer "$l"); done
+  "$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
+    --entrypoint /opt/venv/bin/python "${args[@]}" "$registry/$src_repo:$tag"
+}
+t0=$EPOCHREALTIME
+digest1=$(push v1 "${v1_layers[@]}")
+log "pushed v1 ($digest1) in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s"
+t0=$EPOCHREALTIME
+digest2=$(push v2 "${v2_layers[@]}")
+log "pushed v2 ($digest2) in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s"
+"$bin/pronto" image inspect "$registry/$src_repo:v1" >"$work/inspect-v1.json"
+"$bin/pronto" image inspect "$registry/$src_repo:v2" >"$work/inspect-v2.json"
+compressed1=$(jq '.layersSize' "$work/inspect-v1.json")
+compressed2=$(jq '.layersSize' "$work/inspect-v2.json")
+accept='Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
+curl -sf -D "$work/manifest.headers" -o "$work/manifest-v1.json" -H "$accept" "http://$registry/v2/$src_repo/manifests/v1"
+curl -sf -o "$work/manifest-v2.json" -H "$accept" "http://$registry/v2/$src_repo/manifests/v2"
+shared_layers=$(jq -n --slurpfile a "$work/manifest-v1.json" --slurpfile b "$work/manifest-v2.json" \
+  '[range(0; $a[0].layers | length) | select($a[0].layers[.].digest == $b[0].layers[.].digest)] | length')
+log "gzip layers: v1 $compressed1 bytes, v2 $compressed2 bytes; $shared_layers of ${#v1_layers[@]} layer blobs shared"
+manifest_type=$(awk -F': *' 'tolower($1)=="content-type"{sub(/\r$/,"",$2); print $2}' "$work/manifest.headers")
+mapfile -t blobs < <(jq -r '.config.digest, .layers[].digest' "$work/manifest-v1.json")
+fresh_repo() { # $1 repository name; prints a reference to v1 in it (blobs mounted)
+  local repo=$1 d code
+  for d in "${blobs[@]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
+      "http://$registry/v2/$repo/blobs/uploads/?mount=$d&from=$src_repo")
+    [ "$code" = 201 ] || die "mounting $d into $repo: HTTP $code"
+  done
+  curl -sf -o /dev/null -X PUT -H "Content-Type: $manifest_type" --data-binary "@$work/manifest-v1.json" \
+    "http://$registry/v2/$repo/manifests/v1" || die "pushing the manifest to $repo"
+  echo "$registry/$repo:v1"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. Measured commands (same method as convert.sh: drop caches, GNU time)
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+mkdir -p "$work/m" "$work/wd"
+: >"$work/measurements"
+measure() { # ID KIND RUN COMMAND...
+  local id=$1 kind=$2 run=$3 m="$work/m/$1"
+  shift 3
+  drop_caches
+  if ! /usr/bin/time -f '%e %U %S %M' -o "$m.time" "$@" >"$m.out" 2>"$m.err"; then
+    echo "error: $* failed:" >&2; tail -20 "$m.err" >&2; exit 1
+  fi
+  printf '%s %s %s\n' "$id" "$kind" "$run" >>"$work/measurements"
+}
+wd_empty() { [ -z "$(ls -A "$work/wd")" ] || die "the work dir is not empty after $1"; }
+show() { jq -c '{elapsed, unpackTime, chunkTime, fileBytes, chunks, reusedChunks, layerReusedFiles, hashedBytes, uploadedBytes, storedBytes}' "$1" >&2; }
+
+log "measuring: $runs conversions of v1 with --memo none (a fresh repository each)"
+for i in $(seq "$runs"); do
+  r=$(fresh_repo "bench/conv-none-r$i")
+  measure "none-r$i" none "$i" "$bin/pronto" image convert "$r" --chunk-size 1M --json \
+    --work-dir "$work/wd" --memo none
+  wd_empty "none-r$i"
+  jq -e '.uploadedBytes == .storedBytes' "$work/m/none-r$i.out" >/dev/null || die "run $i reused packs"
+  show "$work/m/none-r$i.out"
+done
+
+log "dedup: v1 then v2 into $src_repo with one memo"
+memo="$work/memo.db"
+reg_bytes() { du -sb "$work/registry" | cut -f1; }
+reg0=$(reg_bytes)
+measure memo-v1 memo-v1 1 "$bin/pronto" image convert "$registry/$src_repo:v1" --chunk-size 1M --json \
+  --work-dir "$work/wd" --memo "$memo"
+wd_empty memo-v1; show "$work/m/memo-v1.out"
+reg1=$(reg_bytes)
+measure memo-v2 memo-v2 1 "$bin/pronto" image convert "$registry/$src_repo:v2" --chunk-size 1M --json \
+  --work-dir "$work/wd" --memo "$memo"
+wd_empty memo-v2; show "$work/m/memo-v2.out"
+reg2=$(reg_bytes)
+memo_bytes=$(du -sb "$memo" 2>/dev/null | cut -f1 || echo 0)
+
+# ---------------------------------------------------------------------------------------------
+# 5. Report
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+date_tag=$(date +%Y-%m-%d)
+mkdir -p bench/results
+out="bench/results/convert-large-$date_tag.md"
+export RUNS=$runs IMAGE_BYTES=$image_bytes IMAGE2_BYTES=$image2_bytes IMAGE_FILES=$image_files \
+  C1=$compressed1 C2=$compressed2 SHARED=$shared_layers NLAYERS=${#v1_layers[@]} D1=$digest1 D2=$digest2 \
+  KEY=$key LKEY=$lkey LAYER_SIZES="$layer_sizes" IMPORT_CHECK="$import_check" \
+  REG0=$reg0 REG1=$reg1 REG2=$reg2 MEMO_BYTES=${memo_bytes:-0} \
+  V2_DESC="$v2_pkgs added, $v2_edit edited" TORCH="$torch_pkgs + $(echo $torch_deps)" \
+  LOAD_START="$load_start" LOAD_END="$load_end" \
+  TOTAL_SECS=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') \
+  MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
+  VERSIONS="pronto $pronto_version, $(docker-registry --version | awk '{print $2, $3}')"
+"$PY" - "$work/m" "$work/measurements" >"$work/report.md" <<'PY'
+import json, os, statistics, sys
+mdir, listing = sys.argv[1], sys.argv[2]
+e = os.environ
+med = statistics.median
+ms = []
+for l in open(listing):
+    if not l.strip(): continue
+    mid, kind, run = l.split()
+    wall, user, sys_, rss = open(f"{mdir}/{mid}.time").read().split()[-4:]
+    ms.append(dict(id=mid, kind=kind, run=int(run), wall=float(wall), cpu=float(user) + float(sys_),
+                   rss=int(rss) / 1024, j=json.load(open(f"{mdir}/{mid}.out"))))
+none = [m for m in ms if m["kind"] == "none"]
+m1 = next(m for m in ms if m["kind"] == "memo-v1")
+m2 = next(m for m in ms if m["kind"] == "memo-v2")
+def mj(k): return med([m["j"][k] for m in none])
+fb = none[0]["j"]["fileBytes"]
+el = [m["j"]["elapsed"] for m in none]
+push = med([m["j"]["elapsed"] - m["j"]["unpackTime"] - m["j"]["chunkTime"] for m in none])
+c1, c2 = int(e["C1"]), int(e["C2"])
+reg0, reg1, reg2 = int(e["REG0"]), int(e["REG1"]), int(e["REG2"])
+growth = reg2 - reg1
+def MB(x): return f"{x / 1e6:,.1f}"
+layers = [x.split() for x in e["LAYER_SIZES"].split(";") if x.strip()]
+rng = f" ({min(el):.2f}–{max(el):.2f})" if len(el) > 1 else ""
+same = len({m["j"]["indexDigest"] for m in none}) == 1
+def drow(name, m):
+    j = m["j"]
+    return (f"| {name} | {j['elapsed']:.2f} | {j['unpackTime']:.2f} | {j['chunkTime']:.2f} | {j['elapsed'] - j['unpackTime'] - j['chunkTime']:.2f} | "
+            f"{m['cpu']:.1f} | {j['files']:,} | {j['layerReusedFiles']:,} | {MB(j['hashedBytes'])} | {j['chunks']:,} | {j['reusedChunks']:,} ({100 * j['reusedChunks'] / j['chunks']:.1f}%) | "
+            f"{j['newPacks']}/{j['packs']} | {MB(j['uploadedBytes'])} | {MB(j['storedBytes'])} | {MB(j['indexSize'])} |")
+j2 = m2["j"]
+print(f"""### Image conversion on a ≥ 1 GB image, and dedup between two versions
+
+Image v1: **{int(e['IMAGE_BYTES']) / 1e6:,.0f} MB uncompressed** (du -sb), {e['IMAGE_FILES']} files, {e['NLAYERS']} gzip layers ({MB(c1)} MB, `layersSize`); **{MB(fb)} MB of file data** (`fileBytes`). v2: {int(e['IMAGE2_BYTES']) / 1e6:,.0f} MB, {MB(c2)} MB gzip; {e['SHARED']} of {e['NLAYERS']} layer blobs shared with v1 (the top layer differs: {e['V2_DESC']}).
+Layers (du -sb bytes, files): {'; '.join(f"{n} {int(b) / 1e6:,.1f} MB, {f} files" for n, b, f in layers)}. Layers 1-3 are bench/convert.sh's image (cache key {e['KEY']}); layer 4 is `pip install --no-deps {e['TORCH']}` (PyPI's Linux torch wheel, without its nvidia-*/cuda-* requirements; cache key {e['LKEY']}). Check at build: {e['IMPORT_CHECK']}
+Manifests: v1 {e['D1']}, v2 {e['D2']}.
+Machine: {e['MACHINE']}. Versions: {e['VERSIONS']}. Load average (1/5/15 min): {e['LOAD_START']} at the start, {e['LOAD_END']} at the end.
+Method: local docker-registry on loopback; `sync; echo 3 > /proc/sys/vm/drop_caches` before every measured command; `pronto image convert REF --chunk-size 1M --json --work-dir DIR` (zstd, the default). CPU = user+sys of the `pronto` process (GNU time).
+
+#### v1, `--memo none`, {e['RUNS']} runs (each into a repository of its own holding v1, blobs mounted; `uploadedBytes == storedBytes` checked)
+
+| total s (min–max) | MB/s of file data | unpack s | chunking s | push s | CPU s | max RSS MB |
+|---|---|---|---|---|---|---|
+| {med(el):.2f}{rng} | **{fb / 1e6 / med(el):.0f}** | {mj('unpackTime'):.2f} | {mj('chunkTime'):.2f} | {push:.2f} | {med([m['cpu'] for m in none]):.1f} | {med([m['rss'] for m in none]):.0f} |
+
+| index bytes | index / fileBytes | stored MB (packs) | stored / gzip layers | stored / fileBytes | chunks (reused) | packs | same index digest every run |
+|---|---|---|---|---|---|---|---|
+| {mj('indexSize'):,.0f} | {100 * mj('indexSize') / fb:.3f}% | {MB(mj('storedBytes'))} | {mj('storedBytes') / c1:.2f} | {mj('storedBytes') / fb:.2f} | {mj('chunks'):,.0f} ({mj('reusedChunks'):,.0f}) | {mj('packs'):.0f} | {'yes' if same else 'NO'} |
+
+Raw `elapsed` (unpack / chunking): {', '.join(f"{m['j']['elapsed']:.2f} ({m['j']['unpackTime']:.2f}/{m['j']['chunkTime']:.2f})" for m in none)}.
+
+#### Dedup: v1 then v2 into the same repository with one `--memo M` (1 run each)
+
+| conversion | total s | unpack s | chunking s | push s | CPU s | files | layerReusedFiles | hashed MB | chunks | reusedChunks | new/all packs | uploaded MB (packs) | stored MB | index MB |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+{drow('v1, empty memo', m1)}
+{drow('v2, memo from v1', m2)}
+
+- Registry storage (du -sb of its root directory): {MB(reg0)} MB before v1's conversion, {MB(reg1)} MB after it (+{MB(reg1 - reg0)} MB), {MB(reg2)} MB after v2's: **+{MB(growth)} MB for v2**: its new pack(s) ({MB(j2['uploadedBytes'])} MB, `uploadedBytes`), its index ({MB(j2['indexSize'])} MB, a new blob: the index is not chunked) and manifests/registry metadata ({MB(growth - j2['uploadedBytes'] - j2['indexSize'])} MB). v1's memo conversion added only +{MB(reg1 - reg0)} MB because the `--memo none` runs had already stored identical packs and index (the registry's blob store is global; `uploadedBytes` counts them as uploaded to the new repository).
+- **Dedup ratio** (registry growth for v2 / v2's stored bytes, i.e. new bytes per byte v2 references): {MB(growth)} / {MB(j2['storedBytes'])} MB = **{100 * growth / j2['storedBytes']:.2f}%**; v2 uploaded {MB(j2['uploadedBytes'])} MB ({100 * j2['uploadedBytes'] / j2['storedBytes']:.2f}% of its stored bytes); hashed {MB(j2['hashedBytes'])} MB of {MB(j2['fileBytes'])} MB file data ({100 * j2['hashedBytes'] / j2['fileBytes']:.1f}%); {j2['layerReusedFiles']:,} of {j2['files']:,} files taken whole from the layer memo.
+- v2 took {j2['elapsed']:.2f} s against v1's {m1['j']['elapsed']:.2f} s with an empty memo (the full pull and unpack of v2 is part of it: unpack {j2['unpackTime']:.2f} s). Memo file after both: {int(e['MEMO_BYTES']) / 1e6:.1f} MB.
+
+Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
+PY
+cp "$work/report.md" "$out"
+echo
+cat "$work/report.md"
+echo
+log "written to $out"
