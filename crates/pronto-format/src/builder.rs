@@ -419,7 +419,7 @@ impl IndexBuilder {
             (Section::Heap, &heap.bytes, heap.bytes.len() as u32),
             (Section::Config, &self.config_json, config_len),
         ] {
-            while out.len() as u64 % SECTION_ALIGN != 0 {
+            while !(out.len() as u64).is_multiple_of(SECTION_ALIGN) {
                 out.push(0);
             }
             sections[s as usize] = SectionDescV1 {

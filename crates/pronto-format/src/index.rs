@@ -232,7 +232,7 @@ impl Index {
                     offset: d.offset,
                 });
             }
-            if d.offset % SECTION_ALIGN != 0 {
+            if !d.offset.is_multiple_of(SECTION_ALIGN) {
                 return Err(FormatError::SectionMisaligned {
                     section: s,
                     offset: d.offset,
