@@ -35,9 +35,6 @@ use serde::Serialize;
 
 pub use verify::{verify, VerifyError, VerifyReport};
 
-/// Packs uploaded at once.
-const PUSH_CONCURRENCY: usize = 4;
-
 /// Chunks hashed and compressed together (bounds memory: `BATCH_BYTES` of file data at once).
 const BATCH_BYTES: usize = 64 << 20;
 
@@ -231,30 +228,17 @@ pub async fn convert(
     let chunk_time = chunk_started.elapsed();
 
     // Upload: new packs, then the index, then the manifest that makes them reachable.
-    // Several uploads at once: one stream does not fill the link (or the registry's disk).
-    let new_packs: Vec<(Digest, PathBuf)> = built
-        .packs
-        .iter()
-        .filter_map(|p| Some((p.digest.clone(), p.path.clone()?)))
-        .collect();
-    let uploaded: u64 = built
-        .packs
-        .iter()
-        .filter(|p| p.path.is_some())
-        .map(|p| p.size)
-        .sum();
-    let limit = Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENCY));
-    let mut uploads = tokio::task::JoinSet::new();
-    for (digest, path) in new_packs {
-        let (client, reference, limit) = (client.clone(), image.pinned.clone(), limit.clone());
-        uploads.spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("semaphore never closed");
-            client.push_blob_file(&reference, &digest, &path).await
-        });
-    }
-    while let Some(done) = uploads.join_next().await {
-        done.expect("upload task panicked")
+    let mut uploaded = 0;
+    for pack in built.packs.iter().filter(|p| p.path.is_some()) {
+        client
+            .push_blob_file(
+                &image.pinned,
+                &pack.digest,
+                pack.path.as_ref().expect("filtered"),
+            )
+            .await
             .map_err(|e| ConvertError::Push(Box::new(e)))?;
+        uploaded += pack.size;
     }
     let index_size = built.index.len() as u64;
     let index_digest = client
@@ -373,6 +357,8 @@ fn build(
 
     // Jobs: (entry index, chunk bytes), in walk order; processed in bounded batches.
     let chunk_size = opts.chunk_size as usize;
+    let mut batch: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
     let mut flush = |batch: &mut Vec<(usize, Vec<u8>)>,
                      packer: &mut packer::Packer,
                      placed: &mut HashMap<[u8; 32], ChunkRef>|
@@ -447,8 +433,6 @@ fn build(
     };
     let (mut layer_reused_files, mut layer_chunks, mut hashed_bytes) = (0u64, 0u64, 0u64);
     let mut remembered_refs: Vec<(usize, Vec<ChunkRef>)> = Vec::new();
-    // (entry, path, size) of the files to chunk, in walk order.
-    let mut to_read: Vec<(usize, PathBuf, u64)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(path) = &e.content else { continue };
         files += 1;
@@ -484,23 +468,42 @@ fn build(
             }
         }
         hashed_bytes += e.meta.size;
-        to_read.push((i, path.clone(), e.meta.size));
-    }
-    // A reader thread fills the next batch while this one hashes, compresses and packs the
-    // last: reading and the single-threaded pack writes overlap the parallel work.
-    std::thread::scope(|scope| -> Result<(), ConvertError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, ConvertError>>(1);
-        scope.spawn(move || {
-            if let Err(e) = read_batches(to_read, chunk_size, &tx) {
-                let _ = tx.send(Err(e));
+        let mut f = std::fs::File::open(path).map_err(|source| ConvertError::Io {
+            op: "opening",
+            path: path.clone(),
+            source,
+        })?;
+        let mut remaining = e.meta.size;
+        loop {
+            // Only what the file still holds: most files are far smaller than a chunk, and a
+            // batch holds thousands of them.
+            let want = (chunk_size as u64).min(remaining) as usize;
+            if want == 0 {
+                break;
             }
-        });
-        for batch in rx {
-            let mut batch = batch?;
-            flush(&mut batch, &mut packer, &mut placed)?;
+            let mut buf = vec![0u8; want];
+            let n = read_full(&mut f, &mut buf).map_err(|source| ConvertError::Io {
+                op: "reading",
+                path: path.clone(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            remaining -= n as u64;
+            batch_bytes += n;
+            batch.push((i, buf));
+            if batch_bytes >= BATCH_BYTES {
+                flush(&mut batch, &mut packer, &mut placed)?;
+                batch_bytes = 0;
+            }
+            if n < chunk_size {
+                break;
+            }
         }
-        Ok(())
-    })?;
+    }
+    flush(&mut batch, &mut packer, &mut placed)?;
     for (i, refs) in remembered_refs {
         file_chunks[i] = refs;
     }
@@ -588,53 +591,6 @@ fn build(
         chunks,
         reused_chunks: reused,
     })
-}
-
-/// Chunks of files (entry index, bytes), in walk order.
-type Batch = Vec<(usize, Vec<u8>)>;
-
-/// Reads `files` into chunk-sized pieces and sends them in batches of about `BATCH_BYTES`.
-fn read_batches(
-    files: Vec<(usize, PathBuf, u64)>,
-    chunk_size: usize,
-    tx: &std::sync::mpsc::SyncSender<Result<Batch, ConvertError>>,
-) -> Result<(), ConvertError> {
-    let mut batch: Batch = Vec::new();
-    let mut batch_bytes = 0usize;
-    for (i, path, size) in files {
-        let io = |op| {
-            let path = path.clone();
-            move |source| ConvertError::Io { op, path, source }
-        };
-        let mut f = std::fs::File::open(&path).map_err(io("opening"))?;
-        let mut remaining = size;
-        while remaining > 0 {
-            // Only what the file still holds: most files are far smaller than a chunk, and a
-            // batch holds thousands of them.
-            let want = (chunk_size as u64).min(remaining) as usize;
-            let mut buf = vec![0u8; want];
-            let n = read_full(&mut f, &mut buf).map_err(io("reading"))?;
-            if n < want {
-                return Err(io("reading")(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while being converted",
-                )));
-            }
-            remaining -= n as u64;
-            batch_bytes += n;
-            batch.push((i, buf));
-            if batch_bytes >= BATCH_BYTES {
-                if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                    return Ok(()); // the consumer stopped (an error of its own)
-                }
-                batch_bytes = 0;
-            }
-        }
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(Ok(batch));
-    }
-    Ok(())
 }
 
 /// Reads until `buf` is full or the file ends.
