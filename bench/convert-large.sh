@@ -68,24 +68,8 @@ cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
 
 # ---------------------------------------------------------------------------------------------
 # 2. The image's file trees.
-# Layers 1-3: bench/unpack.sh's recipe and cache key, verbatim (change all three scripts together).
-step1_pkgs="numpy==2.4.6 scipy==1.17.1"
-step2_pkgs="pandas==3.1.1 scikit-learn==1.9.1 matplotlib==3.11.2"
-constraints="cloudpickle==3.1.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 joblib==1.6.0
-kiwisolver==1.5.1 narwhals==2.29.0 packaging==26.3 pillow==13.0.0 pyparsing==3.3.3
-python-dateutil==4.0.0 threadpoolctl==3.8.0 tzdata==2026.6"
-pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-recipe="recipe v1
-arch $(uname -m)
-python $("$PY" -VV 2>&1) $(dpkg-query -W -f='${Version}' "libpython$pyver-stdlib" 2>/dev/null || true)
-layer1 /usr/lib/python$pyver /usr/bin/python$pyver
-layer2 venv /opt/venv; pip install --only-binary=:all: --compile $step1_pkgs
-layer3 pip install --only-binary=:all: --compile $step2_pkgs
-constraints $constraints"
-key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
-cache_root=/var/cache/pronto-bench
-cache="$cache_root/image-$key"
-[ -f "$cache/RECIPE" ] || die "layers 1-3 not cached ($cache): run bash bench/convert.sh (or bench/unpack.sh) once first"
+# Layers 1-3: the shared recipe (built here too if not cached yet).
+. "$repo_root/bench/python-image.sh"
 
 # Layer 4 (v1): PyPI's torch wheel, --no-deps (on Linux x86_64 it requires ~3 GB of nvidia-*/cuda
 # packages, which are left out: the image is CPU-only in practice) plus its pure dependencies.

@@ -81,69 +81,8 @@ cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
 # 2. The image's file trees, cached by recipe hash.
 # This section is bench/unpack.sh's, verbatim: the same recipe gives the same key, so both
 # benchmarks use the same cached trees. Change it in both scripts together.
-#   layer 1: /usr/lib/python3.11 + /usr/bin/python3.11 (copy of the host's Debian python)
-#   layer 2: /opt/venv after `pip install numpy scipy`            (a first RUN step)
-#   layer 3: what `pip install pandas scikit-learn matplotlib` adds (a second RUN step)
-# Versions are pinned (top level and every dependency) so the cache key means something.
-step1_pkgs="numpy==2.4.6 scipy==1.17.1"
-step2_pkgs="pandas==3.1.1 scikit-learn==1.9.1 matplotlib==3.11.2"
-constraints="cloudpickle==3.1.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 joblib==1.6.0
-kiwisolver==1.5.1 narwhals==2.29.0 packaging==26.3 pillow==13.0.0 pyparsing==3.3.3
-python-dateutil==4.0.0 threadpoolctl==3.8.0 tzdata==2026.6"
-pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-recipe="recipe v1
-arch $(uname -m)
-python $("$PY" -VV 2>&1) $(dpkg-query -W -f='${Version}' "libpython$pyver-stdlib" 2>/dev/null || true)
-layer1 /usr/lib/python$pyver /usr/bin/python$pyver
-layer2 venv /opt/venv; pip install --only-binary=:all: --compile $step1_pkgs
-layer3 pip install --only-binary=:all: --compile $step2_pkgs
-constraints $constraints"
-key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
-cache_root=/var/cache/pronto-bench
-cache="$cache_root/image-$key"
-
-build_trees() {
-  local tmp
-  mkdir -p "$cache_root"
-  tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
-  build_tmp=$tmp
-  log "building the image's file trees in $tmp (pip downloads; a few minutes)"
-  # layer 1
-  mkdir -p "$tmp/layer1/usr/lib" "$tmp/layer1/usr/bin"
-  cp -a "/usr/lib/python$pyver" "$tmp/layer1/usr/lib/"
-  cp -a "/usr/bin/python$pyver" "$tmp/layer1/usr/bin/"
-  # layers 2 and 3: one venv, two pip steps; what step 2 adds is moved to layer 3
-  local venv="$tmp/layer2/opt/venv" sp="lib/python$pyver/site-packages"
-  mkdir -p "$tmp/layer2/opt"
-  "$PY" -m venv "$venv"
-  printf '%s\n' $constraints $step1_pkgs $step2_pkgs >"$tmp/constraints.txt"
-  local pip=("$venv/bin/python" -m pip install -q --no-input --disable-pip-version-check
-    --only-binary=:all: --compile -c "$tmp/constraints.txt")
-  # PYTHONDONTWRITEBYTECODE would not stop pip's --compile, but keep the build independent of it
-  env -u PYTHONDONTWRITEBYTECODE "${pip[@]}" $step1_pkgs
-  (cd "$venv/$sp" && ls -A) | sort >"$tmp/sp.before"
-  (cd "$venv/bin" && ls -A) | sort >"$tmp/bin.before"
-  env -u PYTHONDONTWRITEBYTECODE "${pip[@]}" $step2_pkgs
-  mkdir -p "$tmp/layer3/opt/venv/$sp" "$tmp/layer3/opt/venv/bin"
-  local name
-  comm -13 "$tmp/sp.before" <(cd "$venv/$sp" && ls -A | sort) | while IFS= read -r name; do
-    mv "$venv/$sp/$name" "$tmp/layer3/opt/venv/$sp/"
-  done
-  comm -13 "$tmp/bin.before" <(cd "$venv/bin" && ls -A | sort) | while IFS= read -r name; do
-    mv "$venv/bin/$name" "$tmp/layer3/opt/venv/bin/"
-  done
-  rm -f "$tmp"/*.before "$tmp/constraints.txt"
-  printf '%s\n' "$recipe" >"$tmp/RECIPE"
-  rm -rf "$cache"
-  mv "$tmp" "$cache"
-  build_tmp=""
-}
-if [ -f "$cache/RECIPE" ]; then
-  log "image trees cached: $cache"
-else
-  build_trees
-fi
-layers=("$cache/layer1" "$cache/layer2" "$cache/layer3")
+# (the recipe, shared with convert.sh and convert-large.sh, is in bench/python-image.sh)
+. "$repo_root/bench/python-image.sh"
 image_bytes=$(du -sbc "${layers[@]}" | tail -1 | cut -f1)
 image_files=$(find "${layers[@]}" -type f | wc -l)
 log "image: $image_bytes bytes uncompressed (du -sb), $image_files files, ${#layers[@]} layers"
