@@ -66,10 +66,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     let client = RegistryClient::from_env().map_err(|e| anyhow::anyhow!(e))?;
     match cmd {
         ImageCommand::Inspect { reference } => {
-            let reference = parse(&reference)?;
-            let image = pull::resolve(&client, &reference)
-                .await
-                .with_context(|| format!("resolving {reference}"))?;
+            let image = resolve(&client, &reference).await?;
             let layers: Vec<_> = image
                 .manifest
                 .layers
@@ -77,7 +74,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 .map(|l| json!({"digest": l.digest, "size": l.size, "mediaType": l.media_type}))
                 .collect();
             let out = json!({
-                "reference": reference.to_string(),
+                "reference": image.reference.to_string(),
                 "pinned": image.pinned.to_string(),
                 "digest": image.manifest_digest,
                 "indexDigest": image.index_digest,
@@ -97,10 +94,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             memo,
             json,
         } => {
-            let reference = parse(&reference)?;
-            let image = pull::resolve(&client, &reference)
-                .await
-                .with_context(|| format!("resolving {reference}"))?;
+            let image = resolve(&client, &reference).await?;
             let mut opts = pronto_convert::ConvertOptions::new(work_dir);
             opts.chunk_size = chunk_size;
             opts.compression = match compression.as_str() {
@@ -147,10 +141,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             reference,
             work_dir,
         } => {
-            let reference = parse(&reference)?;
-            let image = pull::resolve(&client, &reference)
-                .await
-                .with_context(|| format!("resolving {reference}"))?;
+            let image = resolve(&client, &reference).await?;
             let report = pronto_convert::verify(&client, &image, &work_dir)
                 .await
                 .with_context(|| format!("verifying the artifact of {}", image.pinned))?;
@@ -169,10 +160,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             dir,
             json,
         } => {
-            let reference = parse(&reference)?;
-            let image = pull::resolve(&client, &reference)
-                .await
-                .with_context(|| format!("resolving {reference}"))?;
+            let image = resolve(&client, &reference).await?;
             let bar = Arc::new(BarProgress::new(
                 image.layers_size(),
                 image.manifest.layers.len(),
@@ -204,6 +192,14 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses and resolves a reference given on the command line.
+async fn resolve(client: &RegistryClient, reference: &str) -> anyhow::Result<pull::ResolvedImage> {
+    let reference = parse(reference)?;
+    pull::resolve(client, &reference)
+        .await
+        .with_context(|| format!("resolving {reference}"))
 }
 
 fn parse(reference: &str) -> anyhow::Result<Reference> {
