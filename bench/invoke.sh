@@ -44,11 +44,8 @@ if [ "$(dpkg-query -W -f='${Status}' wrk 2>/dev/null)" != "install ok installed"
 fi
 PY=/usr/bin/python3
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-log "building pronto (release)"
-cargo build --release --quiet -p pronto-cli -p pronto-testkit
-built="${CARGO_TARGET_DIR:-$repo_root/target}/release"
-case "$built" in /*) ;; *) built="$repo_root/$built" ;; esac
-pronto_version="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+. "$repo_root/bench/lib.sh"
+build_pronto
 
 work=$(mktemp -d /var/tmp/pronto-bench-invoke.XXXXXX) # registry, images, daemon data; removed on exit
 data="$work/data"
@@ -96,27 +93,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# Measure a fixed copy: a concurrent `cargo build` in the tree must not swap binaries mid-run.
-bin="$work/bin"
-mkdir -p "$bin"
-cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
+copy_binaries
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ---------------------------------------------------------------------------------------------
 # 2. Registry on a free loopback port, and the image: busybox httpd serving a 100-byte page
-port=$(free_port)
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$port/v2/" >/dev/null || { cat "$work/registry.log" >&2; die "registry did not start"; }
-log "registry on 127.0.0.1:$port (pid $registry_pid)"
+start_registry
 
 base="$work/layers/base"
 mkdir -p "$base/bin"

@@ -37,11 +37,8 @@ if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-log "building pronto (release)"
-cargo build --release --quiet -p pronto-cli -p pronto-testkit
-built="${CARGO_TARGET_DIR:-$repo_root/target}/release"
-case "$built" in /*) ;; *) built="$repo_root/$built" ;; esac
-pronto_version="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+. "$repo_root/bench/lib.sh"
+build_pronto
 
 work=$(mktemp -d /var/tmp/pronto-bench.XXXXXX) # registry storage, pulled trees; removed on exit
 registry_pid=""
@@ -56,10 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# Measure a fixed copy: a concurrent `cargo build` in the tree must not swap binaries mid-run.
-bin="$work/bin"
-mkdir -p "$bin"
-cp "$built/pronto" "$built/pronto-mkimage" "$bin/"
+copy_binaries
 
 # ---------------------------------------------------------------------------------------------
 # 2. The image's file trees, cached by recipe hash
@@ -80,18 +74,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Own registry on a free loopback port, storage in a temp dir
-port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$port/v2/" >/dev/null || { cat "$work/registry.log" >&2; exit 1; }
-log "registry on 127.0.0.1:$port (pid $registry_pid)"
+start_registry
 
 ref="127.0.0.1:$port/bench/pyvenv:v1"
 push_start=$EPOCHREALTIME
