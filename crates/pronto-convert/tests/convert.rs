@@ -36,6 +36,20 @@ fn options(work: &Path) -> ConvertOptions {
     o
 }
 
+/// Options with a chunk memo in `work`.
+fn memo_options(work: &Path) -> ConvertOptions {
+    let mut o = options(work);
+    o.memo = Some(work.join("memo.db"));
+    o
+}
+
+/// A base layer: one file of `chunks` distinct chunks and one tiny file.
+fn base_layer(chunks: usize, seed: u64) -> Layer {
+    Layer::gzip()
+        .file("usr/lib/big", noise(chunks * CHUNK as usize, seed))
+        .file("usr/lib/small", b"libc")
+}
+
 async fn push(
     registry: &TestRegistry,
     image: ImageBuilder,
@@ -240,13 +254,8 @@ async fn tampering_is_detected_and_named() {
 async fn shared_chunks_are_stored_once() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
-    let mut opts = options(work.path());
-    opts.memo = Some(work.path().join("memo.db"));
-    let base = || {
-        Layer::gzip()
-            .file("usr/lib/big", noise(40 * CHUNK as usize, 7))
-            .file("usr/lib/small", b"libc")
-    };
+    let opts = memo_options(work.path());
+    let base = || base_layer(40, 7);
     let (_, v1) = push(
         &registry,
         ImageBuilder::new()
@@ -293,15 +302,10 @@ async fn shared_chunks_are_stored_once() {
 async fn a_layer_converted_before_is_not_chunked_again() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
-    let mut opts = options(work.path());
-    opts.memo = Some(work.path().join("memo.db"));
+    let opts = memo_options(work.path());
     // The same base layer (same digest) under two apps of one repository (the memo is per
     // repository: another repository cannot read these packs).
-    let base = || {
-        Layer::gzip()
-            .file("usr/lib/big", noise(20 * CHUNK as usize, 11))
-            .file("usr/lib/small", b"libc")
-    };
+    let base = || base_layer(20, 11);
     let (_, a) = push(
         &registry,
         ImageBuilder::new()
@@ -338,8 +342,6 @@ async fn a_layer_converted_before_is_not_chunked_again() {
     verify(&client(), &b, work.path()).await.unwrap();
 
     // A memo whose packs are gone from the registry is not trusted.
-    let mut fresh_registry_opts = options(work.path());
-    fresh_registry_opts.memo = opts.memo.clone();
     let other = TestRegistry::start();
     let (_, c) = push(
         &other,
@@ -349,7 +351,7 @@ async fn a_layer_converted_before_is_not_chunked_again() {
         "layered:a",
     )
     .await;
-    let third = convert(&client(), &c, &fresh_registry_opts).await.unwrap();
+    let third = convert(&client(), &c, &opts).await.unwrap();
     assert_eq!(
         third.layer_reused_files, 0,
         "another registry: nothing to reuse"
