@@ -4,7 +4,7 @@
 //! - [`digest`]: sha256 digests and the streaming [`digest::Verifier`] every read goes through.
 //! - [`auth`]: Docker-style credentials and `WWW-Authenticate` challenges.
 //! - [`manifest`]: OCI / Docker schema 2 manifests and indexes, platform selection.
-//! - [`registry`]: the distribution-API client (manifests, verified blobs, Range reads, pushes).
+//! - [`registry`]: the distribution-API client (manifests, verified blobs, pushes).
 //! - [`unpack`]: applies layer tars to a directory the way container engines do (whiteouts,
 //!   opaque dirs, hardlinks, owners, xattrs), never writing outside it.
 //! - [`pull`]: resolve → download layers concurrently → unpack in order → atomic rename.

@@ -1,5 +1,5 @@
-//! A client for the OCI distribution API: manifests, verified blob downloads, Range reads and
-//! pushes, with Bearer-token and Basic auth.
+//! A client for the OCI distribution API: manifests, verified blob downloads and pushes, with
+//! Bearer-token and Basic auth.
 //!
 //! Registries on loopback (and those listed as insecure) are spoken to over plain HTTP; all others
 //! over HTTPS. Every byte read is checked against its digest before it is handed on.
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
@@ -78,8 +78,6 @@ pub enum RegistryError {
         #[source]
         source: ManifestError,
     },
-    #[error("registry {registry} sent a Range response that does not match the request: {detail}")]
-    BadRange { registry: String, detail: String },
     #[error("writing blob {digest} to {path}: {source}")]
     Io {
         digest: Digest,
@@ -363,19 +361,9 @@ impl RegistryClient {
         })
     }
 
-    async fn get_blob(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        range: Option<(u64, u64)>,
-    ) -> Result<Response, RegistryError> {
+    async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Response, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base_url(r));
-        let resp = self
-            .send(r, Access::Pull, Method::GET, &url, |b| match range {
-                Some((start, len)) => b.header(RANGE, format!("bytes={start}-{}", start + len - 1)),
-                None => b,
-            })
-            .await?;
+        let resp = self.send(r, Access::Pull, Method::GET, &url, |b| b).await?;
         check_status(
             resp,
             Method::GET,
@@ -419,7 +407,7 @@ impl RegistryClient {
         };
         let file = tokio::fs::File::create(path).await.map_err(io_err)?;
         let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let resp = self.get_blob(r, digest, None).await?;
+        let resp = self.get_blob(r, digest).await?;
         let mut verifier = Verifier::default();
         let mut stream = resp.bytes_stream();
         let result: Result<(), RegistryError> = async {
@@ -460,7 +448,7 @@ impl RegistryClient {
         size: Option<u64>,
         mut sink: impl FnMut(&[u8]) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
-        let resp = self.get_blob(r, digest, None).await?;
+        let resp = self.get_blob(r, digest).await?;
         let mut verifier = Verifier::default();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -483,46 +471,6 @@ impl RegistryClient {
                 digest: digest.clone(),
                 source,
             })
-    }
-
-    /// Reads `len` bytes at `offset` of a blob with an HTTP Range request. The caller verifies
-    /// the bytes (the blob digest covers the whole blob, not a range).
-    pub async fn read_blob_range(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, RegistryError> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let resp = self.get_blob(r, digest, Some((offset, len))).await?;
-        let bad = |detail: String| RegistryError::BadRange {
-            registry: r.registry.clone(),
-            detail,
-        };
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Transfer {
-                what: "blob range of",
-                digest: digest.to_string(),
-                registry: r.registry.clone(),
-                source,
-            })?;
-        match status {
-            StatusCode::PARTIAL_CONTENT if body.len() as u64 == len => Ok(body),
-            // A registry that ignores Range sends the whole blob.
-            StatusCode::OK if body.len() as u64 >= offset + len => {
-                Ok(body.slice(offset as usize..(offset + len) as usize))
-            }
-            s => Err(bad(format!(
-                "asked {len} bytes at {offset} of {digest}, got {} bytes with {s}",
-                body.len()
-            ))),
-        }
     }
 
     /// True when the repository already has the blob.

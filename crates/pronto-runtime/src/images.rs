@@ -67,18 +67,6 @@ impl ImageStore {
         }
         result.map(|p| (p, pulled))
     }
-
-    /// Removes an unpacked image (no instance may be using it).
-    pub fn remove(&self, digest: &Digest) -> std::io::Result<()> {
-        self.in_flight
-            .lock()
-            .expect("image store lock poisoned")
-            .remove(digest);
-        match std::fs::remove_dir_all(self.path_of(digest)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// `unpack_image` renames the tree into place only when complete, so existence is completeness.

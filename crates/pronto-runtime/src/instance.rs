@@ -406,10 +406,6 @@ impl Instance {
         self.pid
     }
 
-    pub fn netns_path(&self) -> PathBuf {
-        netns::path_of(&self.netns)
-    }
-
     pub fn log_path(&self) -> PathBuf {
         self.node
             .data_dir

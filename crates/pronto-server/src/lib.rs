@@ -232,12 +232,6 @@ impl Server {
         &self.token
     }
 
-    /// Serves `router` on the invoke listener instead of [`invoke::invoke_router`].
-    pub fn with_invoke_router(mut self, router: Router) -> Server {
-        self.invoke = router;
-        self
-    }
-
     /// Binds the configured addresses and serves.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let bind = |listener, addr| async move {

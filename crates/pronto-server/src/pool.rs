@@ -246,16 +246,6 @@ impl Pool {
             .map_or(0, |f| f.slots.len())
     }
 
-    /// Instance ids of a function (for tests and status).
-    pub fn instance_ids(&self, function: &str) -> Vec<String> {
-        self.functions
-            .lock()
-            .expect("pool lock poisoned")
-            .get(function)
-            .map(|f| f.slots.iter().map(|s| s.instance.id.clone()).collect())
-            .unwrap_or_default()
-    }
-
     /// Takes `instance` out of service and stops it now, busy or not (it hung or broke).
     pub fn recycle(&self, function: &str, instance_id: &str) {
         let mut retired = Vec::new();

@@ -22,7 +22,7 @@ pub struct FunctionView {
     pub environment_variables: BTreeMap<String, String>,
     pub initialization_timeout: u32,
     pub auth_type: AuthType,
-    /// Absent until acceleration jobs exist (see `ARCH_NOTES.md`).
+    /// Where the conversion stands; absent for `accelerationType: None` (see `accel.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration_info: Option<AccelerationInfo>,
     pub created_time: String,
