@@ -1,5 +1,5 @@
 //! Pinning a function's image: a reference (tag or digest) resolved against its registry to
-//! the platform manifest's digest. This is where acceleration jobs will be started from.
+//! the platform manifest's digest (what instances run and acceleration jobs convert).
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //!
 //! A function row keeps its spec as JSON (the source of truth) beside the columns that are
 //! queried or that change on their own schedule: the name (primary key), the pinned image,
-//! times, and the acceleration status (NULL until acceleration jobs exist). Versions and aliases
+//! times, and the acceleration status (NULL for `accelerationType: None`). Versions and aliases
 //! will get their own tables, keyed by `functions.id`, in a later migration.
 //!
 //! Schema changes are append-only [`MIGRATIONS`]; `schema_version` records how many ran. A
