@@ -10,28 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pronto_format::{Index, NodeKind};
-use pronto_image::manifest::ManifestKind;
 use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
-use crate::artifact::{self, INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE};
+use crate::artifact::{self, ArtifactError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("no accelerated artifact for {image} ({reference}): {error}")]
-    NoArtifact {
-        image: Digest,
-        reference: String,
-        #[source]
-        error: Box<RegistryError>,
-    },
-    #[error("{reference} is not a Pronto artifact of {image}: {reason}")]
-    NotAnArtifact {
-        reference: String,
-        image: Digest,
-        reason: String,
-    },
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Registry(Box<RegistryError>),
     #[error("index {digest}: {error}")]
@@ -90,53 +78,13 @@ pub async fn verify(
     image: &ResolvedImage,
     work_dir: &Path,
 ) -> Result<VerifyReport, VerifyError> {
-    let source = image.manifest_digest.clone();
-    let reference = artifact::artifact_reference(&image.pinned, &source);
-    let fetched =
-        client
-            .fetch_manifest(&reference)
-            .await
-            .map_err(|error| VerifyError::NoArtifact {
-                image: source.clone(),
-                reference: reference.to_string(),
-                error: Box::new(error),
-            })?;
-    let not_artifact = |reason: &str| VerifyError::NotAnArtifact {
-        reference: reference.to_string(),
-        image: source.clone(),
-        reason: reason.to_string(),
-    };
-    let ManifestKind::Image(manifest) = fetched.kind else {
-        return Err(not_artifact("it is an index"));
-    };
-    if manifest.subject.as_ref().map(|s| &s.digest) != Some(&source) {
-        return Err(not_artifact("its subject is another image"));
-    }
-    let Some((index_desc, pack_descs)) = manifest.layers.split_first() else {
-        return Err(not_artifact("it has no layers"));
-    };
-    if index_desc.media_type != INDEX_MEDIA_TYPE
-        || pack_descs.iter().any(|p| p.media_type != PACK_MEDIA_TYPE)
-    {
-        return Err(not_artifact("unexpected layer media types"));
-    }
-    let index_bytes = client
-        .fetch_blob(&image.pinned, &index_desc.digest, Some(index_desc.size))
-        .await?;
-    let index_err = |error| VerifyError::Index {
-        digest: index_desc.digest.clone(),
-        error,
-    };
-    // `open` checks the header, sections and checksum; `validate` the whole tree.
-    let index = Index::open(index_bytes.to_vec()).map_err(index_err)?;
-    index.validate().map_err(index_err)?;
-    if hex::encode(index.source_manifest()) != source.hex() {
-        return Err(not_artifact("the index names another source manifest"));
-    }
-    if index.config_json() != image.config_bytes.as_ref() {
-        return Err(not_artifact("the index carries another image config"));
-    }
-
+    let artifact::Artifact {
+        reference,
+        index_digest,
+        index,
+        packs,
+        ..
+    } = artifact::fetch_artifact(client, image).await?;
     let io = |op, path: &Path| {
         let path = path.to_owned();
         move |source| VerifyError::Io { op, path, source }
@@ -147,25 +95,11 @@ pub async fn verify(
         .tempdir_in(work_dir)
         .map_err(io("creating scratch dir in", work_dir))?;
     // Every pack whole (each verified against its digest), then the ground truth.
-    let packs = index.packs();
-    if packs.len() != pack_descs.len() {
-        return Err(not_artifact(
-            "the index and the manifest list different packs",
-        ));
-    }
     let mut pack_files = Vec::new();
     for (i, (digest, size)) in packs.iter().enumerate() {
-        let digest: Digest = format!("sha256:{}", hex::encode(digest))
-            .parse()
-            .expect("hex digest");
-        if pack_descs[i].digest != digest {
-            return Err(not_artifact(
-                "the index and the manifest list different packs",
-            ));
-        }
         let path = scratch.path().join(format!("pack-{i}"));
         client
-            .download_blob(&image.pinned, &digest, Some(*size), &path, &|_| {})
+            .download_blob(&image.pinned, digest, Some(*size), &path, &|_| {})
             .await?;
         pack_files.push(path);
     }
@@ -176,7 +110,7 @@ pub async fn verify(
 
     let mut report = VerifyReport {
         artifact: reference.to_string(),
-        index_digest: index_desc.digest.to_string(),
+        index_digest: index_digest.to_string(),
         ..Default::default()
     };
     let rootfs2 = rootfs.clone();

@@ -85,6 +85,13 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    #[error("range {start}+{len} of blob {digest}: {detail}")]
+    Range {
+        digest: Digest,
+        start: u64,
+        len: u64,
+        detail: String,
+    },
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
 }
@@ -471,6 +478,75 @@ impl RegistryClient {
                 digest: digest.clone(),
                 source,
             })
+    }
+
+    /// Reads `len` bytes of a blob from `start` with one HTTP Range request. Not verified here:
+    /// a part of a blob has no registry digest, so the caller checks what it names (the lazy
+    /// filesystem checks each chunk's BLAKE3). A registry that ignores the range (200 with the
+    /// whole blob) or answers with a different length is an error, never a silent over-read.
+    pub async fn read_blob_range(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, RegistryError> {
+        let range_err = |detail: String| RegistryError::Range {
+            digest: digest.clone(),
+            start,
+            len,
+            detail,
+        };
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = start
+            .checked_add(len - 1)
+            .ok_or_else(|| range_err("range overflows".into()))?;
+        let url = format!("{}/blobs/{digest}", self.base_url(r));
+        let resp = self
+            .send(r, Access::Pull, Method::GET, &url, |b| {
+                b.header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
+            })
+            .await?;
+        let resp = check_status(
+            resp,
+            Method::GET,
+            &url,
+            "blob",
+            &format!("{}/{}@{digest}", r.registry, r.repository),
+        )
+        .await?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(range_err(format!(
+                "registry answered {} instead of 206 Partial Content",
+                resp.status()
+            )));
+        }
+        if resp.content_length().is_some_and(|n| n != len) {
+            return Err(range_err(format!(
+                "registry sent {} bytes",
+                resp.content_length().unwrap_or(0)
+            )));
+        }
+        let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RegistryError::Transfer {
+                what: "blob range",
+                digest: digest.to_string(),
+                registry: r.registry.clone(),
+                source,
+            })?;
+            if (out.len() + chunk.len()) as u64 > len {
+                return Err(range_err("registry sent more bytes than asked for".into()));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if out.len() as u64 != len {
+            return Err(range_err(format!("registry sent {} bytes", out.len())));
+        }
+        Ok(Bytes::from(out))
     }
 
     /// True when the repository already has the blob.

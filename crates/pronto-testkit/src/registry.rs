@@ -83,24 +83,7 @@ impl TestRegistry {
                 token_server = Some(server);
             }
             std::fs::write(&config, yaml)?;
-            let log = std::fs::File::create(dir.path().join("registry.log"))?;
-            let mut cmd = Command::new(REGISTRY_BIN);
-            cmd.arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes the
-            // kernel kill the registry if the test process dies without running our Drop.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().context("spawning docker-registry")?;
+            let child = spawn_registry(dir.path())?;
             let mut reg = TestRegistry {
                 child: Some(child),
                 token_server,
@@ -199,6 +182,15 @@ impl TestRegistry {
         (count, bytes)
     }
 
+    /// Starts the registry again after [`TestRegistry::stop`]: same port, same storage.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_none() {
+            self.child = Some(spawn_registry(self.dir.path())?);
+            self.wait_ready()?;
+        }
+        Ok(())
+    }
+
     /// The process id (tests check it is gone after a stop).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -225,6 +217,31 @@ impl TestRegistry {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Starts `docker-registry` on the `config.yml` in `dir`, logging to `registry.log` there.
+fn spawn_registry(dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))?;
+    let mut cmd = Command::new(REGISTRY_BIN);
+    cmd.arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes the
+    // kernel kill the registry if the test process dies without running our Drop.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("spawning docker-registry")
 }
 
 impl Drop for TestRegistry {

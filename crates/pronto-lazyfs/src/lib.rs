@@ -1,0 +1,25 @@
+//! `pronto-lazyfs`: the lazily loaded root filesystem of accelerated cold starts.
+//!
+//! A read-only FUSE filesystem ([`LazyMount`]) serves the tree of a Pronto index (see
+//! `docs/format.md`) as it is, with no unpacking: metadata comes from the index in memory, file
+//! contents chunk by chunk, fetched on first read with an HTTP Range request to the chunk's
+//! pack, verified (BLAKE3) and decompressed, then kept in the node's [`ChunkCache`] for every
+//! later read, by any mount. Nothing is read that no program asked for.
+//!
+//! - [`mount`]: mounting, unmounting, cleaning up after a crash;
+//! - `fs`: the FUSE operations over the index;
+//! - [`fetch`]: the chunk fetcher (runs of adjacent chunks in one request, in-flight dedup,
+//!   bounded retries);
+//! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read);
+//! - [`stats`]: per-mount counters.
+
+pub mod cache;
+pub mod fetch;
+mod fs;
+pub mod mount;
+pub mod stats;
+
+pub use cache::ChunkCache;
+pub use fetch::{FetchError, RetryPolicy};
+pub use mount::{cleanup_stale_mounts, LazyMount, MountOptions};
+pub use stats::StatsSnapshot;

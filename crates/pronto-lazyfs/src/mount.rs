@@ -1,0 +1,290 @@
+//! Mounting an artifact: [`LazyMount::mount`] serves an [`Artifact`]'s index at a directory
+//! until [`LazyMount::unmount`] (or drop); [`cleanup_stale_mounts`] removes what a killed
+//! process left.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use pronto_convert::artifact::Artifact;
+use pronto_image::RegistryClient;
+use tracing::{debug, warn};
+
+use crate::cache::ChunkCache;
+use crate::fetch::{ChunkFetcher, RetryPolicy};
+use crate::fs::LazyFs;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// The filesystem type a mount shows in `/proc/self/mountinfo` (`fuse.pronto`).
+pub const FS_SUBTYPE: &str = "pronto";
+
+/// How long an unmount waits for the FUSE workers to finish.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Threads answering the kernel: a read that waits for the registry blocks only its own.
+    pub threads: usize,
+    pub retry: RetryPolicy,
+    /// The kernel's readahead on the mount, in KiB.
+    pub readahead_kb: u32,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            threads: 8,
+            retry: RetryPolicy::default(),
+            readahead_kb: 1024,
+        }
+    }
+}
+
+/// A mounted artifact. Dropping it unmounts (as [`LazyMount::unmount`], errors logged).
+#[derive(Debug)]
+pub struct LazyMount {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    /// `st_dev` of the mount: names its FUSE connection in `/sys/fs/fuse/connections`.
+    dev: u64,
+    stats: Arc<Stats>,
+}
+
+impl LazyMount {
+    /// Mounts `artifact` at `mountpoint` (an existing empty directory). Chunks are read from
+    /// `cache` or fetched from `artifact`'s repository with `client`; `rt` drives those
+    /// fetches (the FUSE threads block on it, so it must not be the caller's current-thread
+    /// runtime).
+    pub fn mount(
+        artifact: &Artifact,
+        client: RegistryClient,
+        cache: Arc<ChunkCache>,
+        mountpoint: &Path,
+        options: &MountOptions,
+        rt: tokio::runtime::Handle,
+    ) -> io::Result<LazyMount> {
+        let stats = Arc::new(Stats::default());
+        let fetcher = Arc::new(ChunkFetcher::new(
+            client,
+            artifact.reference.clone(),
+            artifact.packs.clone(),
+            cache,
+            stats.clone(),
+            options.retry,
+            rt,
+        ));
+        let file_bytes = file_bytes(&artifact.index);
+        let fs = LazyFs::new(
+            artifact.index.clone(),
+            fetcher,
+            stats.clone(),
+            file_bytes,
+            options.readahead_kb.saturating_mul(1024),
+        );
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("pronto:{}", artifact.index_digest)),
+            MountOption::Subtype(FS_SUBTYPE.into()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            // An image's device nodes and setuid programs behave as they would unpacked.
+            MountOption::Dev,
+            MountOption::Suid,
+            MountOption::Exec,
+            MountOption::NoAtime,
+        ];
+        // Containers run as the image's users, not as the mounting root.
+        config.acl = SessionACL::All;
+        config.n_threads = Some(options.threads.max(1));
+        config.clone_fd = true;
+        ensure_fusectl();
+        let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+        let dev = std::fs::metadata(mountpoint)?.dev();
+        set_readahead(dev, options.readahead_kb);
+        Ok(LazyMount {
+            session: Some(session),
+            mountpoint: mountpoint.to_owned(),
+            dev,
+            stats,
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Detaches the mount, ends its FUSE connection (any reader still inside gets ENOTCONN,
+    /// never a hang) and joins the worker threads.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let detached = detach(&self.mountpoint);
+        abort_connection(self.dev);
+        // The workers end when the connection does; if it could not be aborted and a reader
+        // still holds the detached mount, give up waiting rather than hang the caller.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(session.join());
+        });
+        let joined = match done_rx.recv_timeout(JOIN_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    "FUSE workers still busy {JOIN_TIMEOUT:?} after unmount; leaving them"
+                );
+                Ok(())
+            }
+        };
+        detached.and(joined)
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmounting lazy rootfs");
+        }
+    }
+}
+
+fn file_bytes(index: &pronto_format::Index) -> u64 {
+    (0..index.inode_count())
+        .filter_map(|n| index.inode(n).ok())
+        .filter(|i| i.kind == pronto_format::NodeKind::File)
+        .map(|i| i.size)
+        .sum()
+}
+
+fn detach(path: &Path) -> io::Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        // Not mounted (any more): nothing to undo.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Mounts the FUSE control filesystem if nothing has (systemd does at boot; minimal hosts and
+/// containers may not): aborting a connection goes through it.
+fn ensure_fusectl() {
+    const DIR: &str = "/sys/fs/fuse/connections";
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .filter_map(parse_mountinfo_line)
+                .any(|(t, _)| t == "fusectl")
+        })
+        .unwrap_or(false);
+    if !mounted && Path::new(DIR).is_dir() {
+        if let Err(e) = rustix::mount::mount(
+            "fusectl",
+            DIR,
+            "fusectl",
+            rustix::mount::MountFlags::empty(),
+            None,
+        ) {
+            debug!(error = %e, "mounting fusectl");
+        }
+    }
+}
+
+/// FUSE mounts are anonymous devices (major 0); the connection's directory is named by the
+/// kernel's device number, which for major 0 is the minor.
+fn abort_connection(dev: u64) {
+    let path = format!(
+        "/sys/fs/fuse/connections/{}/abort",
+        libc::minor(dev as libc::dev_t)
+    );
+    if let Err(e) = std::fs::write(&path, "1") {
+        if e.kind() != io::ErrorKind::NotFound {
+            debug!(path, error = %e, "aborting FUSE connection");
+        }
+    }
+}
+
+fn set_readahead(dev: u64, kb: u32) {
+    let (major, minor) = (
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t),
+    );
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        debug!(path, error = %e, "setting readahead");
+    }
+}
+
+/// Detaches every `fuse.pronto` mount at or below `dir` (deepest first): what a killed process
+/// left. Its connection died with the process, so the mount only answers ENOTCONN; detaching
+/// frees the mountpoint. Returns how many were removed.
+pub fn cleanup_stale_mounts(dir: &Path) -> io::Result<usize> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut stale: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|(fstype, mp)| fstype == &format!("fuse.{FS_SUBTYPE}") && mp.starts_with(dir))
+        .map(|(_, mp)| mp)
+        .collect();
+    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut removed = 0;
+    for mp in stale {
+        detach(&mp)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// (filesystem type, mount point) of one `/proc/self/mountinfo` line.
+fn parse_mountinfo_line(line: &str) -> Option<(String, PathBuf)> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let sep = fields.iter().position(|f| *f == "-")?;
+    let mountpoint = unescape_mountinfo(fields.get(4)?);
+    let fstype = fields.get(sep + 1)?.to_string();
+    Some((fstype, PathBuf::from(mountpoint)))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let digit = |k: usize| u32::from(b[i + k] - b'0');
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let line = "612 30 0:77 / /var/lib/pronto/node/lazy/ab\\040c/mnt ro,nosuid shared:1 - fuse.pronto pronto:sha256:x ro,user_id=0";
+        let (fstype, mp) = parse_mountinfo_line(line).unwrap();
+        assert_eq!(fstype, "fuse.pronto");
+        assert_eq!(mp, PathBuf::from("/var/lib/pronto/node/lazy/ab c/mnt"));
+        assert!(parse_mountinfo_line("garbage").is_none());
+    }
+}

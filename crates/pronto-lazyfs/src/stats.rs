@@ -1,0 +1,139 @@
+//! Per-mount counters: what the mount fetched from the registry, what the cache answered, and
+//! what programs read. Lock-free (atomics), read as a [`StatsSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    read_requests: AtomicU64,
+    read_bytes: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_corrupt: AtomicU64,
+    inflight_waits: AtomicU64,
+    range_requests: AtomicU64,
+    fetched_bytes: AtomicU64,
+    fetched_chunks: AtomicU64,
+    fetch_retries: AtomicU64,
+    fetch_errors: AtomicU64,
+    fetch_micros_total: AtomicU64,
+    fetch_micros_max: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSnapshot {
+    /// FUSE read requests answered, and their bytes (what the kernel asked for: the programs'
+    /// reads plus kernel readahead, minus what the page cache already held).
+    pub read_requests: u64,
+    pub read_bytes: u64,
+    /// Chunk lookups answered by the node cache, and not.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Cache entries found corrupt (deleted and refetched).
+    pub cache_corrupt: u64,
+    /// Misses that waited for a fetch another reader had in flight instead of fetching again.
+    pub inflight_waits: u64,
+    /// HTTP Range requests sent to the registry (one per run of adjacent chunks), and the
+    /// bytes they returned (compressed, as stored in the packs).
+    pub range_requests: u64,
+    pub fetched_bytes: u64,
+    /// Chunks fetched, verified and decompressed.
+    pub fetched_chunks: u64,
+    /// Range requests repeated after a failure, and fetches given up (EIO to the reader).
+    pub fetch_retries: u64,
+    pub fetch_errors: u64,
+    /// Time in successful Range requests (sum and slowest), microseconds.
+    pub fetch_micros_total: u64,
+    pub fetch_micros_max: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            read_requests: self.read_requests.load(Relaxed),
+            read_bytes: self.read_bytes.load(Relaxed),
+            cache_hits: self.cache_hits.load(Relaxed),
+            cache_misses: self.cache_misses.load(Relaxed),
+            cache_corrupt: self.cache_corrupt.load(Relaxed),
+            inflight_waits: self.inflight_waits.load(Relaxed),
+            range_requests: self.range_requests.load(Relaxed),
+            fetched_bytes: self.fetched_bytes.load(Relaxed),
+            fetched_chunks: self.fetched_chunks.load(Relaxed),
+            fetch_retries: self.fetch_retries.load(Relaxed),
+            fetch_errors: self.fetch_errors.load(Relaxed),
+            fetch_micros_total: self.fetch_micros_total.load(Relaxed),
+            fetch_micros_max: self.fetch_micros_max.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn read(&self, bytes: usize) {
+        self.read_requests.fetch_add(1, Relaxed);
+        self.read_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cache_corrupt(&self) {
+        self.cache_corrupt.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn inflight_wait(&self) {
+        self.inflight_waits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn range_request(&self, bytes: u64, chunks: u64, took: Duration) {
+        let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.range_requests.fetch_add(1, Relaxed);
+        self.fetched_bytes.fetch_add(bytes, Relaxed);
+        self.fetched_chunks.fetch_add(chunks, Relaxed);
+        self.fetch_micros_total.fetch_add(micros, Relaxed);
+        self.fetch_micros_max.fetch_max(micros, Relaxed);
+    }
+
+    pub(crate) fn retry(&self) {
+        self.fetch_retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn error(&self) {
+        self.fetch_errors.fetch_add(1, Relaxed);
+    }
+}
+
+impl std::fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let avg_ms = if self.range_requests > 0 {
+            self.fetch_micros_total as f64 / self.range_requests as f64 / 1000.0
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "read {} B in {} requests; fetched {} B ({} chunks) in {} range requests \
+             (avg {avg_ms:.1} ms, max {:.1} ms); cache {} hits, {} misses, {} corrupt; \
+             {} waits on in-flight fetches; {} retries, {} errors",
+            self.read_bytes,
+            self.read_requests,
+            self.fetched_bytes,
+            self.fetched_chunks,
+            self.range_requests,
+            self.fetch_micros_max as f64 / 1000.0,
+            self.cache_hits,
+            self.cache_misses,
+            self.cache_corrupt,
+            self.inflight_waits,
+            self.fetch_retries,
+            self.fetch_errors,
+        )
+    }
+}

@@ -1,0 +1,456 @@
+//! The lazy filesystem against the real parts: images converted and pushed to a real registry,
+//! mounted through the kernel's FUSE, walked with plain `std::fs` and compared with a plain
+//! unpack of the same image (ground truth). Then laziness (what a walk and a small read fetch),
+//! the node cache (restart, corruption), and faults (corrupt chunk, registry down and back).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pronto_convert::artifact::{fetch_artifact, Artifact};
+use pronto_convert::{convert, ConvertOptions};
+use pronto_image::pull::{self, NoProgress, ResolvedImage};
+use pronto_image::{ClientOptions, RegistryClient};
+use pronto_lazyfs::{ChunkCache, LazyMount, MountOptions, RetryPolicy};
+use pronto_testkit::fixtures::{ground_truth_images, noise};
+use pronto_testkit::image::{ImageBuilder, Layer};
+use pronto_testkit::registry::TestRegistry;
+use pronto_testkit::tree::Tree;
+
+const CHUNK: u32 = 64 << 10;
+
+fn client() -> RegistryClient {
+    RegistryClient::new(ClientOptions::default()).unwrap()
+}
+
+/// Log lines of this test binary, for tests that check what was said.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || LogWriter(sink.clone()))
+            .with_env_filter("pronto_lazyfs=warn")
+            .with_ansi(false)
+            .init();
+        buf
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+/// Pushes `image`, converts it with `chunk`-byte chunks and fetches the artifact.
+async fn accelerate(
+    registry: &TestRegistry,
+    image: ImageBuilder,
+    tag: &str,
+    chunk: u32,
+    work: &Path,
+) -> (ResolvedImage, Artifact) {
+    let reference = registry.reference(tag);
+    image.push(&client(), &reference).await.unwrap();
+    let resolved = pull::resolve(&client(), &reference).await.unwrap();
+    let mut opts = ConvertOptions::new(work.join("convert"));
+    opts.chunk_size = chunk;
+    opts.pack_target = 1 << 20;
+    convert(&client(), &resolved, &opts).await.unwrap();
+    let artifact = fetch_artifact(&client(), &resolved).await.unwrap();
+    (resolved, artifact)
+}
+
+fn mount_at(
+    artifact: &Artifact,
+    cache: &Arc<ChunkCache>,
+    dir: &Path,
+    retry: RetryPolicy,
+) -> LazyMount {
+    std::fs::create_dir_all(dir).unwrap();
+    let options = MountOptions {
+        retry,
+        ..MountOptions::default()
+    };
+    LazyMount::mount(
+        artifact,
+        client(),
+        cache.clone(),
+        dir,
+        &options,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap()
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Runs blocking filesystem work off the runtime (whose threads the FUSE workers need).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mounted_image_equals_a_plain_unpack() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    for (name, image) in ground_truth_images(CHUNK) {
+        let (resolved, artifact) = accelerate(
+            &registry,
+            image,
+            &format!("gt/{name}:v1"),
+            CHUNK,
+            work.path(),
+        )
+        .await;
+        let unpacked = work.path().join(format!("unpack-{name}"));
+        pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        let dir = work.path().join(format!("mnt-{name}"));
+        let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+        let (expected, actual) = blocking({
+            let (unpacked, dir) = (unpacked.clone(), dir.clone());
+            move || {
+                (
+                    Tree::snapshot(&unpacked).unwrap(),
+                    Tree::snapshot(&dir).unwrap(),
+                )
+            }
+        })
+        .await;
+        let diff = expected.diff(&actual);
+        assert!(
+            diff.is_empty(),
+            "{name}: mount differs from the unpack:\n{}",
+            diff.join("\n")
+        );
+        assert!(!expected.0.is_empty());
+
+        // What Tree does not compare: link counts, blocks, the root, statfs.
+        let (unpacked2, dir2) = (unpacked.clone(), dir.clone());
+        blocking(move || {
+            for (path, node) in &expected.0 {
+                let rel = std::ffi::OsStr::from_bytes(path);
+                let a = std::fs::symlink_metadata(unpacked2.join(rel)).unwrap();
+                let b = std::fs::symlink_metadata(dir2.join(rel)).unwrap();
+                assert_eq!(a.nlink(), b.nlink(), "{name}: nlink of {}", node);
+                if node.kind == "file" {
+                    assert!(b.blocks() * 512 >= b.size(), "{name}: st_blocks of {node}");
+                }
+            }
+            let root = std::fs::metadata(&dir2).unwrap();
+            assert!(root.is_dir());
+            let st = rustix::fs::statvfs(&dir2).unwrap();
+            assert_eq!(st.f_namemax, 255);
+            assert!(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+        })
+        .await;
+        // Read-only: no writes, no new files.
+        let d = dir.clone();
+        blocking(move || {
+            let e = std::fs::write(d.join("new"), b"x").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        })
+        .await;
+        mount.unmount().unwrap();
+        assert!(!is_mounted(&dir), "{name}: still mounted after unmount");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_enforces_modes_and_owners_for_other_users() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let image = ImageBuilder::new().layer(
+        Layer::gzip()
+            .file("secret", b"root only")
+            .mode(0o600)
+            .file("public", b"everyone")
+            .mode(0o644)
+            .file("nobodys", b"mine")
+            .mode(0o600)
+            .owner(65534, 65534),
+    );
+    let (_, artifact) = accelerate(&registry, image, "perm/app:v1", CHUNK, work.path()).await;
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    // The tempdir is 0700: let nobody traverse down to the mount.
+    let mut p = dir.clone();
+    while p != Path::new("/tmp") && p.pop() {
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        if p == work.path() {
+            break;
+        }
+    }
+    let mnt = dir.clone();
+    let cat_as_nobody = move |file: &str| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("cat")
+            .arg(mnt.join(file))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let secret = blocking({
+        let c = cat_as_nobody.clone();
+        move || c("secret")
+    })
+    .await;
+    assert!(!secret.status.success());
+    assert!(String::from_utf8_lossy(&secret.stderr).contains("Permission denied"));
+    let public = blocking({
+        let c = cat_as_nobody.clone();
+        move || c("public")
+    })
+    .await;
+    assert_eq!(public.stdout, b"everyone");
+    let own = blocking(move || cat_as_nobody("nobodys")).await;
+    assert_eq!(own.stdout, b"mine");
+    mount.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_fetches_nothing_and_a_small_read_fetches_one_chunk() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    const MIB: usize = 1 << 20;
+    let big = noise(100 * MIB, 9);
+    let mut layer = Layer::plain().file("data/big", &big);
+    for i in 0..200 {
+        layer = layer.file(format!("tree/d{}/f{i}", i % 10), noise(3000, i));
+    }
+    let image = ImageBuilder::new().layer(layer);
+    let (_, artifact) = accelerate(&registry, image, "lazy/app:v1", 1 << 20, work.path()).await;
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+
+    // `ls -R` with stat of every entry, and xattr listing: metadata only.
+    let d = dir.clone();
+    let entries = blocking(move || {
+        let out = std::process::Command::new("ls")
+            .args(["-laR", "--"])
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    })
+    .await;
+    assert!(entries > 200, "ls -R listed {entries} lines");
+    let s = mount.stats();
+    assert_eq!(
+        (s.fetched_chunks, s.range_requests, s.fetched_bytes),
+        (0, 0, 0),
+        "{s}"
+    );
+
+    // One 4 KiB read in the middle of the 100 MiB file.
+    let offset = 50 * MIB as u64 + 12_345;
+    let d = dir.clone();
+    let got = blocking(move || {
+        let mut f = std::fs::File::open(d.join("data/big")).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        f.read_exact(&mut buf).unwrap();
+        buf
+    })
+    .await;
+    assert_eq!(got, big[offset as usize..offset as usize + 4096]);
+    let s = mount.stats();
+    assert_eq!(s.fetched_chunks, 1, "{s}");
+    assert_eq!(s.range_requests, 1, "{s}");
+    assert!(s.fetched_bytes <= MIB as u64 + 1024, "{s}");
+
+    // A sequential read of the whole file: each chunk fetched once, bytes exact.
+    let d = dir.clone();
+    let all = blocking(move || std::fs::read(d.join("data/big")).unwrap()).await;
+    assert!(all == big, "whole-file read differs");
+    let s = mount.stats();
+    assert_eq!(s.fetched_chunks, 100, "{s}");
+    mount.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cache_serves_a_second_mount_and_refetches_a_corrupt_entry() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let content = noise(5 * CHUNK as usize, 11);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("f", &content));
+    let (_, artifact) = accelerate(&registry, image, "cache/app:v1", CHUNK, work.path()).await;
+    let cache_dir = work.path().join("cache");
+    let dir = work.path().join("mnt");
+
+    let cache = Arc::new(ChunkCache::open(&cache_dir, 1 << 30).unwrap());
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let d = dir.clone();
+    assert!(blocking(move || std::fs::read(d.join("f")).unwrap()).await == content);
+    assert_eq!(mount.stats().fetched_chunks, 5);
+    mount.unmount().unwrap();
+    drop(cache);
+
+    // As after a daemon restart: a new cache object over the same directory, one entry
+    // corrupted on disk.
+    let victim = pronto_format::chunk_digest(&content[CHUNK as usize..2 * CHUNK as usize]);
+    let hex = hex::encode(victim);
+    let path = cache_dir.join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let cache = Arc::new(ChunkCache::open(&cache_dir, 1 << 30).unwrap());
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let d = dir.clone();
+    assert!(blocking(move || std::fs::read(d.join("f")).unwrap()).await == content);
+    let s = mount.stats();
+    assert_eq!(
+        s.fetched_chunks, 1,
+        "only the corrupt entry is refetched: {s}"
+    );
+    assert_eq!(s.cache_corrupt, 1, "{s}");
+    assert!(s.cache_hits >= 4, "{s}");
+    mount.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_in_the_registry_is_eio_and_named_never_bad_bytes() {
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let good = noise(2 * CHUNK as usize, 21);
+    let bad = noise(3 * CHUNK as usize, 22);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("good", &good).file("bad", &bad));
+    let (_, artifact) = accelerate(&registry, image, "corrupt/app:v1", CHUNK, work.path()).await;
+    // Flip a byte inside the stored bytes of the second chunk of `bad`.
+    let index = &artifact.index;
+    let ino = index.resolve(b"bad").unwrap().unwrap();
+    let chunk = index.chunk(ino, 1).unwrap();
+    let (pack, _) = &artifact.packs[chunk.pack as usize];
+    let blob = registry.blob_path(pack);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[(chunk.offset + u64::from(chunk.compressed_size) / 2) as usize] ^= 0x55;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let d = dir.clone();
+    let (good_read, bad_head, bad_chunk) = blocking(move || {
+        let good = std::fs::read(d.join("good")).unwrap();
+        let mut f = std::fs::File::open(d.join("bad")).unwrap();
+        let mut head = vec![0u8; CHUNK as usize];
+        f.read_exact(&mut head).unwrap();
+        let mut rest = Vec::new();
+        let err = f.read_to_end(&mut rest).unwrap_err();
+        (good, head, err)
+    })
+    .await;
+    assert!(good_read == good, "other files read fine");
+    assert!(
+        bad_head == bad[..CHUNK as usize],
+        "chunks before the bad one read fine"
+    );
+    assert_eq!(bad_chunk.raw_os_error(), Some(libc::EIO), "{bad_chunk}");
+    let log = logged();
+    let name = hex::encode(chunk.digest);
+    assert!(log.contains(&name), "the log names chunk {name}:\n{log}");
+    assert!(
+        !cache.contains(&chunk.digest),
+        "a bad chunk is never cached"
+    );
+    let s = mount.stats();
+    assert!(s.fetch_errors >= 1 && s.fetch_retries >= 1, "{s}");
+    mount.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
+    let mut registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let a = noise(CHUNK as usize, 31);
+    let b = noise(CHUNK as usize, 32);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("a", &a).file("b", &b));
+    let (_, artifact) = accelerate(&registry, image, "down/app:v1", CHUNK, work.path()).await;
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let d = dir.clone();
+    assert!(blocking(move || std::fs::read(d.join("a")).unwrap()).await == a);
+
+    registry.stop();
+    let d = dir.clone();
+    let (err, took) = blocking(move || {
+        let t = Instant::now();
+        (std::fs::read(d.join("b")).unwrap_err(), t.elapsed())
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // 3 attempts, 50 + 100 ms apart, each refused at once.
+    assert!(took < Duration::from_secs(3), "EIO took {took:?}");
+    // Cached data still reads while the registry is down.
+    let d = dir.clone();
+    assert!(blocking(move || std::fs::read(d.join("a")).unwrap()).await == a);
+
+    registry.restart().unwrap();
+    let d = dir.clone();
+    let again = blocking(move || std::fs::read(d.join("b"))).await;
+    assert!(
+        again.unwrap() == b,
+        "reads recover once the registry is back"
+    );
+    mount.unmount().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmount_with_a_reader_inside_does_not_hang() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let image = ImageBuilder::new().layer(Layer::gzip().file("f", noise(1000, 1)));
+    let (_, artifact) = accelerate(&registry, image, "busy/app:v1", CHUNK, work.path()).await;
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir: PathBuf = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    // An open file keeps the mount busy; unmount must still return, and the holder then
+    // sees an error, not a hang.
+    let d = dir.clone();
+    let held = blocking(move || std::fs::File::open(d.join("f")).unwrap()).await;
+    let t = Instant::now();
+    blocking(move || mount.unmount()).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(!is_mounted(&dir));
+    let mut held = held;
+    let mut buf = Vec::new();
+    assert!(held.read_to_end(&mut buf).is_err());
+}
