@@ -21,5 +21,5 @@ pub mod stats;
 
 pub use cache::ChunkCache;
 pub use fetch::{FetchError, RetryPolicy};
-pub use mount::{cleanup_stale_mounts, LazyMount, MountOptions};
+pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
 pub use stats::StatsSnapshot;

@@ -17,8 +17,8 @@ use crate::fetch::{ChunkFetcher, RetryPolicy};
 use crate::fs::LazyFs;
 use crate::stats::{Stats, StatsSnapshot};
 
-/// The filesystem type a mount shows in `/proc/self/mountinfo` (`fuse.pronto`).
-pub const FS_SUBTYPE: &str = "pronto";
+/// How a mount's source starts in `/proc/self/mountinfo` (then the index digest).
+const SOURCE_PREFIX: &str = "pronto:";
 
 /// How long an unmount waits for the FUSE workers to finish.
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -85,8 +85,7 @@ impl LazyMount {
         );
         let mut config = Config::default();
         config.mount_options = vec![
-            MountOption::FSName(format!("pronto:{}", artifact.index_digest)),
-            MountOption::Subtype(FS_SUBTYPE.into()),
+            MountOption::FSName(format!("{SOURCE_PREFIX}{}", artifact.index_digest)),
             MountOption::RO,
             MountOption::DefaultPermissions,
             // An image's device nodes and setuid programs behave as they would unpacked.
@@ -184,7 +183,7 @@ fn ensure_fusectl() {
         .map(|m| {
             m.lines()
                 .filter_map(parse_mountinfo_line)
-                .any(|(t, _)| t == "fusectl")
+                .any(|m| m.fstype == "fusectl")
         })
         .unwrap_or(false);
     if !mounted && Path::new(DIR).is_dir() {
@@ -225,33 +224,48 @@ fn set_readahead(dev: u64, kb: u32) {
     }
 }
 
-/// Detaches every `fuse.pronto` mount at or below `dir` (deepest first): what a killed process
-/// left. Its connection died with the process, so the mount only answers ENOTCONN; detaching
-/// frees the mountpoint. Returns how many were removed.
-pub fn cleanup_stale_mounts(dir: &Path) -> io::Result<usize> {
+/// Pronto's FUSE mounts at or below `dir`, deepest first (from `/proc/self/mountinfo`: type
+/// `fuse`, source `pronto:...`).
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut stale: Vec<PathBuf> = mountinfo
+    let mut found: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(parse_mountinfo_line)
-        .filter(|(fstype, mp)| fstype == &format!("fuse.{FS_SUBTYPE}") && mp.starts_with(dir))
-        .map(|(_, mp)| mp)
+        .filter(|m| m.fstype == "fuse" && m.source.starts_with(SOURCE_PREFIX))
+        .map(|m| m.mountpoint)
+        .filter(|mp| mp.starts_with(dir))
         .collect();
-    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    let mut removed = 0;
-    for mp in stale {
-        detach(&mp)?;
-        removed += 1;
-    }
-    Ok(removed)
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
 }
 
-/// (filesystem type, mount point) of one `/proc/self/mountinfo` line.
-fn parse_mountinfo_line(line: &str) -> Option<(String, PathBuf)> {
+/// Detaches every Pronto FUSE mount at or below `dir`: what a killed process left. Its
+/// connection died with the process, so the mount only answers ENOTCONN; detaching frees the
+/// mountpoint. Returns how many were removed.
+pub fn cleanup_stale_mounts(dir: &Path) -> io::Result<usize> {
+    let stale = mounts_under(dir)?;
+    for mp in &stale {
+        detach(mp)?;
+    }
+    Ok(stale.len())
+}
+
+struct MountInfo {
+    mountpoint: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// One `/proc/self/mountinfo` line: `ID PARENT DEV ROOT MOUNTPOINT OPTS [TAGS...] - TYPE SOURCE
+/// SUPEROPTS`.
+fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let fields: Vec<&str> = line.split(' ').collect();
     let sep = fields.iter().position(|f| *f == "-")?;
-    let mountpoint = unescape_mountinfo(fields.get(4)?);
-    let fstype = fields.get(sep + 1)?.to_string();
-    Some((fstype, PathBuf::from(mountpoint)))
+    Some(MountInfo {
+        mountpoint: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+        fstype: fields.get(sep + 1)?.to_string(),
+        source: unescape_mountinfo(fields.get(sep + 2)?),
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -281,10 +295,14 @@ mod tests {
 
     #[test]
     fn mountinfo_lines_parse_with_escapes() {
-        let line = "612 30 0:77 / /var/lib/pronto/node/lazy/ab\\040c/mnt ro,nosuid shared:1 - fuse.pronto pronto:sha256:x ro,user_id=0";
-        let (fstype, mp) = parse_mountinfo_line(line).unwrap();
-        assert_eq!(fstype, "fuse.pronto");
-        assert_eq!(mp, PathBuf::from("/var/lib/pronto/node/lazy/ab c/mnt"));
+        let line = "612 30 0:77 / /var/lib/pronto/node/lazy/ab\\040c/mnt ro,nosuid shared:1 - fuse pronto:sha256:x ro,user_id=0";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.fstype, "fuse");
+        assert_eq!(m.source, "pronto:sha256:x");
+        assert_eq!(
+            m.mountpoint,
+            PathBuf::from("/var/lib/pronto/node/lazy/ab c/mnt")
+        );
         assert!(parse_mountinfo_line("garbage").is_none());
     }
 }

@@ -7,14 +7,15 @@
 //!   overlay mount point), the runtime's `pid` and `runtime.log`;
 //! - `logs/<function>/<id>.log`: the container's stdout+stderr (kept after teardown for
 //!   `pronto logs`);
-//! - `runc/`: the OCI runtime's state (`--root`).
+//! - `runc/`: the OCI runtime's state (`--root`);
+//! - `lazy/`, `chunks/`: lazily loaded rootfs mounts and the node chunk cache ([`LazyStore`]).
 //!
 //! Names on the machine: network namespace `pronto-<id>`, cgroup `/pronto-<id>`, container `<id>`.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pronto_image::pull::{PullError, ResolvedImage};
@@ -24,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bundle::{self, BundleError, BundleParams, ProcessOverrides};
 use crate::images::ImageStore;
+use crate::lazy::{LazyStore, SharedMount};
 use crate::netns;
 use crate::oci::{OciError, OciRuntime};
 
@@ -36,7 +38,12 @@ pub struct NodeConfig {
     /// `runc` (default) or `crun`, or a path to either.
     pub runtime_bin: String,
     pub registry: RegistryClient,
+    /// Bound of the node chunk cache (lazily loaded rootfs contents), in bytes.
+    pub chunk_cache_bytes: u64,
 }
+
+/// The default bound of the node chunk cache: 10 GiB.
+pub const DEFAULT_CHUNK_CACHE_BYTES: u64 = 10 << 30;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,6 +56,32 @@ pub struct InstanceSpec {
     pub memory_mb: u64,
     pub cpu: f64,
     pub init_timeout: Duration,
+    /// The image has an accelerated artifact: mount it lazily instead of pulling (falls back
+    /// to the full pull if the artifact cannot be used).
+    pub accelerated: bool,
+}
+
+/// Where an instance's root filesystem came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsSource {
+    /// The image was already unpacked on this node.
+    #[default]
+    Local,
+    /// This start pulled and unpacked the image (the full-pull path).
+    Pulled,
+    /// The accelerated artifact, mounted lazily (FUSE lower dir).
+    Lazy,
+}
+
+impl RootfsSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootfsSource::Local => "local",
+            RootfsSource::Pulled => "pulled",
+            RootfsSource::Lazy => "lazy",
+        }
+    }
 }
 
 /// Where a cold start's time went, each measured from the start call.
@@ -58,6 +91,7 @@ pub struct StartTimings {
     /// The image was on local disk (pulled and unpacked by this start if `image_pulled`).
     pub image_ready: Duration,
     pub image_pulled: bool,
+    pub rootfs: RootfsSource,
     /// The container's process was started.
     pub container_started: Duration,
     /// Its port answered HTTP.
@@ -123,6 +157,7 @@ struct InstanceState {
 struct NodeInner {
     data_dir: PathBuf,
     images: ImageStore,
+    lazy: LazyStore,
     oci: OciRuntime,
 }
 
@@ -144,6 +179,8 @@ pub struct Instance {
     pid: i32,
     node: Arc<NodeInner>,
     stopped: AtomicBool,
+    /// The lazily loaded lower dir, held until the overlay above it is gone.
+    lazy: Mutex<Option<Arc<SharedMount>>>,
 }
 
 impl Node {
@@ -152,6 +189,12 @@ impl Node {
         for sub in ["instances", "logs", "runc"] {
             std::fs::create_dir_all(config.data_dir.join(sub))?;
         }
+        let lazy = LazyStore::open(
+            config.data_dir.join("lazy"),
+            &config.data_dir.join("chunks"),
+            config.chunk_cache_bytes,
+            config.registry.clone(),
+        )?;
         let images = ImageStore::new(config.data_dir.join("images"), config.registry)?;
         let oci = OciRuntime {
             bin: config.runtime_bin,
@@ -161,6 +204,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 data_dir: config.data_dir,
                 images,
+                lazy,
                 oci,
             }),
         };
@@ -170,6 +214,10 @@ impl Node {
 
     pub fn images(&self) -> &ImageStore {
         &self.inner.images
+    }
+
+    pub fn lazy(&self) -> &LazyStore {
+        &self.inner.lazy
     }
 
     /// Where instance `instance_id` of `function` writes its stdout and stderr.
@@ -214,6 +262,8 @@ impl Node {
             let _ = n.oci.delete(&id).await;
             cleaned += 1;
         }
+        // Last: the overlays above them are gone now.
+        cleaned += n.lazy.cleanup_stale().await;
         cleaned
     }
 
@@ -253,8 +303,17 @@ impl Node {
         )
         .map_err(setup("writing the instance state"))?;
 
+        let mut lazy = None;
         let result = self
-            .start_in(&spec, &id, &dir, &netns_name, &cgroups_path, started)
+            .start_in(
+                &spec,
+                &id,
+                &dir,
+                &netns_name,
+                &cgroups_path,
+                started,
+                &mut lazy,
+            )
             .await;
         match result {
             Ok((pid, timings)) => Ok(Instance {
@@ -267,16 +326,57 @@ impl Node {
                 pid,
                 node: self.inner.clone(),
                 stopped: AtomicBool::new(false),
+                lazy: Mutex::new(lazy),
             }),
             Err(e) => {
                 if let Err(te) = teardown(n, &id, &netns_name).await {
                     tracing::error!(error = %te, "teardown after a failed start");
                 }
+                release(lazy).await;
                 Err(e)
             }
         }
     }
 
+    /// The instance's lower dir: the lazily mounted artifact when the image is accelerated
+    /// (kept in `lazy`), else the unpacked image, pulled if this node does not have it.
+    async fn lower_dir(
+        &self,
+        spec: &InstanceSpec,
+        lazy: &mut Option<Arc<SharedMount>>,
+    ) -> Result<(PathBuf, RootfsSource), StartError> {
+        let n = &self.inner;
+        if spec.accelerated {
+            match n.lazy.acquire(&spec.image).await {
+                Ok(mount) => {
+                    let path = mount.path().to_owned();
+                    *lazy = Some(mount);
+                    return Ok((path, RootfsSource::Lazy));
+                }
+                Err(e) => tracing::warn!(
+                    function = %spec.function,
+                    error = %e,
+                    "accelerated rootfs unavailable; falling back to the full pull"
+                ),
+            }
+        }
+        let (path, pulled) =
+            n.images
+                .ensure(&spec.image)
+                .await
+                .map_err(|source| StartError::Image {
+                    image: spec.image.pinned.to_string(),
+                    source,
+                })?;
+        let source = if pulled {
+            RootfsSource::Pulled
+        } else {
+            RootfsSource::Local
+        };
+        Ok((path, source))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn start_in(
         &self,
         spec: &InstanceSpec,
@@ -285,20 +385,15 @@ impl Node {
         netns_name: &str,
         cgroups_path: &str,
         started: Instant,
+        lazy: &mut Option<Arc<SharedMount>>,
     ) -> Result<(i32, StartTimings), StartError> {
         let n = &self.inner;
         let setup = |step| move |source| StartError::Setup { step, source };
         let mut timings = StartTimings::default();
-        let (lower, pulled) =
-            n.images
-                .ensure(&spec.image)
-                .await
-                .map_err(|source| StartError::Image {
-                    image: spec.image.pinned.to_string(),
-                    source,
-                })?;
+        let (lower, rootfs_source) = self.lower_dir(spec, lazy).await?;
         timings.image_ready = started.elapsed();
-        timings.image_pulled = pulled;
+        timings.image_pulled = rootfs_source == RootfsSource::Pulled;
+        timings.rootfs = rootfs_source;
 
         let rootfs = dir.join("rootfs");
         for sub in ["upper", "work", "rootfs"] {
@@ -424,7 +519,17 @@ impl Instance {
         if self.stopped.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        teardown(&self.node, &self.id, &self.netns).await
+        let result = teardown(&self.node, &self.id, &self.netns).await;
+        let lazy = self.lazy.lock().expect("instance lock poisoned").take();
+        release(lazy).await;
+        result
+    }
+}
+
+/// Drops an instance's hold on its lazy mount; the last one unmounts, which blocks briefly.
+async fn release(lazy: Option<Arc<SharedMount>>) {
+    if let Some(mount) = lazy {
+        let _ = tokio::task::spawn_blocking(move || drop(mount)).await;
     }
 }
 

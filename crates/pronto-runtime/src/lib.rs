@@ -1,12 +1,14 @@
 //! Function instances on one node.
 //!
-//! An *instance* is: a root filesystem (an overlay whose lower dir is the image, unpacked once
-//! per node per digest, with a per-instance upper dir), an OCI bundle (`config.json` generated
+//! An *instance* is: a root filesystem (an overlay whose lower dir is the image — unpacked once
+//! per node per digest, or, for an accelerated image, its artifact mounted lazily through FUSE
+//! — with a per-instance upper dir), an OCI bundle (`config.json` generated
 //! with `oci-spec`), a network namespace Pronto creates, cgroup limits, and a container run by a
 //! real OCI runtime (`runc` by default). It is *ready* when the function's port, inside its
 //! network namespace, answers HTTP.
 //!
 //! - [`images`]: the node's unpacked-image store (one unpack per digest, concurrent callers share it).
+//! - [`lazy`]: lazily loaded lower dirs, one FUSE mount per accelerated image, shared.
 //! - [`bundle`]: `config.json` from the image config and the function's settings.
 //! - [`netns`]: named network namespaces and sockets opened inside them.
 //! - [`oci`]: calls to the OCI runtime binary.
@@ -20,7 +22,11 @@
 pub mod bundle;
 pub mod images;
 pub mod instance;
+pub mod lazy;
 pub mod netns;
 pub mod oci;
 
-pub use instance::{Instance, InstanceSpec, Node, NodeConfig, StartError, StartTimings};
+pub use instance::{
+    Instance, InstanceSpec, Node, NodeConfig, RootfsSource, StartError, StartTimings,
+    DEFAULT_CHUNK_CACHE_BYTES,
+};

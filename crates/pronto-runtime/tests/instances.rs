@@ -48,6 +48,7 @@ async fn fixture() -> Fixture {
         data_dir: data.path().to_owned(),
         runtime_bin: "runc".into(),
         registry: client,
+        chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
     })
     .await
     .unwrap();
@@ -71,6 +72,7 @@ impl Drop for Fixture {
                 data_dir,
                 runtime_bin: "runc".into(),
                 registry: RegistryClient::new(ClientOptions::default()).unwrap(),
+                chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
             }))
             .map(drop)
         })
@@ -87,6 +89,7 @@ fn spec(f: &Fixture) -> InstanceSpec {
         memory_mb: 128,
         cpu: 0.5,
         init_timeout: Duration::from_secs(10),
+        accelerated: false,
     }
 }
 
@@ -275,6 +278,7 @@ async fn a_new_node_cleans_up_after_a_crashed_one() {
         data_dir: f.data.path().to_owned(),
         runtime_bin: "runc".into(),
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
+        chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
     })
     .await
     .unwrap();

@@ -17,7 +17,7 @@ use pronto_image::Digest;
 use pronto_runtime::bundle::ProcessOverrides;
 
 use crate::api::ApiError;
-use crate::model::{AuthType, Function};
+use crate::model::{AccelerationStatus, AuthType, Function};
 use crate::pool::RunSpec;
 use crate::{auth, proxy, AppState};
 
@@ -136,5 +136,9 @@ fn run_spec(f: &Function, image: Arc<ResolvedImage>, max_instances: usize) -> Ru
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,
         max_instances,
+        accelerated: f
+            .acceleration
+            .as_ref()
+            .is_some_and(|a| a.status == AccelerationStatus::Ready),
     }
 }

@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub accelerate: bool,
     /// Conversions at once.
     pub max_conversions: usize,
+    /// Bound of the node chunk cache (contents of lazily loaded rootfs), in bytes.
+    pub chunk_cache_bytes: u64,
 }
 
 impl ServerConfig {
@@ -79,6 +81,7 @@ impl ServerConfig {
             max_instances: 10,
             accelerate: true,
             max_conversions: 1,
+            chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Server {
             data_dir: node_dir.clone(),
             runtime_bin: config.runtime_bin.clone(),
             registry: config.registry.clone(),
+            chunk_cache_bytes: config.chunk_cache_bytes,
         })
         .await
         .map_err(|source| ServerError::Node {

@@ -38,6 +38,8 @@ pub struct RunSpec {
     pub timeout: Duration,
     pub concurrency: usize,
     pub max_instances: usize,
+    /// The image's acceleration is `Ready`: cold starts mount it lazily.
+    pub accelerated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +202,7 @@ impl Pool {
                 memory_mb: spec.memory_mb,
                 cpu: spec.cpu,
                 init_timeout: spec.init_timeout,
+                accelerated: spec.accelerated,
             })
             .await;
         let mut all = self.functions.lock().expect("pool lock poisoned");

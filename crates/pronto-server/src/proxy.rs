@@ -122,12 +122,13 @@ pub async fn forward(
     );
     if let Some(t) = lease.cold_start {
         let value = format!(
-            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={}",
+            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={};rootfs={}",
             t.image_ready.as_millis(),
             t.container_started.as_millis(),
             t.app_ready.as_millis(),
             first_byte.as_millis(),
-            t.image_pulled
+            t.image_pulled,
+            t.rootfs.as_str()
         );
         headers.insert(
             HeaderName::from_static(COLD_START_HEADER),

@@ -125,3 +125,86 @@ async fn jobs_resume_after_a_restart_and_updates_supersede() {
         "{ready}"
     );
 }
+
+#[tokio::test]
+async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
+    use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+    let mut env = Env::start_with(|c| c.accelerate = false).await;
+    let big = pronto_testkit::fixtures::noise(5 << 20, 3);
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(
+            Layer::gzip()
+                .file("www/index.html", b"served lazily\n")
+                .file("www/big.bin", &big),
+        )
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        .push(&env.client, &env.registry.reference("fn/lazy:v1"))
+        .await
+        .unwrap();
+    env.create(
+        "lazy",
+        &env.image("fn/lazy:v1"),
+        json!({"authType": "anonymous"}),
+    )
+    .await;
+    let invoke = |env: &Env, path: &str| {
+        let url = format!("http://{}/invoke/lazy{path}", env.server().invoke_addr);
+        let http = env.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    let cold_path = |r: &reqwest::Response| {
+        r.headers()["x-pronto-cold-start"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Preparing: the function works from the original image.
+    let r = invoke(&env, "/index.html").await;
+    assert!(cold_path(&r).contains("rootfs=pulled"), "{}", cold_path(&r));
+    assert_eq!(r.text().await.unwrap(), "served lazily\n");
+
+    // Ready: the next cold start (a new revision) mounts the artifact.
+    env.restart_with(|_| {}).await;
+    wait_status(&env, "lazy", "Ready").await;
+    let r = env
+        .call(
+            Method::PUT,
+            &format!("{FUNCTIONS}/lazy"),
+            Some(json!({"environmentVariables": {"REV": "2"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = invoke(&env, "/index.html").await;
+    let timing = cold_path(&r);
+    assert!(
+        timing.contains("rootfs=lazy") && timing.contains("imagePulled=false"),
+        "{timing}"
+    );
+    assert_eq!(r.text().await.unwrap(), "served lazily\n");
+    let r = invoke(&env, "/big.bin").await;
+    assert!(r.headers().get("x-pronto-cold-start").is_none(), "warm");
+    assert!(
+        r.bytes().await.unwrap() == big,
+        "big.bin through the lazy rootfs"
+    );
+    let mounts = pronto_lazyfs::mounts_under(&env.data_dir()).unwrap();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+
+    // Deleting the function tears down its instance and, with it, the mount.
+    let r = env
+        .call(Method::DELETE, &format!("{FUNCTIONS}/lazy"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for _ in 0..100 {
+        if pronto_lazyfs::mounts_under(&env.data_dir())
+            .unwrap()
+            .is_empty()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the lazy mount outlived the function's last instance");
+}

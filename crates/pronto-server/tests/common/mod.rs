@@ -211,6 +211,7 @@ impl Drop for Env {
                 data_dir: node_dir,
                 runtime_bin: "runc".into(),
                 registry,
+                chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
             }))
             .map(drop)
         })

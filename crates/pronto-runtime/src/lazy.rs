@@ -1,0 +1,233 @@
+//! Lazily loaded root filesystems: one FUSE mount per accelerated image on the node, shared by
+//! all its instances (the overlay lower dir), unmounted when the last one goes.
+//!
+//! Layout under the node's data dir:
+//! - `lazy/<digest hex>-<n>/`: a mount point; each mount gets a fresh one, so a mount being
+//!   torn down never races a new mount of the same image;
+//! - `chunks/`: the node chunk cache ([`pronto_lazyfs::ChunkCache`]), shared by every mount
+//!   and kept across restarts.
+//!
+//! A killed daemon leaves its mounts behind with a dead connection; [`LazyStore::open`] detaches
+//! them and removes their directories (after the node has unmounted the overlays above them).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use pronto_convert::artifact::{fetch_artifact, ArtifactError};
+use pronto_image::pull::ResolvedImage;
+use pronto_image::{Digest, RegistryClient};
+use pronto_lazyfs::{ChunkCache, LazyMount, MountOptions, StatsSnapshot};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("mounting the lazy rootfs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A mounted image; the mount lives as long as any instance holds this.
+#[derive(Debug)]
+pub struct SharedMount {
+    pub digest: Digest,
+    path: PathBuf,
+    mount: Mutex<Option<LazyMount>>,
+}
+
+impl SharedMount {
+    /// The root of the image's tree.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> Option<StatsSnapshot> {
+        self.mount
+            .lock()
+            .expect("mount lock poisoned")
+            .as_ref()
+            .map(LazyMount::stats)
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        if let Some(mount) = self.mount.lock().expect("mount lock poisoned").take() {
+            let stats = mount.stats();
+            match mount.unmount() {
+                Ok(()) => info!(image = %self.digest, %stats, "lazy rootfs unmounted"),
+                Err(e) => warn!(image = %self.digest, error = %e, "unmounting lazy rootfs"),
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            warn!(path = %self.path.display(), error = %e, "removing lazy mount point");
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LazyStore {
+    root: PathBuf,
+    client: RegistryClient,
+    cache: Arc<ChunkCache>,
+    options: MountOptions,
+    fetch_rt: FetchRuntime,
+    mounts: tokio::sync::Mutex<HashMap<Digest, Weak<SharedMount>>>,
+    next: AtomicU64,
+}
+
+impl LazyStore {
+    /// Opens the store under `root` (mount points) with the chunk cache in `cache_dir`.
+    pub fn open(
+        root: PathBuf,
+        cache_dir: &Path,
+        cache_bytes: u64,
+        client: RegistryClient,
+    ) -> io::Result<LazyStore> {
+        std::fs::create_dir_all(&root)?;
+        Ok(LazyStore {
+            root,
+            client,
+            cache: Arc::new(ChunkCache::open(cache_dir, cache_bytes)?),
+            options: MountOptions::default(),
+            fetch_rt: FetchRuntime::new()?,
+            mounts: tokio::sync::Mutex::default(),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// The mounted tree of `image`'s artifact, mounting it if no instance has it yet.
+    pub async fn acquire(&self, image: &ResolvedImage) -> Result<Arc<SharedMount>, LazyError> {
+        let mut mounts = self.mounts.lock().await;
+        if let Some(m) = mounts.get(&image.manifest_digest).and_then(Weak::upgrade) {
+            return Ok(m);
+        }
+        let artifact = fetch_artifact(&self.client, image).await?;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join(format!("{}-{n}", image.manifest_digest.hex()));
+        let mount_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LazyError::Mount { path, source }
+        };
+        std::fs::create_dir_all(&path).map_err(mount_err(&path))?;
+        let (client, cache, options, rt, at) = (
+            self.client.clone(),
+            self.cache.clone(),
+            self.options.clone(),
+            self.fetch_rt.handle(),
+            path.clone(),
+        );
+        let mounted = tokio::task::spawn_blocking(move || {
+            LazyMount::mount(&artifact, client, cache, &at, &options, rt)
+        })
+        .await
+        .expect("mount task panicked");
+        let mount = match mounted {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(mount_err(&path)(e));
+            }
+        };
+        let shared = Arc::new(SharedMount {
+            digest: image.manifest_digest.clone(),
+            path,
+            mount: Mutex::new(Some(mount)),
+        });
+        mounts.retain(|_, w| w.strong_count() > 0);
+        mounts.insert(image.manifest_digest.clone(), Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    /// Detaches the mounts a previous process left under the root (their connection died with
+    /// it) and removes their mount points; live mounts of this store are kept. Returns how
+    /// many were removed.
+    pub async fn cleanup_stale(&self) -> usize {
+        let live: Vec<PathBuf> = self
+            .mounts
+            .lock()
+            .await
+            .values()
+            .filter_map(|w| Some(w.upgrade()?.path.clone()))
+            .collect();
+        let mut removed = 0;
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if live.contains(&path) {
+                continue;
+            }
+            match pronto_lazyfs::cleanup_stale_mounts(&path) {
+                Ok(n) if n > 0 => {
+                    warn!(path = %path.display(), "detached a lazy rootfs left by a previous daemon");
+                    removed += n;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "detaching a stale lazy rootfs")
+                }
+            }
+            if let Err(e) = std::fs::remove_dir(&path) {
+                warn!(path = %path.display(), error = %e, "removing a stale mount point");
+            }
+        }
+        removed
+    }
+
+    /// Counters of every live mount.
+    pub async fn stats(&self) -> Vec<(Digest, StatsSnapshot)> {
+        self.mounts
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(d, w)| Some((d.clone(), w.upgrade()?.stats()?)))
+            .collect()
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+}
+
+/// The runtime the FUSE threads drive chunk fetches on: its own, so that fetches work whatever
+/// runtime (or none) the caller has, and a busy daemon runtime never delays a program's read.
+#[derive(Debug)]
+struct FetchRuntime(Option<tokio::runtime::Runtime>);
+
+impl FetchRuntime {
+    fn new() -> io::Result<FetchRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pronto-fetch")
+            .enable_all()
+            .build()?;
+        Ok(FetchRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for FetchRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another runtime.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

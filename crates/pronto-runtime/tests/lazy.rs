@@ -1,0 +1,188 @@
+//! Accelerated instances: the container's root is an overlay over the lazily mounted artifact.
+//! Checked inside a running container (through `/proc/PID/root`) against a plain unpack of the
+//! same image; the mount is shared by the image's instances and goes with the last one; an
+//! image without an artifact falls back to the full pull. Needs root.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pronto_convert::{convert, ConvertOptions};
+use pronto_image::pull::{self, NoProgress};
+use pronto_image::{ClientOptions, RegistryClient};
+use pronto_runtime::bundle::ProcessOverrides;
+use pronto_runtime::{InstanceSpec, Node, NodeConfig, RootfsSource};
+use pronto_testkit::fixtures::noise;
+use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::registry::TestRegistry;
+use pronto_testkit::tree::Tree;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn client() -> RegistryClient {
+    RegistryClient::new(ClientOptions::default()).unwrap()
+}
+
+fn image() -> ImageBuilder {
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(
+            Layer::gzip()
+                .file("www/index.html", b"lazy hello\n")
+                .file("gt/big", noise(3 << 20, 7))
+                .file("gt/gone", b"removed by the next layer")
+                .file("gt/orig", b"linked")
+                .hardlink("gt/link", "gt/orig")
+                .symlink("gt/sym", "../www/index.html")
+                .file("gt/x", b"x")
+                .xattr("user.k", b"v")
+                .file(b"gt/caf\xe9".as_slice(), b"latin1")
+                .file("gt/owned", b"o")
+                .owner(1000, 1000)
+                .mode(0o640),
+        )
+        .layer(Layer::zstd().whiteout("gt/gone").file("gt/new", b"top"))
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+}
+
+fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
+    InstanceSpec {
+        function: "lazy".into(),
+        image,
+        overrides: ProcessOverrides::default(),
+        port: 9000,
+        memory_mb: 128,
+        cpu: 0.5,
+        init_timeout: Duration::from_secs(10),
+        accelerated,
+    }
+}
+
+async fn get(instance: &pronto_runtime::Instance, path: &str) -> String {
+    let mut s = instance.connect().await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The trees below each top-level directory of `root` but those the OCI runtime mounts over
+/// (`/proc`, `/dev`, `/sys`), as one tree.
+fn image_part(root: &Path) -> Tree {
+    let mut out = Tree::default();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if ["proc", "dev", "sys"].contains(&name.to_str().unwrap_or_default())
+            || !entry.file_type().unwrap().is_dir()
+        {
+            continue;
+        }
+        for (path, node) in Tree::snapshot(&entry.path()).unwrap().0 {
+            let mut full = name.as_encoded_bytes().to_vec();
+            full.push(b'/');
+            full.extend_from_slice(&path);
+            out.0.insert(full, node);
+        }
+    }
+    out
+}
+
+fn lazy_mounts(data: &Path) -> usize {
+    pronto_lazyfs::mounts_under(data).unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accelerated_instance_runs_on_the_lazy_rootfs_and_sees_the_image_exactly() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let reference = registry.reference("fn/lazy:v1");
+    image().push(&client(), &reference).await.unwrap();
+    let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
+    let mut opts = ConvertOptions::new(work.path().join("convert"));
+    opts.chunk_size = 256 << 10;
+    convert(&client(), &resolved, &opts).await.unwrap();
+    let unpacked = work.path().join("unpacked");
+    pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
+        .await
+        .unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(NodeConfig {
+        data_dir: data.path().to_owned(),
+        runtime_bin: "runc".into(),
+        registry: client(),
+        chunk_cache_bytes: 1 << 30,
+    })
+    .await
+    .unwrap();
+    let first = node.start(spec(resolved.clone(), true)).await.unwrap();
+    assert_eq!(first.timings.rootfs, RootfsSource::Lazy);
+    assert!(
+        !node.images().path_of(&resolved.manifest_digest).exists(),
+        "no full pull"
+    );
+    assert!(get(&first, "/").await.ends_with("lazy hello\n"));
+
+    // Inside the running container, through the overlay: the image, exactly.
+    let root = format!("/proc/{}/root", first.pid());
+    let (inside, expected) =
+        tokio::task::spawn_blocking(move || (image_part(Path::new(&root)), image_part(&unpacked)))
+            .await
+            .unwrap();
+    let diff = expected.diff(&inside);
+    assert!(
+        diff.is_empty(),
+        "container root differs:\n{}",
+        diff.join("\n")
+    );
+    assert!(inside.get("gt/big").is_some() && inside.get("gt/gone").is_none());
+
+    // A second instance shares the mount; the mount goes with the last instance.
+    let second = node.start(spec(resolved.clone(), true)).await.unwrap();
+    assert_eq!(second.timings.rootfs, RootfsSource::Lazy);
+    assert_eq!(lazy_mounts(data.path()), 1);
+    let stats = node.lazy().stats().await;
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].1.fetched_chunks > 0);
+    first.stop().await.unwrap();
+    assert_eq!(
+        lazy_mounts(data.path()),
+        1,
+        "still used by the second instance"
+    );
+    assert!(get(&second, "/").await.ends_with("lazy hello\n"));
+    second.stop().await.unwrap();
+    assert_eq!(
+        lazy_mounts(data.path()),
+        0,
+        "unmounted with the last instance"
+    );
+    assert_eq!(
+        std::fs::read_dir(data.path().join("lazy")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_an_artifact_falls_back_to_the_full_pull() {
+    let registry = TestRegistry::start();
+    let reference = registry.reference("fn/plain:v1");
+    image().push(&client(), &reference).await.unwrap();
+    let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(NodeConfig {
+        data_dir: data.path().to_owned(),
+        runtime_bin: "runc".into(),
+        registry: client(),
+        chunk_cache_bytes: 1 << 30,
+    })
+    .await
+    .unwrap();
+    let instance = node.start(spec(resolved, true)).await.unwrap();
+    assert_eq!(instance.timings.rootfs, RootfsSource::Pulled);
+    assert!(get(&instance, "/").await.ends_with("lazy hello\n"));
+    instance.stop().await.unwrap();
+    assert_eq!(lazy_mounts(data.path()), 0);
+}
