@@ -2,7 +2,7 @@
 # The test suite: installs what it needs, then runs every test of the workspace. Run as root
 # (the tests create device nodes, set owners and xattrs, start real registries, run containers
 # with runc in network namespaces and cgroups). Fails if the tests left namespaces, mounts or
-# containers behind.
+# containers behind (network namespaces, instance overlays, lazy rootfs FUSE mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,6 +11,7 @@ bash scripts/install-deps.sh
 leftovers() {
   { ip netns list 2>/dev/null | grep -o '^pronto-[0-9a-f]*' || true
     grep -E ' - overlay ' /proc/self/mountinfo | awk '{print $5}' | grep '/instances/' || true
+    grep -E ' - fuse pronto:' /proc/self/mountinfo | awk '{print $5}' || true
   } | sort
 }
 before=$(leftovers)

@@ -43,6 +43,22 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mount an image's accelerated artifact read-only at DIR (an existing empty directory),
+    /// loading lazily: each chunk is fetched from the registry when first read and kept in
+    /// the chunk cache. Runs until Ctrl-C or SIGTERM, then unmounts and prints what it fetched.
+    Mount {
+        reference: String,
+        dir: PathBuf,
+        /// The chunk cache (kept across mounts).
+        #[arg(long, default_value = "/var/cache/pronto/chunks")]
+        cache_dir: PathBuf,
+        /// Bound of the chunk cache; suffixes K, M and G accepted.
+        #[arg(long, default_value = "10G", value_parser = parse_bytes)]
+        cache_size: u64,
+        /// Print the counters as JSON on exit.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild an image from its accelerated artifact (every chunk fetched and checked) and
     /// compare it with a plain unpack of the image.
     Verify {
@@ -53,13 +69,19 @@ pub enum ImageCommand {
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_bytes(s)?).map_err(|_| format!("size {s:?} is too large"))
+}
+
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let (num, mul) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
         Some('M' | 'm') => (&s[..s.len() - 1], 1u64 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    u32::try_from(n * mul).map_err(|_| format!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
@@ -137,6 +159,13 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        ImageCommand::Mount {
+            reference,
+            dir,
+            cache_dir,
+            cache_size,
+            json,
+        } => mount(&client, &reference, &dir, &cache_dir, cache_size, json).await?,
         ImageCommand::Verify {
             reference,
             work_dir,
@@ -190,6 +219,53 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+async fn mount(
+    client: &RegistryClient,
+    reference: &str,
+    dir: &std::path::Path,
+    cache_dir: &std::path::Path,
+    cache_size: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let image = resolve(client, reference).await?;
+    let artifact = pronto_convert::artifact::fetch_artifact(client, &image)
+        .await
+        .with_context(|| format!("fetching the accelerated artifact of {}", image.pinned))?;
+    let cache = pronto_lazyfs::ChunkCache::open(cache_dir, cache_size)
+        .with_context(|| format!("opening the chunk cache in {}", cache_dir.display()))?;
+    let mount = pronto_lazyfs::LazyMount::mount(
+        &artifact,
+        client.clone(),
+        Arc::new(cache),
+        dir,
+        &pronto_lazyfs::MountOptions::default(),
+        tokio::runtime::Handle::current(),
+    )
+    .with_context(|| format!("mounting {} at {}", artifact.reference, dir.display()))?;
+    eprintln!(
+        "mounted {} ({} inodes, index {}) at {}; Ctrl-C unmounts",
+        image.pinned,
+        artifact.index.inode_count(),
+        artifact.index_digest,
+        dir.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let stats = mount.stats();
+    tokio::task::spawn_blocking(move || mount.unmount())
+        .await?
+        .with_context(|| format!("unmounting {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        eprintln!("unmounted {}: {stats}", dir.display());
     }
     Ok(())
 }

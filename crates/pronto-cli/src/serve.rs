@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Instances one function may have at once.
     #[arg(long, default_value_t = 10)]
     max_instances: usize,
+    /// Bound of the node chunk cache (contents of lazily loaded root filesystems, in
+    /// DATA_DIR/node/chunks); suffixes K, M and G accepted.
+    #[arg(long, default_value = "10G", value_parser = crate::image::parse_bytes)]
+    chunk_cache_size: u64,
 }
 
 pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.runtime_bin = args.runtime;
     config.idle_timeout = Duration::from_secs(args.idle_timeout);
     config.max_instances = args.max_instances;
+    config.chunk_cache_bytes = args.chunk_cache_size;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

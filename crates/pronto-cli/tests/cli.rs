@@ -88,3 +88,73 @@ fn errors_are_one_clear_line_and_a_failure_exit() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("error: invalid image reference \"Not A Ref\": "));
 }
+
+#[tokio::test]
+async fn convert_then_mount_reads_lazily_and_ctrl_c_unmounts() {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/lazy:v1");
+    let big = pronto_testkit::fixtures::noise(8 << 20, 5);
+    ImageBuilder::new()
+        .layer(
+            Layer::gzip()
+                .file("small.txt", b"small\n")
+                .file("big.bin", &big),
+        )
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let r = reference.to_string();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let memo = format!("{w}/memo.db");
+    let out = pronto(&["image", "convert", &r, "--work-dir", w, "--memo", &memo]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let cache = work.path().join("cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pronto"))
+        .args(["image", "mount", &r])
+        .arg(&dir)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--json")
+        .env("HOME", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !dir.join("small.txt").exists() {
+        assert!(std::time::Instant::now() < deadline, "not mounted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let d = dir.clone();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(d.join("small.txt")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(read, b"small\n");
+
+    // SAFETY: our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{status}");
+    let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // One small file read: one chunk fetched, not the 8 MiB file.
+    assert_eq!(stats["fetchedChunks"], 1, "{stats}");
+    assert!(stats["fetchedBytes"].as_u64().unwrap() < 1 << 20, "{stats}");
+    assert!(
+        pronto_lazyfs::mounts_under(&dir).unwrap().is_empty(),
+        "unmounted"
+    );
+    assert!(!dir.join("small.txt").exists());
+}

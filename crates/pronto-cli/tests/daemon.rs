@@ -200,3 +200,73 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
     assert!(!out.status.success(), "the daemon is gone");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach pronto serve"));
 }
+
+#[tokio::test]
+async fn kill_9_with_a_lazy_instance_leaves_nothing_hung_or_mounted_after_restart() {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/lazy:v1");
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(Layer::gzip().file("www/index.html", "lazy busybox\n"))
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let daemon = Daemon::start(&data);
+    ok(daemon.cli(&[
+        "function",
+        "create",
+        "lazyweb",
+        "--image",
+        &reference.to_string(),
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (out, _) = ok(daemon.cli(&["function", "get", "lazyweb"]));
+        if out.contains("\"Ready\"") {
+            break;
+        }
+        assert!(!out.contains("\"Failed\""), "{out}");
+        assert!(Instant::now() < deadline, "never Ready: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (body, timing) = ok(daemon.cli(&["invoke", "lazyweb", "--path", "/index.html"]));
+    assert_eq!(body, "lazy busybox\n");
+    assert!(timing.contains("rootfs=lazy"), "{timing}");
+    assert_eq!(pronto_lazyfs::mounts_under(&data).unwrap().len(), 1);
+
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGKILL);
+    let _ = daemon.child.wait();
+    // The FUSE server is gone: the stale mount answers at once (ENOTCONN), it does not hang.
+    let stale = pronto_lazyfs::mounts_under(&data).unwrap();
+    assert_eq!(stale.len(), 1, "left by the killed daemon");
+    let t = Instant::now();
+    let probe = Command::new("timeout")
+        .args(["10", "ls"])
+        .arg(&stale[0])
+        .output()
+        .unwrap();
+    assert!(!probe.status.success());
+    assert_ne!(probe.status.code(), Some(124), "ls hung on the stale mount");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(daemon);
+
+    let daemon = Daemon::start(&data);
+    assert!(
+        pronto_lazyfs::mounts_under(&data).unwrap().is_empty(),
+        "stale mount detached"
+    );
+    assert_eq!(
+        std::fs::read_dir(data.join("node/lazy")).unwrap().count(),
+        0,
+        "stale mount point removed"
+    );
+    assert!(instance_dirs(&data).is_empty());
+    let (body, timing) = ok(daemon.cli(&["invoke", "lazyweb", "--path", "/index.html"]));
+    assert_eq!(body, "lazy busybox\n");
+    assert!(timing.contains("rootfs=lazy"), "{timing}");
+}
