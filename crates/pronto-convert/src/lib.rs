@@ -35,8 +35,15 @@ use serde::Serialize;
 
 pub use verify::{verify, VerifyError, VerifyReport};
 
-/// Chunks hashed and compressed together (bounds memory: `BATCH_BYTES` of file data at once).
+/// Chunks read, hashed and compressed together. Bounds memory: the stored bytes of three
+/// batches at most (one being made, one queued, one being packed).
 const BATCH_BYTES: usize = 64 << 20;
+
+/// Packs uploaded at once while chunking goes on.
+const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// Closed packs waiting for an upload (they wait on disk: the bound costs no memory).
+const UPLOAD_QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -81,6 +88,9 @@ pub enum ConvertError {
     Push(#[source] Box<RegistryError>),
     #[error("invalid options: {0}")]
     Options(String),
+    /// The build stopped because the pack uploader failed; the upload's error is reported.
+    #[error("the pack upload stopped")]
+    UploadStopped,
 }
 
 /// What a conversion did.
@@ -211,6 +221,9 @@ pub async fn convert(
     }
 
     let chunk_started = Instant::now();
+    // Packs upload as soon as the packer closes them, while chunking goes on.
+    let (ready_tx, ready_rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
+    let uploads = tokio::spawn(upload_packs(client.clone(), image.pinned.clone(), ready_rx));
     let opts2 = opts.clone();
     let (root, packs_dir) = (rootfs.clone(), scratch.path().join("packs"));
     let source = image.manifest_digest.clone();
@@ -221,25 +234,31 @@ pub async fn convert(
             origins: &origins,
             layer_files: &layer_memo,
         };
-        build(&root, &packs_dir, &opts2, &memo, &source, config)
+        build(
+            &root,
+            &packs_dir,
+            &opts2,
+            &memo,
+            &source,
+            config,
+            &mut |pack| ready_tx.blocking_send(pack).is_ok(),
+        )
     })
     .await
-    .expect("conversion task panicked")?;
+    .expect("conversion task panicked");
     let chunk_time = chunk_started.elapsed();
-
-    // Upload: new packs, then the index, then the manifest that makes them reachable.
-    let mut uploaded = 0;
-    for pack in built.packs.iter().filter(|p| p.path.is_some()) {
-        client
-            .push_blob_file(
-                &image.pinned,
-                &pack.digest,
-                pack.path.as_ref().expect("filtered"),
-            )
-            .await
-            .map_err(|e| ConvertError::Push(Box::new(e)))?;
-        uploaded += pack.size;
+    if built.is_err() {
+        uploads.abort();
     }
+    // An upload error is reported first: the build stops because the uploader is gone.
+    let uploaded = match uploads.await {
+        Ok(result) => result.map_err(|e| ConvertError::Push(Box::new(e)))?,
+        Err(e) if e.is_cancelled() => 0,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    let built = built?;
+
+    // Then the index, then the manifest that makes them reachable.
     let index_size = built.index.len() as u64;
     let index_digest = client
         .push_blob(&image.pinned, Bytes::from(built.index))
@@ -297,6 +316,38 @@ pub async fn convert(
     })
 }
 
+/// Uploads packs as they come, `UPLOADS_IN_FLIGHT` at a time, until `ready` closes; returns the
+/// bytes uploaded. Returns at the first failure: the other uploads are dropped, and so is
+/// `ready`, which stops the build.
+async fn upload_packs(
+    client: RegistryClient,
+    reference: pronto_image::Reference,
+    mut ready: tokio::sync::mpsc::Receiver<packer::ClosedPack>,
+) -> Result<u64, RegistryError> {
+    let mut uploads = tokio::task::JoinSet::new();
+    let (mut uploaded, mut open) = (0, true);
+    while open || !uploads.is_empty() {
+        tokio::select! {
+            pack = ready.recv(), if open && uploads.len() < UPLOADS_IN_FLIGHT => match pack {
+                Some(pack) => {
+                    let (client, reference) = (client.clone(), reference.clone());
+                    uploads.spawn(async move {
+                        client
+                            .push_blob_file(&reference, &pack.digest, &pack.path)
+                            .await
+                            .map(|()| pack.size)
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                uploaded += done.expect("upload task panicked")?;
+            }
+        }
+    }
+    Ok(uploaded)
+}
+
 /// A pack the index references: new (written to `path`) or already in the registry.
 struct PackOut {
     digest: Digest,
@@ -324,7 +375,9 @@ struct Built {
     reused_chunks: u64,
 }
 
-/// Walks `root`, chunks and packs every file, and builds the index (blocking, CPU-bound).
+/// Walks `root`, chunks and packs every file, and builds the index (blocking, CPU-bound). Each
+/// new pack is handed to `ready` as soon as it is closed; `ready` returning false (the uploader
+/// is gone) stops the build.
 fn build(
     root: &std::path::Path,
     packs_dir: &std::path::Path,
@@ -332,6 +385,7 @@ fn build(
     memos: &Memos<'_>,
     source: &Digest,
     config: Vec<u8>,
+    ready: &mut dyn FnMut(packer::ClosedPack) -> bool,
 ) -> Result<Built, ConvertError> {
     let known = memos.chunks;
     use rayon::prelude::*;
@@ -349,90 +403,21 @@ fn build(
                 source,
             }
         })?;
+    let pack_err = |source| ConvertError::Io {
+        op: "writing pack in",
+        path: packs_dir.to_owned(),
+        source,
+    };
     // digest → where this conversion stored (or found) it.
     let mut placed: HashMap<[u8; 32], ChunkRef> = HashMap::new();
     let mut new_chunks = Vec::new();
     let mut file_chunks: Vec<Vec<ChunkRef>> = vec![Vec::new(); entries.len()];
     let (mut chunks, mut reused, mut file_bytes, mut files) = (0u64, 0u64, 0u64, 0u64);
+    let (mut layer_reused_files, mut hashed_bytes) = (0u64, 0u64);
 
-    // Jobs: (entry index, chunk bytes), in walk order; processed in bounded batches.
-    let chunk_size = opts.chunk_size as usize;
-    let mut batch: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut flush = |batch: &mut Vec<(usize, Vec<u8>)>,
-                     packer: &mut packer::Packer,
-                     placed: &mut HashMap<[u8; 32], ChunkRef>|
-     -> Result<(), ConvertError> {
-        let digests: Vec<[u8; 32]> = batch
-            .par_iter()
-            .map(|(_, d)| pronto_format::chunk_digest(d))
-            .collect();
-        // Compress only what is not stored yet (first occurrence within the batch wins).
-        let mut first_new: HashMap<[u8; 32], usize> = HashMap::new();
-        for (i, d) in digests.iter().enumerate() {
-            if !placed.contains_key(d) && !known.contains_key(d) {
-                first_new.entry(*d).or_insert(i);
-            }
-        }
-        let to_compress: Vec<usize> = {
-            let mut v: Vec<usize> = first_new.values().copied().collect();
-            v.sort_unstable();
-            v
-        };
-        let compressed: Vec<(usize, Vec<u8>, Compression)> = to_compress
-            .par_iter()
-            .map(|&i| {
-                let (data, c) = pronto_format::compress_chunk(&batch[i].1, opts.compression);
-                (i, data, c)
-            })
-            .collect();
-        let mut compressed: HashMap<usize, (Vec<u8>, Compression)> = compressed
-            .into_iter()
-            .map(|(i, d, c)| (i, (d, c)))
-            .collect();
-        for (i, (entry, data)) in batch.iter().enumerate() {
-            let digest = digests[i];
-            chunks += 1;
-            let r = if let Some(r) = placed.get(&digest) {
-                reused += 1;
-                *r
-            } else if let Some(m) = known.get(&digest) {
-                reused += 1;
-                let r = ChunkRef {
-                    digest,
-                    pack: packer.existing(&m.pack, m.pack_size),
-                    compression: m.compression,
-                    offset: m.offset,
-                    compressed_size: m.compressed_size,
-                    uncompressed_size: data.len() as u32,
-                };
-                placed.insert(digest, r);
-                r
-            } else {
-                let (stored, c) = compressed.remove(&i).expect("compressed first occurrence");
-                let (pack, offset) = packer.append(&stored).map_err(|source| ConvertError::Io {
-                    op: "writing pack in",
-                    path: packs_dir.to_owned(),
-                    source,
-                })?;
-                let r = ChunkRef {
-                    digest,
-                    pack,
-                    compression: c,
-                    offset,
-                    compressed_size: stored.len() as u32,
-                    uncompressed_size: data.len() as u32,
-                };
-                placed.insert(digest, r);
-                r
-            };
-            file_chunks[*entry].push(r);
-        }
-        batch.clear();
-        Ok(())
-    };
-    let (mut layer_reused_files, mut layer_chunks, mut hashed_bytes) = (0u64, 0u64, 0u64);
-    let mut remembered_refs: Vec<(usize, Vec<ChunkRef>)> = Vec::new();
+    // The chunks to read, in walk order: every file but those remembered whole.
+    let chunk_size = opts.chunk_size as u64;
+    let mut jobs: Vec<ChunkJob<'_>> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(path) = &e.content else { continue };
         files += 1;
@@ -461,60 +446,121 @@ fn build(
                 })
                 .collect();
             if let Some(refs) = refs {
-                layer_chunks += refs.len() as u64;
+                chunks += refs.len() as u64;
+                reused += refs.len() as u64;
                 layer_reused_files += 1;
-                remembered_refs.push((i, refs));
+                file_chunks[i] = refs;
                 continue;
             }
         }
         hashed_bytes += e.meta.size;
-        let mut f = std::fs::File::open(path).map_err(|source| ConvertError::Io {
-            op: "opening",
-            path: path.clone(),
-            source,
-        })?;
-        let mut remaining = e.meta.size;
-        loop {
-            // Only what the file still holds: most files are far smaller than a chunk, and a
-            // batch holds thousands of them.
-            let want = (chunk_size as u64).min(remaining) as usize;
-            if want == 0 {
-                break;
-            }
-            let mut buf = vec![0u8; want];
-            let n = read_full(&mut f, &mut buf).map_err(|source| ConvertError::Io {
-                op: "reading",
-                path: path.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            remaining -= n as u64;
-            batch_bytes += n;
-            batch.push((i, buf));
-            if batch_bytes >= BATCH_BYTES {
-                flush(&mut batch, &mut packer, &mut placed)?;
-                batch_bytes = 0;
-            }
-            if n < chunk_size {
-                break;
-            }
+        for offset in (0..e.meta.size).step_by(chunk_size as usize) {
+            jobs.push(ChunkJob {
+                entry: i,
+                path,
+                offset,
+                len: chunk_size.min(e.meta.size - offset) as usize,
+            });
         }
     }
-    flush(&mut batch, &mut packer, &mut placed)?;
-    for (i, refs) in remembered_refs {
-        file_chunks[i] = refs;
-    }
-    chunks += layer_chunks;
-    reused += layer_chunks;
 
-    let packs = packer.finish().map_err(|source| ConvertError::Io {
-        op: "finishing packs in",
-        path: packs_dir.to_owned(),
-        source,
+    // Reading, hashing and compressing run on all cores, a batch at a time, while this thread
+    // packs the previous batch in walk order: pack contents do not depend on thread timing.
+    // The first worker to claim a new digest compresses it; claims are made batch by batch, so
+    // the bytes of a chunk not placed yet are in the batch where it first occurs.
+    let claimed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>> = Default::default();
+    let read_chunk = |buf: &mut Vec<u8>, job: &ChunkJob<'_>| -> Result<ReadChunk, ConvertError> {
+        let io = |op| {
+            let path = job.path.clone();
+            move |source| ConvertError::Io { op, path, source }
+        };
+        let f = std::fs::File::open(job.path).map_err(io("opening"))?;
+        buf.resize(job.len, 0);
+        std::os::unix::fs::FileExt::read_exact_at(&f, buf, job.offset).map_err(io("reading"))?;
+        let digest = pronto_format::chunk_digest(buf);
+        let claim =
+            !known.contains_key(&digest) && claimed.lock().expect("claims poisoned").insert(digest);
+        Ok(ReadChunk {
+            entry: job.entry,
+            digest,
+            len: job.len as u32,
+            stored: claim.then(|| pronto_format::compress_chunk(buf, opts.compression)),
+        })
+    };
+    std::thread::scope(|scope| -> Result<(), ConvertError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (jobs, read_chunk) = (&jobs, &read_chunk);
+        scope.spawn(move || {
+            for batch in batches(jobs) {
+                let done: Result<Vec<ReadChunk>, ConvertError> =
+                    batch.par_iter().map_init(Vec::new, read_chunk).collect();
+                let failed = done.is_err();
+                // A closed channel: the packing side stopped on an error of its own.
+                if tx.send(done).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for batch in rx {
+            let mut batch = batch?;
+            let claimant: HashMap<[u8; 32], usize> = batch
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.stored.is_some())
+                .map(|(k, c)| (c.digest, k))
+                .collect();
+            for k in 0..batch.len() {
+                let (entry, digest, len) = (batch[k].entry, batch[k].digest, batch[k].len);
+                chunks += 1;
+                let r = if let Some(r) = placed.get(&digest) {
+                    reused += 1;
+                    *r
+                } else if let Some(m) = known.get(&digest) {
+                    reused += 1;
+                    let r = ChunkRef {
+                        digest,
+                        pack: packer.existing(&m.pack, m.pack_size),
+                        compression: m.compression,
+                        offset: m.offset,
+                        compressed_size: m.compressed_size,
+                        uncompressed_size: len,
+                    };
+                    placed.insert(digest, r);
+                    r
+                } else {
+                    let (stored, c) = batch[claimant[&digest]]
+                        .stored
+                        .take()
+                        .expect("a new chunk's claimant is in its first batch");
+                    let (pack, offset) = packer.append(&stored).map_err(pack_err)?;
+                    let r = ChunkRef {
+                        digest,
+                        pack,
+                        compression: c,
+                        offset,
+                        compressed_size: stored.len() as u32,
+                        uncompressed_size: len,
+                    };
+                    placed.insert(digest, r);
+                    r
+                };
+                file_chunks[entry].push(r);
+            }
+            for pack in packer.take_closed() {
+                if !ready(pack) {
+                    return Err(ConvertError::UploadStopped);
+                }
+            }
+        }
+        Ok(())
     })?;
+    packer.close_open().map_err(pack_err)?;
+    for pack in packer.take_closed() {
+        if !ready(pack) {
+            return Err(ConvertError::UploadStopped);
+        }
+    }
+    let packs = packer.finish();
     for r in placed.values() {
         let p = &packs[r.pack as usize];
         if p.path.is_some() {
@@ -593,17 +639,35 @@ fn build(
     })
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// One chunk to read: `len` bytes at `offset` of the file of entry `entry`.
+struct ChunkJob<'a> {
+    entry: usize,
+    path: &'a PathBuf,
+    offset: u64,
+    len: usize,
+}
+
+/// A chunk read and hashed; `stored` holds its stored bytes if this one was the first seen.
+struct ReadChunk {
+    entry: usize,
+    digest: [u8; 32],
+    len: u32,
+    stored: Option<(Vec<u8>, Compression)>,
+}
+
+/// `jobs` cut into consecutive batches of about `BATCH_BYTES`.
+fn batches<'j, 'a>(jobs: &'j [ChunkJob<'a>]) -> Vec<&'j [ChunkJob<'a>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (k, job) in jobs.iter().enumerate() {
+        bytes += job.len;
+        if bytes >= BATCH_BYTES {
+            out.push(&jobs[start..=k]);
+            (start, bytes) = (k + 1, 0);
         }
     }
-    Ok(n)
+    if start < jobs.len() {
+        out.push(&jobs[start..]);
+    }
+    out
 }

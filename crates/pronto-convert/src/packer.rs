@@ -8,6 +8,14 @@ use std::path::PathBuf;
 use pronto_image::Digest;
 use sha2::{Digest as _, Sha256};
 
+/// A new pack, complete on disk: ready to upload.
+#[derive(Debug, Clone)]
+pub struct ClosedPack {
+    pub digest: Digest,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
 /// A pack the index will reference.
 #[derive(Debug)]
 pub struct PackInfo {
@@ -40,6 +48,8 @@ pub struct Packer {
     /// The new pack being filled.
     open: Option<usize>,
     existing: HashMap<Digest, u32>,
+    /// New packs closed and not yet taken by [`Packer::take_closed`].
+    closed: Vec<ClosedPack>,
 }
 
 impl Packer {
@@ -51,6 +61,7 @@ impl Packer {
             slots: Vec::new(),
             open: None,
             existing: HashMap::new(),
+            closed: Vec::new(),
         })
     }
 
@@ -107,20 +118,25 @@ impl Packer {
 
     fn close(&mut self, slot: usize) -> std::io::Result<()> {
         if let Slot::New {
+            path,
             file,
             hasher,
+            size,
             digest,
-            ..
         } = &mut self.slots[slot]
         {
             if let Some(mut f) = file.take() {
                 f.flush()?;
                 let hex = hex::encode(std::mem::take(hasher).finalize());
-                *digest = Some(
-                    format!("sha256:{hex}")
-                        .parse()
-                        .expect("sha256 hex is a digest"),
-                );
+                let d: Digest = format!("sha256:{hex}")
+                    .parse()
+                    .expect("sha256 hex is a digest");
+                self.closed.push(ClosedPack {
+                    digest: d.clone(),
+                    size: *size,
+                    path: path.clone(),
+                });
+                *digest = Some(d);
             }
         }
         if self.open == Some(slot) {
@@ -129,13 +145,22 @@ impl Packer {
         Ok(())
     }
 
-    /// Closes the open pack; every slot, in order.
-    pub fn finish(mut self) -> std::io::Result<Vec<PackInfo>> {
-        if let Some(s) = self.open {
-            self.close(s)?;
+    /// Closes the pack being filled, so that the next [`Packer::take_closed`] hands it out.
+    pub fn close_open(&mut self) -> std::io::Result<()> {
+        match self.open {
+            Some(s) => self.close(s),
+            None => Ok(()),
         }
-        Ok(self
-            .slots
+    }
+
+    /// The new packs closed since the last call, in order.
+    pub fn take_closed(&mut self) -> Vec<ClosedPack> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Every slot, in order (call [`Packer::close_open`] first).
+    pub fn finish(self) -> Vec<PackInfo> {
+        self.slots
             .into_iter()
             .map(|s| match s {
                 Slot::New {
@@ -151,6 +176,6 @@ impl Packer {
                     path: None,
                 },
             })
-            .collect())
+            .collect()
     }
 }

@@ -358,3 +358,120 @@ async fn a_layer_converted_before_is_not_chunked_again() {
     );
     verify(&client(), &c, work.path()).await.unwrap();
 }
+
+/// A plain HTTP proxy to `upstream` that answers 500 to every blob upload (`PUT …/blobs/uploads/…`)
+/// after the first `allowed`. One request per connection (`Connection: close` both ways), which
+/// is all a registry client needs. Returns the address to use as the registry and the count of
+/// uploads refused.
+fn failing_proxy(
+    upstream: std::net::SocketAddr,
+    allowed: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (puts, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let refused2 = refused.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let (puts, refused) = (puts.clone(), refused2.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(client.try_clone()?);
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line);
+                }
+                let Some(request_line) = head.first() else {
+                    return Ok(());
+                };
+                let len: usize = head
+                    .iter()
+                    .find_map(|h| {
+                        let (name, value) = h.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body)?;
+                if request_line.starts_with("PUT ")
+                    && request_line.contains("/blobs/uploads/")
+                    && puts.fetch_add(1, Ordering::SeqCst) >= allowed
+                {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    return client.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+                let mut up = std::net::TcpStream::connect(upstream)?;
+                let mut request = request_line.clone();
+                for h in &head[1..] {
+                    if !h.to_ascii_lowercase().starts_with("connection:") {
+                        request.push_str(h);
+                    }
+                }
+                request.push_str("Connection: close\r\n\r\n");
+                up.write_all(request.as_bytes())?;
+                up.write_all(&body)?;
+                std::io::copy(&mut up, &mut client)?;
+                Ok(())
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_failed_upload_tags_nothing_and_teaches_the_memo_nothing() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let memo_dir = tempfile::tempdir().unwrap();
+    let mut opts = options(work.path());
+    opts.memo = Some(memo_dir.path().join("memo.db"));
+    // 40 distinct chunks: about ten packs; the first upload passes, the others fail.
+    let (_, direct) = push(
+        &registry,
+        ImageBuilder::new().layer(base_layer(40, 21)),
+        "flaky:v1",
+    )
+    .await;
+    let (proxy, refused) = failing_proxy(registry.addr(), 1);
+    let via_proxy: Reference = format!("{proxy}/flaky:v1").parse().unwrap();
+    let resolved = pull::resolve(&client(), &via_proxy).await.unwrap();
+
+    let e = convert(&client(), &resolved, &opts).await.unwrap_err();
+    assert!(
+        matches!(e, pronto_convert::ConvertError::Push(_)),
+        "the upload's error is the one reported: {e}"
+    );
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Nothing tagged: the artifact manifest is what makes packs visible.
+    let tag = pronto_convert::artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
+    assert!(client().fetch_manifest(&tag).await.is_err());
+    // The memo learned nothing (its entries would point at packs that never arrived).
+    let memo = pronto_convert::memo::Memo::open(opts.memo.as_ref().unwrap()).unwrap();
+    for repo in [
+        format!("{proxy}/flaky"),
+        format!("{}/flaky", registry.host()),
+    ] {
+        assert!(memo.chunks_of(&repo).unwrap().is_empty());
+        let layers = [resolved.manifest.layers[0].digest.clone()];
+        assert!(memo.layer_files(&repo, &layers).unwrap().is_empty());
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+
+    // Straight to the registry, with the same memo: converts and verifies.
+    let report = convert(&client(), &direct, &opts).await.unwrap();
+    assert_eq!(report.reused_chunks, 0, "{report:?}");
+    verify(&client(), &direct, work.path()).await.unwrap();
+}
