@@ -300,9 +300,11 @@ impl ChunkFetcher {
             .await;
             last = match got {
                 Ok(Ok(bytes)) => {
+                    let content = run.iter().map(|c| u64::from(c.uncompressed_size)).sum();
                     self.stats.range_request(
                         bytes.len() as u64,
                         run.len() as u64,
+                        content,
                         started.elapsed(),
                     );
                     run.iter()

@@ -17,6 +17,7 @@ pub struct Stats {
     range_requests: AtomicU64,
     fetched_bytes: AtomicU64,
     fetched_chunks: AtomicU64,
+    fetched_content_bytes: AtomicU64,
     fetch_retries: AtomicU64,
     fetch_errors: AtomicU64,
     fetch_micros_total: AtomicU64,
@@ -42,8 +43,10 @@ pub struct StatsSnapshot {
     /// bytes they returned (compressed, as stored in the packs).
     pub range_requests: u64,
     pub fetched_bytes: u64,
-    /// Chunks fetched, verified and decompressed.
+    /// Chunks fetched, verified and decompressed, and their content bytes (what the fetches
+    /// made available to read: compare with what programs needed).
     pub fetched_chunks: u64,
+    pub fetched_content_bytes: u64,
     /// Range requests repeated after a failure, and fetches given up (EIO to the reader).
     pub fetch_retries: u64,
     pub fetch_errors: u64,
@@ -64,6 +67,7 @@ impl Stats {
             range_requests: self.range_requests.load(Relaxed),
             fetched_bytes: self.fetched_bytes.load(Relaxed),
             fetched_chunks: self.fetched_chunks.load(Relaxed),
+            fetched_content_bytes: self.fetched_content_bytes.load(Relaxed),
             fetch_retries: self.fetch_retries.load(Relaxed),
             fetch_errors: self.fetch_errors.load(Relaxed),
             fetch_micros_total: self.fetch_micros_total.load(Relaxed),
@@ -92,11 +96,12 @@ impl Stats {
         self.inflight_waits.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn range_request(&self, bytes: u64, chunks: u64, took: Duration) {
+    pub(crate) fn range_request(&self, bytes: u64, chunks: u64, content: u64, took: Duration) {
         let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
         self.range_requests.fetch_add(1, Relaxed);
         self.fetched_bytes.fetch_add(bytes, Relaxed);
         self.fetched_chunks.fetch_add(chunks, Relaxed);
+        self.fetched_content_bytes.fetch_add(content, Relaxed);
         self.fetch_micros_total.fetch_add(micros, Relaxed);
         self.fetch_micros_max.fetch_max(micros, Relaxed);
     }
@@ -119,13 +124,14 @@ impl std::fmt::Display for StatsSnapshot {
         };
         write!(
             f,
-            "read {} B in {} requests; fetched {} B ({} chunks) in {} range requests \
+            "read {} B in {} requests; fetched {} B ({} chunks, {} B of content) in {} range requests \
              (avg {avg_ms:.1} ms, max {:.1} ms); cache {} hits, {} misses, {} corrupt; \
              {} waits on in-flight fetches; {} retries, {} errors",
             self.read_bytes,
             self.read_requests,
             self.fetched_bytes,
             self.fetched_chunks,
+            self.fetched_content_bytes,
             self.range_requests,
             self.fetch_micros_max as f64 / 1000.0,
             self.cache_hits,

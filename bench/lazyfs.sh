@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The lazy rootfs on the ≥ 1 GB image of bench/convert-large.sh (Python + numpy/scipy/pandas/
+# sklearn/matplotlib + torch): what a program's start fetches, and read/metadata speed through
+# the mount against the same operations on a plain unpack of the image, in the same run.
+#
+#   bash bench/lazyfs.sh [--runs N] [--chunk-size 1M]     (default 3 runs; root, Debian 12)
+#
+# Needs the image trees cached by bench/convert-large.sh (run it once first). Everything else
+# (registry, unpack, mount, chunk cache) lives in a temp dir removed on exit; the registry and
+# the mount process are ended by PID. Page cache dropped before every measured command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_root=$PWD
+script_start=$EPOCHREALTIME
+
+runs=3
+chunk=1M
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    --chunk-size) chunk=${2:?--chunk-size needs a value}; shift 2 ;;
+    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (mounts, drops the page cache)" >&2; exit 1; }
+
+log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+bash scripts/install-deps.sh
+PY=/usr/bin/python3
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. "$repo_root/bench/lib.sh"
+build_pronto
+
+work=$(mktemp -d /var/tmp/pronto-bench-lazyfs.XXXXXX)
+registry_pid=""
+mount_pid=""
+build_tmp=""
+cleanup() {
+  if [ -n "$mount_pid" ]; then kill -INT "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
+  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
+  umount -l "$work/mnt" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+copy_binaries
+
+# ---------------------------------------------------------------------------------------------
+# 1. The image: layers 1-3 from the shared recipe, layer 4 (torch) from convert-large.sh's cache.
+. "$repo_root/bench/python-image.sh"
+lcache=""
+for d in $(ls -dt /var/cache/pronto-bench/large-* 2>/dev/null); do
+  if [ -f "$d/RECIPE" ] && [ "$(head -c ${#recipe} "$d/RECIPE")" = "$recipe" ]; then lcache=$d; break; fi
+done
+[ -n "$lcache" ] || die "no torch layers cached for this recipe: run bench/convert-large.sh once first"
+layers=("$cache/layer1" "$cache/layer2" "$cache/layer3" "$lcache/layer4")
+image_bytes=$(du -sbc "${layers[@]}" | tail -1 | cut -f1)
+log "image: $image_bytes bytes of files (du -sb) from $cache + $lcache"
+
+start_registry
+registry="127.0.0.1:$port"
+ref="$registry/bench/pylarge:v1"
+args=()
+for l in "${layers[@]}"; do args+=(--layer "$l"); done
+"$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
+  --entrypoint /opt/venv/bin/python "${args[@]}" "$ref" >/dev/null
+layers_gz=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$registry/v2/bench/pylarge/manifests/v1" |
+  "$PY" -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
+log "pushed $ref (gzip layers $layers_gz bytes); converting with $chunk chunks"
+convert_json=$("$bin/pronto" image convert "$ref" --chunk-size "$chunk" --work-dir "$work/convert" --memo none --json)
+rm -rf "$work/convert"
+native="$work/native"
+"$bin/pronto" image unpack "$ref" "$native" >/dev/null
+log "unpacked the same image to $native (ground truth and native baseline)"
+
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+mnt="$work/mnt"
+mkdir -p "$mnt"
+mount_lazy() { # $1: chunk cache dir. Starts `pronto image mount`, waits until it serves.
+  rm -f "$work/mount.json"
+  "$bin/pronto" image mount "$ref" "$mnt" --cache-dir "$1" --json >"$work/mount.json" 2>"$work/mount.err" &
+  mount_pid=$!
+  for _ in $(seq 400); do [ -e "$mnt/opt" ] && return 0; sleep 0.05; done
+  cat "$work/mount.err" >&2; die "mount did not come up"
+}
+unmount_lazy() { # prints the mount's counters (JSON)
+  kill -INT "$mount_pid"; wait "$mount_pid"; mount_pid=""
+  cat "$work/mount.json"
+}
+
+# The workload: a program's start on the image (the interpreter and the libraries read from
+# the tree under test, host libc).
+site=/opt/venv/lib/python$pyver/site-packages
+startup() { # $1 root
+  PYTHONHOME="$1/usr" PYTHONDONTWRITEBYTECODE=1 "$1/usr/bin/python$pyver" -c "
+import sys; sys.path.insert(0, '$1$site')
+import numpy, scipy.linalg, pandas, sklearn.linear_model
+print(numpy.linalg.det(numpy.eye(3)) + len(pandas.DataFrame({'a': [1, 2]})))" >/dev/null
+}
+big=$(cd "$native" && find . -type f -printf '%s %P\n' | sort -n | tail -1 | cut -d' ' -f2-)
+big_size=$(stat -c %s "$native/$big")
+seq_read() { dd if="$1/$big" of=/dev/null bs=1M 2>/dev/null; }
+rand_read() { # 2000 reads of 4 KiB at fixed random offsets
+  "$PY" - "$1/$big" <<'PY'
+import os, random, sys
+fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size
+rng = random.Random(1)
+for _ in range(2000):
+    os.pread(fd, 4096, rng.randrange(0, size - 4096))
+PY
+}
+walk() { find "$1" -printf '%s %m %u\n' | wc -l >/dev/null; }
+resident_bytes() { # bytes of the tree's files in the page cache
+  (cd "$1" && find . -type f -print0 | xargs -0 fincore -b -n -o RES 2>/dev/null) | awk '{s += $1} END {print s + 0}'
+}
+timed() { local t0; t0=$(now); "$@"; awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
+
+results="$work/results.txt"
+: >"$results"
+for i in $(seq "$runs"); do
+  log "run $i/$runs"
+  # Native, cold page cache.
+  drop; t=$(timed startup "$native"); echo "native startup $t" >>"$results"
+  echo "native startup_read_bytes $(resident_bytes "$native")" >>"$results"
+  drop; t=$(timed seq_read "$native"); echo "native seq $t" >>"$results"
+  drop; t=$(timed rand_read "$native"); echo "native rand $t" >>"$results"
+  drop; t=$(timed walk "$native"); echo "native walk $t" >>"$results"
+
+  # Lazy, cold: empty chunk cache, fresh mount, cold page cache. One mount per measurement so
+  # each starts from nothing.
+  for what in startup seq rand walk; do
+    rm -rf "$work/cache"; drop
+    t0=$(now); mount_lazy "$work/cache"
+    echo "lazy mount $(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}')" >>"$results"
+    case $what in
+      startup) t=$(timed startup "$mnt") ;;
+      seq) t=$(timed seq_read "$mnt") ;;
+      rand) t=$(timed rand_read "$mnt") ;;
+      walk) t=$(timed walk "$mnt") ;;
+    esac
+    stats=$(unmount_lazy)
+    echo "cold $what $t" >>"$results"
+    echo "cold ${what}_stats $(echo "$stats" | tr -d ' \n')" >>"$results"
+  done
+
+  # Lazy, warm node cache: what the cold startup/seq/rand fetched, on a fresh mount with a cold
+  # page cache (a second node-local start: nothing from the registry).
+  rm -rf "$work/cache"; mount_lazy "$work/cache"
+  startup "$mnt"; seq_read "$mnt"; rand_read "$mnt"
+  unmount_lazy >/dev/null
+  for what in startup seq rand walk; do
+    drop; mount_lazy "$work/cache"
+    case $what in
+      startup) t=$(timed startup "$mnt") ;;
+      seq) t=$(timed seq_read "$mnt") ;;
+      rand) t=$(timed rand_read "$mnt") ;;
+      walk) t=$(timed walk "$mnt") ;;
+    esac
+    stats=$(unmount_lazy)
+    echo "warm $what $t" >>"$results"
+    echo "warm ${what}_stats $(echo "$stats" | tr -d ' \n')" >>"$results"
+  done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report
+date_tag=$(date +%F)
+out="bench/results/lazyfs-$date_tag.md"
+mkdir -p bench/results
+RESULTS="$results" CONVERT="$convert_json" IMAGE_BYTES="$image_bytes" LAYERS_GZ="$layers_gz" BIG="$big" \
+BIG_SIZE="$big_size" CHUNK="$chunk" VERSION="$pronto_version" RUNS="$runs" LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
+"$PY" - >"$out" <<'PY'
+import json, os, statistics
+rows = {}
+for line in open(os.environ["RESULTS"]):
+    mode, what, value = line.split(" ", 2)
+    rows.setdefault((mode, what), []).append(value.strip())
+med = lambda k: statistics.median(float(v) for v in rows[k])
+rng = lambda k: f"{min(map(float, rows[k])):.3f}–{max(map(float, rows[k])):.3f}"
+stats = lambda k: [json.loads(v) for v in rows[k]]
+mstat = lambda k, f: statistics.median(s[f] for s in stats(k))
+c = json.loads(os.environ["CONVERT"])
+img = int(os.environ["IMAGE_BYTES"]); big = int(os.environ["BIG_SIZE"])
+read_native = med(("native", "startup_read_bytes"))
+fetched = mstat(("cold", "startup_stats"), "fetchedContentBytes")
+print(f"""# Lazy rootfs: {os.environ['RUNS']} runs, medians (min–max)
+
+`bash bench/lazyfs.sh --runs {os.environ['RUNS']} --chunk-size {os.environ['CHUNK']}` at {os.environ['VERSION']}; load before: {os.environ['LOAD']}.
+
+Image: {img / 1e6:,.0f} MB of files (du -sb), {c['files']:,} files, gzip layers {int(os.environ['LAYERS_GZ']) / 1e6:,.0f} MB; converted with {c['chunkSize'] >> 10} KiB chunks (zstd): {c['chunks']:,} chunks, packs {c['storedBytes'] / 1e6:,.0f} MB, index {c['indexSize'] / 1e6:.1f} MB. Registry: docker-registry on loopback. Every measured command starts with `sync; echo 3 > /proc/sys/vm/drop_caches`; a *cold* lazy run also starts with an empty chunk cache and a fresh `pronto image mount`; a *warm* one with the chunk cache filled by the same operations and a fresh mount (nothing from the registry). *Native* = the same operation on `pronto image unpack` of the same image (ext4).
+
+## Startup: `import numpy, scipy.linalg, pandas, sklearn.linear_model` (interpreter and libraries read from the tree under test)
+
+| | time s | vs native |
+|---|---|---|
+| native (unpacked, cold page cache) | {med(('native','startup')):.3f} ({rng(('native','startup'))}) | 1.00× |
+| lazy, cold (registry on loopback) | {med(('cold','startup')):.3f} ({rng(('cold','startup'))}) | {med(('cold','startup')) / med(('native','startup')):.2f}× |
+| lazy, warm node cache | {med(('warm','startup')):.3f} ({rng(('warm','startup'))}) | {med(('warm','startup')) / med(('native','startup')):.2f}× |
+
+Mount (index fetch + validate + FUSE mount, until the root answers): {med(('lazy','mount')):.3f} s median, not included above.
+
+| bytes | MB | vs image | vs read by the program |
+|---|---|---|---|
+| image (all files) | {img / 1e6:,.1f} | 1.000 | |
+| read by the program (native run: its files' pages in the page cache after the start, `fincore`; includes the kernel's readahead) | {read_native / 1e6:,.1f} | {read_native / img:.3f} | 1.00× |
+| fetched by the cold lazy start (content of the chunks fetched) | {fetched / 1e6:,.1f} | {fetched / img:.3f} | **{fetched / read_native:.2f}×** |
+| … on the wire (compressed) | {mstat(('cold','startup_stats'), 'fetchedBytes') / 1e6:,.1f} | {mstat(('cold','startup_stats'), 'fetchedBytes') / img:.3f} | |
+
+Cold start: {mstat(('cold','startup_stats'), 'rangeRequests'):.0f} Range requests, {mstat(('cold','startup_stats'), 'fetchedChunks'):.0f} chunks, {mstat(('cold','startup_stats'), 'readRequests'):.0f} FUSE reads, {mstat(('cold','startup_stats'), 'inflightWaits'):.0f} waits on in-flight fetches; mean fetch {mstat(('cold','startup_stats'), 'fetchMicrosTotal') / max(1, mstat(('cold','startup_stats'), 'rangeRequests')) / 1000:.2f} ms.
+
+## Reads of the largest file (`{os.environ['BIG']}`, {big / 1e6:,.0f} MB) and a metadata walk
+
+| operation | native s | lazy cold s | lazy warm s | warm vs native (speed) | cold vs native (speed) |
+|---|---|---|---|---|---|""")
+for what, label in [("seq", "sequential read (dd bs=1M)"), ("rand", "2000 random 4 KiB preads"), ("walk", "`find` with stat of every entry")]:
+    n, co, w = med(("native", what)), med(("cold", what)), med(("warm", what))
+    print(f"| {label} | {n:.3f} ({rng(('native', what))}) | {co:.3f} ({rng(('cold', what))}) | {w:.3f} ({rng(('warm', what))}) | **{n / w:.2f}×** | {n / co:.2f}× |")
+seq = lambda k: big / 1e6 / med(k)
+print(f"""
+Sequential: native {seq(('native','seq')):,.0f} MB/s, lazy cold {seq(('cold','seq')):,.0f} MB/s, lazy warm {seq(('warm','seq')):,.0f} MB/s. The walk fetched {mstat(('cold','walk_stats'), 'fetchedChunks'):.0f} chunks. Random reads fetched {mstat(('cold','rand_stats'), 'fetchedChunks'):.0f} chunks cold.
+""")
+PY
+log "wrote $out"
+cat "$out"
