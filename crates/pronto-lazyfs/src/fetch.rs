@@ -190,7 +190,12 @@ impl ChunkFetcher {
     /// Whole chunks, verified: fetched by this call (grouped into runs) or by another reader
     /// that had them in flight.
     fn get_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Bytes>, FetchError> {
-        let mut flights: Vec<Arc<Flight>> = Vec::with_capacity(chunks.len());
+        enum Source {
+            Flight(Arc<Flight>),
+            /// Fetched by another reader between our cache miss and taking the lock.
+            Cached(ChunkRef),
+        }
+        let mut sources: Vec<Source> = Vec::with_capacity(chunks.len());
         let mut lead: Vec<(ChunkRef, Arc<Flight>)> = Vec::new();
         {
             let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
@@ -199,13 +204,17 @@ impl ChunkFetcher {
                     if !lead.iter().any(|(l, _)| l.digest == c.digest) {
                         self.stats.inflight_wait();
                     }
-                    flights.push(f.clone());
-                    continue;
+                    sources.push(Source::Flight(f.clone()));
+                } else if self.cache.contains(&c.digest) {
+                    // A leader caches before it drops its flight, so under the lock "no
+                    // flight" and "cached" cannot both be missed: no chunk is fetched twice.
+                    sources.push(Source::Cached(*c));
+                } else {
+                    let f = Arc::new(Flight::default());
+                    inflight.insert(c.digest, f.clone());
+                    lead.push((*c, f.clone()));
+                    sources.push(Source::Flight(f));
                 }
-                let f = Arc::new(Flight::default());
-                inflight.insert(c.digest, f.clone());
-                lead.push((*c, f.clone()));
-                flights.push(f);
             }
         }
         if !lead.is_empty() {
@@ -215,8 +224,6 @@ impl ChunkFetcher {
                 if let Ok(data) = &result {
                     self.cache.insert(&c.digest, data);
                 }
-                // Cached before the flight is dropped: a reader that misses the flight finds
-                // the cache entry.
                 self.inflight
                     .lock()
                     .expect("inflight lock poisoned")
@@ -224,7 +231,22 @@ impl ChunkFetcher {
                 flight.finish(result);
             }
         }
-        flights.iter().map(|f| f.wait()).collect()
+        sources
+            .into_iter()
+            .map(|s| match s {
+                Source::Flight(f) => f.wait(),
+                Source::Cached(c) => {
+                    match self
+                        .cache
+                        .read(&c.digest, c.uncompressed_size, 0..c.uncompressed_size)
+                    {
+                        Lookup::Hit(data) => Ok(Bytes::from(data)),
+                        // Evicted or corrupt since: fetch it after all.
+                        _ => self.fetch_runs(&[c]).remove(0),
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Fetches `chunks` (distinct digests) in as few Range requests as adjacency allows, all at

@@ -186,3 +186,51 @@ async fn an_image_without_an_artifact_falls_back_to_the_full_pull() {
     instance.stop().await.unwrap();
     assert_eq!(lazy_mounts(data.path()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ground_truth_image_is_exact_inside_a_running_container() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(NodeConfig {
+        data_dir: data.path().to_owned(),
+        runtime_bin: "runc".into(),
+        registry: client(),
+        chunk_cache_bytes: 1 << 30,
+    })
+    .await
+    .unwrap();
+    for (name, layers) in pronto_testkit::fixtures::ground_truth_layers(64 << 10) {
+        let reference = registry.reference(&format!("gt/{name}:v1"));
+        layers
+            .into_iter()
+            .fold(
+                ImageBuilder::new().layer(busybox_layer().unwrap()),
+                ImageBuilder::layer,
+            )
+            .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/bin"])
+            .push(&client(), &reference)
+            .await
+            .unwrap();
+        let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
+        let mut opts = ConvertOptions::new(work.path().join("convert"));
+        opts.chunk_size = 64 << 10;
+        convert(&client(), &resolved, &opts).await.unwrap();
+        let unpacked = work.path().join(format!("unpacked-{name}"));
+        pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        let instance = node.start(spec(resolved, true)).await.unwrap();
+        assert_eq!(instance.timings.rootfs, RootfsSource::Lazy);
+        let root = format!("/proc/{}/root", instance.pid());
+        let (inside, expected) = tokio::task::spawn_blocking(move || {
+            (image_part(Path::new(&root)), image_part(&unpacked))
+        })
+        .await
+        .unwrap();
+        let diff = expected.diff(&inside);
+        assert!(diff.is_empty(), "{name}: container root differs:\n{}", diff.join("\n"));
+        instance.stop().await.unwrap();
+    }
+    assert_eq!(lazy_mounts(data.path()), 0);
+}
