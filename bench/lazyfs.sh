@@ -40,7 +40,7 @@ registry_pid=""
 mount_pid=""
 build_tmp=""
 cleanup() {
-  if [ -n "$mount_pid" ]; then kill -INT "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
+  if [ -n "$mount_pid" ]; then kill -TERM "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
   if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
   umount -l "$work/mnt" 2>/dev/null || true
   rm -rf "$work"
@@ -89,7 +89,10 @@ mount_lazy() { # $1: chunk cache dir. Starts `pronto image mount`, waits until i
   cat "$work/mount.err" >&2; die "mount did not come up"
 }
 unmount_lazy() { # prints the mount's counters (JSON)
-  kill -INT "$mount_pid"; wait "$mount_pid"; mount_pid=""
+  # TERM, not INT: a background job of a script starts with SIGINT ignored.
+  kill -TERM "$mount_pid"; wait "$mount_pid" || { cat "$work/mount.err" >&2; die "pronto image mount failed"; }
+  mount_pid=""
+  [ -s "$work/mount.json" ] || { cat "$work/mount.err" >&2; die "pronto image mount printed no counters"; }
   cat "$work/mount.json"
 }
 

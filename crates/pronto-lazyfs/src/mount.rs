@@ -137,6 +137,8 @@ impl LazyMount {
             let _ = done_tx.send(session.join());
         });
         let joined = match done_rx.recv_timeout(JOIN_TIMEOUT) {
+            // The workers see the abort as ECONNABORTED: the end we asked for.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
             Ok(r) => r,
             Err(_) => {
                 warn!(

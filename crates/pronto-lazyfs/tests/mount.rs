@@ -271,6 +271,18 @@ async fn a_walk_fetches_nothing_and_a_small_read_fetches_one_chunk() {
     })
     .await;
     assert!(entries > 200, "ls -R listed {entries} lines");
+    // isatty() on a file asks an ioctl: the answer of a disk filesystem, ENOTTY.
+    let d = dir.clone();
+    let tty = blocking(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(d.join("data/big")).unwrap();
+        let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes at most one termios into `t`, which outlives the call.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, t.as_mut_ptr()) };
+        (r, std::io::Error::last_os_error().raw_os_error())
+    })
+    .await;
+    assert_eq!(tty, (-1, Some(libc::ENOTTY)));
     let s = mount.stats();
     assert_eq!(
         (s.fetched_chunks, s.range_requests, s.fetched_bytes),

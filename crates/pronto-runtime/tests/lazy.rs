@@ -229,7 +229,11 @@ async fn every_ground_truth_image_is_exact_inside_a_running_container() {
         .await
         .unwrap();
         let diff = expected.diff(&inside);
-        assert!(diff.is_empty(), "{name}: container root differs:\n{}", diff.join("\n"));
+        assert!(
+            diff.is_empty(),
+            "{name}: container root differs:\n{}",
+            diff.join("\n")
+        );
         instance.stop().await.unwrap();
     }
     assert_eq!(lazy_mounts(data.path()), 0);
