@@ -180,6 +180,10 @@ impl ChunkFetcher {
                 out[i] = Some(data[r.start as usize..r.end as usize].to_vec());
             }
         }
+        if out.len() == 1 {
+            // The common case (a read inside one chunk): no second copy.
+            return Ok(out.pop().flatten().expect("every piece filled"));
+        }
         let mut buf = Vec::with_capacity(total);
         for piece in out {
             buf.extend_from_slice(&piece.expect("every piece filled"));
