@@ -134,6 +134,18 @@ impl ChunkFetcher {
     /// The bytes `range` of each chunk, concatenated in order. Blocking: call it from a FUSE
     /// thread (or `spawn_blocking`), never from an async task.
     pub fn read(&self, pieces: &[(ChunkRef, Range<u32>)]) -> Result<Vec<u8>, FetchError> {
+        self.read_ahead(pieces, &[])
+    }
+
+    /// As [`ChunkFetcher::read`]; if that has to go to the registry, the chunks of `ahead`
+    /// that are missing too (the next ones of a file read in order) come in the same requests,
+    /// so a sequential reader does not pay a round trip per chunk. Failures of those are not
+    /// this read's.
+    pub fn read_ahead(
+        &self,
+        pieces: &[(ChunkRef, Range<u32>)],
+        ahead: &[ChunkRef],
+    ) -> Result<Vec<u8>, FetchError> {
         if let Some((c, r)) = pieces
             .iter()
             .find(|(c, r)| r.start > r.end || r.end > c.uncompressed_size)
@@ -174,7 +186,7 @@ impl ChunkFetcher {
         }
         if !missing.is_empty() {
             let chunks: Vec<ChunkRef> = missing.iter().map(|&i| pieces[i].0).collect();
-            let fetched = self.get_chunks(&chunks)?;
+            let fetched = self.get_chunks(&chunks, ahead)?;
             for (&i, data) in missing.iter().zip(fetched) {
                 let r = &pieces[i].1;
                 out[i] = Some(data[r.start as usize..r.end as usize].to_vec());
@@ -191,9 +203,18 @@ impl ChunkFetcher {
         Ok(buf)
     }
 
+    /// Whether the node cache holds the chunk (not checked).
+    pub fn is_cached(&self, digest: &[u8; 32]) -> bool {
+        self.cache.contains(digest)
+    }
+
     /// Whole chunks, verified: fetched by this call (grouped into runs) or by another reader
     /// that had them in flight.
-    fn get_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Bytes>, FetchError> {
+    fn get_chunks(
+        &self,
+        chunks: &[ChunkRef],
+        ahead: &[ChunkRef],
+    ) -> Result<Vec<Bytes>, FetchError> {
         enum Source {
             Flight(Arc<Flight>),
             /// Fetched by another reader between our cache miss and taking the lock.
@@ -218,6 +239,14 @@ impl ChunkFetcher {
                     inflight.insert(c.digest, f.clone());
                     lead.push((*c, f.clone()));
                     sources.push(Source::Flight(f));
+                }
+            }
+            for c in ahead {
+                let wanted = lead.iter().any(|(l, _)| l.digest == c.digest);
+                if !wanted && !inflight.contains_key(&c.digest) && !self.cache.contains(&c.digest) {
+                    let f = Arc::new(Flight::default());
+                    inflight.insert(c.digest, f.clone());
+                    lead.push((*c, f));
                 }
             }
         }

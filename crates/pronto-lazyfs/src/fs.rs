@@ -27,6 +27,8 @@ use crate::stats::Stats;
 /// How long the kernel may cache entries and attributes: the tree is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const BLOCK_SIZE: u32 = 4096;
+/// Chunks fetched ahead of a sequential reader, with the chunk it misses.
+const READ_AHEAD_CHUNKS: u64 = 3;
 
 pub(crate) struct LazyFs {
     index: Index,
@@ -130,7 +132,22 @@ impl LazyFs {
             let to = end.min(base + u64::from(chunk.uncompressed_size)) - base;
             pieces.push((chunk, from as u32..to as u32));
         }
-        let data = self.fetcher.read(&pieces).map_err(|e| {
+        // Read in order (the chunk before this read is cached): fetch the next few with it.
+        let last = (end - 1) / cs;
+        let count = u64::from(self.index.chunk_count(n).map_err(|e| self.corrupt(e))?);
+        let sequential = offset / cs > 0
+            && self
+                .index
+                .chunk(n, (offset / cs - 1) as u32)
+                .is_ok_and(|c| self.fetcher.is_cached(&c.digest));
+        let ahead: Vec<_> = if sequential {
+            (last + 1..count.min(last + 1 + READ_AHEAD_CHUNKS))
+                .filter_map(|i| self.index.chunk(n, i as u32).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let data = self.fetcher.read_ahead(&pieces, &ahead).map_err(|e| {
             error!(inode = n, offset, size, "read failed: {e}");
             Errno::EIO
         })?;
