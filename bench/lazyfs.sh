@@ -100,7 +100,7 @@ unmount_lazy() { # stops the mount; its counters (JSON) are in $work/mount.json
 # The workload: a program's start on the image (the interpreter and the libraries read from
 # the tree under test, host libc).
 site=/opt/venv/lib/python$pyver/site-packages
-startup() { # $1 root
+do_startup() { # $1 root
   PYTHONHOME="$1/usr" PYTHONDONTWRITEBYTECODE=1 "$1/usr/bin/python$pyver" -c "
 import sys; sys.path.insert(0, '$1$site')
 import numpy, scipy.linalg, pandas, sklearn.linear_model
@@ -108,8 +108,8 @@ print(numpy.linalg.det(numpy.eye(3)) + len(pandas.DataFrame({'a': [1, 2]})))" >/
 }
 big=$(cd "$native" && find . -type f -printf '%s %P\n' | sort -n | tail -1 | cut -d' ' -f2-)
 big_size=$(stat -c %s "$native/$big")
-seq_read() { dd if="$1/$big" of=/dev/null bs=1M 2>/dev/null; }
-rand_read() { # 2000 reads of 4 KiB at fixed random offsets
+do_seq() { dd if="$1/$big" of=/dev/null bs=1M 2>/dev/null; }
+do_rand() { # 2000 reads of 4 KiB at fixed random offsets
   "$PY" - "$1/$big" <<'PY'
 import os, random, sys
 fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size
@@ -118,7 +118,7 @@ for _ in range(2000):
     os.pread(fd, 4096, rng.randrange(0, size - 4096))
 PY
 }
-walk() { find "$1" -printf '%s %m %u\n' | wc -l >/dev/null; }
+do_walk() { find "$1" -printf '%s %m %u\n' | wc -l >/dev/null; }
 resident_bytes() { # bytes of the tree's files in the page cache
   (cd "$1" && find . -type f -print0 | xargs -0 fincore -b -n -o RES 2>/dev/null) | awk '{s += $1} END {print s + 0}'
 }
@@ -129,11 +129,11 @@ results="$work/results.txt"
 for i in $(seq "$runs"); do
   log "run $i/$runs"
   # Native, cold page cache.
-  drop; t=$(timed startup "$native"); echo "native startup $t" >>"$results"
+  drop; t=$(timed do_startup "$native"); echo "native startup $t" >>"$results"
   echo "native startup_read_bytes $(resident_bytes "$native")" >>"$results"
-  drop; t=$(timed seq_read "$native"); echo "native seq $t" >>"$results"
-  drop; t=$(timed rand_read "$native"); echo "native rand $t" >>"$results"
-  drop; t=$(timed walk "$native"); echo "native walk $t" >>"$results"
+  drop; t=$(timed do_seq "$native"); echo "native seq $t" >>"$results"
+  drop; t=$(timed do_rand "$native"); echo "native rand $t" >>"$results"
+  drop; t=$(timed do_walk "$native"); echo "native walk $t" >>"$results"
 
   # Lazy, cold: empty chunk cache, fresh mount, cold page cache. One mount per measurement so
   # each starts from nothing.
@@ -141,12 +141,7 @@ for i in $(seq "$runs"); do
     rm -rf "$work/cache"; drop
     t0=$(now); mount_lazy "$work/cache"
     echo "lazy mount $(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}')" >>"$results"
-    case $what in
-      startup) t=$(timed startup "$mnt") ;;
-      seq) t=$(timed seq_read "$mnt") ;;
-      rand) t=$(timed rand_read "$mnt") ;;
-      walk) t=$(timed walk "$mnt") ;;
-    esac
+    t=$(timed "do_$what" "$mnt")
     unmount_lazy; stats=$(cat "$work/mount.json")
     echo "cold $what $t" >>"$results"
     echo "cold ${what}_stats $(echo "$stats" | tr -d ' \n')" >>"$results"
@@ -155,16 +150,11 @@ for i in $(seq "$runs"); do
   # Lazy, warm node cache: what the cold startup/seq/rand fetched, on a fresh mount with a cold
   # page cache (a second node-local start: nothing from the registry).
   rm -rf "$work/cache"; mount_lazy "$work/cache"
-  startup "$mnt"; seq_read "$mnt"; rand_read "$mnt"
+  do_startup "$mnt"; do_seq "$mnt"; do_rand "$mnt"
   unmount_lazy
   for what in startup seq rand walk; do
     drop; mount_lazy "$work/cache"
-    case $what in
-      startup) t=$(timed startup "$mnt") ;;
-      seq) t=$(timed seq_read "$mnt") ;;
-      rand) t=$(timed rand_read "$mnt") ;;
-      walk) t=$(timed walk "$mnt") ;;
-    esac
+    t=$(timed "do_$what" "$mnt")
     unmount_lazy; stats=$(cat "$work/mount.json")
     echo "warm $what $t" >>"$results"
     echo "warm ${what}_stats $(echo "$stats" | tr -d ' \n')" >>"$results"
@@ -173,15 +163,10 @@ for i in $(seq "$runs"); do
   # Lazy, steady: one mount (as `pronto serve` keeps its chunk cache open across starts), its
   # cache entries already checked by a first pass; page cache dropped before each measurement.
   mount_lazy "$work/cache"
-  startup "$mnt"; seq_read "$mnt"; rand_read "$mnt"; walk "$mnt"
+  do_startup "$mnt"; do_seq "$mnt"; do_rand "$mnt"; do_walk "$mnt"
   for what in startup seq rand walk; do
     drop
-    case $what in
-      startup) t=$(timed startup "$mnt") ;;
-      seq) t=$(timed seq_read "$mnt") ;;
-      rand) t=$(timed rand_read "$mnt") ;;
-      walk) t=$(timed walk "$mnt") ;;
-    esac
+    t=$(timed "do_$what" "$mnt")
     echo "steady $what $t" >>"$results"
   done
   unmount_lazy

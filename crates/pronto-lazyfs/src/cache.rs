@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use tracing::warn;
@@ -58,12 +58,18 @@ impl State {
     }
 }
 
+/// Open files of checked entries kept at most: a read of one is then a single `pread`, with
+/// no path lookup or open (which cost disk reads of the cache's directories once the kernel
+/// dropped their dentries).
+const MAX_OPEN_ENTRIES: usize = 256;
+
 /// The node's chunk cache. Shared (`Arc`) by every mount; all methods take `&self`.
 #[derive(Debug)]
 pub struct ChunkCache {
     dir: PathBuf,
     capacity: u64,
     state: Mutex<State>,
+    open: Mutex<HashMap<[u8; 32], Arc<File>>>,
 }
 
 /// What a cache lookup found.
@@ -125,6 +131,7 @@ impl ChunkCache {
             dir: dir.to_owned(),
             capacity,
             state: Mutex::new(state),
+            open: Mutex::default(),
         };
         cache.evict();
         Ok(cache)
@@ -159,7 +166,8 @@ impl ChunkCache {
         };
         let path = self.path_of(digest);
         let result = if verified {
-            read_range(&path, range.clone())
+            self.open_entry(digest, &path)
+                .and_then(|f| read_range(&f, range.clone()))
         } else {
             // First use since open: check the whole entry once.
             match std::fs::read(&path) {
@@ -187,6 +195,7 @@ impl ChunkCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Evicted between the lookup and the read, or deleted behind our back.
                 self.lock().remove(digest);
+                self.close(digest);
                 Lookup::Miss
             }
             Err(e) => {
@@ -195,6 +204,34 @@ impl ChunkCache {
                 Lookup::Miss
             }
         }
+    }
+
+    fn open_entry(&self, digest: &[u8; 32], path: &Path) -> io::Result<Arc<File>> {
+        if let Some(f) = self
+            .open
+            .lock()
+            .expect("open files lock poisoned")
+            .get(digest)
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(path)?);
+        let mut open = self.open.lock().expect("open files lock poisoned");
+        if open.len() >= MAX_OPEN_ENTRIES {
+            // Any one: cheap, and a closed entry only costs an open next time.
+            if let Some(k) = open.keys().next().copied() {
+                open.remove(&k);
+            }
+        }
+        open.insert(*digest, f.clone());
+        Ok(f)
+    }
+
+    fn close(&self, digest: &[u8; 32]) {
+        self.open
+            .lock()
+            .expect("open files lock poisoned")
+            .remove(digest);
     }
 
     /// Whether the chunk is cached (not checked).
@@ -258,12 +295,14 @@ impl ChunkCache {
             }
         }
         for digest in victims {
+            self.close(&digest);
             let _ = std::fs::remove_file(self.path_of(&digest));
         }
     }
 
     fn discard(&self, digest: &[u8; 32]) {
         self.lock().remove(digest);
+        self.close(digest);
         let _ = std::fs::remove_file(self.path_of(digest));
     }
 
@@ -286,8 +325,7 @@ impl ChunkCache {
     }
 }
 
-fn read_range(path: &Path, range: std::ops::Range<u32>) -> io::Result<Vec<u8>> {
-    let f = File::open(path)?;
+fn read_range(f: &File, range: std::ops::Range<u32>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; range.len()];
     let mut done = 0;
     while done < buf.len() {

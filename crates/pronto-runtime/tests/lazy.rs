@@ -57,6 +57,18 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
     }
 }
 
+async fn open_node(data: &Path) -> Node {
+    let (node, _) = Node::open(NodeConfig {
+        data_dir: data.to_owned(),
+        runtime_bin: "runc".into(),
+        registry: client(),
+        chunk_cache_bytes: 1 << 30,
+    })
+    .await
+    .unwrap();
+    node
+}
+
 async fn get(instance: &pronto_runtime::Instance, path: &str) -> String {
     let mut s = instance.connect().await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
@@ -109,14 +121,7 @@ async fn an_accelerated_instance_runs_on_the_lazy_rootfs_and_sees_the_image_exac
         .unwrap();
 
     let data = tempfile::tempdir().unwrap();
-    let (node, _) = Node::open(NodeConfig {
-        data_dir: data.path().to_owned(),
-        runtime_bin: "runc".into(),
-        registry: client(),
-        chunk_cache_bytes: 1 << 30,
-    })
-    .await
-    .unwrap();
+    let node = open_node(data.path()).await;
     let first = node.start(spec(resolved.clone(), true)).await.unwrap();
     assert_eq!(first.timings.rootfs, RootfsSource::Lazy);
     assert!(
@@ -172,14 +177,7 @@ async fn an_image_without_an_artifact_falls_back_to_the_full_pull() {
     image().push(&client(), &reference).await.unwrap();
     let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
     let data = tempfile::tempdir().unwrap();
-    let (node, _) = Node::open(NodeConfig {
-        data_dir: data.path().to_owned(),
-        runtime_bin: "runc".into(),
-        registry: client(),
-        chunk_cache_bytes: 1 << 30,
-    })
-    .await
-    .unwrap();
+    let node = open_node(data.path()).await;
     let instance = node.start(spec(resolved, true)).await.unwrap();
     assert_eq!(instance.timings.rootfs, RootfsSource::Pulled);
     assert!(get(&instance, "/").await.ends_with("lazy hello\n"));
@@ -192,14 +190,7 @@ async fn every_ground_truth_image_is_exact_inside_a_running_container() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let (node, _) = Node::open(NodeConfig {
-        data_dir: data.path().to_owned(),
-        runtime_bin: "runc".into(),
-        registry: client(),
-        chunk_cache_bytes: 1 << 30,
-    })
-    .await
-    .unwrap();
+    let node = open_node(data.path()).await;
     for (name, layers) in pronto_testkit::fixtures::ground_truth_layers(64 << 10) {
         let reference = registry.reference(&format!("gt/{name}:v1"));
         layers
