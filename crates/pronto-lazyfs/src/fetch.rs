@@ -28,6 +28,13 @@ use crate::stats::Stats;
 /// A run is at most this many stored bytes (one Range request).
 const MAX_RUN_BYTES: u64 = 16 << 20;
 
+/// A miss is widened to the chunks stored right after it in its pack, up to this many stored
+/// bytes in all: the converter writes a directory's files next to each other, and a program
+/// that opens one file of a package soon opens its neighbours, so one request serves several
+/// misses (round trips, not bytes, decide a cold start). A chunk this size or larger is
+/// fetched alone.
+const WIDEN_BYTES: u64 = 512 << 10;
+
 /// How hard to try before a read fails.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -98,6 +105,8 @@ pub struct ChunkFetcher {
     retry: RetryPolicy,
     inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     rt: tokio::runtime::Handle,
+    /// Per pack, its chunks by offset (for widening); empty: no widening.
+    layout: Vec<Vec<ChunkRef>>,
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -128,7 +137,45 @@ impl ChunkFetcher {
             retry,
             inflight: Mutex::default(),
             rt,
+            layout: Vec::new(),
         }
+    }
+
+    /// Lets misses widen to their neighbours in the packs: `chunks` are all the chunks of the
+    /// index (any order, repeats allowed).
+    pub fn with_pack_layout(mut self, chunks: impl IntoIterator<Item = ChunkRef>) -> Self {
+        let mut layout: Vec<Vec<ChunkRef>> = vec![Vec::new(); self.packs.len()];
+        for c in chunks {
+            if let Some(pack) = layout.get_mut(c.pack as usize) {
+                pack.push(c);
+            }
+        }
+        for pack in &mut layout {
+            pack.sort_by_key(|c| c.offset);
+            pack.dedup_by_key(|c| c.offset);
+        }
+        self.layout = layout;
+        self
+    }
+
+    /// The chunks stored right after `c` in its pack that fit in [`WIDEN_BYTES`] with it.
+    fn neighbours(&self, c: &ChunkRef) -> &[ChunkRef] {
+        let Some(pack) = self.layout.get(c.pack as usize) else {
+            return &[];
+        };
+        let Ok(at) = pack.binary_search_by_key(&c.offset, |n| n.offset) else {
+            return &[];
+        };
+        let mut end = c.pack_range().end;
+        let mut last = at;
+        for n in &pack[at + 1..] {
+            if n.offset != end || n.pack_range().end - c.offset > WIDEN_BYTES {
+                break;
+            }
+            end = n.pack_range().end;
+            last += 1;
+        }
+        &pack[at + 1..=last]
     }
 
     /// The bytes `range` of each chunk, concatenated in order. Blocking: call it from a FUSE
@@ -241,7 +288,11 @@ impl ChunkFetcher {
                     sources.push(Source::Flight(f));
                 }
             }
-            for c in ahead {
+            let widened: Vec<ChunkRef> = lead
+                .iter()
+                .flat_map(|(c, _)| self.neighbours(c).iter().copied())
+                .collect();
+            for c in ahead.iter().chain(&widened) {
                 let wanted = lead.iter().any(|(l, _)| l.digest == c.digest);
                 if !wanted && !inflight.contains_key(&c.digest) && !self.cache.contains(&c.digest) {
                     let f = Arc::new(Flight::default());

@@ -66,15 +66,22 @@ impl LazyMount {
         rt: tokio::runtime::Handle,
     ) -> io::Result<LazyMount> {
         let stats = Arc::new(Stats::default());
-        let fetcher = Arc::new(ChunkFetcher::new(
-            client,
-            artifact.reference.clone(),
-            artifact.packs.clone(),
-            cache,
-            stats.clone(),
-            options.retry,
-            rt,
-        ));
+        let index = &artifact.index;
+        let all_chunks = (0..index.inode_count())
+            .filter_map(|n| index.chunks(n).ok())
+            .flatten();
+        let fetcher = Arc::new(
+            ChunkFetcher::new(
+                client,
+                artifact.reference.clone(),
+                artifact.packs.clone(),
+                cache,
+                stats.clone(),
+                options.retry,
+                rt,
+            )
+            .with_pack_layout(all_chunks),
+        );
         let file_bytes = file_bytes(&artifact.index);
         let fs = LazyFs::new(
             artifact.index.clone(),

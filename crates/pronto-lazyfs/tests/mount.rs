@@ -416,7 +416,14 @@ async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
     let work = tempfile::tempdir().unwrap();
     let a = noise(CHUNK as usize, 31);
     let b = noise(CHUNK as usize, 32);
-    let image = ImageBuilder::new().layer(Layer::gzip().file("a", &a).file("b", &b));
+    // A filler between them in the pack, larger than a miss is ever widened: reading `a` must
+    // not bring `z` along.
+    let image = ImageBuilder::new().layer(
+        Layer::gzip()
+            .file("a", &a)
+            .file("m", noise(16 * CHUNK as usize, 33))
+            .file("z", &b),
+    );
     let (_, artifact) = accelerate(&registry, image, "down/app:v1", CHUNK, work.path()).await;
     let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
     let dir = work.path().join("mnt");
@@ -428,7 +435,11 @@ async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
     let d = dir.clone();
     let (err, took) = blocking(move || {
         let t = Instant::now();
-        (std::fs::read(d.join("b")).unwrap_err(), t.elapsed())
+        let err = match std::fs::read(d.join("z")) {
+            Ok(_) => panic!("z must not be readable with the registry down"),
+            Err(e) => e,
+        };
+        (err, t.elapsed())
     })
     .await;
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -440,7 +451,7 @@ async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
 
     registry.restart().unwrap();
     let d = dir.clone();
-    let again = blocking(move || std::fs::read(d.join("b"))).await;
+    let again = blocking(move || std::fs::read(d.join("z"))).await;
     assert!(
         again.unwrap() == b,
         "reads recover once the registry is back"
