@@ -33,7 +33,7 @@ const MAX_RUN_BYTES: u64 = 16 << 20;
 /// that opens one file of a package soon opens its neighbours, so one request serves several
 /// misses (round trips, not bytes, decide a cold start). A chunk this size or larger is
 /// fetched alone.
-const WIDEN_BYTES: u64 = 512 << 10;
+const WIDEN_BYTES: u64 = 256 << 10;
 
 /// How hard to try before a read fails.
 #[derive(Debug, Clone, Copy)]
