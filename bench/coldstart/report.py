@@ -1,5 +1,6 @@
 """Writes report.md and breakdown.svg from the cold-start samples (bench/coldstart/run.sh)."""
 import csv
+import math
 import os
 import statistics
 import sys
@@ -64,7 +65,7 @@ for w in workloads:
         rootfs = ",".join(sorted(set(r["rootfs"] for r in rs)))
         b = med(col(rs, "bytes"))
         ph = " | ".join(f"{med(col(rs, p)):.0f}" for p in PHASES) if m != "warm" else "– | – | – | –"
-        extra = (f"{mb(b)} | {100 * b / size:.1f}% | {med(col(rs, 'ranges')):.0f} | {med(col(rs, 'cpu_s')):.2f}"
+        extra = (f"{mb(b)} | {(100 * b / size if size else 0):.1f}% | {med(col(rs, 'ranges')):.0f} | {med(col(rs, 'cpu_s')):.2f}"
                  if m != "warm" else "– | – | – | –")
         lines.append(
             f"| {m} | {rootfs} | {len(rs)} | {tm:.0f} [{min(t):.0f}–{max(t):.0f}] | "
@@ -92,7 +93,7 @@ H = 70 + len(bars) * (bh + gap) + 40 * len(workloads) + 40
 xmax = max([b[3] for b in bars] + [1]) * 1.08
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="10" y="20" font-size="15" font-weight="bold">Cold-start breakdown per mode (medians, ms) — {e.get("LINK", "")}</text>']
+       f'<text x="10" y="20" font-size="15" font-weight="bold">Cold-start breakdown per mode (medians, ms) — {e.get("LINK", "").split(" (")[0]}</text>']
 x = left
 for p in PHASES:
     svg.append(f'<rect x="{x}" y="32" width="12" height="12" fill="{colors[p]}"/><text x="{x + 16}" y="43">{labels[p]}</text>')
@@ -114,9 +115,10 @@ for w in workloads:
         svg.append(f'<text x="{left + max(prev, ttfb) * scale + 5:.1f}" y="{y + 15}">{ttfb:.0f} ms</text>')
         y += bh + gap
     y += 18
-ticks = 5
-for k in range(ticks + 1):
-    v = xmax * k / ticks
+step = 10 ** math.floor(math.log10(xmax / 5))
+step = next(m * step for m in (1, 2, 5, 10) if xmax / (m * step) <= 6)
+for k in range(int(xmax // step) + 1):
+    v = k * step
     tx = left + v * scale
     svg.append(f'<line x1="{tx:.1f}" y1="60" x2="{tx:.1f}" y2="{y}" stroke="#ddd"/><text x="{tx:.1f}" y="{y + 14}" text-anchor="middle">{v:.0f}</text>')
 svg.append("</svg>")

@@ -277,7 +277,7 @@ mkdir -p "$out"
 cp "$samples" "$out/samples.tsv"
 sizes=""; for w in ${workloads//,/ }; do sizes+="$w=${size[$w]},$(jq -r '.customContainerConfig.accelerationInfo // .accelerationInfo | tojson' "$work/$w-acc.json" | tr -d '\t');"; done
 export RUNS=$runs LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
-  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr)" VERSION="pronto $pronto_version" \
+  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), load average at the end $(cut -d" " -f1-3 /proc/loadavg) (a shared machine)" VERSION="pronto $pronto_version" \
   TOTAL_SECS=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')
 "$PY" bench/coldstart/report.py "$samples" "$out"
 log "written: $out/report.md, $out/breakdown.svg"
