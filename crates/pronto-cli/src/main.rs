@@ -1,6 +1,7 @@
 //! `pronto`: the command-line front end. Flags are parsed here; each subcommand calls one
 //! library function and adds context to its error.
 
+mod bench;
 mod client;
 mod image;
 mod serve;
@@ -32,6 +33,9 @@ enum Command {
     Function(client::FunctionCommand),
     /// Invoke a function (prints the body; the status and cold-start timing go to stderr).
     Invoke(client::InvokeArgs),
+    /// Benchmarks: `bench coldstart` (see bench/README.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Show what a function's instances wrote to stdout/stderr.
     Logs {
         name: String,
@@ -62,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
             Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
             Command::Logs { name, tail } => client::logs(&cli.endpoint, &name, tail).await,
+            Command::Bench(cmd) => bench::run(cmd),
         }
     });
     match result {

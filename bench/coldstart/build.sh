@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds the cold-start workloads' layer trees, without a Docker engine: a Debian bookworm rootfs
+# from `debootstrap --variant=minbase`, then one layer per step, each step run in a chroot on an
+# overlay of the layers below it, so the step's overlay upper dir is exactly the layer a
+# Dockerfile RUN/COPY would make. Cached under /var/cache/pronto-bench/coldstart/<step>-<hash>,
+# the hash chaining the step's recipe with its parent's, so a rerun reuses every built step.
+#
+#   bash bench/coldstart/build.sh WORKLOAD...   (puppeteer-pdf python-ml python-small data-loader)
+#
+# Prints, per workload, one line: NAME LAYERDIR... (bottom first). Needs root, debootstrap, npm.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench}/coldstart
+mirror=http://deb.debian.org/debian
+mkdir -p "$cache_root"
+log() { printf '== build: %s\n' "$*" >&2; }
+
+# ---- step recipes: name parent kind(debootstrap|chroot|copy) argument -------------------------
+declare -A parent kind arg
+step() { parent[$1]=$2 kind[$1]=$3 arg[$1]=$4; }
+step base "" debootstrap "bookworm minbase; slim: no docs, man pages, locales, apt lists"
+step py base chroot "apt-get install -y --no-install-recommends python3 ca-certificates"
+step pip py chroot "apt-get install -y --no-install-recommends python3-pip"
+step mlpkgs pip pip "flask==3.1.3 numpy==2.4.6 pandas==3.1.1 scipy==1.17.1 scikit-learn==1.9.1"
+step mlapp mlpkgs copy "apps/python-ml"
+step smallapp py copy "apps/python-small"
+step data py datafile "300 MiB of random bytes at /data/blob.bin"
+step dataapp data copy "apps/data-loader"
+step chromium base chroot "apt-get install -y --no-install-recommends chromium fonts-noto-core fonts-noto-cjk fonts-liberation fonts-dejavu-core"
+step nodejs chromium chroot "apt-get install -y --no-install-recommends nodejs"
+step pdfapp nodejs npmapp "apps/puppeteer-pdf"
+
+declare -A top=([python-ml]=mlapp [python-small]=smallapp [data-loader]=dataapp [puppeteer-pdf]=pdfapp)
+
+# content hash of a step: its recipe, its app dir's files, and its parent's hash
+declare -A hash
+hash_of() {
+  local s=$1
+  [ -n "${hash[$s]:-}" ] && { echo "${hash[$s]}"; return; }
+  local p=${parent[$s]} ph="" extra=""
+  [ -n "$p" ] && ph=$(hash_of "$p")
+  case ${kind[$s]} in copy | npmapp) extra=$(cd "$here/${arg[$s]}" && find . -type f ! -path './node_modules/*' -print0 | sort -z | xargs -0 sha256sum) ;; esac
+  hash[$s]=$(printf 'v1\n%s\n%s\n%s\n%s\n%s\n' "$s" "${kind[$s]}" "${arg[$s]}" "$ph" "$extra" | sha256sum | cut -c1-12)
+  echo "${hash[$s]}"
+}
+dir_of() { echo "$cache_root/$1-$(hash_of "$1")"; }
+chain() { local s=$1 out=""; while [ -n "$s" ]; do out="$(dir_of "$s") $out"; s=${parent[$s]}; done; echo $out; }
+
+mnt="" tmp=""
+cleanup() {
+  if [ -n "$mnt" ]; then
+    local m
+    for m in $(awk -v p="$mnt" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" || true; done
+  fi
+  [ -n "$tmp" ] && rm -rf "$tmp"
+  return 0
+}
+trap cleanup EXIT
+
+# overlay whiteouts (char 0:0) and opaque dirs are not carried into the layer: report and drop them
+drop_whiteouts() {
+  local n
+  n=$(find "$1" -type c | wc -l)
+  [ "$n" = 0 ] || { log "dropping $n whiteouts from $(basename "$1")"; find "$1" -type c -delete; }
+}
+
+build_step() {
+  local s=$1 d p lowers="" l
+  d=$(dir_of "$s")
+  [ -f "$d.done" ] && return 0
+  p=${parent[$s]}
+  [ -n "$p" ] && build_step "$p"
+  log "step $s (${kind[$s]}: ${arg[$s]})"
+  tmp=$(mktemp -d "$cache_root/.tmp-$s.XXXXXX")
+  mkdir -p "$tmp/upper" "$tmp/work" "$tmp/merged"
+  case ${kind[$s]} in
+    debootstrap)
+      nice -n 10 debootstrap --variant=minbase bookworm "$tmp/upper" "$mirror" >"$tmp/log" 2>&1 || { tail -20 "$tmp/log" >&2; exit 1; }
+      cat >"$tmp/upper/etc/apt/sources.list" <<SRC
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+SRC
+      printf 'path-exclude /usr/share/doc/*\npath-exclude /usr/share/man/*\npath-exclude /usr/share/locale/*\npath-exclude /usr/share/info/*\n' >"$tmp/upper/etc/dpkg/dpkg.cfg.d/slim"
+      chroot "$tmp/upper" sh -c 'apt-get update -qq && apt-get -y -qq upgrade >/dev/null' >>"$tmp/log" 2>&1
+      rm -rf "$tmp/upper"/usr/share/doc/* "$tmp/upper"/usr/share/man/* "$tmp/upper"/usr/share/locale/* "$tmp/upper"/usr/share/info/* \
+        "$tmp/upper"/var/cache/apt/*.bin "$tmp/upper"/var/cache/apt/archives/*.deb "$tmp/upper"/var/lib/apt/lists/* "$tmp/upper"/var/log/*.log
+      ;;
+    chroot | pip)
+      for l in $(chain "$p"); do lowers="$l:$lowers"; done
+      mount -t overlay overlay -o "lowerdir=${lowers%:},upperdir=$tmp/upper,workdir=$tmp/work" "$tmp/merged"
+      mnt=$tmp/merged
+      mount --bind /proc "$mnt/proc"; mount --bind /dev "$mnt/dev"; mount --bind /sys "$mnt/sys"
+      cp /etc/resolv.conf "$mnt/etc/resolv.conf"
+      local cmd="apt-get update -qq && ${arg[$s]} && apt-get clean && rm -rf /var/lib/apt/lists/* /root/.cache"
+      if [ "${kind[$s]}" = pip ]; then
+        # wheels downloaded on the host (same Python ABI: both Debian 12), installed in the
+        # chroot from that directory only: `pip install` as the image's RUN step would do it
+        local wh=$cache_root/wheels-$(hash_of "$s")
+        [ -f "$wh.done" ] || { env -u PIP_FIND_LINKS pip download -q --only-binary=:all: --python-version 3.11 -d "$wh" ${arg[$s]} && touch "$wh.done"; }
+        mkdir -p "$mnt/tmp/wheels"; mount --bind "$wh" "$mnt/tmp/wheels"
+        cmd="pip install --break-system-packages --no-cache-dir --no-index --find-links /tmp/wheels ${arg[$s]}"
+      fi
+      chroot "$mnt" env -i DEBIAN_FRONTEND=noninteractive HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        nice -n 10 sh -c "$cmd" >"$tmp/log" 2>&1 || { tail -30 "$tmp/log" >&2; exit 1; }
+      [ "${kind[$s]}" = pip ] && { umount "$mnt/tmp/wheels"; rmdir "$mnt/tmp/wheels"; }
+      umount "$mnt/proc" "$mnt/dev" "$mnt/sys"; umount "$mnt"; mnt=""
+      rm -f "$tmp/upper/etc/resolv.conf"
+      rm -rf "$tmp/upper/var/log" "$tmp/upper/var/cache/debconf"/*-old "$tmp/upper/tmp"/*
+      drop_whiteouts "$tmp/upper"
+      ;;
+    copy)
+      mkdir -p "$tmp/upper/app"; cp -a "$here/${arg[$s]}/." "$tmp/upper/app/" ;;
+    npmapp)
+      mkdir -p "$tmp/upper/app"; cp -a "$here/${arg[$s]}/." "$tmp/upper/app/"
+      rm -rf "$tmp/upper/app/node_modules"
+      (cd "$tmp/upper/app" && nice -n 10 npm install --omit=dev --no-audit --no-fund >"$tmp/log" 2>&1) || { tail -20 "$tmp/log" >&2; exit 1; }
+      ;;
+    datafile)
+      mkdir -p "$tmp/upper/data"; head -c $((300 << 20)) /dev/urandom >"$tmp/upper/data/blob.bin"
+      sha256sum "$tmp/upper/data/blob.bin" | cut -d' ' -f1 >"$tmp/upper/data/blob.sha256" ;;
+  esac
+  rm -rf "$d"; mv "$tmp/upper" "$d"
+  printf '%s\n%s\n' "${kind[$s]}" "${arg[$s]}" >"$d.done" # beside the layer, not in it
+  rm -rf "$tmp"; tmp=""
+}
+
+for w in "$@"; do
+  t=${top[$w]:-}; [ -n "$t" ] || { echo "unknown workload $w" >&2; exit 2; }
+  build_step "$t"
+done
+for w in "$@"; do echo "$w $(chain "${top[$w]}")"; done
