@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pronto_format::{ChunkRef, Compression, IndexBuilder};
+use pronto_format::{ChunkCompressor, ChunkRef, Compression, IndexBuilder};
 use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
@@ -469,7 +469,10 @@ fn build(
     // The first worker to claim a new digest compresses it; claims are made batch by batch, so
     // the bytes of a chunk not placed yet are in the batch where it first occurs.
     let claimed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>> = Default::default();
-    let read_chunk = |buf: &mut Vec<u8>, job: &ChunkJob<'_>| -> Result<ReadChunk, ConvertError> {
+    // Each worker keeps a read buffer and a zstd context from chunk to chunk.
+    let read_chunk = |(buf, compressor): &mut (Vec<u8>, ChunkCompressor),
+                      job: &ChunkJob<'_>|
+     -> Result<ReadChunk, ConvertError> {
         let io = |op| {
             let path = job.path.clone();
             move |source| ConvertError::Io { op, path, source }
@@ -484,7 +487,7 @@ fn build(
             entry: job.entry,
             digest,
             len: job.len as u32,
-            stored: claim.then(|| pronto_format::compress_chunk(buf, opts.compression)),
+            stored: claim.then(|| compressor.compress(buf, opts.compression)),
         })
     };
     std::thread::scope(|scope| -> Result<(), ConvertError> {
@@ -492,8 +495,10 @@ fn build(
         let (jobs, read_chunk) = (&jobs, &read_chunk);
         scope.spawn(move || {
             for batch in batches(jobs) {
-                let done: Result<Vec<ReadChunk>, ConvertError> =
-                    batch.par_iter().map_init(Vec::new, read_chunk).collect();
+                let done: Result<Vec<ReadChunk>, ConvertError> = batch
+                    .par_iter()
+                    .map_init(Default::default, read_chunk)
+                    .collect();
                 let failed = done.is_err();
                 // A closed channel: the packing side stopped on an error of its own.
                 if tx.send(done).is_err() || failed {

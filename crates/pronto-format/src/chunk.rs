@@ -172,15 +172,34 @@ pub fn chunk_digest(data: &[u8]) -> [u8; 32] {
 ///
 /// zstd uses [`ZSTD_LEVEL`]; lz4 is `lz4_flex`'s block format without a size prefix.
 pub fn compress_chunk(data: &[u8], want: Compression) -> (Vec<u8>, Compression) {
-    let out = match want {
-        Compression::None => None,
-        // Only fails on allocation failure inside zstd: storing raw is always correct.
-        Compression::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).ok(),
-        Compression::Lz4 => Some(lz4_flex::block::compress(data)),
-    };
-    match out {
-        Some(o) if !o.is_empty() && o.len() < data.len() => (o, want),
-        _ => (data.to_vec(), Compression::None),
+    ChunkCompressor::default().compress(data, want)
+}
+
+/// [`compress_chunk`] with one zstd context kept from chunk to chunk (same output): making a
+/// context costs about as much as compressing a small file, and most files are small.
+#[derive(Default)]
+pub struct ChunkCompressor {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl ChunkCompressor {
+    /// Same as [`compress_chunk`].
+    pub fn compress(&mut self, data: &[u8], want: Compression) -> (Vec<u8>, Compression) {
+        let out = match want {
+            Compression::None => None,
+            // Only fails on allocation failure inside zstd: storing raw is always correct.
+            Compression::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+                }
+                self.zstd.as_mut().and_then(|z| z.compress(data).ok())
+            }
+            Compression::Lz4 => Some(lz4_flex::block::compress(data)),
+        };
+        match out {
+            Some(o) if !o.is_empty() && o.len() < data.len() => (o, want),
+            _ => (data.to_vec(), Compression::None),
+        }
     }
 }
 
@@ -259,6 +278,18 @@ mod tests {
 
     fn compressible() -> Vec<u8> {
         b"hello pronto ".repeat(1000)
+    }
+
+    #[test]
+    fn a_kept_compressor_gives_the_bytes_of_a_fresh_one() {
+        let big = compressible();
+        let inputs: [&[u8]; 4] = [&big, b"tiny", &big[..1000], &[0u8; 70_000]];
+        let mut kept = ChunkCompressor::default();
+        for want in [Compression::Zstd, Compression::Lz4, Compression::None] {
+            for data in inputs {
+                assert_eq!(kept.compress(data, want), compress_chunk(data, want));
+            }
+        }
     }
 
     fn incompressible(n: usize) -> Vec<u8> {

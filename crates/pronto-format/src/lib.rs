@@ -17,8 +17,8 @@
 //!   an error instead of panicking; [`Index::validate`] checks the whole tree once (canonical
 //!   layout, sorted directories, no cycles, link counts) and is what a mount or a verify
 //!   should call before trusting a blob.
-//! - [`chunk`]: [`ChunkRef`], [`compress_chunk`], [`decompress_chunk`] (bounded, digest-checked)
-//!   and [`chunk_digest`].
+//! - [`chunk`]: [`ChunkRef`], [`compress_chunk`] (and [`ChunkCompressor`], which keeps its zstd
+//!   context), [`decompress_chunk`] (bounded, digest-checked) and [`chunk_digest`].
 //! - [`FormatError`] (`error`): every way a blob or a build can be wrong, with the bad value.
 //!
 //! Every input is hostile: a blob from a registry, a chunk from a pack, a tree from a layer.
@@ -33,8 +33,8 @@ pub mod layout;
 
 pub use builder::{IndexBuilder, NodeMeta};
 pub use chunk::{
-    chunk_digest, compress_chunk, decompress_chunk, ChunkProblem, ChunkRef, Compression,
-    MAX_CHUNK_BYTES, ZSTD_LEVEL,
+    chunk_digest, compress_chunk, decompress_chunk, ChunkCompressor, ChunkProblem, ChunkRef,
+    Compression, MAX_CHUNK_BYTES, ZSTD_LEVEL,
 };
 pub use error::FormatError;
 pub use index::{Index, Inode};
