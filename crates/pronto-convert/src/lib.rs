@@ -2,13 +2,15 @@
 //!
 //! [`convert`]:
 //! 1. the image is unpacked with the full-pull path (`pronto-image`: verified blobs, whiteouts,
-//!    the tree `umoci` would make) into a scratch directory;
-//! 2. the tree is walked in a fixed order ([`tree`]); regular files are cut into chunks, hashed
-//!    (BLAKE3) and compressed on all cores; chunks already stored — earlier in this image, or in
-//!    a pack of this repository recorded in the chunk memo ([`memo`]) — are referenced, not
-//!    stored again; new ones are appended to pack files ([`packer`]);
-//! 3. new packs, the index and the artifact manifest ([`artifact`]) are pushed to the source
-//!    image's repository; the memo learns the new chunks.
+//!    the tree `umoci` would make) into a scratch directory, except that file contents do not go
+//!    to disk: they are cut into chunks straight from the layer streams, hashed (BLAKE3) and
+//!    compressed on all cores ([`stream`]), and the files are left sparse;
+//! 2. the tree is walked in a fixed order ([`tree`]) and each file's chunks are placed in that
+//!    order: chunks already stored — earlier in this image, or in a pack of this repository
+//!    recorded in the chunk memo ([`memo`]) — are referenced, not stored again; new ones are
+//!    appended to pack files ([`packer`]), each uploaded as soon as it is full;
+//! 3. the index and then the artifact manifest ([`artifact`]) are pushed to the source image's
+//!    repository; the memo learns the new chunks.
 //!
 //! The output depends only on the tree, the options and the memo's packs, so converting an
 //! image twice gives the same index digest.
@@ -19,6 +21,7 @@
 pub mod artifact;
 pub mod memo;
 pub mod packer;
+pub mod stream;
 pub mod tree;
 pub mod verify;
 
@@ -28,18 +31,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pronto_format::{ChunkCompressor, ChunkRef, Compression, IndexBuilder};
+use pronto_format::{ChunkRef, Compression, IndexBuilder};
 use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
+use pronto_image::unpack::FileOrigin;
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
 pub use verify::{verify, VerifyError, VerifyReport};
 
-/// Chunks read, hashed and compressed together. Bounds memory: the stored bytes of three
-/// batches at most (one being made, one queued, one being packed).
-const BATCH_BYTES: usize = 64 << 20;
-
-/// Packs uploaded at once while chunking goes on.
+/// Packs uploaded at once while packing goes on.
 const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// Closed packs waiting for an upload (they wait on disk: the bound costs no memory).
@@ -51,7 +51,7 @@ pub struct ConvertOptions {
     pub compression: Compression,
     /// A pack is closed once it reaches this size.
     pub pack_target: u64,
-    /// Scratch space: the unpacked tree and the packs before upload.
+    /// Scratch space: the unpacked tree (metadata only), the staged chunks and the packs.
     pub work_dir: PathBuf,
     /// The chunk memo (SQLite file); `None` dedups within the image only.
     pub memo: Option<PathBuf>,
@@ -113,7 +113,8 @@ pub struct ConvertReport {
     /// Files taken whole from the layer memo (their layer was converted before): not read,
     /// hashed or chunked again.
     pub layer_reused_files: u64,
-    /// Bytes of file content read and hashed by this conversion.
+    /// Bytes of file content hashed by this conversion (files a later layer replaces or removes
+    /// included: they are hashed as they stream by).
     pub hashed_bytes: u64,
     pub packs: usize,
     pub new_packs: usize,
@@ -121,8 +122,10 @@ pub struct ConvertReport {
     pub uploaded_bytes: u64,
     /// Total size of every pack the index references.
     pub stored_bytes: u64,
+    /// Download and unpack, with file contents chunked, hashed and compressed as they stream.
     #[serde(with = "secs")]
     pub unpack_time: Duration,
+    /// Walk and packing in walk order (uploads of full packs run meanwhile).
     #[serde(with = "secs")]
     pub chunk_time: Duration,
     #[serde(with = "secs")]
@@ -160,34 +163,21 @@ pub async fn convert(
         .prefix("pronto-convert-")
         .tempdir_in(&opts.work_dir)
         .map_err(io("creating scratch dir in", &opts.work_dir))?;
-    let rootfs = scratch.path().join("rootfs");
-    let unpacked = pull::unpack_image(client, image, &rootfs, Arc::new(NoProgress))
-        .await
-        .map_err(|e| ConvertError::Unpack(Box::new(e)))?;
-    let unpack_time = started.elapsed();
-    // inode → (layer digest, entry path): which layer entry wrote each file.
-    let origins: HashMap<u64, (Digest, Vec<u8>)> = unpacked
-        .file_origins
-        .into_iter()
-        .filter_map(|(ino, o)| {
-            let layer = image.manifest.layers.get(o.layer)?.digest.clone();
-            Some((ino, (layer, o.path)))
-        })
+    let layers: Vec<Digest> = image
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest.clone())
         .collect();
 
-    // Chunks this repository already stores, in packs that are still there.
+    // Chunks this repository already stores, and files of layers converted before, in packs
+    // that are still there.
     let repo_key = format!("{}/{}", image.pinned.registry, image.pinned.repository);
     let mut known: HashMap<[u8; 32], memo::MemoChunk> = HashMap::new();
-    let mut layer_memo = memo::LayerFiles::new();
+    let mut remembered: HashMap<stream::EntryKey, Remembered> = HashMap::new();
     if let Some(path) = &opts.memo {
         let memo = memo::Memo::open(path)?;
         let entries = memo.chunks_of(&repo_key)?;
-        let layers: Vec<Digest> = image
-            .manifest
-            .layers
-            .iter()
-            .map(|l| l.digest.clone())
-            .collect();
         let files = memo.layer_files(&repo_key, &layers)?;
         let mut present: HashMap<Digest, bool> = HashMap::new();
         let mut packs: Vec<Digest> = entries.iter().map(|(_, c)| c.pack.clone()).collect();
@@ -203,42 +193,75 @@ pub async fn convert(
                 slot.insert(e);
             }
         }
-        let here = |p: &str| {
-            p.parse::<Digest>()
-                .ok()
-                .and_then(|d| present.get(&d).copied())
-                == Some(true)
-        };
         for (digest, chunk) in entries {
             if present.get(&chunk.pack) == Some(&true) {
                 known.insert(digest, chunk);
             }
         }
-        layer_memo = files
-            .into_iter()
-            .filter(|(_, (_, chunks))| chunks.iter().all(|c| here(&c.pack)))
-            .collect();
+        // By entry (layer index, path): one layer blob may sit at two places in an image.
+        let mut by_layer: HashMap<&Digest, Vec<(Vec<u8>, Remembered)>> = HashMap::new();
+        for ((layer, path), (size, chunks)) in &files {
+            if let Some(r) = Remembered::parse(*size, chunks, &present) {
+                by_layer.entry(layer).or_default().push((path.clone(), r));
+            }
+        }
+        for (index, layer) in layers.iter().enumerate() {
+            for (path, r) in by_layer.get(layer).into_iter().flatten() {
+                remembered.insert((index, path.clone()), r.clone());
+            }
+        }
     }
+    let known = Arc::new(known);
+
+    // Unpack: the tree's nodes and metadata on disk, file contents chunked from the streams.
+    let rootfs = scratch.path().join("rootfs");
+    let stage_path = scratch.path().join("staged");
+    let stage = std::fs::File::create_new(&stage_path).map_err(io("creating", &stage_path))?;
+    let skip = remembered
+        .iter()
+        .map(|(k, r)| (k.clone(), r.size))
+        .collect();
+    let sink = stream::ChunkSink::new(
+        stage,
+        opts.chunk_size,
+        opts.compression,
+        known.clone(),
+        Arc::new(skip),
+    );
+    let results = sink.results();
+    let unpacked =
+        pull::unpack_image_to_sink(client, image, &rootfs, Arc::new(NoProgress), Box::new(sink))
+            .await
+            .map_err(|e| ConvertError::Unpack(Box::new(e)))?;
+    let streamed = tokio::task::spawn_blocking(move || results.finish())
+        .await
+        .expect("stream task panicked")
+        .map_err(io("staging chunks in", &stage_path))?;
+    let unpack_time = started.elapsed();
+    let streamed_bytes = streamed.hashed_bytes;
 
     let chunk_started = Instant::now();
-    // Packs upload as soon as the packer closes them, while chunking goes on.
+    // Packs upload as soon as the packer closes them, while packing goes on.
     let (ready_tx, ready_rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
     let uploads = tokio::spawn(upload_packs(client.clone(), image.pinned.clone(), ready_rx));
     let opts2 = opts.clone();
     let (root, packs_dir) = (rootfs.clone(), scratch.path().join("packs"));
     let source = image.manifest_digest.clone();
     let config = image.config_bytes.to_vec();
+    let origins = unpacked.file_origins;
     let built = tokio::task::spawn_blocking(move || {
-        let memo = Memos {
-            chunks: &known,
+        let contents = Contents {
+            known: &known,
             origins: &origins,
-            layer_files: &layer_memo,
+            layers: &layers,
+            remembered: &remembered,
+            streamed: &streamed,
         };
         build(
             &root,
             &packs_dir,
             &opts2,
-            &memo,
+            &contents,
             &source,
             config,
             &mut |pack| ready_tx.blocking_send(pack).is_ok(),
@@ -305,7 +328,7 @@ pub async fn convert(
         chunks: built.chunks,
         reused_chunks: built.reused_chunks,
         layer_reused_files: built.layer_reused_files,
-        hashed_bytes: built.hashed_bytes,
+        hashed_bytes: streamed_bytes,
         packs: built.packs.len(),
         new_packs: built.packs.iter().filter(|p| p.path.is_some()).count(),
         uploaded_bytes: uploaded,
@@ -355,18 +378,68 @@ struct PackOut {
     path: Option<PathBuf>,
 }
 
-/// What earlier conversions left to reuse.
-struct Memos<'a> {
-    chunks: &'a HashMap<[u8; 32], memo::MemoChunk>,
-    origins: &'a HashMap<u64, (Digest, Vec<u8>)>,
-    layer_files: &'a memo::LayerFiles,
+/// Where file contents come from: the layer streams, or earlier conversions.
+struct Contents<'a> {
+    known: &'a HashMap<[u8; 32], memo::MemoChunk>,
+    /// inode → the layer entry that wrote the file.
+    origins: &'a HashMap<u64, FileOrigin>,
+    layers: &'a [Digest],
+    remembered: &'a HashMap<stream::EntryKey, Remembered>,
+    streamed: &'a stream::Streamed,
+}
+
+/// A file of a layer converted before: its size and chunks, all in packs still there.
+#[derive(Clone)]
+struct Remembered {
+    size: u64,
+    chunks: Vec<RememberedChunk>,
+}
+
+#[derive(Clone)]
+struct RememberedChunk {
+    pack: Digest,
+    pack_size: u64,
+    chunk: ChunkRef,
+}
+
+impl Remembered {
+    /// `None` if a row is malformed or a pack is gone: then the file is chunked again.
+    fn parse(
+        size: u64,
+        chunks: &[memo::FileChunk],
+        present: &HashMap<Digest, bool>,
+    ) -> Option<Remembered> {
+        let chunks = chunks
+            .iter()
+            .map(|c| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(&c.digest, &mut digest).ok()?;
+                let pack: Digest = c.pack.parse().ok()?;
+                if present.get(&pack) != Some(&true) {
+                    return None;
+                }
+                Some(RememberedChunk {
+                    pack,
+                    pack_size: c.pack_size,
+                    chunk: ChunkRef {
+                        digest,
+                        pack: 0, // the slot is given when packing
+                        compression: Compression::from_u8(c.compression)?,
+                        offset: c.offset,
+                        compressed_size: c.compressed_size,
+                        uncompressed_size: c.uncompressed_size,
+                    },
+                })
+            })
+            .collect::<Option<_>>()?;
+        Some(Remembered { size, chunks })
+    }
 }
 
 struct Built {
     index: Vec<u8>,
     layer_files: memo::LayerFiles,
     layer_reused_files: u64,
-    hashed_bytes: u64,
     packs: Vec<PackOut>,
     new_chunks: Vec<([u8; 32], memo::MemoChunk)>,
     files: u64,
@@ -375,21 +448,19 @@ struct Built {
     reused_chunks: u64,
 }
 
-/// Walks `root`, chunks and packs every file, and builds the index (blocking, CPU-bound). Each
-/// new pack is handed to `ready` as soon as it is closed; `ready` returning false (the uploader
-/// is gone) stops the build.
+/// Walks `root` and packs every file's chunks in walk order, then builds the index (blocking).
+/// Each new pack is handed to `ready` as soon as it is closed; `ready` returning false (the
+/// uploader is gone) stops the build.
 fn build(
     root: &std::path::Path,
     packs_dir: &std::path::Path,
     opts: &ConvertOptions,
-    memos: &Memos<'_>,
+    contents: &Contents<'_>,
     source: &Digest,
     config: Vec<u8>,
     ready: &mut dyn FnMut(packer::ClosedPack) -> bool,
 ) -> Result<Built, ConvertError> {
-    let known = memos.chunks;
-    use rayon::prelude::*;
-
+    let known = contents.known;
     let entries = tree::walk(root).map_err(|(path, source)| ConvertError::Io {
         op: "reading",
         path,
@@ -408,163 +479,97 @@ fn build(
         path: packs_dir.to_owned(),
         source,
     };
+    let mut hand_over = |packer: &mut packer::Packer| {
+        packer
+            .take_closed()
+            .into_iter()
+            .try_for_each(|pack| ready(pack).then_some(()).ok_or(ConvertError::UploadStopped))
+    };
     // digest → where this conversion stored (or found) it.
     let mut placed: HashMap<[u8; 32], ChunkRef> = HashMap::new();
     let mut new_chunks = Vec::new();
     let mut file_chunks: Vec<Vec<ChunkRef>> = vec![Vec::new(); entries.len()];
     let (mut chunks, mut reused, mut file_bytes, mut files) = (0u64, 0u64, 0u64, 0u64);
-    let (mut layer_reused_files, mut hashed_bytes) = (0u64, 0u64);
-
-    // The chunks to read, in walk order: every file but those remembered whole.
-    let chunk_size = opts.chunk_size as u64;
-    let mut jobs: Vec<ChunkJob<'_>> = Vec::new();
+    let mut layer_reused_files = 0u64;
     for (i, e) in entries.iter().enumerate() {
         let Some(path) = &e.content else { continue };
         files += 1;
         file_bytes += e.meta.size;
-        // A file its layer's earlier conversion already chunked: take its chunk list whole.
-        let remembered = memos
+        let key = contents
             .origins
             .get(&e.ino)
-            .and_then(|origin| memos.layer_files.get(origin))
-            .filter(|(size, _)| *size == e.meta.size);
-        if let Some((_, remembered)) = remembered {
-            let refs: Option<Vec<ChunkRef>> = remembered
+            .map(|o| (o.layer, o.path.clone()));
+        // A file its layer's earlier conversion already chunked: take its chunk list whole.
+        let remembered = key
+            .as_ref()
+            .and_then(|k| contents.remembered.get(k))
+            .filter(|r| r.size == e.meta.size);
+        if let Some(r) = remembered {
+            file_chunks[i] = r
+                .chunks
                 .iter()
-                .map(|c| {
-                    let mut digest = [0u8; 32];
-                    hex::decode_to_slice(&c.digest, &mut digest).ok()?;
-                    let pack: Digest = c.pack.parse().ok()?;
-                    Some(ChunkRef {
-                        digest,
-                        pack: packer.existing(&pack, c.pack_size),
-                        compression: Compression::from_u8(c.compression)?,
-                        offset: c.offset,
-                        compressed_size: c.compressed_size,
-                        uncompressed_size: c.uncompressed_size,
-                    })
+                .map(|c| ChunkRef {
+                    pack: packer.existing(&c.pack, c.pack_size),
+                    ..c.chunk
                 })
                 .collect();
-            if let Some(refs) = refs {
-                chunks += refs.len() as u64;
-                reused += refs.len() as u64;
-                layer_reused_files += 1;
-                file_chunks[i] = refs;
-                continue;
-            }
+            chunks += r.chunks.len() as u64;
+            reused += r.chunks.len() as u64;
+            layer_reused_files += 1;
+            continue;
         }
-        hashed_bytes += e.meta.size;
-        for offset in (0..e.meta.size).step_by(chunk_size as usize) {
-            jobs.push(ChunkJob {
-                entry: i,
-                path,
-                offset,
-                len: chunk_size.min(e.meta.size - offset) as usize,
-            });
-        }
-    }
-
-    // Reading, hashing and compressing run on all cores, a batch at a time, while this thread
-    // packs the previous batch in walk order: pack contents do not depend on thread timing.
-    // The first worker to claim a new digest compresses it; claims are made batch by batch, so
-    // the bytes of a chunk not placed yet are in the batch where it first occurs.
-    let claimed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>> = Default::default();
-    // Each worker keeps a read buffer and a zstd context from chunk to chunk.
-    let read_chunk = |(buf, compressor): &mut (Vec<u8>, ChunkCompressor),
-                      job: &ChunkJob<'_>|
-     -> Result<ReadChunk, ConvertError> {
-        let io = |op| {
-            let path = job.path.clone();
-            move |source| ConvertError::Io { op, path, source }
-        };
-        let f = std::fs::File::open(job.path).map_err(io("opening"))?;
-        buf.resize(job.len, 0);
-        std::os::unix::fs::FileExt::read_exact_at(&f, buf, job.offset).map_err(io("reading"))?;
-        let digest = pronto_format::chunk_digest(buf);
-        let claim =
-            !known.contains_key(&digest) && claimed.lock().expect("claims poisoned").insert(digest);
-        Ok(ReadChunk {
-            entry: job.entry,
-            digest,
-            len: job.len as u32,
-            stored: claim.then(|| compressor.compress(buf, opts.compression)),
-        })
-    };
-    std::thread::scope(|scope| -> Result<(), ConvertError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (jobs, read_chunk) = (&jobs, &read_chunk);
-        scope.spawn(move || {
-            for batch in batches(jobs) {
-                let done: Result<Vec<ReadChunk>, ConvertError> = batch
-                    .par_iter()
-                    .map_init(Default::default, read_chunk)
-                    .collect();
-                let failed = done.is_err();
-                // A closed channel: the packing side stopped on an error of its own.
-                if tx.send(done).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        for batch in rx {
-            let mut batch = batch?;
-            let claimant: HashMap<[u8; 32], usize> = batch
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.stored.is_some())
-                .map(|(k, c)| (c.digest, k))
-                .collect();
-            for k in 0..batch.len() {
-                let (entry, digest, len) = (batch[k].entry, batch[k].digest, batch[k].len);
-                chunks += 1;
-                let r = if let Some(r) = placed.get(&digest) {
-                    reused += 1;
-                    *r
-                } else if let Some(m) = known.get(&digest) {
-                    reused += 1;
-                    let r = ChunkRef {
-                        digest,
-                        pack: packer.existing(&m.pack, m.pack_size),
-                        compression: m.compression,
-                        offset: m.offset,
-                        compressed_size: m.compressed_size,
-                        uncompressed_size: len,
-                    };
-                    placed.insert(digest, r);
-                    r
-                } else {
-                    let (stored, c) = batch[claimant[&digest]]
-                        .stored
-                        .take()
-                        .expect("a new chunk's claimant is in its first batch");
-                    let (pack, offset) = packer.append(&stored).map_err(pack_err)?;
-                    let r = ChunkRef {
-                        digest,
-                        pack,
-                        compression: c,
-                        offset,
-                        compressed_size: stored.len() as u32,
-                        uncompressed_size: len,
-                    };
-                    placed.insert(digest, r);
-                    r
+        let streamed = key
+            .and_then(|k| contents.streamed.files.get(&k))
+            .ok_or_else(|| ConvertError::Io {
+                op: "chunking",
+                path: path.clone(),
+                source: std::io::Error::other("its content was not in the layer streams"),
+            })?;
+        for &(digest, len) in streamed {
+            chunks += 1;
+            let r = if let Some(r) = placed.get(&digest) {
+                reused += 1;
+                *r
+            } else if let Some(m) = known.get(&digest) {
+                reused += 1;
+                let r = ChunkRef {
+                    digest,
+                    pack: packer.existing(&m.pack, m.pack_size),
+                    compression: m.compression,
+                    offset: m.offset,
+                    compressed_size: m.compressed_size,
+                    uncompressed_size: len,
                 };
-                file_chunks[entry].push(r);
-            }
-            for pack in packer.take_closed() {
-                if !ready(pack) {
-                    return Err(ConvertError::UploadStopped);
-                }
-            }
+                placed.insert(digest, r);
+                r
+            } else {
+                let staged = &contents.streamed.staged[&digest];
+                let stored = contents
+                    .streamed
+                    .read(staged)
+                    .map_err(|source| ConvertError::Io {
+                        op: "reading staged chunk of",
+                        path: path.clone(),
+                        source,
+                    })?;
+                let (pack, offset) = packer.append(&stored).map_err(pack_err)?;
+                let r = ChunkRef {
+                    digest,
+                    pack,
+                    compression: staged.compression,
+                    offset,
+                    compressed_size: staged.len,
+                    uncompressed_size: len,
+                };
+                placed.insert(digest, r);
+                r
+            };
+            file_chunks[i].push(r);
         }
-        Ok(())
-    })?;
-    packer.close_open().map_err(pack_err)?;
-    for pack in packer.take_closed() {
-        if !ready(pack) {
-            return Err(ConvertError::UploadStopped);
-        }
+        hand_over(&mut packer)?;
     }
+    packer.close_open().map_err(pack_err)?;
+    hand_over(&mut packer)?;
     let packs = packer.finish();
     for r in placed.values() {
         let p = &packs[r.pack as usize];
@@ -585,7 +590,10 @@ fn build(
     // What this conversion teaches the layer memo: every file with a known origin.
     let mut layer_files = memo::LayerFiles::new();
     for (i, e) in entries.iter().enumerate() {
-        let (Some(_), Some(origin)) = (&e.content, memos.origins.get(&e.ino)) else {
+        let (Some(_), Some(origin)) = (&e.content, contents.origins.get(&e.ino)) else {
+            continue;
+        };
+        let Some(layer) = contents.layers.get(origin.layer) else {
             continue;
         };
         let chunks = file_chunks[i]
@@ -603,7 +611,7 @@ fn build(
                 }
             })
             .collect();
-        layer_files.insert(origin.clone(), (e.meta.size, chunks));
+        layer_files.insert((layer.clone(), origin.path.clone()), (e.meta.size, chunks));
     }
 
     let mut builder = IndexBuilder::new(opts.chunk_size);
@@ -627,7 +635,6 @@ fn build(
         index,
         layer_files,
         layer_reused_files,
-        hashed_bytes,
         packs: packs
             .into_iter()
             .map(|p| PackOut {
@@ -642,37 +649,4 @@ fn build(
         chunks,
         reused_chunks: reused,
     })
-}
-
-/// One chunk to read: `len` bytes at `offset` of the file of entry `entry`.
-struct ChunkJob<'a> {
-    entry: usize,
-    path: &'a PathBuf,
-    offset: u64,
-    len: usize,
-}
-
-/// A chunk read and hashed; `stored` holds its stored bytes if this one was the first seen.
-struct ReadChunk {
-    entry: usize,
-    digest: [u8; 32],
-    len: u32,
-    stored: Option<(Vec<u8>, Compression)>,
-}
-
-/// `jobs` cut into consecutive batches of about `BATCH_BYTES`.
-fn batches<'j, 'a>(jobs: &'j [ChunkJob<'a>]) -> Vec<&'j [ChunkJob<'a>]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (k, job) in jobs.iter().enumerate() {
-        bytes += job.len;
-        if bytes >= BATCH_BYTES {
-            out.push(&jobs[start..=k]);
-            (start, bytes) = (k + 1, 0);
-        }
-    }
-    if start < jobs.len() {
-        out.push(&jobs[start..]);
-    }
-    out
 }

@@ -126,6 +126,25 @@ fn images() -> Vec<(&'static str, ImageBuilder)> {
                 )
                 .layer(Layer::plain().hardlink("third", "orig")),
         ),
+        (
+            // Contents replaced or removed by later entries: only the last ones are stored.
+            "replacements",
+            ImageBuilder::new()
+                .layer(
+                    Layer::gzip()
+                        .file("replaced", noise(3 * CHUNK as usize, 5))
+                        .file("gone/deep", noise(CHUNK as usize, 6))
+                        .file("twice", b"first entry")
+                        .file("twice", b"second entry wins")
+                        .symlink("link-then-file", "replaced"),
+                )
+                .layer(
+                    Layer::zstd()
+                        .file("replaced", b"short now")
+                        .whiteout("gone")
+                        .file("link-then-file", b"no longer a link"),
+                ),
+        ),
     ]
 }
 
@@ -142,6 +161,12 @@ async fn every_image_converts_and_verifies_against_a_plain_unpack() {
             report.packs >= 1 || report.file_bytes == 0,
             "{name}: {report:?}"
         );
+        if name == "replacements" {
+            assert!(
+                report.stored_bytes < 1024,
+                "replaced and removed contents are not stored: {report:?}"
+            );
+        }
         let v = verify(&client(), &resolved, work.path()).await.unwrap();
         assert_eq!(v.index_digest, report.index_digest.to_string());
         assert!(v.entries > 3, "{name}: {v:?}");

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::manifest::{Compression, ImageManifest, ManifestError, ManifestKind, Platform};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
-use crate::unpack::{decompressed_reader, LayerStats, UnpackError, Unpacker};
+use crate::unpack::{decompressed_reader, ContentSink, LayerStats, UnpackError, Unpacker};
 
 /// Layers downloaded at once.
 const DOWNLOAD_CONCURRENCY: usize = 4;
@@ -190,6 +190,28 @@ pub async fn unpack_image(
     target: &Path,
     progress: Arc<dyn PullProgress>,
 ) -> Result<UnpackSummary, PullError> {
+    unpack(client, image, target, progress, None).await
+}
+
+/// [`unpack_image`], with regular-file contents handed to `sink` instead of written: the tree
+/// gets every node and its metadata, and files their length but no data (see [`ContentSink`]).
+pub async fn unpack_image_to_sink(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    target: &Path,
+    progress: Arc<dyn PullProgress>,
+    sink: Box<dyn ContentSink>,
+) -> Result<UnpackSummary, PullError> {
+    unpack(client, image, target, progress, Some(sink)).await
+}
+
+async fn unpack(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    target: &Path,
+    progress: Arc<dyn PullProgress>,
+    sink: Option<Box<dyn ContentSink>>,
+) -> Result<UnpackSummary, PullError> {
     let started = Instant::now();
     let target_err = |reason: String| PullError::Target {
         path: target.to_owned(),
@@ -264,6 +286,9 @@ pub async fn unpack_image(
         digest: image.manifest_digest.clone(),
         source,
     })?;
+    if let Some(sink) = sink {
+        unpacker = unpacker.with_content_sink(sink);
+    }
     let mut summary = UnpackSummary {
         layers: image.manifest.layers.len(),
         compressed_bytes: image.layers_size(),

@@ -63,6 +63,15 @@ pub struct LayerStats {
     pub whiteouts: u64,
 }
 
+/// Takes the contents of regular files instead of the files (the converter chunks them straight
+/// from the layer stream): the files are still created, with their metadata and length, but
+/// sparse, without data.
+pub trait ContentSink: Send {
+    /// Reads the content of the file `origin` (`size` bytes by its tar header) from `content`;
+    /// returns the number of bytes read, which becomes the file's length.
+    fn file(&mut self, origin: &FileOrigin, size: u64, content: &mut dyn Read) -> io::Result<u64>;
+}
+
 /// Applies layers, in order, to one root directory.
 #[derive(Debug)]
 pub struct Unpacker {
@@ -75,6 +84,16 @@ pub struct Unpacker {
     layer: usize,
     /// Which layer entry wrote each regular file, by inode number (see [`FileOrigin`]).
     origins: HashMap<u64, FileOrigin>,
+    /// Where file contents go instead of the files, if set.
+    sink: Option<Sink>,
+}
+
+struct Sink(Box<dyn ContentSink>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentSink")
+    }
 }
 
 /// The tar entry a regular file of the tree came from. Files are never changed in place (a
@@ -161,7 +180,14 @@ impl Unpacker {
             dir_mtimes: HashMap::from([(Vec::new(), 0)]),
             layer: 0,
             origins: HashMap::new(),
+            sink: None,
         })
+    }
+
+    /// Hands regular-file contents to `sink` instead of writing them (see [`ContentSink`]).
+    pub fn with_content_sink(mut self, sink: Box<dyn ContentSink>) -> Unpacker {
+        self.sink = Some(Sink(sink));
+        self
     }
 
     /// Applies one uncompressed layer tar.
@@ -447,11 +473,24 @@ impl Unpacker {
                 )
                 .map_err(err("creating file"))?;
                 let mut file = File::from(fd);
-                let written = io::copy(entry, &mut file).map_err(|source| UnpackError::Entry {
-                    op: "writing",
-                    path: path.display.clone(),
-                    source,
-                })?;
+                let origin = FileOrigin {
+                    layer: self.layer,
+                    path: path.joined(path.components.len()),
+                };
+                let io_err = |op| {
+                    let path = path.display.clone();
+                    move |source| UnpackError::Entry { op, path, source }
+                };
+                let written = match &mut self.sink {
+                    Some(Sink(sink)) => {
+                        let size = entry.size();
+                        let n = sink.file(&origin, size, entry).map_err(io_err("reading"))?;
+                        // Before the metadata: a length change sets the mtime.
+                        file.set_len(n).map_err(io_err("setting the length of"))?;
+                        n
+                    }
+                    None => io::copy(entry, &mut file).map_err(io_err("writing"))?,
+                };
                 self.set_meta(
                     file.as_fd(),
                     OsStr::new(""),
@@ -460,13 +499,7 @@ impl Unpacker {
                     FileType::RegularFile,
                 )?;
                 if let Ok(st) = rustix::fs::fstat(&file) {
-                    self.origins.insert(
-                        st.st_ino,
-                        FileOrigin {
-                            layer: self.layer,
-                            path: path.joined(path.components.len()),
-                        },
-                    );
+                    self.origins.insert(st.st_ino, origin);
                 }
                 return Ok(written);
             }

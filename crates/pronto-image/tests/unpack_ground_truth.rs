@@ -336,3 +336,114 @@ async fn multi_arch_index_picks_the_host_platform() {
         .diff(&Tree::snapshot(&truth.path().join("bundle/rootfs")).unwrap());
     assert!(diff.is_empty(), "{diff:?}");
 }
+
+/// (layer, entry path) → (size by the header, content), the last entry winning.
+type Received = std::collections::HashMap<(usize, Vec<u8>), (u64, Vec<u8>)>;
+
+/// Records what a `ContentSink` is given.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Received>>);
+
+impl pronto_image::unpack::ContentSink for Recorder {
+    fn file(
+        &mut self,
+        origin: &pronto_image::unpack::FileOrigin,
+        size: u64,
+        content: &mut dyn std::io::Read,
+    ) -> std::io::Result<u64> {
+        let mut bytes = Vec::new();
+        content.read_to_end(&mut bytes)?;
+        let n = bytes.len() as u64;
+        self.0
+            .lock()
+            .unwrap()
+            .insert((origin.layer, origin.path.clone()), (size, bytes));
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn a_content_sink_gets_the_bytes_and_the_tree_everything_else() {
+    use std::os::unix::fs::MetadataExt;
+    let registry = TestRegistry::start();
+    let client = common::client();
+    let reference = registry.reference("sink:v1");
+    ImageBuilder::new()
+        .layer(
+            Layer::gzip()
+                .file("bin/tool", noise(300_000, 5))
+                .mode(0o4755)
+                .owner(7, 8)
+                .mtime(1_600_000_000)
+                .xattr("user.k", b"v")
+                .hardlink("bin/alias", "bin/tool")
+                .file("replaced", b"old")
+                .file("empty", b"")
+                .symlink("link", "bin/tool"),
+        )
+        .layer(
+            Layer::zstd()
+                .file("replaced", b"new, and longer")
+                .file("twice", b"first entry")
+                .file("twice", b"second entry wins"),
+        )
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let image = pronto_image::pull::resolve(&client, &reference)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (plain, sparse) = (work.path().join("plain"), work.path().join("sparse"));
+    pronto_image::pull::unpack_image(
+        &client,
+        &image,
+        &plain,
+        std::sync::Arc::new(pronto_image::pull::NoProgress),
+    )
+    .await
+    .unwrap();
+    let recorder = Recorder::default();
+    let summary = pronto_image::pull::unpack_image_to_sink(
+        &client,
+        &image,
+        &sparse,
+        std::sync::Arc::new(pronto_image::pull::NoProgress),
+        Box::new(recorder.clone()),
+    )
+    .await
+    .unwrap();
+
+    // The same tree but for file contents, which the sparse files do not hold.
+    let without_content = |root: &std::path::Path| {
+        let mut t = Tree::snapshot(root).unwrap();
+        t.0.values_mut().for_each(|n| n.sha256 = None);
+        t
+    };
+    assert_eq!(
+        without_content(&sparse).diff(&without_content(&plain)),
+        Vec::<String>::new()
+    );
+    // Each file's bytes went to the sink, under the entry its origin names.
+    let got = recorder.0.lock().unwrap();
+    let mut inodes = std::collections::HashSet::new();
+    for (path, node) in without_content(&sparse).0 {
+        if node.kind != "file" {
+            continue;
+        }
+        let on_disk = std::fs::read(plain.join(String::from_utf8(path.clone()).unwrap())).unwrap();
+        let meta =
+            std::fs::metadata(sparse.join(String::from_utf8(path.clone()).unwrap())).unwrap();
+        assert_eq!(meta.blocks(), 0, "{path:?} holds no data");
+        let origin = &summary.file_origins[&meta.ino()];
+        let (size, bytes) = &got[&(origin.layer, origin.path.clone())];
+        assert_eq!((*size, bytes), (on_disk.len() as u64, &on_disk), "{path:?}");
+        inodes.insert(meta.ino());
+    }
+    assert_eq!(
+        inodes.len(),
+        4,
+        "tool (and its alias), empty, replaced, twice"
+    );
+    assert_eq!(got[&(1, b"twice".to_vec())].1, b"second entry wins");
+}
