@@ -8,22 +8,11 @@ use pronto_convert::{convert, verify, ConvertOptions};
 use pronto_format::Compression;
 use pronto_image::pull::{self, ResolvedImage};
 use pronto_image::{ClientOptions, Reference, RegistryClient};
+use pronto_testkit::fixtures::{ground_truth_images, noise};
 use pronto_testkit::image::{ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
 
 const CHUNK: u32 = 64 << 10;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn client() -> RegistryClient {
     RegistryClient::new(ClientOptions::default()).unwrap()
@@ -61,91 +50,29 @@ async fn push(
     (reference, resolved)
 }
 
+/// The shared ground-truth images, and one for the converter: contents later entries replace.
 fn images() -> Vec<(&'static str, ImageBuilder)> {
-    let long = format!("{}/{}", "d".repeat(120), "f".repeat(200));
-    vec![
-        (
-            "basic",
-            ImageBuilder::new().layer(
+    let mut images = ground_truth_images(CHUNK);
+    images.push((
+        // Contents replaced or removed by later entries: only the last ones are stored.
+        "replacements",
+        ImageBuilder::new()
+            .layer(
                 Layer::gzip()
-                    .dir("bin")
-                    .file("bin/su", b"setuid")
-                    .mode(0o4755)
-                    .dir("tmp")
-                    .mode(0o1777)
-                    .file("empty", b"")
-                    .file("one-chunk-exactly", noise(CHUNK as usize, 1))
-                    .file("three-chunks-exactly", noise(3 * CHUNK as usize, 2))
-                    .file("multi", noise(5 * CHUNK as usize + 17, 3))
-                    .file("zeros", vec![0u8; 200_000])
-                    .symlink("link", "/bin/su")
-                    .file("tagged", b"x")
-                    .xattr("user.note", b"hello")
-                    .xattr(
-                        "security.capability",
-                        [
-                            1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                        ],
-                    )
-                    .file("owned", b"o")
-                    .owner(1000, 1001)
-                    .mtime(1_234_567_890),
+                    .file("replaced", noise(3 * CHUNK as usize, 5))
+                    .file("gone/deep", noise(CHUNK as usize, 6))
+                    .file("twice", b"first entry")
+                    .file("twice", b"second entry wins")
+                    .symlink("link-then-file", "replaced"),
+            )
+            .layer(
+                Layer::zstd()
+                    .file("replaced", b"short now")
+                    .whiteout("gone")
+                    .file("link-then-file", b"no longer a link"),
             ),
-        ),
-        (
-            "whiteouts",
-            ImageBuilder::new()
-                .layer(
-                    Layer::gzip()
-                        .file("a/keep", b"k")
-                        .file("a/gone", b"g")
-                        .file("opq/old", b"o")
-                        .file("x", b"file"),
-                )
-                .layer(
-                    Layer::zstd()
-                        .whiteout("a/gone")
-                        .opaque("opq")
-                        .file("opq/new", b"n")
-                        .dir("x")
-                        .file("x/in", b"dir now"),
-                ),
-        ),
-        (
-            "links-names-devices",
-            ImageBuilder::new()
-                .layer(
-                    Layer::gzip()
-                        .file("orig", noise(100_000, 4))
-                        .hardlink("second", "orig")
-                        .file(&long, b"long")
-                        .file(b"caf\xe9".as_slice(), b"latin1")
-                        .char_device("dev/null", 1, 3)
-                        .block_device("dev/loop7", 7, 7)
-                        .fifo("dev/fifo"),
-                )
-                .layer(Layer::plain().hardlink("third", "orig")),
-        ),
-        (
-            // Contents replaced or removed by later entries: only the last ones are stored.
-            "replacements",
-            ImageBuilder::new()
-                .layer(
-                    Layer::gzip()
-                        .file("replaced", noise(3 * CHUNK as usize, 5))
-                        .file("gone/deep", noise(CHUNK as usize, 6))
-                        .file("twice", b"first entry")
-                        .file("twice", b"second entry wins")
-                        .symlink("link-then-file", "replaced"),
-                )
-                .layer(
-                    Layer::zstd()
-                        .file("replaced", b"short now")
-                        .whiteout("gone")
-                        .file("link-then-file", b"no longer a link"),
-                ),
-        ),
-    ]
+    ));
+    images
 }
 
 #[tokio::test]

@@ -5,22 +5,10 @@
 mod common;
 
 use pronto_image::manifest::Platform;
+use pronto_testkit::fixtures::noise;
 use pronto_testkit::image::{push_index, ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
 use pronto_testkit::tree::Tree;
-
-/// Deterministic, poorly compressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Pushes `image`, unpacks it with Pronto into `WORK/rootfs` and with umoci, asserts the trees
 /// are equal; returns Pronto's tree and the work dir.
