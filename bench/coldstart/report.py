@@ -9,7 +9,7 @@ from collections import defaultdict
 samples, out = sys.argv[1], sys.argv[2]
 e = os.environ
 rows = list(csv.DictReader(open(samples), delimiter="\t"))
-MODES = ["full", "accel-first", "floor", "warm"]
+MODES = ["full", "accel-first", "accel", "floor", "warm"]
 PHASES = ["imageReady", "containerStarted", "appReady", "firstByte"]
 by = defaultdict(list)
 for r in rows:
@@ -43,7 +43,9 @@ lines = [
     "received over the link from the daemon's start to the response; Range = 206 responses the "
     "registry logged; CPU = the daemon's user+sys seconds (with reaped children) since its start.",
     "",
-    "Mode `accel` (prefetch from a recorded access trace) is not measured: Pronto has no prefetch yet.",
+    "Modes: `full` = full pull and unpack; `accel-first` = lazy rootfs, empty chunk cache, no access trace (it records one); "
+    "`accel` = lazy rootfs, empty chunk cache, prefetching the trace the `accel-first` sample before it recorded "
+    "(rootfs `lazy+prefetch`); `floor` = the image already unpacked on the node; `warm` = a second request to the `full` instance.",
     "",
 ]
 for w in workloads:

@@ -3,7 +3,7 @@
 # See bench/README.md ("coldstart"). Also reached as `pronto bench coldstart ...`.
 #
 #   bash bench/coldstart/run.sh [--workloads puppeteer-pdf,python-ml,python-small,data-loader]
-#        [--link 1gbit,2ms] [--runs 5] [--modes full,floor,accel-first,warm] [--out DIR]
+#        [--link 1gbit,2ms] [--runs 5] [--modes full,floor,accel-first,accel,warm] [--out DIR]
 #
 # The registry runs in a network namespace this script creates, reached over a veth pair shaped
 # with tc tbf (the rate; this kernel has no netem, so the RTT comes from a delaying relay in the namespace). Every sample is a true cold
@@ -17,7 +17,7 @@ script_start=$EPOCHREALTIME
 workloads=puppeteer-pdf,python-ml,python-small,data-loader
 link=1gbit,2ms
 runs=5
-modes=full,floor,accel-first,warm
+modes=full,floor,accel-first,accel,warm
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,7 +35,7 @@ rate=${link%%,*}; rtt=${link#*,}
 [[ "$rate" =~ ^[0-9]+(k|m|g)bit$ ]] || { echo "--link RATE,RTT: RATE like 1gbit or 100mbit" >&2; exit 2; }
 [[ "$rtt" =~ ^[0-9.]+ms$ ]] || { echo "--link RATE,RTT: RTT like 2ms" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-case ",$modes," in *,accel,*) echo "mode 'accel' (prefetch from an access trace) does not exist in Pronto yet" >&2; exit 2 ;; esac
+case ",$modes," in *,accel,*) case ",$modes," in *,accel-first,*) ;; *) echo "mode 'accel' needs 'accel-first' (which records the access trace it prefetches)" >&2; exit 2 ;; esac ;; esac
 
 log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -216,16 +216,32 @@ invoke_once() { # workload function mode run
   # bytes and Range requests from the daemon's start to now (the lazy rootfs keeps fetching only
   # what is read, so a sample counts what its start read)
   printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
-    $(echo "$cold" | tr ';' '\n' | awk -F= '$1=="imageReady"||$1=="containerStarted"||$1=="appReady"||$1=="firstByte"{printf "%s ", $2} $1=="rootfs"{r=$2} END{print r}') \
+    $(echo "$cold" | tr ';' '\n' | awk -F= '$1=="imageReady"||$1=="containerStarted"||$1=="appReady"||$1=="firstByte"{printf "%s ", $2} $1=="rootfs"{r=$2} $1=="prefetch"&&$2=="true"{r=r "+prefetch"} END{print r}') \
     "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" >>"$samples"
   log "$w $mode run $i: ttfb $(awk -v t="$ttfb" 'BEGIN{printf "%.0f", t*1000}') ms ($cold), $(( ($(rx) - rx_start) / 1000000 )) MB fetched"
+}
+# access traces stored for a function (the daemon's SQLite store), or deleted: accel-first must
+# start without one, accel with the one accel-first recorded
+traces() { # count|delete function
+  "$PY" - "$data/pronto.db" "$1" "$2" <<'PYTRACE'
+import sqlite3, sys
+db, op, fn = sys.argv[1:]
+c = sqlite3.connect(db)
+if op == "delete":
+    c.execute("DELETE FROM access_traces WHERE function_name = ?", (fn,)); c.commit()
+else:
+    print(c.execute("SELECT count(*) FROM access_traces WHERE function_name = ?", (fn,)).fetchone()[0])
+PYTRACE
 }
 # A cold node as MODE wants it, then the daemon started fresh.
 cold_node() { # mode workload
   stop_daemon
   [ -z "$(our_mounts)" ] || die "mounts left after the daemon stopped: $(our_mounts | tr '\n' ' ')"
   case $1 in
-    full | accel-first) rm -rf "$data/node/images" "$data/node/chunks" "$data/node/lazy" ;;
+    full) rm -rf "$data/node/images" "$data/node/chunks" "$data/node/lazy" ;;
+    accel-first) rm -rf "$data/node/images" "$data/node/chunks" "$data/node/lazy"; traces delete "$2-acc" ;;
+    accel) rm -rf "$data/node/images" "$data/node/chunks" "$data/node/lazy"
+      [ "$(traces count "$2-acc")" = 1 ] || die "accel: accel-first recorded no access trace for $2" ;;
     floor) rm -rf "$data/node/chunks" "$data/node/lazy"
       [ -d "$data/node/images/${digest[$2]#sha256:}" ] || die "floor: no unpacked image for $2" ;;
   esac
@@ -235,9 +251,9 @@ cold_node() { # mode workload
 }
 for w in ${workloads//,/ }; do
   for i in $(seq "$runs"); do
-    for mode in full floor accel-first; do
+    for mode in full floor accel-first accel; do
       case ",$modes," in *,$mode,*) ;; *) [ "$mode" = full ] && case ",$modes," in *,floor,* | *,warm,*) ;; *) continue ;; esac || continue ;; esac
-      fn="$w-full"; [ "$mode" = accel-first ] && fn="$w-acc"
+      fn="$w-full"; case $mode in accel*) fn="$w-acc" ;; esac
       cold_node "$mode" "$w"
       invoke_once "$w" "$fn" "$mode" "$i"
       if [ "$mode" = full ] && case ",$modes," in *,warm,*) true ;; *) false ;; esac; then

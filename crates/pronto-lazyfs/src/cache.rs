@@ -3,31 +3,95 @@
 //!
 //! - Layout: `DIR/<first 2 hex digits>/<64 hex digits>`, one file per chunk, written to a
 //!   temporary name and renamed into place, so a crash never leaves a half-written entry under
-//!   a digest name (leftover temporaries are removed when the cache is opened).
+//!   a digest name (leftover temporaries are removed when the cache is opened). An entry is the
+//!   chunk's bytes followed, for chunks longer than one [`SEGMENT`], by the BLAKE3 chaining
+//!   value of each 64 KiB segment (32 bytes each): the segments are subtrees of the chunk's
+//!   BLAKE3 tree, so those values combine into the chunk's digest.
 //! - Bounded in bytes: when an insert pushes the total over the capacity, the least recently
 //!   used entries are deleted. Recency is kept in memory; at open it is seeded from the files'
 //!   mtimes, so a restart keeps roughly the old order.
 //! - Survives restarts: `open` scans the directory.
-//! - Trusts nothing it reads back: the first read of an entry after open checks its length and
-//!   BLAKE3; a corrupt entry is deleted and reported as a miss (the caller refetches it).
-//!   Entries this process wrote or checked are read with `pread` of just the range asked for.
+//! - Trusts nothing it reads back, and checks only what it serves: when an entry is first used
+//!   after open, its chaining values are combined and compared with the digest (a short chunk
+//!   is hashed whole); each segment is hashed and compared with its value the first time a read
+//!   touches it. So a random 4 KiB read of a cold entry costs one 64 KiB read, not the whole
+//!   chunk. A corrupt entry is deleted and reported as such (the caller refetches it). Entries
+//!   are kept open (up to a bound) with what was checked, and read with `pread`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use tracing::warn;
+use blake3::hazmat::{ChainingValue, HasherExt, Mode};
+use tracing::{debug, warn};
+
+/// The unit of verification of a cached chunk: a power of two ≥ BLAKE3's 1 KiB chunk, so every
+/// segment boundary of a chunk is a boundary of its BLAKE3 tree.
+pub const SEGMENT: usize = 64 << 10;
+
+/// The segments' chaining values of a chunk longer than one segment (empty otherwise).
+pub fn segment_values(data: &[u8]) -> Vec<ChainingValue> {
+    if data.len() <= SEGMENT {
+        return Vec::new();
+    }
+    data.chunks(SEGMENT)
+        .enumerate()
+        .map(|(i, seg)| segment_value(seg, i))
+        .collect()
+}
+
+fn segment_value(seg: &[u8], index: usize) -> ChainingValue {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset((index * SEGMENT) as u64);
+    h.update(seg);
+    h.finalize_non_root()
+}
+
+/// The digest of a chunk of `len` bytes (> one segment) from its segments' values.
+fn root_of(values: &[ChainingValue], len: u64) -> [u8; 32] {
+    // BLAKE3's tree splits an input at the largest power-of-two number of 1 KiB chunks below
+    // its length; for lengths above one segment that is a multiple of the segment.
+    fn node(values: &[ChainingValue], len: u64) -> ChainingValue {
+        if len <= SEGMENT as u64 {
+            return values[0];
+        }
+        let left = blake3::hazmat::left_subtree_len(len);
+        let split = (left / SEGMENT as u64) as usize;
+        blake3::hazmat::merge_subtrees_non_root(
+            &node(&values[..split], left),
+            &node(&values[split..], len - left),
+            Mode::Hash,
+        )
+    }
+    let left = blake3::hazmat::left_subtree_len(len);
+    let split = (left / SEGMENT as u64) as usize;
+    *blake3::hazmat::merge_subtrees_root(
+        &node(&values[..split], left),
+        &node(&values[split..], len - left),
+        Mode::Hash,
+    )
+    .as_bytes()
+}
+
+/// Bytes on disk of the entry of a chunk of `len` bytes.
+fn entry_size(len: u64) -> u64 {
+    if len <= SEGMENT as u64 {
+        len
+    } else {
+        len + 32 * len.div_ceil(SEGMENT as u64)
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
+    /// Bytes of the file (chunk plus chaining values).
     size: u64,
     tick: u64,
-    /// Checked (length and BLAKE3) since this process opened the cache.
-    verified: bool,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +114,17 @@ impl State {
         }
     }
 
+    fn add(&mut self, digest: &[u8; 32], size: u64) {
+        if self.entries.contains_key(digest) {
+            return;
+        }
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.entries.insert(*digest, Entry { size, tick });
+        self.lru.insert(tick, *digest);
+        self.total += size;
+    }
+
     fn remove(&mut self, digest: &[u8; 32]) -> Option<Entry> {
         let e = self.entries.remove(digest)?;
         self.lru.remove(&e.tick);
@@ -58,10 +133,44 @@ impl State {
     }
 }
 
-/// Open files of checked entries kept at most: a read of one is then a single `pread`, with
-/// no path lookup or open (which cost disk reads of the cache's directories once the kernel
-/// dropped their dentries).
-const MAX_OPEN_ENTRIES: usize = 256;
+/// An entry kept open, with what of it has been checked this process.
+#[derive(Debug)]
+struct OpenEntry {
+    file: File,
+    /// The segments' chaining values, read from the entry and checked against its digest
+    /// (empty for a chunk of one segment, which is checked whole when opened).
+    values: Vec<ChainingValue>,
+    /// Per segment: hashed and found equal to its value.
+    checked: Vec<AtomicBool>,
+}
+
+impl OpenEntry {
+    fn all_checked(file: File, len: u32) -> OpenEntry {
+        let n = (len as usize).div_ceil(SEGMENT).max(1);
+        OpenEntry {
+            file,
+            values: Vec::new(),
+            checked: (0..n).map(|_| AtomicBool::new(true)).collect(),
+        }
+    }
+}
+
+/// Why an entry could not be read.
+enum ReadError {
+    /// Short, or its bytes do not hash to what they should.
+    Corrupt,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ReadError::Corrupt
+        } else {
+            ReadError::Io(e)
+        }
+    }
+}
 
 /// The node's chunk cache. Shared (`Arc`) by every mount; all methods take `&self`.
 #[derive(Debug)]
@@ -69,7 +178,11 @@ pub struct ChunkCache {
     dir: PathBuf,
     capacity: u64,
     state: Mutex<State>,
-    open: Mutex<HashMap<[u8; 32], Arc<File>>>,
+    open: Mutex<HashMap<[u8; 32], Arc<OpenEntry>>>,
+    /// Entries kept open at most: a read of one is then a `pread`, with no path lookup or
+    /// open (which cost disk reads of the cache's directories and inodes once the kernel
+    /// dropped them).
+    max_open: usize,
 }
 
 /// What a cache lookup found.
@@ -114,24 +227,14 @@ impl ChunkCache {
         found.sort_unstable();
         let mut state = State::default();
         for (_, digest, size) in found {
-            let tick = state.next_tick;
-            state.next_tick += 1;
-            state.entries.insert(
-                digest,
-                Entry {
-                    size,
-                    tick,
-                    verified: false,
-                },
-            );
-            state.lru.insert(tick, digest);
-            state.total += size;
+            state.add(&digest, size);
         }
         let cache = ChunkCache {
             dir: dir.to_owned(),
             capacity,
             state: Mutex::new(state),
             open: Mutex::default(),
+            max_open: open_files_bound(),
         };
         cache.evict();
         Ok(cache)
@@ -146,59 +249,37 @@ impl ChunkCache {
         self.state.lock().expect("chunk cache lock poisoned")
     }
 
+    fn open_files(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<OpenEntry>>> {
+        self.open.lock().expect("open files lock poisoned")
+    }
+
     /// Bytes `range` of the chunk `digest` (whose full length is `len`), if cached and sound.
     pub fn read(&self, digest: &[u8; 32], len: u32, range: std::ops::Range<u32>) -> Lookup {
-        let verified = {
+        {
             let mut st = self.lock();
             match st.entries.get(digest) {
                 None => return Lookup::Miss,
-                Some(e) if e.size != u64::from(len) => {
+                Some(e) if e.size != entry_size(u64::from(len)) => {
                     drop(st);
                     self.discard(digest);
                     return Lookup::Corrupt;
                 }
-                Some(e) => {
-                    let v = e.verified;
-                    st.touch(digest);
-                    v
-                }
+                Some(_) => st.touch(digest),
             }
-        };
-        let path = self.path_of(digest);
-        let result = if verified {
-            self.open_entry(digest, &path)
-                .and_then(|f| read_range(&f, range.clone()))
-        } else {
-            // First use since open: check the whole entry once.
-            match std::fs::read(&path) {
-                Ok(data)
-                    if data.len() == len as usize && blake3::hash(&data).as_bytes() == digest =>
-                {
-                    if let Some(e) = self.lock().entries.get_mut(digest) {
-                        e.verified = true;
-                    }
-                    Ok(data[range.start as usize..range.end as usize].to_vec())
-                }
-                Ok(_) => {
-                    self.discard(digest);
-                    return Lookup::Corrupt;
-                }
-                Err(e) => Err(e),
-            }
-        };
-        match result {
-            Ok(bytes) if bytes.len() == range.len() => Lookup::Hit(bytes),
-            Ok(_) => {
+        }
+        match self.read_checked(digest, len, range) {
+            Ok(bytes) => Lookup::Hit(bytes),
+            Err(ReadError::Corrupt) => {
                 self.discard(digest);
                 Lookup::Corrupt
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Evicted between the lookup and the read, or deleted behind our back.
                 self.lock().remove(digest);
                 self.close(digest);
                 Lookup::Miss
             }
-            Err(e) => {
+            Err(ReadError::Io(e)) => {
                 warn!(chunk = %hex::encode(digest), error = %e, "chunk cache read failed");
                 self.discard(digest);
                 Lookup::Miss
@@ -206,32 +287,89 @@ impl ChunkCache {
         }
     }
 
-    fn open_entry(&self, digest: &[u8; 32], path: &Path) -> io::Result<Arc<File>> {
-        if let Some(f) = self
-            .open
-            .lock()
-            .expect("open files lock poisoned")
-            .get(digest)
-        {
-            return Ok(f.clone());
+    fn read_checked(
+        &self,
+        digest: &[u8; 32],
+        len: u32,
+        range: std::ops::Range<u32>,
+    ) -> Result<Vec<u8>, ReadError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
         }
-        let f = Arc::new(File::open(path)?);
-        let mut open = self.open.lock().expect("open files lock poisoned");
-        if open.len() >= MAX_OPEN_ENTRIES {
-            // Any one: cheap, and a closed entry only costs an open next time.
+        let entry = self.open_entry(digest, len)?;
+        let (start, end) = (range.start as usize, range.end as usize);
+        let segments = start / SEGMENT..=(end - 1) / SEGMENT;
+        if segments
+            .clone()
+            .all(|s| entry.checked[s].load(Ordering::Acquire))
+        {
+            return Ok(read_exact_at(&entry.file, start..end)?);
+        }
+        // Read the segments the range touches whole, and check those not checked yet.
+        let from = segments.start() * SEGMENT;
+        let to = ((segments.end() + 1) * SEGMENT).min(len as usize);
+        let buf = read_exact_at(&entry.file, from..to)?;
+        for s in segments {
+            if entry.checked[s].load(Ordering::Acquire) {
+                continue;
+            }
+            let at = s * SEGMENT - from;
+            let seg = &buf[at..(at + SEGMENT).min(buf.len())];
+            if segment_value(seg, s) != entry.values[s] {
+                return Err(ReadError::Corrupt);
+            }
+            entry.checked[s].store(true, Ordering::Release);
+        }
+        Ok(buf[start - from..end - from].to_vec())
+    }
+
+    /// The open entry, opening it (and checking its chaining values) if need be.
+    fn open_entry(&self, digest: &[u8; 32], len: u32) -> Result<Arc<OpenEntry>, ReadError> {
+        if let Some(e) = self.open_files().get(digest) {
+            return Ok(e.clone());
+        }
+        let file = File::open(self.path_of(digest))?;
+        let entry = if len as usize <= SEGMENT {
+            let data = read_exact_at(&file, 0..len as usize)?;
+            if blake3::hash(&data).as_bytes() != digest {
+                return Err(ReadError::Corrupt);
+            }
+            OpenEntry::all_checked(file, len)
+        } else {
+            let n = (len as usize).div_ceil(SEGMENT);
+            let raw = read_exact_at(&file, len as usize..len as usize + 32 * n)?;
+            let values: Vec<ChainingValue> = raw
+                .chunks_exact(32)
+                .map(|v| v.try_into().expect("32-byte chunks"))
+                .collect();
+            if &root_of(&values, u64::from(len)) != digest {
+                return Err(ReadError::Corrupt);
+            }
+            OpenEntry {
+                file,
+                values,
+                checked: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            }
+        };
+        Ok(self.keep_open(digest, entry))
+    }
+
+    fn keep_open(&self, digest: &[u8; 32], entry: OpenEntry) -> Arc<OpenEntry> {
+        let entry = Arc::new(entry);
+        let mut open = self.open_files();
+        if open.len() >= self.max_open {
+            // Any one: cheap, and a closed entry only costs an open (and a check of the
+            // segments read again) next time.
             if let Some(k) = open.keys().next().copied() {
                 open.remove(&k);
             }
         }
-        open.insert(*digest, f.clone());
-        Ok(f)
+        open.insert(*digest, entry.clone());
+        entry
     }
 
     fn close(&self, digest: &[u8; 32]) {
-        self.open
-            .lock()
-            .expect("open files lock poisoned")
-            .remove(digest);
+        self.open_files().remove(digest);
     }
 
     /// Whether the chunk is cached (not checked).
@@ -242,41 +380,33 @@ impl ChunkCache {
     /// Stores a chunk the caller has verified. Failures are logged, not returned: the cache is
     /// an optimisation and the reader already has its bytes.
     pub fn insert(&self, digest: &[u8; 32], data: &[u8]) {
-        if self.contains(digest) || data.len() as u64 > self.capacity {
+        let size = entry_size(data.len() as u64);
+        if self.contains(digest) || size > self.capacity {
             return;
         }
-        if let Err(e) = self.write_entry(digest, data) {
-            warn!(chunk = %hex::encode(digest), error = %e, "chunk cache write failed");
-            return;
-        }
-        {
-            let mut st = self.lock();
-            if !st.entries.contains_key(digest) {
-                let tick = st.next_tick;
-                st.next_tick += 1;
-                st.entries.insert(
-                    *digest,
-                    Entry {
-                        size: data.len() as u64,
-                        tick,
-                        verified: true,
-                    },
-                );
-                st.lru.insert(tick, *digest);
-                st.total += data.len() as u64;
+        match self.write_entry(digest, data) {
+            Ok(file) => {
+                self.keep_open(digest, OpenEntry::all_checked(file, data.len() as u32));
+            }
+            Err(e) => {
+                warn!(chunk = %hex::encode(digest), error = %e, "chunk cache write failed");
+                return;
             }
         }
+        self.lock().add(digest, size);
         self.evict();
     }
 
-    fn write_entry(&self, digest: &[u8; 32], data: &[u8]) -> io::Result<()> {
+    fn write_entry(&self, digest: &[u8; 32], data: &[u8]) -> io::Result<File> {
         let path = self.path_of(digest);
         let shard = path.parent().expect("entry has a shard dir");
         std::fs::create_dir_all(shard)?;
         let mut tmp = tempfile::NamedTempFile::new_in(shard)?;
         tmp.write_all(data)?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        for value in segment_values(data) {
+            tmp.write_all(&value)?;
+        }
+        tmp.persist(&path).map_err(|e| e.error)
     }
 
     /// Deletes least recently used entries until the total fits.
@@ -306,7 +436,7 @@ impl ChunkCache {
         let _ = std::fs::remove_file(self.path_of(digest));
     }
 
-    /// Bytes stored.
+    /// Bytes stored (chunks and their chaining values).
     pub fn total_bytes(&self) -> u64 {
         self.lock().total
     }
@@ -325,20 +455,34 @@ impl ChunkCache {
     }
 }
 
-fn read_range(f: &File, range: std::ops::Range<u32>) -> io::Result<Vec<u8>> {
+/// Exactly the bytes `range` of `f` (`UnexpectedEof` if the file is shorter).
+fn read_exact_at(f: &File, range: std::ops::Range<usize>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; range.len()];
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], u64::from(range.start) + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    buf.truncate(done);
+    f.read_exact_at(&mut buf, range.start as u64)?;
     Ok(buf)
 }
 
+/// How many entries the cache keeps open: a quarter of the open-files limit, after raising
+/// the soft limit to the hard one (the default soft limit, 1024, is below a node's working set
+/// of chunks).
+fn open_files_bound() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = raised,
+            Err(e) => debug!(error = %e, "raising the open-files limit"),
+        }
+    }
+    let soft = limit.current.unwrap_or(u64::MAX);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 8192)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +534,86 @@ mod tests {
         std::fs::write(&path, &data[..100]).unwrap();
         let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(cache.read(&d, 5000, 0..10), Lookup::Corrupt);
+    }
+
+    #[test]
+    fn segment_values_combine_into_the_chunk_digest() {
+        for len in [
+            SEGMENT + 1,
+            2 * SEGMENT,
+            3 * SEGMENT + 5,
+            (1 << 20) - 1,
+            1 << 20,
+            (1 << 20) + 1024,
+            4 << 20,
+        ] {
+            let (d, data) = chunk(11, len);
+            let values = segment_values(&data);
+            assert_eq!(values.len(), len.div_ceil(SEGMENT));
+            assert_eq!(root_of(&values, len as u64), d, "length {len}");
+        }
+        assert!(segment_values(&[1u8; SEGMENT]).is_empty());
+    }
+
+    #[test]
+    fn a_corrupted_segment_is_refused_while_the_others_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 5 * SEGMENT + 100;
+        let (d, data) = chunk(9, len);
+        ChunkCache::open(dir.path(), 1 << 30)
+            .unwrap()
+            .insert(&d, &data);
+        let hex = hex::encode(d);
+        let path = dir.path().join(&hex[..2]).join(&hex);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            entry_size(len as u64)
+        );
+        let mut bad = std::fs::read(&path).unwrap();
+        bad[3 * SEGMENT + 7] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+
+        let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        let n = len as u32;
+        let seg = SEGMENT as u32;
+        // Segments 0-2 and across 4/5 are sound: served (and hashed once).
+        assert_eq!(
+            cache.read(&d, n, 10..4096),
+            Lookup::Hit(data[10..4096].to_vec())
+        );
+        assert_eq!(
+            cache.read(&d, n, seg - 5..2 * seg + 5),
+            Lookup::Hit(data[SEGMENT - 5..2 * SEGMENT + 5].to_vec())
+        );
+        assert_eq!(
+            cache.read(&d, n, 5 * seg - 8..n),
+            Lookup::Hit(data[5 * SEGMENT - 8..].to_vec())
+        );
+        // The damaged segment is not: the entry goes, the next read is a miss.
+        assert_eq!(
+            cache.read(&d, n, 3 * seg + 100..3 * seg + 200),
+            Lookup::Corrupt
+        );
+        assert!(!path.exists());
+        assert_eq!(cache.read(&d, n, 0..10), Lookup::Miss);
+    }
+
+    #[test]
+    fn a_corrupted_chaining_value_is_refused_at_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 2 * SEGMENT + 1;
+        let (d, data) = chunk(5, len);
+        ChunkCache::open(dir.path(), 1 << 30)
+            .unwrap()
+            .insert(&d, &data);
+        let hex = hex::encode(d);
+        let path = dir.path().join(&hex[..2]).join(&hex);
+        let mut bad = std::fs::read(&path).unwrap();
+        bad[len + 33] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(cache.read(&d, len as u32, 0..10), Lookup::Corrupt);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,50 @@ const MAX_RUN_BYTES: u64 = 16 << 20;
 /// misses (round trips, not bytes, decide a cold start). A chunk this size or larger is
 /// fetched alone.
 const WIDEN_BYTES: u64 = 256 << 10;
+
+/// Range requests prefetch keeps in flight at once.
+const PREFETCH_STREAMS: usize = 4;
+/// Stored bytes per prefetch request at most.
+const PREFETCH_RUN_BYTES: u64 = 4 << 20;
+/// Stored bytes of the trace sorted together into pack order: large enough that a window
+/// holds whole directories' worth of neighbours, small enough that the start of the trace
+/// (what the program reads first) goes out first.
+const PREFETCH_WINDOW_BYTES: u64 = 16 << 20;
+
+/// The trace cut into prefetch requests: windows in trace order, each sorted by pack and
+/// offset and split into runs of adjacent chunks.
+fn prefetch_runs(trace: &[ChunkRef]) -> Vec<Vec<ChunkRef>> {
+    let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
+    let mut rest = trace;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || bytes < PREFETCH_WINDOW_BYTES) {
+            bytes += u64::from(rest[n].compressed_size);
+            n += 1;
+        }
+        let mut window = rest[..n].to_vec();
+        rest = &rest[n..];
+        window.sort_by_key(|c| (c.pack, c.offset));
+        window.dedup_by_key(|c| (c.pack, c.offset));
+        let mut run: Vec<ChunkRef> = Vec::new();
+        for c in window {
+            if let (Some(first), Some(last)) = (run.first(), run.last()) {
+                if last.pack != c.pack
+                    || last.pack_range().end != c.offset
+                    || c.pack_range().end - first.offset > PREFETCH_RUN_BYTES
+                {
+                    runs.push(std::mem::take(&mut run));
+                }
+            }
+            run.push(c);
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+    }
+    runs
+}
 
 /// How hard to try before a read fails.
 #[derive(Debug, Clone, Copy)]
@@ -304,16 +349,7 @@ impl ChunkFetcher {
         if !lead.is_empty() {
             let refs: Vec<ChunkRef> = lead.iter().map(|(c, _)| *c).collect();
             let results = self.fetch_runs(&refs);
-            for ((c, flight), result) in lead.iter().zip(results) {
-                if let Ok(data) = &result {
-                    self.cache.insert(&c.digest, data);
-                }
-                self.inflight
-                    .lock()
-                    .expect("inflight lock poisoned")
-                    .remove(&c.digest);
-                flight.finish(result);
-            }
+            self.land(&lead, results);
         }
         sources
             .into_iter()
@@ -331,6 +367,81 @@ impl ChunkFetcher {
                 }
             })
             .collect()
+    }
+
+    /// Stores what a leader fetched, then hands it to everyone waiting on its flights (cached
+    /// before the flight is dropped: see `get_chunks`).
+    fn land(&self, lead: &[(ChunkRef, Arc<Flight>)], results: Vec<Result<Bytes, FetchError>>) {
+        for ((c, flight), result) in lead.iter().zip(results) {
+            if let Ok(data) = &result {
+                self.cache.insert(&c.digest, data);
+            }
+            self.inflight
+                .lock()
+                .expect("inflight lock poisoned")
+                .remove(&c.digest);
+            flight.finish(result);
+        }
+    }
+
+    /// Flights for those of `chunks` that are neither cached nor being fetched: the caller
+    /// leads them.
+    fn claim(&self, chunks: &[ChunkRef]) -> Vec<(ChunkRef, Arc<Flight>)> {
+        let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
+        let mut lead = Vec::new();
+        for c in chunks {
+            if !inflight.contains_key(&c.digest) && !self.cache.contains(&c.digest) {
+                let f = Arc::new(Flight::default());
+                inflight.insert(c.digest, f.clone());
+                lead.push((*c, f));
+            }
+        }
+        lead
+    }
+
+    /// Fetches `trace` (chunks in the order a previous start read them) ahead of demand, until
+    /// done or `cancel` is set. Blocking: run it on a thread of its own.
+    ///
+    /// The trace is taken in windows of [`PREFETCH_WINDOW_BYTES`]; each window is sorted into
+    /// pack order and cut into runs of adjacent chunks (one Range request each, at most
+    /// [`PREFETCH_RUN_BYTES`]). At most [`PREFETCH_STREAMS`] requests are in flight, so the
+    /// program's own misses, which go out at once beside them, always get a share of the link.
+    /// A chunk is claimed (in-flight dedup) only when its request leaves: a reader that needs
+    /// a chunk prefetch has not reached fetches it itself instead of queueing behind the rest.
+    pub fn prefetch(&self, trace: &[ChunkRef], cancel: &AtomicBool) {
+        use futures_util::StreamExt;
+        let runs = prefetch_runs(trace);
+        let fetch_one = |run: Vec<ChunkRef>| async move {
+            if cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let lead = self.claim(&run);
+            let mut at = 0;
+            while at < lead.len() {
+                // What was claimed may have holes (chunks read since): adjacent pieces only.
+                let mut end = at + 1;
+                while end < lead.len() && lead[end - 1].0.pack_range().end == lead[end].0.offset {
+                    end += 1;
+                }
+                let refs: Vec<ChunkRef> = lead[at..end].iter().map(|(c, _)| *c).collect();
+                let results = self.fetch_run(&refs).await;
+                let content = results
+                    .iter()
+                    .flatten()
+                    .map(|b| b.len() as u64)
+                    .sum::<u64>();
+                let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                self.stats.prefetched(ok, content);
+                self.land(&lead[at..end], results);
+                at = end;
+            }
+        };
+        self.rt.block_on(
+            futures_util::stream::iter(runs)
+                .map(fetch_one)
+                .buffer_unordered(PREFETCH_STREAMS)
+                .collect::<Vec<()>>(),
+        );
     }
 
     /// Fetches `chunks` (distinct digests) in as few Range requests as adjacency allows, all at

@@ -23,6 +23,7 @@ use tracing::error;
 
 use crate::fetch::ChunkFetcher;
 use crate::stats::Stats;
+use crate::trace::AccessRecorder;
 
 /// How long the kernel may cache entries and attributes: the tree is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -38,6 +39,7 @@ pub(crate) struct LazyFs {
     file_bytes: u64,
     /// The kernel's readahead for the mount, in bytes.
     readahead: u32,
+    recorder: Arc<AccessRecorder>,
 }
 
 impl LazyFs {
@@ -47,6 +49,7 @@ impl LazyFs {
         stats: Arc<Stats>,
         file_bytes: u64,
         readahead: u32,
+        recorder: Arc<AccessRecorder>,
     ) -> LazyFs {
         LazyFs {
             index,
@@ -54,6 +57,7 @@ impl LazyFs {
             stats,
             file_bytes,
             readahead,
+            recorder,
         }
     }
 
@@ -132,6 +136,7 @@ impl LazyFs {
             let to = end.min(base + u64::from(chunk.uncompressed_size)) - base;
             pieces.push((chunk, from as u32..to as u32));
         }
+        self.recorder.record(pieces.iter().map(|(c, _)| c));
         // Read in order (the chunk before this read is cached): fetch the next few with it.
         let last = (end - 1) / cs;
         let count = u64::from(self.index.chunk_count(n).map_err(|e| self.corrupt(e))?);

@@ -11,15 +11,19 @@
 //! - [`fetch`]: the chunk fetcher (runs of adjacent chunks in one request, in-flight dedup,
 //!   bounded retries);
 //! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read);
-//! - [`stats`]: per-mount counters.
+//! - [`stats`]: per-mount counters;
+//! - [`trace`]: access traces (which chunks a start read), recorded by a fresh mount and
+//!   prefetched by later ones ([`LazyMount::prefetch`]).
 
 pub mod cache;
 pub mod fetch;
 mod fs;
 pub mod mount;
 pub mod stats;
+pub mod trace;
 
 pub use cache::ChunkCache;
 pub use fetch::{FetchError, RetryPolicy};
 pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
 pub use stats::StatsSnapshot;
+pub use trace::AccessTrace;

@@ -2,20 +2,24 @@
 //! until [`LazyMount::unmount`] (or drop); [`cleanup_stale_mounts`] removes what a killed
 //! process left.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use pronto_convert::artifact::Artifact;
+use pronto_format::ChunkRef;
 use pronto_image::RegistryClient;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::ChunkCache;
 use crate::fetch::{ChunkFetcher, RetryPolicy};
 use crate::fs::LazyFs;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::trace::{AccessRecorder, AccessTrace};
 
 /// How a mount's source starts in `/proc/self/mountinfo` (then the index digest).
 const SOURCE_PREFIX: &str = "pronto:";
@@ -30,6 +34,8 @@ pub struct MountOptions {
     pub retry: RetryPolicy,
     /// The kernel's readahead on the mount, in KiB.
     pub readahead_kb: u32,
+    /// Record the chunks read from the mount on, for [`LazyMount::take_access_trace`].
+    pub record_access: bool,
 }
 
 impl Default for MountOptions {
@@ -38,6 +44,7 @@ impl Default for MountOptions {
             threads: 8,
             retry: RetryPolicy::default(),
             readahead_kb: 1024,
+            record_access: true,
         }
     }
 }
@@ -50,6 +57,17 @@ pub struct LazyMount {
     /// `st_dev` of the mount: names its FUSE connection in `/sys/fs/fuse/connections`.
     dev: u64,
     stats: Arc<Stats>,
+    index: pronto_format::Index,
+    fetcher: Arc<ChunkFetcher>,
+    recorder: Arc<AccessRecorder>,
+    prefetch: Option<Prefetch>,
+}
+
+/// A prefetch under way: its thread reports on `done` when it ends.
+#[derive(Debug)]
+struct Prefetch {
+    cancel: Arc<AtomicBool>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl LazyMount {
@@ -83,12 +101,14 @@ impl LazyMount {
             .with_pack_layout(all_chunks),
         );
         let file_bytes = file_bytes(&artifact.index);
+        let recorder = Arc::new(AccessRecorder::new(options.record_access));
         let fs = LazyFs::new(
             artifact.index.clone(),
-            fetcher,
+            fetcher.clone(),
             stats.clone(),
             file_bytes,
             options.readahead_kb.saturating_mul(1024),
+            recorder.clone(),
         );
         let mut config = Config::default();
         config.mount_options = vec![
@@ -114,7 +134,70 @@ impl LazyMount {
             mountpoint: mountpoint.to_owned(),
             dev,
             stats,
+            index: artifact.index.clone(),
+            fetcher,
+            recorder,
+            prefetch: None,
         })
+    }
+
+    /// The chunks read from the mount since it was mounted, in first-read order; recording
+    /// stops. `None` if the mount was not recording (see [`MountOptions::record_access`]) or
+    /// the trace was taken before.
+    pub fn take_access_trace(&self) -> Option<AccessTrace> {
+        self.recorder.take()
+    }
+
+    /// Starts fetching the chunks of `trace` (a previous start's reads of this image) in the
+    /// background, ahead of the program's reads; a mount that prefetches stops recording.
+    /// Digests the index does not hold are skipped. Returns how many chunks will be fetched
+    /// (those of the trace the index holds). Unmounting cancels what is left.
+    pub fn prefetch(&mut self, trace: &AccessTrace) -> usize {
+        self.recorder.stop();
+        let mut by_digest: HashMap<[u8; 32], ChunkRef> = HashMap::new();
+        for n in 0..self.index.inode_count() {
+            for c in self.index.chunks(n).unwrap_or_default() {
+                by_digest.entry(c.digest).or_insert(c);
+            }
+        }
+        let chunks: Vec<ChunkRef> = trace
+            .chunks
+            .iter()
+            .filter_map(|d| by_digest.get(d).copied())
+            .collect();
+        let count = chunks.len();
+        if count == 0 {
+            return 0;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let (fetcher, stop, stats) = (self.fetcher.clone(), cancel.clone(), self.stats.clone());
+        let spawned = std::thread::Builder::new()
+            .name("pronto-prefetch".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                fetcher.prefetch(&chunks, &stop);
+                let s = stats.snapshot();
+                info!(
+                    chunks = count,
+                    fetched = s.prefetched_chunks,
+                    bytes = s.prefetched_content_bytes,
+                    cancelled = stop.load(Ordering::Relaxed),
+                    "prefetch done in {:?}",
+                    started.elapsed()
+                );
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                self.prefetch = Some(Prefetch { cancel, done });
+                count
+            }
+            Err(e) => {
+                warn!(error = %e, "starting the prefetch thread");
+                0
+            }
+        }
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -132,6 +215,13 @@ impl LazyMount {
     }
 
     fn unmount_inner(&mut self) -> io::Result<()> {
+        if let Some(p) = self.prefetch.take() {
+            // Requests in flight finish (each bounded by the retry policy's timeout).
+            p.cancel.store(true, Ordering::Relaxed);
+            if p.done.recv_timeout(JOIN_TIMEOUT).is_err() {
+                warn!(mountpoint = %self.mountpoint.display(), "prefetch still running after unmount; leaving it");
+            }
+        }
         let Some(session) = self.session.take() else {
             return Ok(());
         };

@@ -22,6 +22,8 @@ pub struct Stats {
     fetch_errors: AtomicU64,
     fetch_micros_total: AtomicU64,
     fetch_micros_max: AtomicU64,
+    prefetched_chunks: AtomicU64,
+    prefetched_content_bytes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -53,6 +55,10 @@ pub struct StatsSnapshot {
     /// Time in successful Range requests (sum and slowest), microseconds.
     pub fetch_micros_total: u64,
     pub fetch_micros_max: u64,
+    /// Of the chunks fetched, those the prefetcher fetched (ahead of demand, from an access
+    /// trace), and their content bytes.
+    pub prefetched_chunks: u64,
+    pub prefetched_content_bytes: u64,
 }
 
 impl Stats {
@@ -72,6 +78,8 @@ impl Stats {
             fetch_errors: self.fetch_errors.load(Relaxed),
             fetch_micros_total: self.fetch_micros_total.load(Relaxed),
             fetch_micros_max: self.fetch_micros_max.load(Relaxed),
+            prefetched_chunks: self.prefetched_chunks.load(Relaxed),
+            prefetched_content_bytes: self.prefetched_content_bytes.load(Relaxed),
         }
     }
 
@@ -106,6 +114,11 @@ impl Stats {
         self.fetch_micros_max.fetch_max(micros, Relaxed);
     }
 
+    pub(crate) fn prefetched(&self, chunks: u64, content: u64) {
+        self.prefetched_chunks.fetch_add(chunks, Relaxed);
+        self.prefetched_content_bytes.fetch_add(content, Relaxed);
+    }
+
     pub(crate) fn retry(&self) {
         self.fetch_retries.fetch_add(1, Relaxed);
     }
@@ -126,7 +139,7 @@ impl std::fmt::Display for StatsSnapshot {
             f,
             "read {} B in {} requests; fetched {} B ({} chunks, {} B of content) in {} range requests \
              (avg {avg_ms:.1} ms, max {:.1} ms); cache {} hits, {} misses, {} corrupt; \
-             {} waits on in-flight fetches; {} retries, {} errors",
+             {} waits on in-flight fetches; {} retries, {} errors; prefetched {} chunks ({} B)",
             self.read_bytes,
             self.read_requests,
             self.fetched_bytes,
@@ -140,6 +153,8 @@ impl std::fmt::Display for StatsSnapshot {
             self.inflight_waits,
             self.fetch_retries,
             self.fetch_errors,
+            self.prefetched_chunks,
+            self.prefetched_content_bytes,
         )
     }
 }

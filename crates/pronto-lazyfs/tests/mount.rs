@@ -480,3 +480,79 @@ async fn unmount_with_a_reader_inside_does_not_hang() {
     let mut buf = Vec::new();
     assert!(held.read_to_end(&mut buf).is_err());
 }
+
+/// A start records what it read, in order; a later mount with an empty cache prefetches that
+/// trace in a few merged requests, and the same reads then fetch nothing themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_trace_is_prefetched_by_the_next_mount() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            let len = 3 * CHUNK as usize + i * 100 + 1; // 4 chunks each
+            (format!("app/lib{i:02}"), noise(len, 100 + i as u64))
+        })
+        .collect();
+    let mut layer = Layer::zstd();
+    for (name, data) in &files {
+        layer = layer.file(name, data);
+    }
+    for i in 0..10 {
+        layer = layer.file(format!("unread/f{i}"), noise(2 * CHUNK as usize, 500 + i));
+    }
+    let image = ImageBuilder::new().layer(layer);
+    let (_, artifact) = accelerate(&registry, image, "trace/app:v1", CHUNK, work.path()).await;
+    let read_all = |dir: PathBuf, files: Vec<(String, Vec<u8>)>| {
+        blocking(move || {
+            // Not in pack order: the trace keeps the order of first reads.
+            for (name, data) in files.iter().rev() {
+                assert!(std::fs::read(dir.join(name)).unwrap() == *data, "{name}");
+            }
+        })
+    };
+
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache1"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt1");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    read_all(dir.clone(), files.clone()).await;
+    let trace = mount.take_access_trace().expect("a fresh mount records");
+    assert_eq!(trace.len(), 30 * 4, "every chunk read, once");
+    let last_file_first_chunk = pronto_format::chunk_digest(&files[29].1[..CHUNK as usize]);
+    assert_eq!(trace.chunks[0], last_file_first_chunk, "first read first");
+    assert_eq!(mount.take_access_trace(), None, "taken once");
+    mount.unmount().unwrap();
+
+    // Another node (empty cache): prefetch the trace, plus a digest this index lacks.
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache2"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt2");
+    let mut mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let mut with_stranger = trace.clone();
+    with_stranger.chunks.push([0xee; 32]);
+    assert_eq!(mount.prefetch(&with_stranger), trace.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mount.stats().prefetched_chunks < trace.len() as u64 {
+        assert!(Instant::now() < deadline, "prefetch: {}", mount.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = mount.stats();
+    assert_eq!(s.fetched_chunks, 120, "only the trace's chunks: {s}");
+    // 120 adjacent chunks in packs of 16: merged into runs, not one request per chunk.
+    assert!(s.range_requests <= 20, "{s}");
+    read_all(dir.clone(), files.clone()).await;
+    let after = mount.stats();
+    assert_eq!(
+        (
+            after.fetched_chunks,
+            after.range_requests,
+            after.cache_misses
+        ),
+        (s.fetched_chunks, s.range_requests, 0),
+        "the reads found everything prefetched: {after}"
+    );
+    assert_eq!(
+        mount.take_access_trace(),
+        None,
+        "a prefetching mount does not record"
+    );
+    mount.unmount().unwrap();
+}

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use pronto_image::pull::{PullError, ResolvedImage};
 use pronto_image::RegistryClient;
+use pronto_lazyfs::AccessTrace;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bundle::{self, BundleError, BundleParams, ProcessOverrides};
 use crate::images::ImageStore;
-use crate::lazy::{LazyStore, SharedMount};
+use crate::lazy::{Acquired, LazyStore, SharedMount};
 use crate::netns;
 use crate::oci::{OciError, OciRuntime};
 
@@ -59,6 +60,9 @@ pub struct InstanceSpec {
     /// The image has an accelerated artifact: mount it lazily instead of pulling (falls back
     /// to the full pull if the artifact cannot be used).
     pub accelerated: bool,
+    /// What an earlier start of this function's image read (its access trace): a lazy mount
+    /// made for this start prefetches it.
+    pub prefetch: Option<Arc<AccessTrace>>,
 }
 
 /// Where an instance's root filesystem came from.
@@ -92,6 +96,8 @@ pub struct StartTimings {
     pub image_ready: Duration,
     pub image_pulled: bool,
     pub rootfs: RootfsSource,
+    /// The lazy mount was made for this start and prefetches an access trace.
+    pub prefetched: bool,
     /// The container's process was started.
     pub container_started: Duration,
     /// Its port answered HTTP.
@@ -344,14 +350,15 @@ impl Node {
         &self,
         spec: &InstanceSpec,
         lazy: &mut Option<Arc<SharedMount>>,
-    ) -> Result<(PathBuf, RootfsSource), StartError> {
+    ) -> Result<(PathBuf, RootfsSource, bool), StartError> {
         let n = &self.inner;
         if spec.accelerated {
-            match n.lazy.acquire(&spec.image).await {
-                Ok(mount) => {
+            match n.lazy.acquire(&spec.image, spec.prefetch.as_deref()).await {
+                Ok((mount, acquired)) => {
                     let path = mount.path().to_owned();
                     *lazy = Some(mount);
-                    return Ok((path, RootfsSource::Lazy));
+                    let prefetched = acquired == Acquired::Prefetching;
+                    return Ok((path, RootfsSource::Lazy, prefetched));
                 }
                 Err(e) => tracing::warn!(
                     function = %spec.function,
@@ -373,7 +380,7 @@ impl Node {
         } else {
             RootfsSource::Local
         };
-        Ok((path, source))
+        Ok((path, source, false))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -390,8 +397,9 @@ impl Node {
         let n = &self.inner;
         let setup = |step| move |source| StartError::Setup { step, source };
         let mut timings = StartTimings::default();
-        let (lower, rootfs_source) = self.lower_dir(spec, lazy).await?;
+        let (lower, rootfs_source, prefetched) = self.lower_dir(spec, lazy).await?;
         timings.image_ready = started.elapsed();
+        timings.prefetched = prefetched;
         timings.image_pulled = rootfs_source == RootfsSource::Pulled;
         timings.rootfs = rootfs_source;
 
@@ -487,6 +495,17 @@ impl Instance {
     }
 
     /// The container's init process is still there.
+    /// The access trace of this instance's lazy mount, if the mount was made for this start
+    /// without one to prefetch and nobody took it yet: what the program read from its start
+    /// until now (take it once the instance has answered its first request).
+    pub fn take_access_trace(&self) -> Option<AccessTrace> {
+        self.lazy
+            .lock()
+            .expect("instance lock poisoned")
+            .as_ref()
+            .and_then(|m| m.take_access_trace())
+    }
+
     pub fn is_running(&self) -> bool {
         !self.stopped.load(Ordering::Relaxed) && process_alive(self.pid)
     }

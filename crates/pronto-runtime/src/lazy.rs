@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use pronto_convert::artifact::{fetch_artifact, ArtifactError};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, RegistryClient};
-use pronto_lazyfs::{ChunkCache, LazyMount, MountOptions, StatsSnapshot};
+use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,16 @@ impl SharedMount {
         &self.path
     }
 
+    /// What programs read from the mount since it was mounted (see
+    /// [`LazyMount::take_access_trace`]); once.
+    pub fn take_access_trace(&self) -> Option<AccessTrace> {
+        self.mount
+            .lock()
+            .expect("mount lock poisoned")
+            .as_ref()
+            .and_then(LazyMount::take_access_trace)
+    }
+
     pub fn stats(&self) -> Option<StatsSnapshot> {
         self.mount
             .lock()
@@ -70,6 +80,17 @@ impl Drop for SharedMount {
             warn!(path = %self.path.display(), error = %e, "removing lazy mount point");
         }
     }
+}
+
+/// How [`LazyStore::acquire`] got its mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// Another instance's mount.
+    Shared,
+    /// Mounted now, recording an access trace.
+    Recording,
+    /// Mounted now, prefetching the trace it was given.
+    Prefetching,
 }
 
 #[derive(Debug)]
@@ -103,11 +124,17 @@ impl LazyStore {
         })
     }
 
-    /// The mounted tree of `image`'s artifact, mounting it if no instance has it yet.
-    pub async fn acquire(&self, image: &ResolvedImage) -> Result<Arc<SharedMount>, LazyError> {
+    /// The mounted tree of `image`'s artifact, mounting it if no instance has it yet. A new
+    /// mount starts prefetching `trace` (a previous start's reads) before this returns, or, with
+    /// none, records what is read from it. Also says whether the mount is new and prefetches.
+    pub async fn acquire(
+        &self,
+        image: &ResolvedImage,
+        trace: Option<&AccessTrace>,
+    ) -> Result<(Arc<SharedMount>, Acquired), LazyError> {
         let mut mounts = self.mounts.lock().await;
         if let Some(m) = mounts.get(&image.manifest_digest).and_then(Weak::upgrade) {
-            return Ok(m);
+            return Ok((m, Acquired::Shared));
         }
         let artifact = fetch_artifact(&self.client, image).await?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -131,12 +158,16 @@ impl LazyStore {
         })
         .await
         .expect("mount task panicked");
-        let mount = match mounted {
+        let mut mount = match mounted {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);
                 return Err(mount_err(&path)(e));
             }
+        };
+        let acquired = match trace {
+            Some(t) if mount.prefetch(t) > 0 => Acquired::Prefetching,
+            _ => Acquired::Recording,
         };
         let shared = Arc::new(SharedMount {
             digest: image.manifest_digest.clone(),
@@ -145,7 +176,7 @@ impl LazyStore {
         });
         mounts.retain(|_, w| w.strong_count() > 0);
         mounts.insert(image.manifest_digest.clone(), Arc::downgrade(&shared));
-        Ok(shared)
+        Ok((shared, acquired))
     }
 
     /// Detaches the mounts a previous process left under the root (their connection died with

@@ -26,6 +26,8 @@ pub mod lazy;
 pub mod netns;
 pub mod oci;
 
+pub use pronto_lazyfs::AccessTrace;
+
 pub use instance::{
     Instance, InstanceSpec, Node, NodeConfig, RootfsSource, StartError, StartTimings,
     DEFAULT_CHUNK_CACHE_BYTES,

@@ -90,6 +90,7 @@ fn spec(f: &Fixture) -> InstanceSpec {
         cpu: 0.5,
         init_timeout: Duration::from_secs(10),
         accelerated: false,
+        prefetch: None,
     }
 }
 

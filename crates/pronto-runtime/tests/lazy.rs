@@ -54,6 +54,7 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
         cpu: 0.5,
         init_timeout: Duration::from_secs(10),
         accelerated,
+        prefetch: None,
     }
 }
 

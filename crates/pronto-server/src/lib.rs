@@ -212,9 +212,9 @@ impl Server {
         let state = AppState {
             accel,
             accelerate: config.accelerate,
-            store,
+            store: store.clone(),
             registry: config.registry.clone(),
-            pool: pool::Pool::new(node),
+            pool: pool::Pool::new(node, store),
             token: token.clone(),
             images: invoke::ImageCache::default(),
             max_instances: config.max_instances,

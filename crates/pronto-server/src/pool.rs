@@ -10,6 +10,11 @@
 //!
 //! Connections to an instance are HTTP/1.1 keep-alive connections made inside its network
 //! namespace and reused across requests.
+//!
+//! Access traces: an accelerated cold start whose lazy mount is new records what the program
+//! reads; once its first response has arrived, [`Pool::keep_access_trace`] stores that trace
+//! with the function (per image). Later cold starts of the function on a node without the mount
+//! prefetch it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,8 +23,10 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1::SendRequest;
 use pronto_image::pull::ResolvedImage;
 use pronto_runtime::bundle::ProcessOverrides;
-use pronto_runtime::{Instance, InstanceSpec, Node, StartError, StartTimings};
+use pronto_runtime::{AccessTrace, Instance, InstanceSpec, Node, StartError, StartTimings};
 use tokio::sync::Notify;
+
+use crate::store::Store;
 
 pub type ProxyBody = axum::body::Body;
 
@@ -81,6 +88,8 @@ struct FunctionInstances {
 /// All functions' instances on this node.
 pub struct Pool {
     node: Node,
+    /// Where access traces are kept.
+    store: Store,
     functions: Mutex<HashMap<String, FunctionInstances>>,
     /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
     teardowns: tokio_util::task::TaskTracker,
@@ -108,9 +117,10 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Pool {
-    pub fn new(node: Node) -> Arc<Pool> {
+    pub fn new(node: Node, store: Store) -> Arc<Pool> {
         Arc::new(Pool {
             node,
+            store,
             functions: Mutex::default(),
             teardowns: tokio_util::task::TaskTracker::new(),
         })
@@ -191,7 +201,55 @@ impl Pool {
         }
     }
 
+    /// The access trace stored for `spec`'s function and image, if it runs accelerated.
+    async fn access_trace(&self, spec: &RunSpec) -> Option<Arc<AccessTrace>> {
+        if !spec.accelerated {
+            return None;
+        }
+        let digest = spec.image.manifest_digest.to_string();
+        match self.store.access_trace(&spec.name, &digest).await {
+            Ok(Some(bytes)) => match AccessTrace::from_bytes(&bytes) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::warn!(function = %spec.name, error = %e, "ignoring a stored access trace");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(function = %spec.name, error = %e, "reading the access trace");
+                None
+            }
+        }
+    }
+
+    /// After the first response of a cold start: stores the access trace its new lazy mount
+    /// recorded (in the background), so that the next cold starts prefetch it.
+    pub fn keep_access_trace(&self, lease: &Lease, spec: &RunSpec) {
+        let Some(trace) = lease.instance.take_access_trace() else {
+            return;
+        };
+        if trace.is_empty() {
+            return;
+        }
+        let (store, function) = (self.store.clone(), spec.name.clone());
+        let digest = spec.image.manifest_digest.to_string();
+        tokio::spawn(async move {
+            let chunks = trace.len();
+            match store
+                .put_access_trace(&function, &digest, trace.to_bytes())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%function, image = %digest, chunks, "access trace recorded")
+                }
+                Err(e) => tracing::warn!(%function, error = %e, "storing the access trace"),
+            }
+        });
+    }
+
     async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+        let prefetch = self.access_trace(spec).await;
         let result = self
             .node
             .start(InstanceSpec {
@@ -203,6 +261,7 @@ impl Pool {
                 cpu: spec.cpu,
                 init_timeout: spec.init_timeout,
                 accelerated: spec.accelerated,
+                prefetch,
             })
             .await;
         let mut all = self.functions.lock().expect("pool lock poisoned");

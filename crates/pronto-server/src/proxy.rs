@@ -121,14 +121,16 @@ pub async fn forward(
         HeaderValue::from_str(&lease.instance.id).expect("hex id"),
     );
     if let Some(t) = lease.cold_start {
+        pool.keep_access_trace(&lease, spec);
         let value = format!(
-            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={};rootfs={}",
+            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={};rootfs={};prefetch={}",
             t.image_ready.as_millis(),
             t.container_started.as_millis(),
             t.app_ready.as_millis(),
             first_byte.as_millis(),
             t.image_pulled,
-            t.rootfs.as_str()
+            t.rootfs.as_str(),
+            t.prefetched
         );
         headers.insert(
             HeaderName::from_static(COLD_START_HEADER),

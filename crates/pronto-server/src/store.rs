@@ -39,6 +39,15 @@ const MIGRATIONS: &[&str] = &[
         updated_time TEXT NOT NULL
     ) STRICT;
     CREATE INDEX functions_image_digest ON functions (image_digest);",
+    // 2: access traces (what a function's first accelerated start read, for prefetch), one
+    // per function and image; they go with the function.
+    "CREATE TABLE access_traces (
+        function_name TEXT NOT NULL REFERENCES functions (name) ON DELETE CASCADE,
+        image_digest TEXT NOT NULL,
+        chunks BLOB NOT NULL,
+        recorded_time TEXT NOT NULL,
+        PRIMARY KEY (function_name, image_digest)
+    ) STRICT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +278,68 @@ impl Store {
         .await
     }
 
+    /// The access trace recorded for `function` running `image_digest`, encoded as
+    /// [`pronto_runtime::AccessTrace::to_bytes`].
+    pub async fn access_trace(
+        &self,
+        function: &str,
+        image_digest: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (function, image_digest) = (function.to_string(), image_digest.to_string());
+        self.with_conn(move |c| {
+            c.query_row(
+                "SELECT chunks FROM access_traces WHERE function_name = ?1 AND image_digest = ?2",
+                [&function, &image_digest],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(query("read access trace"))
+        })
+        .await
+    }
+
+    /// Stores `function`'s access trace for `image_digest`, replacing any, and drops its traces
+    /// of other images (the function no longer runs them). Nothing happens if the function is
+    /// gone.
+    pub async fn put_access_trace(
+        &self,
+        function: &str,
+        image_digest: &str,
+        chunks: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (function, image_digest) = (function.to_string(), image_digest.to_string());
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("store access trace"))?;
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM functions WHERE name = ?1)",
+                    [&function],
+                    |r| r.get(0),
+                )
+                .map_err(query("store access trace"))?;
+            if exists {
+                tx.execute(
+                    "DELETE FROM access_traces WHERE function_name = ?1",
+                    [&function],
+                )
+                .map_err(query("store access trace"))?;
+                tx.execute(
+                    "INSERT INTO access_traces (function_name, image_digest, chunks, recorded_time)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        function,
+                        image_digest,
+                        chunks,
+                        format_time(OffsetDateTime::now_utc())
+                    ],
+                )
+                .map_err(query("store access trace"))?;
+            }
+            tx.commit().map_err(query("store access trace"))
+        })
+        .await
+    }
+
     /// Deletes the function named `name`; [`StoreError::NotFound`] if there is none.
     pub async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
@@ -472,7 +543,7 @@ mod tests {
     async fn crud_round_trip_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
         let f = function("hello");
         store.create_function(f.clone()).await.unwrap();
         assert_eq!(store.get_function("hello").await.unwrap(), f);
@@ -544,6 +615,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn access_traces_are_kept_per_image_and_go_with_the_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_function(function("f")).await.unwrap();
+        assert_eq!(store.access_trace("f", "sha256:a").await.unwrap(), None);
+        store
+            .put_access_trace("f", "sha256:a", vec![1; 64])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.access_trace("f", "sha256:a").await.unwrap(),
+            Some(vec![1; 64])
+        );
+        // A new image's trace replaces the old image's.
+        store
+            .put_access_trace("f", "sha256:b", vec![2; 32])
+            .await
+            .unwrap();
+        assert_eq!(store.access_trace("f", "sha256:a").await.unwrap(), None);
+        assert_eq!(
+            store.access_trace("f", "sha256:b").await.unwrap(),
+            Some(vec![2; 32])
+        );
+        // Survives a reopen; goes when the function does; none for a missing function.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.access_trace("f", "sha256:b").await.unwrap().is_some());
+        store.delete_function("f").await.unwrap();
+        assert_eq!(store.access_trace("f", "sha256:b").await.unwrap(), None);
+        store
+            .put_access_trace("gone", "sha256:b", vec![3; 32])
+            .await
+            .unwrap();
+        assert_eq!(store.access_trace("gone", "sha256:b").await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
@@ -555,7 +663,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "database {} has schema version 99, newer than this pronto supports (1)",
+                "database {} has schema version 99, newer than this pronto supports (2)",
                 dir.path().join(DB_FILE).display()
             )
         );

@@ -131,7 +131,7 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
     let mut env = Env::start_with(|c| c.accelerate = false).await;
     let big = pronto_testkit::fixtures::noise(5 << 20, 3);
-    ImageBuilder::new()
+    let pushed = ImageBuilder::new()
         .layer(busybox_layer().unwrap())
         .layer(
             Layer::gzip()
@@ -179,10 +179,32 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     let r = invoke(&env, "/index.html").await;
     let timing = cold_path(&r);
     assert!(
-        timing.contains("rootfs=lazy") && timing.contains("imagePulled=false"),
+        timing.contains("rootfs=lazy")
+            && timing.contains("imagePulled=false")
+            && timing.contains("prefetch=false"),
         "{timing}"
     );
     assert_eq!(r.text().await.unwrap(), "served lazily\n");
+    // That first start on a new mount recorded what it read, stored once it answered.
+    let store = pronto_server::Store::open(&env.data_dir()).unwrap();
+    let digest = pushed.digest.to_string();
+    let mut trace = None;
+    for _ in 0..100 {
+        trace = store.access_trace("lazy", &digest).await.unwrap();
+        if trace.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trace =
+        pronto_runtime::AccessTrace::from_bytes(&trace.expect("a trace is stored")).unwrap();
+    // At least busybox's chunks and index.html's; big.bin was not read before the answer.
+    assert!(trace.len() >= 2, "{trace:?}");
+    let big_first = pronto_format::chunk_digest(&big[..pronto_format::DEFAULT_CHUNK_SIZE as usize]);
+    assert!(
+        !trace.chunks.contains(&big_first),
+        "big.bin is not in the trace"
+    );
     let r = invoke(&env, "/big.bin").await;
     assert!(r.headers().get("x-pronto-cold-start").is_none(), "warm");
     assert!(
@@ -191,6 +213,17 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     );
     let mounts = pronto_lazyfs::mounts_under(&env.data_dir()).unwrap();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
+
+    // The next cold start on a node without the mount or the chunks prefetches that trace.
+    env.restart_clearing(&env.data_dir().join("node/chunks"))
+        .await;
+    let r = invoke(&env, "/index.html").await;
+    let timing = cold_path(&r);
+    assert!(
+        timing.contains("rootfs=lazy") && timing.contains("prefetch=true"),
+        "{timing}"
+    );
+    assert_eq!(r.text().await.unwrap(), "served lazily\n");
 
     // Deleting the function tears down its instance and, with it, the mount.
     let r = env

@@ -88,6 +88,13 @@ impl Env {
         self.server = Some(self.start_server().await);
     }
 
+    /// Stops the server, removes `path` (node state to forget), and starts a new one.
+    pub async fn restart_clearing(&mut self, path: &std::path::Path) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        std::fs::remove_dir_all(path).unwrap();
+        self.server = Some(self.start_server().await);
+    }
+
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().unwrap()
     }
