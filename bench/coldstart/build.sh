@@ -23,7 +23,10 @@ step py base chroot "apt-get install -y --no-install-recommends python3 ca-certi
 step pip py chroot "apt-get install -y --no-install-recommends python3-pip"
 step mlpkgs pip pip "flask==3.1.3 numpy==2.4.6 pandas==3.1.1 scipy==1.17.1 scikit-learn==1.9.1"
 step mlapp mlpkgs copy "apps/python-ml"
-step smallapp py copy "apps/python-small"
+# python-small: distroless-style (no Debian base): python3, its standard library minus tests/IDLE/
+# tkinter and the like, and the shared libraries they load, taken from step py
+step slimpy "" slim "py"
+step smallapp slimpy copy "apps/python-small"
 step data py datafile "300 MiB of random bytes at /data/blob.bin"
 step dataapp data copy "apps/data-loader"
 step chromium base chroot "apt-get install -y --no-install-recommends chromium fonts-noto-core fonts-noto-cjk fonts-liberation fonts-dejavu-core"
@@ -39,7 +42,10 @@ hash_of() {
   [ -n "${hash[$s]:-}" ] && { echo "${hash[$s]}"; return; }
   local p=${parent[$s]} ph="" extra=""
   [ -n "$p" ] && ph=$(hash_of "$p")
-  case ${kind[$s]} in copy | npmapp) extra=$(cd "$here/${arg[$s]}" && find . -type f ! -path './node_modules/*' -print0 | sort -z | xargs -0 sha256sum) ;; esac
+  case ${kind[$s]} in
+    copy | npmapp) extra=$(cd "$here/${arg[$s]}" && find . -type f ! -path './node_modules/*' -print0 | sort -z | xargs -0 sha256sum) ;;
+    slim) extra=$(hash_of "${arg[$s]}") ;;
+  esac
   hash[$s]=$(printf 'v1\n%s\n%s\n%s\n%s\n%s\n' "$s" "${kind[$s]}" "${arg[$s]}" "$ph" "$extra" | sha256sum | cut -c1-12)
   echo "${hash[$s]}"
 }
@@ -70,6 +76,7 @@ build_step() {
   [ -f "$d.done" ] && return 0
   p=${parent[$s]}
   [ -n "$p" ] && build_step "$p"
+  [ "${kind[$s]}" = slim ] && build_step "${arg[$s]}"
   log "step $s (${kind[$s]}: ${arg[$s]})"
   tmp=$(mktemp -d "$cache_root/.tmp-$s.XXXXXX")
   mkdir -p "$tmp/upper" "$tmp/work" "$tmp/merged"
@@ -108,6 +115,28 @@ SRC
       rm -f "$tmp/upper/etc/resolv.conf"
       rm -rf "$tmp/upper/var/log" "$tmp/upper/var/cache/debconf"/*-old "$tmp/upper/tmp"/*
       drop_whiteouts "$tmp/upper"
+      ;;
+    slim)
+      for l in $(chain "${arg[$s]}"); do lowers="$l:$lowers"; done
+      mount -t overlay overlay -o "lowerdir=${lowers%:}" "$tmp/merged" # read-only: two lowers, no upper
+      mnt=$tmp/merged
+      local py=usr/lib/python3.11 libs="" lib
+      (cd "$mnt" && tar -cf - bin lib lib64 sbin usr/bin/python3 usr/bin/python3.11 etc/passwd etc/group \
+        --exclude="$py/test" --exclude="$py/idlelib" --exclude="$py/tkinter" --exclude="$py/turtledemo" \
+        --exclude="$py/ensurepip" --exclude="$py/lib2to3" --exclude="$py/pydoc_data" --exclude="$py/config-3.11-*" "$py") \
+        | tar -xf - -C "$tmp/upper"
+      # the libraries the interpreter and its extension modules load, as ldd resolves them in the
+      # tree (each path and what its symlinks lead to)
+      for lib in $(chroot "$mnt" sh -c "for f in /usr/bin/python3.11 /$py/lib-dynload/*.so; do ldd \$f; done" \
+        | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+        libs+=" .$(chroot "$mnt" readlink -f "${lib%/*}")/${lib##*/} .$(chroot "$mnt" readlink -f "$lib")"
+      done
+      # shellcheck disable=SC2086
+      (cd "$mnt" && tar -cf - $libs) | tar -xf - -C "$tmp/upper"
+      mkdir -p "$tmp/upper"/{dev,proc,sys,etc,root} && install -d -m 1777 "$tmp/upper/tmp"
+      umount "$mnt"; mnt=""
+      chroot "$tmp/upper" /usr/bin/python3 -c 'import http.server, urllib.parse, ssl, json, sqlite3' \
+        || { log "slim python does not start"; exit 1; }
       ;;
     copy)
       mkdir -p "$tmp/upper/app"; cp -a "$here/${arg[$s]}/." "$tmp/upper/app/" ;;

@@ -55,6 +55,13 @@ pub enum ImageCommand {
         /// Bound of the chunk cache; suffixes K, M and G accepted.
         #[arg(long, default_value = "10G", value_parser = parse_bytes)]
         cache_size: u64,
+        /// Write the access trace (the chunks read, first read first; see docs/format.md) to
+        /// FILE on exit.
+        #[arg(long, value_name = "FILE")]
+        save_trace: Option<PathBuf>,
+        /// Prefetch the access trace in FILE (from --save-trace) right after mounting.
+        #[arg(long, value_name = "FILE", conflicts_with = "save_trace")]
+        prefetch: Option<PathBuf>,
         /// Print the counters as JSON on exit.
         #[arg(long)]
         json: bool,
@@ -164,8 +171,20 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             dir,
             cache_dir,
             cache_size,
+            save_trace,
+            prefetch,
             json,
-        } => mount(&client, &reference, &dir, &cache_dir, cache_size, json).await?,
+        } => {
+            let args = MountArgs {
+                dir,
+                cache_dir,
+                cache_size,
+                save_trace,
+                prefetch,
+                json,
+            };
+            mount(&client, &reference, args).await?
+        }
         ImageCommand::Verify {
             reference,
             work_dir,
@@ -223,29 +242,62 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn mount(
-    client: &RegistryClient,
-    reference: &str,
-    dir: &std::path::Path,
-    cache_dir: &std::path::Path,
+struct MountArgs {
+    dir: PathBuf,
+    cache_dir: PathBuf,
     cache_size: u64,
+    save_trace: Option<PathBuf>,
+    prefetch: Option<PathBuf>,
     json: bool,
-) -> anyhow::Result<()> {
+}
+
+async fn mount(client: &RegistryClient, reference: &str, args: MountArgs) -> anyhow::Result<()> {
+    let MountArgs {
+        dir,
+        cache_dir,
+        cache_size,
+        save_trace,
+        prefetch,
+        json,
+    } = args;
+    let (dir, cache_dir) = (dir.as_path(), cache_dir.as_path());
+    let trace = match &prefetch {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the access trace {}", path.display()))?;
+            Some(
+                pronto_lazyfs::AccessTrace::from_bytes(&bytes)
+                    .with_context(|| format!("access trace {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let image = resolve(client, reference).await?;
     let artifact = pronto_convert::artifact::fetch_artifact(client, &image)
         .await
         .with_context(|| format!("fetching the accelerated artifact of {}", image.pinned))?;
     let cache = pronto_lazyfs::ChunkCache::open(cache_dir, cache_size)
         .with_context(|| format!("opening the chunk cache in {}", cache_dir.display()))?;
-    let mount = pronto_lazyfs::LazyMount::mount(
+    let options = pronto_lazyfs::MountOptions {
+        record_access: save_trace.is_some(),
+        ..Default::default()
+    };
+    let mut mount = pronto_lazyfs::LazyMount::mount(
         &artifact,
         client.clone(),
         Arc::new(cache),
         dir,
-        &pronto_lazyfs::MountOptions::default(),
+        &options,
         tokio::runtime::Handle::current(),
     )
     .with_context(|| format!("mounting {} at {}", artifact.reference, dir.display()))?;
+    if let Some(trace) = &trace {
+        let n = mount.prefetch(trace);
+        eprintln!(
+            "prefetching {n} chunks (of {} in the trace)",
+            trace.chunks.len()
+        );
+    }
     eprintln!(
         "mounted {} ({} inodes, index {}) at {}; Ctrl-C unmounts",
         image.pinned,
@@ -258,7 +310,18 @@ async fn mount(
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    mount.stop_prefetch();
     let stats = mount.stats();
+    if let Some(path) = &save_trace {
+        let trace = mount.take_access_trace().unwrap_or_default();
+        std::fs::write(path, trace.to_bytes())
+            .with_context(|| format!("writing the access trace {}", path.display()))?;
+        eprintln!(
+            "access trace: {} chunks, written to {}",
+            trace.len(),
+            path.display()
+        );
+    }
     tokio::task::spawn_blocking(move || mount.unmount())
         .await?
         .with_context(|| format!("unmounting {}", dir.display()))?;

@@ -117,18 +117,22 @@ async fn convert_then_mount_reads_lazily_and_ctrl_c_unmounts() {
 
     let dir = work.path().join("mnt");
     std::fs::create_dir(&dir).unwrap();
-    let cache = work.path().join("cache");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pronto"))
-        .args(["image", "mount", &r])
-        .arg(&dir)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .arg("--json")
-        .env("HOME", "/nonexistent")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let trace = work.path().join("trace.bin");
+    let spawn_mount = |cache: &str, extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_pronto"))
+            .args(["image", "mount", &r])
+            .arg(&dir)
+            .arg("--cache-dir")
+            .arg(work.path().join(cache))
+            .arg("--json")
+            .args(extra)
+            .env("HOME", "/nonexistent")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn_mount("cache", &["--save-trace".as_ref(), trace.as_os_str()]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !dir.join("small.txt").exists() {
         assert!(std::time::Instant::now() < deadline, "not mounted");
@@ -157,4 +161,48 @@ async fn convert_then_mount_reads_lazily_and_ctrl_c_unmounts() {
         "unmounted"
     );
     assert!(!dir.join("small.txt").exists());
+    // The trace names the one chunk read; a mount with an empty cache prefetches it.
+    assert_eq!(std::fs::metadata(&trace).unwrap().len(), 32);
+    let mut child = spawn_mount("cache2", &["--prefetch".as_ref(), trace.as_os_str()]);
+    let cached = |dir: &std::path::Path| -> usize {
+        std::fs::read_dir(dir)
+            .map(|shards| {
+                shards
+                    .flatten()
+                    .filter_map(|s| std::fs::read_dir(s.path()).ok())
+                    .map(|f| f.count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    while cached(&work.path().join("cache2")) == 0 {
+        assert!(std::time::Instant::now() < deadline, "not prefetched");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    assert!(child.wait().unwrap().success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stats["prefetchedChunks"], 1, "{stats}");
+    assert_eq!(stats["fetchedChunks"], 1, "{stats}");
+    let bad = work.path().join("bad.bin");
+    std::fs::write(&bad, [0u8; 33]).unwrap();
+    let out = pronto(&[
+        "image",
+        "mount",
+        &r,
+        "/nonexistent",
+        "--prefetch",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a whole number of 32-byte chunk digests"),
+        "{err}"
+    );
 }

@@ -40,45 +40,13 @@ const WIDEN_BYTES: u64 = 256 << 10;
 const PREFETCH_STREAMS: usize = 4;
 /// Stored bytes per prefetch request at most.
 const PREFETCH_RUN_BYTES: u64 = 4 << 20;
+/// Chunks of the trace this close in a pack (stored bytes between them) share a request, the
+/// chunks between them included: on a fast link a few hundred KiB cost less than a round trip.
+const PREFETCH_GAP_BYTES: u64 = 256 << 10;
 /// Stored bytes of the trace sorted together into pack order: large enough that a window
 /// holds whole directories' worth of neighbours, small enough that the start of the trace
 /// (what the program reads first) goes out first.
 const PREFETCH_WINDOW_BYTES: u64 = 16 << 20;
-
-/// The trace cut into prefetch requests: windows in trace order, each sorted by pack and
-/// offset and split into runs of adjacent chunks.
-fn prefetch_runs(trace: &[ChunkRef]) -> Vec<Vec<ChunkRef>> {
-    let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
-    let mut rest = trace;
-    while !rest.is_empty() {
-        let mut bytes = 0;
-        let mut n = 0;
-        while n < rest.len() && (n == 0 || bytes < PREFETCH_WINDOW_BYTES) {
-            bytes += u64::from(rest[n].compressed_size);
-            n += 1;
-        }
-        let mut window = rest[..n].to_vec();
-        rest = &rest[n..];
-        window.sort_by_key(|c| (c.pack, c.offset));
-        window.dedup_by_key(|c| (c.pack, c.offset));
-        let mut run: Vec<ChunkRef> = Vec::new();
-        for c in window {
-            if let (Some(first), Some(last)) = (run.first(), run.last()) {
-                if last.pack != c.pack
-                    || last.pack_range().end != c.offset
-                    || c.pack_range().end - first.offset > PREFETCH_RUN_BYTES
-                {
-                    runs.push(std::mem::take(&mut run));
-                }
-            }
-            run.push(c);
-        }
-        if !run.is_empty() {
-            runs.push(run);
-        }
-    }
-    runs
-}
 
 /// How hard to try before a read fails.
 #[derive(Debug, Clone, Copy)]
@@ -403,14 +371,14 @@ impl ChunkFetcher {
     /// done or `cancel` is set. Blocking: run it on a thread of its own.
     ///
     /// The trace is taken in windows of [`PREFETCH_WINDOW_BYTES`]; each window is sorted into
-    /// pack order and cut into runs of adjacent chunks (one Range request each, at most
-    /// [`PREFETCH_RUN_BYTES`]). At most [`PREFETCH_STREAMS`] requests are in flight, so the
+    /// pack order and cut into runs of nearby chunks (one Range request each, at most
+    /// [`PREFETCH_RUN_BYTES`]; see `prefetch_runs`). At most [`PREFETCH_STREAMS`] requests are in flight, so the
     /// program's own misses, which go out at once beside them, always get a share of the link.
     /// A chunk is claimed (in-flight dedup) only when its request leaves: a reader that needs
     /// a chunk prefetch has not reached fetches it itself instead of queueing behind the rest.
     pub fn prefetch(&self, trace: &[ChunkRef], cancel: &AtomicBool) {
         use futures_util::StreamExt;
-        let runs = prefetch_runs(trace);
+        let runs = self.prefetch_runs(trace);
         let fetch_one = |run: Vec<ChunkRef>| async move {
             if cancel.load(Ordering::Relaxed) {
                 return;
@@ -431,8 +399,9 @@ impl ChunkFetcher {
                     .map(|b| b.len() as u64)
                     .sum::<u64>();
                 let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-                self.stats.prefetched(ok, content);
                 self.land(&lead[at..end], results);
+                // Counted once cached: a reader who sees the count finds the chunks.
+                self.stats.prefetched(ok, content);
                 at = end;
             }
         };
@@ -442,6 +411,69 @@ impl ChunkFetcher {
                 .buffer_unordered(PREFETCH_STREAMS)
                 .collect::<Vec<()>>(),
         );
+    }
+
+    /// The trace cut into prefetch requests: windows in trace order, each sorted by pack and
+    /// offset and split into runs of chunks adjacent in their pack or at most
+    /// [`PREFETCH_GAP_BYTES`] apart (the chunks between join the run).
+    fn prefetch_runs(&self, trace: &[ChunkRef]) -> Vec<Vec<ChunkRef>> {
+        let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
+        let mut rest = trace;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let mut n = 0;
+            while n < rest.len() && (n == 0 || bytes < PREFETCH_WINDOW_BYTES) {
+                bytes += u64::from(rest[n].compressed_size);
+                n += 1;
+            }
+            let mut window = rest[..n].to_vec();
+            rest = &rest[n..];
+            window.sort_by_key(|c| (c.pack, c.offset));
+            window.dedup_by_key(|c| (c.pack, c.offset));
+            let mut run: Vec<ChunkRef> = Vec::new();
+            for c in window {
+                if let (Some(first), Some(last)) = (run.first(), run.last()) {
+                    let end = last.pack_range().end;
+                    let close = last.pack == c.pack
+                        && c.offset >= end
+                        && c.pack_range().end - first.offset <= PREFETCH_RUN_BYTES;
+                    let between = if close {
+                        self.between(c.pack, end, c.offset)
+                    } else {
+                        None
+                    };
+                    match between {
+                        Some(gap) => run.extend_from_slice(gap),
+                        None => runs.push(std::mem::take(&mut run)),
+                    }
+                }
+                run.push(c);
+            }
+            if !run.is_empty() {
+                runs.push(run);
+            }
+        }
+        runs
+    }
+
+    /// The chunks stored exactly over `from..to` of `pack`, if that is at most
+    /// [`PREFETCH_GAP_BYTES`] and the pack layout is known (empty for `from == to`).
+    fn between(&self, pack: u32, from: u64, to: u64) -> Option<&[ChunkRef]> {
+        if from == to {
+            return Some(&[]);
+        }
+        if to - from > PREFETCH_GAP_BYTES {
+            return None;
+        }
+        let chunks = self.layout.get(pack as usize)?;
+        let at = chunks.partition_point(|c| c.offset < from);
+        let mut end = at;
+        let mut next = from;
+        while end < chunks.len() && chunks[end].offset == next && next < to {
+            next = chunks[end].pack_range().end;
+            end += 1;
+        }
+        (next == to).then(|| &chunks[at..end])
     }
 
     /// Fetches `chunks` (distinct digests) in as few Range requests as adjacency allows, all at
@@ -563,5 +595,57 @@ impl ChunkFetcher {
             );
         }
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(n: u8, pack: u32, offset: u64, len: u32) -> ChunkRef {
+        ChunkRef {
+            digest: [n; 32],
+            pack,
+            compression: pronto_format::Compression::None,
+            offset,
+            compressed_size: len,
+            uncompressed_size: len,
+        }
+    }
+
+    #[tokio::test]
+    async fn prefetch_runs_bridge_small_gaps_with_the_chunks_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let gap = PREFETCH_GAP_BYTES as u32;
+        let (a, b, c) = (at(1, 0, 0, 100), at(2, 0, 100, 100), at(3, 0, 200, 100));
+        let d = at(4, 0, 300, gap + 1);
+        let e = at(5, 0, 300 + u64::from(gap) + 1, 100);
+        let f = at(6, 1, 0, 100);
+        let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32])).parse().unwrap();
+        let fetcher = ChunkFetcher::new(
+            RegistryClient::new(pronto_image::ClientOptions::default()).unwrap(),
+            "127.0.0.1:1/x/y:z".parse().unwrap(),
+            vec![(digest(1), 1 << 20), (digest(2), 1 << 20)],
+            Arc::new(ChunkCache::open(dir.path(), 1 << 20).unwrap()),
+            Arc::new(Stats::default()),
+            RetryPolicy::default(),
+            tokio::runtime::Handle::current(),
+        )
+        .with_pack_layout([a, b, c, d, e, f]);
+        // Trace order C, A, E, F: sorted per window; B fills the gap A..C; D is too big a gap;
+        // F is in another pack.
+        let runs = fetcher.prefetch_runs(&[c, f, a, e]);
+        assert_eq!(runs, vec![vec![a, b, c], vec![e], vec![f]]);
+        assert_eq!(fetcher.between(0, 100, 200), Some(&[b][..]));
+        assert_eq!(
+            fetcher.between(0, 150, 200),
+            None,
+            "not on chunk boundaries"
+        );
+        assert_eq!(
+            fetcher.between(0, 300, 300 + u64::from(gap) + 1),
+            None,
+            "too far"
+        );
     }
 }

@@ -214,14 +214,19 @@ impl LazyMount {
         self.unmount_inner()
     }
 
-    fn unmount_inner(&mut self) -> io::Result<()> {
+    /// Cancels a prefetch under way and waits (bounded) for its requests in flight to land.
+    pub fn stop_prefetch(&mut self) {
         if let Some(p) = self.prefetch.take() {
             // Requests in flight finish (each bounded by the retry policy's timeout).
             p.cancel.store(true, Ordering::Relaxed);
             if p.done.recv_timeout(JOIN_TIMEOUT).is_err() {
-                warn!(mountpoint = %self.mountpoint.display(), "prefetch still running after unmount; leaving it");
+                warn!(mountpoint = %self.mountpoint.display(), "prefetch still running {JOIN_TIMEOUT:?} after it was cancelled; leaving it");
             }
         }
+    }
+
+    fn unmount_inner(&mut self) -> io::Result<()> {
+        self.stop_prefetch();
         let Some(session) = self.session.take() else {
             return Ok(());
         };
