@@ -82,6 +82,19 @@ impl Drop for SharedMount {
     }
 }
 
+/// One image's entry in the store.
+#[derive(Debug, Default)]
+struct MountSlot {
+    mount: tokio::sync::Mutex<Weak<SharedMount>>,
+}
+
+impl MountSlot {
+    /// Mounted (and held by an instance) or being mounted.
+    fn is_live(&self) -> bool {
+        self.mount.try_lock().map_or(true, |w| w.strong_count() > 0)
+    }
+}
+
 /// How [`LazyStore::acquire`] got its mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
@@ -100,7 +113,10 @@ pub struct LazyStore {
     cache: Arc<ChunkCache>,
     options: MountOptions,
     fetch_rt: FetchRuntime,
-    mounts: tokio::sync::Mutex<HashMap<Digest, Weak<SharedMount>>>,
+    /// Per image, its mount if any instance holds it. The per-image lock is held while that
+    /// image is mounted, so concurrent starts of one image share one mount and starts of other
+    /// images are not held up.
+    mounts: Mutex<HashMap<Digest, Arc<MountSlot>>>,
     next: AtomicU64,
 }
 
@@ -119,7 +135,7 @@ impl LazyStore {
             cache: Arc::new(ChunkCache::open(cache_dir, cache_bytes)?),
             options: MountOptions::default(),
             fetch_rt: FetchRuntime::new()?,
-            mounts: tokio::sync::Mutex::default(),
+            mounts: Mutex::default(),
             next: AtomicU64::new(0),
         })
     }
@@ -132,8 +148,17 @@ impl LazyStore {
         image: &ResolvedImage,
         trace: Option<&AccessTrace>,
     ) -> Result<(Arc<SharedMount>, Acquired), LazyError> {
-        let mut mounts = self.mounts.lock().await;
-        if let Some(m) = mounts.get(&image.manifest_digest).and_then(Weak::upgrade) {
+        let slot = {
+            let mut mounts = self.mounts.lock().expect("mounts lock poisoned");
+            // Forget images nobody holds or is mounting.
+            mounts.retain(|_, slot| Arc::strong_count(slot) > 1 || slot.is_live());
+            mounts
+                .entry(image.manifest_digest.clone())
+                .or_default()
+                .clone()
+        };
+        let mut held = slot.mount.lock().await;
+        if let Some(m) = held.upgrade() {
             return Ok((m, Acquired::Shared));
         }
         let artifact = fetch_artifact(&self.client, image).await?;
@@ -174,8 +199,7 @@ impl LazyStore {
             path,
             mount: Mutex::new(Some(mount)),
         });
-        mounts.retain(|_, w| w.strong_count() > 0);
-        mounts.insert(image.manifest_digest.clone(), Arc::downgrade(&shared));
+        *held = Arc::downgrade(&shared);
         Ok((shared, acquired))
     }
 
@@ -183,13 +207,13 @@ impl LazyStore {
     /// it) and removes their mount points; live mounts of this store are kept. Returns how
     /// many were removed.
     pub async fn cleanup_stale(&self) -> usize {
-        let live: Vec<PathBuf> = self
-            .mounts
-            .lock()
-            .await
-            .values()
-            .filter_map(|w| Some(w.upgrade()?.path.clone()))
-            .collect();
+        let mut live: Vec<PathBuf> = Vec::new();
+        for slot in self.slots() {
+            // Waits for a mount under way: its directory is not stale.
+            if let Some(m) = slot.mount.lock().await.upgrade() {
+                live.push(m.path.clone());
+            }
+        }
         let mut removed = 0;
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return 0;
@@ -217,12 +241,20 @@ impl LazyStore {
 
     /// Counters of every live mount.
     pub async fn stats(&self) -> Vec<(Digest, StatsSnapshot)> {
-        self.mounts
-            .lock()
-            .await
-            .iter()
-            .filter_map(|(d, w)| Some((d.clone(), w.upgrade()?.stats()?)))
-            .collect()
+        let mut out = Vec::new();
+        for slot in self.slots() {
+            if let Some(m) = slot.mount.lock().await.upgrade() {
+                if let Some(s) = m.stats() {
+                    out.push((m.digest.clone(), s));
+                }
+            }
+        }
+        out
+    }
+
+    fn slots(&self) -> Vec<Arc<MountSlot>> {
+        let mounts = self.mounts.lock().expect("mounts lock poisoned");
+        mounts.values().cloned().collect()
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {

@@ -230,3 +230,57 @@ async fn every_ground_truth_image_is_exact_inside_a_running_container() {
     }
     assert_eq!(lazy_mounts(data.path()), 0);
 }
+
+/// Mounting one image waits only for that image: a mount stuck on its registry (one that
+/// accepts connections and never answers) does not hold up another image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_mount_does_not_hold_up_another_images() {
+    use pronto_runtime::lazy::{Acquired, LazyStore};
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let reference = registry.reference("fn/other:v1");
+    image().push(&client(), &reference).await.unwrap();
+    let resolved = pull::resolve(&client(), &reference).await.unwrap();
+    convert(
+        &client(),
+        &resolved,
+        &ConvertOptions::new(work.path().join("convert")),
+    )
+    .await
+    .unwrap();
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut stuck = resolved.clone();
+    stuck.pinned = format!(
+        "127.0.0.1:{}/fn/stuck@{}",
+        silent.local_addr().unwrap().port(),
+        resolved.manifest_digest
+    )
+    .parse()
+    .unwrap();
+    stuck.manifest_digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+
+    let store = Arc::new(
+        LazyStore::open(
+            work.path().join("lazy"),
+            &work.path().join("chunks"),
+            1 << 30,
+            client(),
+        )
+        .unwrap(),
+    );
+    let s = store.clone();
+    let hung = tokio::spawn(async move { s.acquire(&stuck, None).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!hung.is_finished(), "the silent registry answered?");
+    let (mount, how) =
+        tokio::time::timeout(Duration::from_secs(20), store.acquire(&resolved, None))
+            .await
+            .expect("held up by the other image's mount")
+            .unwrap();
+    assert_eq!(how, Acquired::Recording);
+    assert!(mount.path().join("www/index.html").exists());
+    hung.abort();
+    drop(mount);
+    assert_eq!(lazy_mounts(work.path()), 0, "the last holder unmounts");
+}
