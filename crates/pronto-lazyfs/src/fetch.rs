@@ -106,6 +106,27 @@ impl Flight {
     }
 }
 
+/// Chunks fetched and handed out but not yet in the node cache; dropping this writes them there
+/// (and takes them out of the in-flight map).
+#[must_use = "dropping it writes the fetched chunks to the cache"]
+pub struct Unstored<'a> {
+    fetcher: &'a ChunkFetcher,
+    chunks: Vec<(ChunkRef, Bytes)>,
+}
+
+impl Drop for Unstored<'_> {
+    fn drop(&mut self) {
+        for (c, data) in self.chunks.drain(..) {
+            self.fetcher.cache.insert(&c.digest, &data);
+            self.fetcher
+                .inflight
+                .lock()
+                .expect("inflight lock poisoned")
+                .remove(&c.digest);
+        }
+    }
+}
+
 /// Fetches the chunks of one image's packs (one per mount).
 pub struct ChunkFetcher {
     client: RegistryClient,
@@ -195,17 +216,22 @@ impl ChunkFetcher {
     /// thread (or `spawn_blocking`), never from an async task.
     pub fn read(&self, pieces: &[(ChunkRef, Range<u32>)]) -> Result<Vec<u8>, FetchError> {
         self.read_ahead(pieces, &[])
+            .map(|(data, _stored_on_drop)| data)
     }
 
     /// As [`ChunkFetcher::read`]; if that has to go to the registry, the chunks of `ahead`
     /// that are missing too (the next ones of a file read in order) come in the same requests,
     /// so a sequential reader does not pay a round trip per chunk. Failures of those are not
     /// this read's.
+    ///
+    /// What this call fetched is written to the node cache when the returned [`Unstored`] is
+    /// dropped: answer the reader first, then drop it (the chunks are served from memory to
+    /// anyone who asks in between).
     pub fn read_ahead(
         &self,
         pieces: &[(ChunkRef, Range<u32>)],
         ahead: &[ChunkRef],
-    ) -> Result<Vec<u8>, FetchError> {
+    ) -> Result<(Vec<u8>, Unstored<'_>), FetchError> {
         if let Some((c, r)) = pieces
             .iter()
             .find(|(c, r)| r.start > r.end || r.end > c.uncompressed_size)
@@ -244,28 +270,35 @@ impl ChunkFetcher {
                 }
             }
         }
+        let mut unstored = self.unstored(Vec::new());
         if !missing.is_empty() {
             let chunks: Vec<ChunkRef> = missing.iter().map(|&i| pieces[i].0).collect();
-            let fetched = self.get_chunks(&chunks, ahead)?;
+            let (fetched, fetched_unstored) = self.get_chunks(&chunks, ahead);
+            unstored = fetched_unstored;
             for (&i, data) in missing.iter().zip(fetched) {
                 let r = &pieces[i].1;
-                out[i] = Some(data[r.start as usize..r.end as usize].to_vec());
+                out[i] = Some(data?[r.start as usize..r.end as usize].to_vec());
             }
         }
         if out.len() == 1 {
             // The common case (a read inside one chunk): no second copy.
-            return Ok(out.pop().flatten().expect("every piece filled"));
+            return Ok((out.pop().flatten().expect("every piece filled"), unstored));
         }
         let mut buf = Vec::with_capacity(total);
         for piece in out {
             buf.extend_from_slice(&piece.expect("every piece filled"));
         }
-        Ok(buf)
+        Ok((buf, unstored))
     }
 
-    /// Whether the node cache holds the chunk (not checked).
-    pub fn is_cached(&self, digest: &[u8; 32]) -> bool {
+    /// Whether the chunk is in the node cache (not checked) or being fetched or stored.
+    pub fn is_cached_or_coming(&self, digest: &[u8; 32]) -> bool {
         self.cache.contains(digest)
+            || self
+                .inflight
+                .lock()
+                .expect("inflight lock poisoned")
+                .contains_key(digest)
     }
 
     /// Whole chunks, verified: fetched by this call (grouped into runs) or by another reader
@@ -274,7 +307,7 @@ impl ChunkFetcher {
         &self,
         chunks: &[ChunkRef],
         ahead: &[ChunkRef],
-    ) -> Result<Vec<Bytes>, FetchError> {
+    ) -> (Vec<Result<Bytes, FetchError>>, Unstored<'_>) {
         enum Source {
             Flight(Arc<Flight>),
             /// Fetched by another reader between our cache miss and taking the lock.
@@ -305,6 +338,9 @@ impl ChunkFetcher {
                 .iter()
                 .flat_map(|(c, _)| self.neighbours(c).iter().copied())
                 .collect();
+            // Read-ahead only with a request of our own: a reader whose chunks someone else
+            // is fetching (with their own read-ahead) would otherwise send the next chunk alone.
+            let ahead = if lead.is_empty() { &[] } else { ahead };
             for c in ahead.iter().chain(&widened) {
                 let wanted = lead.iter().any(|(l, _)| l.digest == c.digest);
                 if !wanted && !inflight.contains_key(&c.digest) && !self.cache.contains(&c.digest) {
@@ -314,12 +350,13 @@ impl ChunkFetcher {
                 }
             }
         }
+        let mut unstored = self.unstored(Vec::new());
         if !lead.is_empty() {
             let refs: Vec<ChunkRef> = lead.iter().map(|(c, _)| *c).collect();
             let results = self.fetch_runs(&refs);
-            self.land(&lead, results);
+            unstored = self.land(&lead, results);
         }
-        sources
+        let results = sources
             .into_iter()
             .map(|s| match s {
                 Source::Flight(f) => f.wait(),
@@ -334,21 +371,45 @@ impl ChunkFetcher {
                     }
                 }
             })
-            .collect()
+            .collect();
+        (results, unstored)
     }
 
-    /// Stores what a leader fetched, then hands it to everyone waiting on its flights (cached
-    /// before the flight is dropped: see `get_chunks`).
-    fn land(&self, lead: &[(ChunkRef, Arc<Flight>)], results: Vec<Result<Bytes, FetchError>>) {
+    /// Hands what a leader fetched to everyone waiting on its flights at once. The chunks it
+    /// got stay in the in-flight map (finished: later readers take them from there) until the
+    /// returned [`Unstored`] has written them to the cache, so that "not in flight" and "not
+    /// cached" are never both true of a chunk someone fetched: no chunk is fetched twice (see
+    /// `get_chunks`). Failed ones leave the map now, for the next reader to try again.
+    fn land(
+        &self,
+        lead: &[(ChunkRef, Arc<Flight>)],
+        results: Vec<Result<Bytes, FetchError>>,
+    ) -> Unstored<'_> {
+        let mut fetched = Vec::new();
         for ((c, flight), result) in lead.iter().zip(results) {
-            if let Ok(data) = &result {
-                self.cache.insert(&c.digest, data);
+            match &result {
+                Ok(data) => fetched.push((*c, data.clone())),
+                Err(_) => {
+                    self.inflight
+                        .lock()
+                        .expect("inflight lock poisoned")
+                        .remove(&c.digest);
+                }
             }
-            self.inflight
-                .lock()
-                .expect("inflight lock poisoned")
-                .remove(&c.digest);
             flight.finish(result);
+        }
+        self.unstored(fetched)
+    }
+
+    /// An [`Unstored`] with nothing in it.
+    pub(crate) fn nothing_fetched(&self) -> Unstored<'_> {
+        self.unstored(Vec::new())
+    }
+
+    fn unstored(&self, chunks: Vec<(ChunkRef, Bytes)>) -> Unstored<'_> {
+        Unstored {
+            fetcher: self,
+            chunks,
         }
     }
 
@@ -399,7 +460,7 @@ impl ChunkFetcher {
                     .map(|b| b.len() as u64)
                     .sum::<u64>();
                 let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-                self.land(&lead[at..end], results);
+                drop(self.land(&lead[at..end], results));
                 // Counted once cached: a reader who sees the count finds the chunks.
                 self.stats.prefetched(ok, content);
                 at = end;

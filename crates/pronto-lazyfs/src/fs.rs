@@ -21,7 +21,7 @@ use fuser::{
 use pronto_format::{FormatError, Index, Inode, NodeKind};
 use tracing::error;
 
-use crate::fetch::ChunkFetcher;
+use crate::fetch::{ChunkFetcher, Unstored};
 use crate::stats::Stats;
 use crate::trace::AccessRecorder;
 
@@ -117,14 +117,21 @@ impl LazyFs {
         }
     }
 
-    fn read_file(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// The bytes, and what was fetched for them: drop that after replying (it writes the
+    /// chunks to the node cache, which the reader need not wait for).
+    fn read_file(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Vec<u8>, Unstored<'_>), Errno> {
         let inode = self.inode(ino)?;
         if inode.kind != NodeKind::File {
             return Err(Errno::EISDIR);
         }
         let end = offset.saturating_add(u64::from(size)).min(inode.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), self.fetcher.nothing_fetched()));
         }
         let cs = u64::from(self.index.chunk_size());
         let n = inode.ino;
@@ -137,14 +144,18 @@ impl LazyFs {
             pieces.push((chunk, from as u32..to as u32));
         }
         self.recorder.record(pieces.iter().map(|(c, _)| c));
-        // Read in order (the chunk before this read is cached): fetch the next few with it.
+        // Read in order (a chunk just before this read is cached or coming): fetch the next few
+        // with it.
         let last = (end - 1) / cs;
         let count = u64::from(self.index.chunk_count(n).map_err(|e| self.corrupt(e))?);
-        let sequential = offset / cs > 0
-            && self
-                .index
-                .chunk(n, (offset / cs - 1) as u32)
-                .is_ok_and(|c| self.fetcher.is_cached(&c.digest));
+        // The kernel's readahead sends reads of consecutive chunks in parallel, so the one just
+        // before may not be claimed yet: either of the two before will do.
+        let first = offset / cs;
+        let sequential = (first.saturating_sub(2)..first).any(|i| {
+            self.index
+                .chunk(n, i as u32)
+                .is_ok_and(|c| self.fetcher.is_cached_or_coming(&c.digest))
+        });
         let ahead: Vec<_> = if sequential {
             (last + 1..count.min(last + 1 + READ_AHEAD_CHUNKS))
                 .filter_map(|i| self.index.chunk(n, i as u32).ok())
@@ -152,12 +163,12 @@ impl LazyFs {
         } else {
             Vec::new()
         };
-        let data = self.fetcher.read_ahead(&pieces, &ahead).map_err(|e| {
+        let (data, unstored) = self.fetcher.read_ahead(&pieces, &ahead).map_err(|e| {
             error!(inode = n, offset, size, "read failed: {e}");
             Errno::EIO
         })?;
         self.stats.read(data.len());
-        Ok(data)
+        Ok((data, unstored))
     }
 }
 
@@ -269,7 +280,10 @@ impl Filesystem for LazyFs {
         reply: ReplyData,
     ) {
         match self.read_file(ino, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok((data, unstored)) => {
+                reply.data(&data);
+                drop(unstored);
+            }
             Err(e) => reply.error(e),
         }
     }
