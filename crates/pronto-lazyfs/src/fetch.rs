@@ -3,9 +3,11 @@
 //!
 //! On a miss, the chunks a read needs are grouped into runs that are adjacent in one pack and
 //! each run is one HTTP Range request (all runs of a read in flight at once). Every fetched chunk
-//! is decompressed into exactly its size and its BLAKE3 checked before anyone sees a byte; then
-//! it is stored in the cache. A chunk already being fetched for another reader is waited for,
-//! never fetched twice. A failing request is retried with exponential backoff a bounded number
+//! is decompressed into exactly its size and its BLAKE3 checked before anyone sees a byte; it is
+//! handed to its readers at once and stored in the cache once the reader that fetched it has
+//! its answer ([`Unstored`]). A chunk already being fetched for another reader is waited for,
+//! never fetched twice. [`ChunkFetcher::prefetch`] fetches an access trace ahead of demand
+//! through the same in-flight map. A failing request is retried with exponential backoff a bounded number
 //! of times, each attempt under a timeout; after that the read fails (EIO for the program) with
 //! a log line naming the chunk and the pack.
 //!
@@ -431,9 +433,9 @@ impl ChunkFetcher {
     /// Fetches `trace` (chunks in the order a previous start read them) ahead of demand, until
     /// done or `cancel` is set. Blocking: run it on a thread of its own.
     ///
-    /// The trace is taken in windows of [`PREFETCH_WINDOW_BYTES`]; each window is sorted into
+    /// The trace is taken in windows of `PREFETCH_WINDOW_BYTES`; each window is sorted into
     /// pack order and cut into runs of nearby chunks (one Range request each, at most
-    /// [`PREFETCH_RUN_BYTES`]; see `prefetch_runs`). At most [`PREFETCH_STREAMS`] requests are in flight, so the
+    /// `PREFETCH_RUN_BYTES`; see `prefetch_runs`). At most `PREFETCH_STREAMS` requests are in flight, so the
     /// program's own misses, which go out at once beside them, always get a share of the link.
     /// A chunk is claimed (in-flight dedup) only when its request leaves: a reader that needs
     /// a chunk prefetch has not reached fetches it itself instead of queueing behind the rest.
@@ -476,7 +478,7 @@ impl ChunkFetcher {
 
     /// The trace cut into prefetch requests: windows in trace order, each sorted by pack and
     /// offset and split into runs of chunks adjacent in their pack or at most
-    /// [`PREFETCH_GAP_BYTES`] apart (the chunks between join the run).
+    /// `PREFETCH_GAP_BYTES` apart (the chunks between join the run).
     fn prefetch_runs(&self, trace: &[ChunkRef]) -> Vec<Vec<ChunkRef>> {
         let mut runs: Vec<Vec<ChunkRef>> = Vec::new();
         let mut rest = trace;
@@ -518,7 +520,7 @@ impl ChunkFetcher {
     }
 
     /// The chunks stored exactly over `from..to` of `pack`, if that is at most
-    /// [`PREFETCH_GAP_BYTES`] and the pack layout is known (empty for `from == to`).
+    /// `PREFETCH_GAP_BYTES` and the pack layout is known (empty for `from == to`).
     fn between(&self, pack: u32, from: u64, to: u64) -> Option<&[ChunkRef]> {
         if from == to {
             return Some(&[]);
