@@ -48,23 +48,8 @@ pub enum ImageCommand {
     /// the chunk cache. Runs until Ctrl-C or SIGTERM, then unmounts and prints what it fetched.
     Mount {
         reference: String,
-        dir: PathBuf,
-        /// The chunk cache (kept across mounts).
-        #[arg(long, default_value = "/var/cache/pronto/chunks")]
-        cache_dir: PathBuf,
-        /// Bound of the chunk cache; suffixes K, M and G accepted.
-        #[arg(long, default_value = "10G", value_parser = parse_bytes)]
-        cache_size: u64,
-        /// Write the access trace (the chunks read, first read first; see docs/format.md) to
-        /// FILE on exit.
-        #[arg(long, value_name = "FILE")]
-        save_trace: Option<PathBuf>,
-        /// Prefetch the access trace in FILE (from --save-trace) right after mounting.
-        #[arg(long, value_name = "FILE", conflicts_with = "save_trace")]
-        prefetch: Option<PathBuf>,
-        /// Print the counters as JSON on exit.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: MountArgs,
     },
     /// Rebuild an image from its accelerated artifact (every chunk fetched and checked) and
     /// compare it with a plain unpack of the image.
@@ -166,25 +151,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ImageCommand::Mount {
-            reference,
-            dir,
-            cache_dir,
-            cache_size,
-            save_trace,
-            prefetch,
-            json,
-        } => {
-            let args = MountArgs {
-                dir,
-                cache_dir,
-                cache_size,
-                save_trace,
-                prefetch,
-                json,
-            };
-            mount(&client, &reference, args).await?
-        }
+        ImageCommand::Mount { reference, args } => mount(&client, &reference, args).await?,
         ImageCommand::Verify {
             reference,
             work_dir,
@@ -242,12 +209,24 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct MountArgs {
+#[derive(clap::Args)]
+pub struct MountArgs {
     dir: PathBuf,
+    /// The chunk cache (kept across mounts).
+    #[arg(long, default_value = "/var/cache/pronto/chunks")]
     cache_dir: PathBuf,
+    /// Bound of the chunk cache; suffixes K, M and G accepted.
+    #[arg(long, default_value = "10G", value_parser = parse_bytes)]
     cache_size: u64,
+    /// Write the access trace (the chunks read, first read first; see docs/format.md) to
+    /// FILE on exit.
+    #[arg(long, value_name = "FILE")]
     save_trace: Option<PathBuf>,
+    /// Prefetch the access trace in FILE (from --save-trace) right after mounting.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_trace")]
     prefetch: Option<PathBuf>,
+    /// Print the counters as JSON on exit.
+    #[arg(long)]
     json: bool,
 }
 

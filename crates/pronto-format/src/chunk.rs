@@ -166,6 +166,64 @@ pub fn chunk_digest(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()
 }
 
+/// A chunk longer than this can be checked piece by piece: a power of two of at least BLAKE3's
+/// 1 KiB chunk, so every segment boundary `k * SEGMENT_SIZE` is a boundary of the chunk's BLAKE3
+/// tree (BLAKE3 splits an input at the largest power-of-two number of 1 KiB chunks below its
+/// length), and the segments' chaining values combine into the chunk's digest.
+pub const SEGMENT_SIZE: usize = 64 << 10;
+
+/// The BLAKE3 chaining value of one segment (a non-root subtree of its chunk's tree).
+pub type SegmentValue = [u8; 32];
+
+/// The chaining value of segment `index` of a chunk (`seg` is its bytes).
+pub fn segment_value(seg: &[u8], index: usize) -> SegmentValue {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset((index * SEGMENT_SIZE) as u64);
+    h.update(seg);
+    h.finalize_non_root()
+}
+
+/// The chaining values of the segments of a chunk longer than one segment (empty otherwise).
+pub fn segment_values(data: &[u8]) -> Vec<SegmentValue> {
+    if data.len() <= SEGMENT_SIZE {
+        return Vec::new();
+    }
+    data.chunks(SEGMENT_SIZE)
+        .enumerate()
+        .map(|(i, seg)| segment_value(seg, i))
+        .collect()
+}
+
+/// The digest of a chunk of `len` bytes (more than one segment) from its segments' values.
+pub fn digest_of_segments(values: &[SegmentValue], len: u64) -> [u8; 32] {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+    fn split(values: &[SegmentValue], len: u64) -> (u64, &[SegmentValue], &[SegmentValue]) {
+        let left = left_subtree_len(len);
+        let (l, r) = values.split_at((left / SEGMENT_SIZE as u64) as usize);
+        (left, l, r)
+    }
+    fn node(values: &[SegmentValue], len: u64) -> SegmentValue {
+        if len <= SEGMENT_SIZE as u64 {
+            return values[0];
+        }
+        let (left, l, r) = split(values, len);
+        merge_subtrees_non_root(&node(l, left), &node(r, len - left), Mode::Hash)
+    }
+    let (left, l, r) = split(values, len);
+    *merge_subtrees_root(&node(l, left), &node(r, len - left), Mode::Hash).as_bytes()
+}
+
+/// A chunk's digest and, if it is longer than one segment, its segments' values: one pass.
+fn digest_and_segments(data: &[u8]) -> ([u8; 32], Vec<SegmentValue>) {
+    let values = segment_values(data);
+    if values.is_empty() {
+        (chunk_digest(data), values)
+    } else {
+        (digest_of_segments(&values, data.len() as u64), values)
+    }
+}
+
 /// Compresses one chunk with `want`; returns the stored bytes and the compression actually used,
 /// which is [`Compression::None`] (the bytes as they are) when compressing does not make them
 /// strictly smaller, or when `want` is `None`.
@@ -210,6 +268,15 @@ impl ChunkCompressor {
 /// Never allocates more than `c.uncompressed_size` (itself capped at [`MAX_CHUNK_BYTES`]) for the
 /// output, whatever the stored bytes claim: a decompression bomb fails instead of growing.
 pub fn decompress_chunk(stored: &[u8], c: &ChunkRef) -> Result<Vec<u8>, FormatError> {
+    decompress_chunk_with_segments(stored, c).map(|(data, _)| data)
+}
+
+/// As [`decompress_chunk`], and also returns the values of the chunk's segments
+/// ([`segment_values`]): the check computes them anyway, at the cost of one hash.
+pub fn decompress_chunk_with_segments(
+    stored: &[u8],
+    c: &ChunkRef,
+) -> Result<(Vec<u8>, Vec<SegmentValue>), FormatError> {
     if c.uncompressed_size > MAX_CHUNK_BYTES {
         return Err(FormatError::ChunkTooLarge {
             digest: c.digest,
@@ -249,19 +316,42 @@ pub fn decompress_chunk(stored: &[u8], c: &ChunkRef) -> Result<Vec<u8>, FormatEr
             actual: data.len() as u64,
         });
     }
-    let actual = chunk_digest(&data);
+    let (actual, values) = digest_and_segments(&data);
     if actual != c.digest {
         return Err(FormatError::ChunkCorrupt {
             digest: c.digest,
             actual,
         });
     }
-    Ok(data)
+    Ok((data, values))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_values_combine_into_the_chunk_digest() {
+        for len in [
+            SEGMENT_SIZE + 1,
+            2 * SEGMENT_SIZE,
+            3 * SEGMENT_SIZE + 5,
+            (1 << 20) - 1,
+            1 << 20,
+            (1 << 20) + 1024,
+            4 << 20,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(11)).collect();
+            let values = segment_values(&data);
+            assert_eq!(values.len(), len.div_ceil(SEGMENT_SIZE));
+            assert_eq!(
+                digest_of_segments(&values, len as u64),
+                chunk_digest(&data),
+                "length {len}"
+            );
+        }
+        assert!(segment_values(&[1u8; SEGMENT_SIZE]).is_empty());
+    }
 
     fn chunk_for(data: &[u8], want: Compression) -> (Vec<u8>, ChunkRef) {
         let (stored, compression) = compress_chunk(data, want);

@@ -18,7 +18,9 @@
 //!   layout, sorted directories, no cycles, link counts) and is what a mount or a verify
 //!   should call before trusting a blob.
 //! - [`chunk`]: [`ChunkRef`], [`compress_chunk`] (and [`ChunkCompressor`], which keeps its zstd
-//!   context), [`decompress_chunk`] (bounded, digest-checked) and [`chunk_digest`].
+//!   context), [`decompress_chunk`] (bounded, digest-checked) and [`chunk_digest`]; a chunk's
+//!   BLAKE3 tree in 64 KiB segments ([`segment_values`], [`digest_of_segments`]), so that a
+//!   copy of it can be checked piece by piece.
 //! - [`FormatError`] (`error`): every way a blob or a build can be wrong, with the bad value.
 //!
 //! Every input is hostile: a blob from a registry, a chunk from a pack, a tree from a layer.
@@ -33,8 +35,9 @@ pub mod layout;
 
 pub use builder::{IndexBuilder, NodeMeta};
 pub use chunk::{
-    chunk_digest, compress_chunk, decompress_chunk, ChunkCompressor, ChunkProblem, ChunkRef,
-    Compression, MAX_CHUNK_BYTES, ZSTD_LEVEL,
+    chunk_digest, compress_chunk, decompress_chunk, decompress_chunk_with_segments,
+    digest_of_segments, segment_value, segment_values, ChunkCompressor, ChunkProblem, ChunkRef,
+    Compression, SegmentValue, MAX_CHUNK_BYTES, SEGMENT_SIZE, ZSTD_LEVEL,
 };
 pub use error::FormatError;
 pub use index::{Index, Inode};

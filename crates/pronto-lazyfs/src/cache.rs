@@ -4,9 +4,10 @@
 //! - Layout: `DIR/<first 2 hex digits>/<64 hex digits>`, one file per chunk, written to a
 //!   temporary name and renamed into place, so a crash never leaves a half-written entry under
 //!   a digest name (leftover temporaries are removed when the cache is opened). An entry is the
-//!   chunk's bytes followed, for chunks longer than one [`SEGMENT`], by the BLAKE3 chaining
-//!   value of each 64 KiB segment (32 bytes each): the segments are subtrees of the chunk's
-//!   BLAKE3 tree, so those values combine into the chunk's digest.
+//!   chunk's bytes followed, for chunks longer than one segment
+//!   ([`pronto_format::SEGMENT_SIZE`], 64 KiB), by the BLAKE3 chaining value of each segment
+//!   (32 bytes each, [`pronto_format::segment_values`]): the segments are subtrees of the
+//!   chunk's BLAKE3 tree, so those values combine into the chunk's digest.
 //! - Bounded in bytes: when an insert pushes the total over the capacity, the least recently
 //!   used entries are deleted. Recency is kept in memory; at open it is seeded from the files'
 //!   mtimes, so a restart keeps roughly the old order.
@@ -27,56 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode};
+use pronto_format::{digest_of_segments, segment_value, SegmentValue, SEGMENT_SIZE as SEGMENT};
 use tracing::{debug, warn};
-
-/// The unit of verification of a cached chunk: a power of two ≥ BLAKE3's 1 KiB chunk, so every
-/// segment boundary of a chunk is a boundary of its BLAKE3 tree.
-pub const SEGMENT: usize = 64 << 10;
-
-/// The segments' chaining values of a chunk longer than one segment (empty otherwise).
-pub fn segment_values(data: &[u8]) -> Vec<ChainingValue> {
-    if data.len() <= SEGMENT {
-        return Vec::new();
-    }
-    data.chunks(SEGMENT)
-        .enumerate()
-        .map(|(i, seg)| segment_value(seg, i))
-        .collect()
-}
-
-fn segment_value(seg: &[u8], index: usize) -> ChainingValue {
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset((index * SEGMENT) as u64);
-    h.update(seg);
-    h.finalize_non_root()
-}
-
-/// The digest of a chunk of `len` bytes (> one segment) from its segments' values.
-fn root_of(values: &[ChainingValue], len: u64) -> [u8; 32] {
-    // BLAKE3's tree splits an input at the largest power-of-two number of 1 KiB chunks below
-    // its length; for lengths above one segment that is a multiple of the segment.
-    fn node(values: &[ChainingValue], len: u64) -> ChainingValue {
-        if len <= SEGMENT as u64 {
-            return values[0];
-        }
-        let left = blake3::hazmat::left_subtree_len(len);
-        let split = (left / SEGMENT as u64) as usize;
-        blake3::hazmat::merge_subtrees_non_root(
-            &node(&values[..split], left),
-            &node(&values[split..], len - left),
-            Mode::Hash,
-        )
-    }
-    let left = blake3::hazmat::left_subtree_len(len);
-    let split = (left / SEGMENT as u64) as usize;
-    *blake3::hazmat::merge_subtrees_root(
-        &node(&values[..split], left),
-        &node(&values[split..], len - left),
-        Mode::Hash,
-    )
-    .as_bytes()
-}
 
 /// Bytes on disk of the entry of a chunk of `len` bytes.
 fn entry_size(len: u64) -> u64 {
@@ -139,7 +92,7 @@ struct OpenEntry {
     file: File,
     /// The segments' chaining values, read from the entry and checked against its digest
     /// (empty for a chunk of one segment, which is checked whole when opened).
-    values: Vec<ChainingValue>,
+    values: Vec<SegmentValue>,
     /// Per segment: hashed and found equal to its value.
     checked: Vec<AtomicBool>,
 }
@@ -331,18 +284,18 @@ impl ChunkCache {
         let file = File::open(self.path_of(digest))?;
         let entry = if len as usize <= SEGMENT {
             let data = read_exact_at(&file, 0..len as usize)?;
-            if blake3::hash(&data).as_bytes() != digest {
+            if &pronto_format::chunk_digest(&data) != digest {
                 return Err(ReadError::Corrupt);
             }
             OpenEntry::all_checked(file, len)
         } else {
             let n = (len as usize).div_ceil(SEGMENT);
             let raw = read_exact_at(&file, len as usize..len as usize + 32 * n)?;
-            let values: Vec<ChainingValue> = raw
+            let values: Vec<SegmentValue> = raw
                 .chunks_exact(32)
                 .map(|v| v.try_into().expect("32-byte chunks"))
                 .collect();
-            if &root_of(&values, u64::from(len)) != digest {
+            if &digest_of_segments(&values, u64::from(len)) != digest {
                 return Err(ReadError::Corrupt);
             }
             OpenEntry {
@@ -377,14 +330,16 @@ impl ChunkCache {
         self.lock().entries.contains_key(digest)
     }
 
-    /// Stores a chunk the caller has verified. Failures are logged, not returned: the cache is
-    /// an optimisation and the reader already has its bytes.
-    pub fn insert(&self, digest: &[u8; 32], data: &[u8]) {
+    /// Stores a chunk the caller has verified, with its segments' values (as
+    /// [`pronto_format::decompress_chunk_with_segments`] returns them). Failures are logged, not
+    /// returned: the cache is an optimisation and the reader already has its bytes.
+    pub fn insert(&self, digest: &[u8; 32], data: &[u8], values: &[SegmentValue]) {
+        debug_assert_eq!(values.len(), pronto_format::segment_values(data).len());
         let size = entry_size(data.len() as u64);
         if self.contains(digest) || size > self.capacity {
             return;
         }
-        match self.write_entry(digest, data) {
+        match self.write_entry(digest, data, values) {
             Ok(file) => {
                 self.keep_open(digest, OpenEntry::all_checked(file, data.len() as u32));
             }
@@ -397,15 +352,18 @@ impl ChunkCache {
         self.evict();
     }
 
-    fn write_entry(&self, digest: &[u8; 32], data: &[u8]) -> io::Result<File> {
+    fn write_entry(
+        &self,
+        digest: &[u8; 32],
+        data: &[u8],
+        values: &[SegmentValue],
+    ) -> io::Result<File> {
         let path = self.path_of(digest);
         let shard = path.parent().expect("entry has a shard dir");
         std::fs::create_dir_all(shard)?;
         let mut tmp = tempfile::NamedTempFile::new_in(shard)?;
         tmp.write_all(data)?;
-        for value in segment_values(data) {
-            tmp.write_all(&value)?;
-        }
+        tmp.write_all(values.concat().as_slice())?;
         tmp.persist(&path).map_err(|e| e.error)
     }
 
@@ -489,7 +447,18 @@ mod tests {
 
     fn chunk(seed: u8, len: usize) -> ([u8; 32], Vec<u8>) {
         let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
-        (*blake3::hash(&data).as_bytes(), data)
+        (pronto_format::chunk_digest(&data), data)
+    }
+
+    fn insert(cache: &ChunkCache, digest: &[u8; 32], data: &[u8]) {
+        cache.insert(digest, data, &pronto_format::segment_values(data));
+    }
+
+    /// Stores `data` in a cache in `dir` (closed again) and returns the entry's path.
+    fn stored(dir: &Path, digest: &[u8; 32], data: &[u8]) -> PathBuf {
+        insert(&ChunkCache::open(dir, 1 << 30).unwrap(), digest, data);
+        let hex = hex::encode(digest);
+        dir.join(&hex[..2]).join(&hex)
     }
 
     #[test]
@@ -499,7 +468,7 @@ mod tests {
         {
             let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
             assert_eq!(cache.read(&d, 10_000, 0..10), Lookup::Miss);
-            cache.insert(&d, &data);
+            insert(&cache, &d, &data);
             assert_eq!(
                 cache.read(&d, 10_000, 100..200),
                 Lookup::Hit(data[100..200].to_vec())
@@ -517,11 +486,7 @@ mod tests {
     fn a_corrupted_entry_is_refused_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (d, data) = chunk(3, 5000);
-        ChunkCache::open(dir.path(), 1 << 20)
-            .unwrap()
-            .insert(&d, &data);
-        let hex = hex::encode(d);
-        let path = dir.path().join(&hex[..2]).join(&hex);
+        let path = stored(dir.path(), &d, &data);
         let mut bad = data.clone();
         bad[4000] ^= 1;
         std::fs::write(&path, &bad).unwrap();
@@ -530,29 +495,10 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(cache.read(&d, 5000, 0..10), Lookup::Miss);
         // A truncated entry too.
-        cache.insert(&d, &data);
+        insert(&cache, &d, &data);
         std::fs::write(&path, &data[..100]).unwrap();
         let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(cache.read(&d, 5000, 0..10), Lookup::Corrupt);
-    }
-
-    #[test]
-    fn segment_values_combine_into_the_chunk_digest() {
-        for len in [
-            SEGMENT + 1,
-            2 * SEGMENT,
-            3 * SEGMENT + 5,
-            (1 << 20) - 1,
-            1 << 20,
-            (1 << 20) + 1024,
-            4 << 20,
-        ] {
-            let (d, data) = chunk(11, len);
-            let values = segment_values(&data);
-            assert_eq!(values.len(), len.div_ceil(SEGMENT));
-            assert_eq!(root_of(&values, len as u64), d, "length {len}");
-        }
-        assert!(segment_values(&[1u8; SEGMENT]).is_empty());
     }
 
     #[test]
@@ -560,11 +506,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let len = 5 * SEGMENT + 100;
         let (d, data) = chunk(9, len);
-        ChunkCache::open(dir.path(), 1 << 30)
-            .unwrap()
-            .insert(&d, &data);
-        let hex = hex::encode(d);
-        let path = dir.path().join(&hex[..2]).join(&hex);
+        let path = stored(dir.path(), &d, &data);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
             entry_size(len as u64)
@@ -603,11 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let len = 2 * SEGMENT + 1;
         let (d, data) = chunk(5, len);
-        ChunkCache::open(dir.path(), 1 << 30)
-            .unwrap()
-            .insert(&d, &data);
-        let hex = hex::encode(d);
-        let path = dir.path().join(&hex[..2]).join(&hex);
+        let path = stored(dir.path(), &d, &data);
         let mut bad = std::fs::read(&path).unwrap();
         bad[len + 33] ^= 1;
         std::fs::write(&path, &bad).unwrap();
@@ -623,11 +561,11 @@ mod tests {
         let (a, da) = chunk(1, 10_000);
         let (b, db) = chunk(2, 10_000);
         let (c, dc) = chunk(5, 10_000);
-        cache.insert(&a, &da);
-        cache.insert(&b, &db);
+        insert(&cache, &a, &da);
+        insert(&cache, &b, &db);
         // Use `a`, so `b` is the oldest when `c` needs room.
         assert!(matches!(cache.read(&a, 10_000, 0..1), Lookup::Hit(_)));
-        cache.insert(&c, &dc);
+        insert(&cache, &c, &dc);
         assert_eq!(cache.total_bytes(), 20_000);
         assert_eq!(cache.read(&b, 10_000, 0..1), Lookup::Miss);
         assert!(matches!(cache.read(&a, 10_000, 0..1), Lookup::Hit(_)));

@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pronto_format::ChunkRef;
+use pronto_format::{ChunkRef, SegmentValue};
 use pronto_image::{Digest, Reference, RegistryClient};
 use tracing::{error, warn};
 
@@ -108,18 +108,22 @@ impl Flight {
     }
 }
 
+/// A chunk as a fetch gives it: its content and its segments' values (for the cache entry), or
+/// why not.
+type Fetched = Result<(Bytes, Vec<SegmentValue>), FetchError>;
+
 /// Chunks fetched and handed out but not yet in the node cache; dropping this writes them there
 /// (and takes them out of the in-flight map).
 #[must_use = "dropping it writes the fetched chunks to the cache"]
 pub struct Unstored<'a> {
     fetcher: &'a ChunkFetcher,
-    chunks: Vec<(ChunkRef, Bytes)>,
+    chunks: Vec<(ChunkRef, Bytes, Vec<SegmentValue>)>,
 }
 
 impl Drop for Unstored<'_> {
     fn drop(&mut self) {
-        for (c, data) in self.chunks.drain(..) {
-            self.fetcher.cache.insert(&c.digest, &data);
+        for (c, data, values) in self.chunks.drain(..) {
+            self.fetcher.cache.insert(&c.digest, &data, &values);
             self.fetcher
                 .inflight
                 .lock()
@@ -369,7 +373,7 @@ impl ChunkFetcher {
                     {
                         Lookup::Hit(data) => Ok(Bytes::from(data)),
                         // Evicted or corrupt since: fetch it after all.
-                        _ => self.fetch_runs(&[c]).remove(0),
+                        _ => self.fetch_runs(&[c]).remove(0).map(|(data, _)| data),
                     }
                 }
             })
@@ -382,23 +386,22 @@ impl ChunkFetcher {
     /// returned [`Unstored`] has written them to the cache, so that "not in flight" and "not
     /// cached" are never both true of a chunk someone fetched: no chunk is fetched twice (see
     /// `get_chunks`). Failed ones leave the map now, for the next reader to try again.
-    fn land(
-        &self,
-        lead: &[(ChunkRef, Arc<Flight>)],
-        results: Vec<Result<Bytes, FetchError>>,
-    ) -> Unstored<'_> {
+    fn land(&self, lead: &[(ChunkRef, Arc<Flight>)], results: Vec<Fetched>) -> Unstored<'_> {
         let mut fetched = Vec::new();
         for ((c, flight), result) in lead.iter().zip(results) {
-            match &result {
-                Ok(data) => fetched.push((*c, data.clone())),
-                Err(_) => {
+            match result {
+                Ok((data, values)) => {
+                    flight.finish(Ok(data.clone()));
+                    fetched.push((*c, data, values));
+                }
+                Err(e) => {
                     self.inflight
                         .lock()
                         .expect("inflight lock poisoned")
                         .remove(&c.digest);
+                    flight.finish(Err(e));
                 }
             }
-            flight.finish(result);
         }
         self.unstored(fetched)
     }
@@ -408,7 +411,7 @@ impl ChunkFetcher {
         self.unstored(Vec::new())
     }
 
-    fn unstored(&self, chunks: Vec<(ChunkRef, Bytes)>) -> Unstored<'_> {
+    fn unstored(&self, chunks: Vec<(ChunkRef, Bytes, Vec<SegmentValue>)>) -> Unstored<'_> {
         Unstored {
             fetcher: self,
             chunks,
@@ -459,7 +462,7 @@ impl ChunkFetcher {
                 let content = results
                     .iter()
                     .flatten()
-                    .map(|b| b.len() as u64)
+                    .map(|(data, _)| data.len() as u64)
                     .sum::<u64>();
                 let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
                 drop(self.land(&lead[at..end], results));
@@ -541,7 +544,7 @@ impl ChunkFetcher {
 
     /// Fetches `chunks` (distinct digests) in as few Range requests as adjacency allows, all at
     /// once; one result per chunk, in order.
-    fn fetch_runs(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, FetchError>> {
+    fn fetch_runs(&self, chunks: &[ChunkRef]) -> Vec<Fetched> {
         let mut order: Vec<usize> = (0..chunks.len()).collect();
         order.sort_by_key(|&i| (chunks[i].pack, chunks[i].offset));
         let mut runs: Vec<Vec<usize>> = Vec::new();
@@ -566,7 +569,7 @@ impl ChunkFetcher {
                 let refs: Vec<ChunkRef> = run.iter().map(|&i| chunks[i]).collect();
                 async move { self.fetch_run(&refs).await }
             })));
-        let mut results: Vec<Option<Result<Bytes, FetchError>>> = vec![None; chunks.len()];
+        let mut results: Vec<Option<Fetched>> = vec![None; chunks.len()];
         for (run, run_result) in runs.iter().zip(run_results) {
             for (&i, r) in run.iter().zip(run_result) {
                 results[i] = Some(r);
@@ -579,7 +582,7 @@ impl ChunkFetcher {
     }
 
     /// One Range request for a run of adjacent chunks, retried; each chunk verified.
-    async fn fetch_run(&self, run: &[ChunkRef]) -> Vec<Result<Bytes, FetchError>> {
+    async fn fetch_run(&self, run: &[ChunkRef]) -> Vec<Fetched> {
         let first = run[0];
         let start = first.offset;
         let end = run.last().expect("runs are not empty").pack_range().end;
@@ -601,7 +604,7 @@ impl ChunkFetcher {
                 .collect();
         };
         let mut backoff = self.retry.first_backoff;
-        let mut last: Vec<Result<Bytes, FetchError>> = Vec::new();
+        let mut last: Vec<Fetched> = Vec::new();
         for attempt in 1..=self.retry.attempts.max(1) {
             let started = Instant::now();
             let got = tokio::time::timeout(
@@ -623,8 +626,8 @@ impl ChunkFetcher {
                         .map(|c| {
                             let at = (c.offset - start) as usize;
                             let stored = &bytes[at..at + c.compressed_size as usize];
-                            pronto_format::decompress_chunk(stored, c)
-                                .map(Bytes::from)
+                            pronto_format::decompress_chunk_with_segments(stored, c)
+                                .map(|(data, values)| (Bytes::from(data), values))
                                 .map_err(|e| fail(c, e.to_string()))
                         })
                         .collect()

@@ -102,6 +102,19 @@ fn image_part(root: &Path) -> Tree {
     out
 }
 
+/// Resolves `reference` and converts it with `chunk`-byte chunks (work files under `work`).
+async fn accelerate(
+    reference: &pronto_image::Reference,
+    work: &Path,
+    chunk: u32,
+) -> Arc<pull::ResolvedImage> {
+    let resolved = Arc::new(pull::resolve(&client(), reference).await.unwrap());
+    let mut opts = ConvertOptions::new(work.join("convert"));
+    opts.chunk_size = chunk;
+    convert(&client(), &resolved, &opts).await.unwrap();
+    resolved
+}
+
 fn lazy_mounts(data: &Path) -> usize {
     pronto_lazyfs::mounts_under(data).unwrap().len()
 }
@@ -112,10 +125,7 @@ async fn an_accelerated_instance_runs_on_the_lazy_rootfs_and_sees_the_image_exac
     let work = tempfile::tempdir().unwrap();
     let reference = registry.reference("fn/lazy:v1");
     image().push(&client(), &reference).await.unwrap();
-    let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
-    let mut opts = ConvertOptions::new(work.path().join("convert"));
-    opts.chunk_size = 256 << 10;
-    convert(&client(), &resolved, &opts).await.unwrap();
+    let resolved = accelerate(&reference, work.path(), 256 << 10).await;
     let unpacked = work.path().join("unpacked");
     pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
         .await
@@ -204,10 +214,7 @@ async fn every_ground_truth_image_is_exact_inside_a_running_container() {
             .push(&client(), &reference)
             .await
             .unwrap();
-        let resolved = Arc::new(pull::resolve(&client(), &reference).await.unwrap());
-        let mut opts = ConvertOptions::new(work.path().join("convert"));
-        opts.chunk_size = 64 << 10;
-        convert(&client(), &resolved, &opts).await.unwrap();
+        let resolved = accelerate(&reference, work.path(), 64 << 10).await;
         let unpacked = work.path().join(format!("unpacked-{name}"));
         pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
             .await
@@ -240,17 +247,10 @@ async fn a_stuck_mount_does_not_hold_up_another_images() {
     let work = tempfile::tempdir().unwrap();
     let reference = registry.reference("fn/other:v1");
     image().push(&client(), &reference).await.unwrap();
-    let resolved = pull::resolve(&client(), &reference).await.unwrap();
-    convert(
-        &client(),
-        &resolved,
-        &ConvertOptions::new(work.path().join("convert")),
-    )
-    .await
-    .unwrap();
+    let resolved = accelerate(&reference, work.path(), 1 << 20).await;
 
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut stuck = resolved.clone();
+    let mut stuck = (*resolved).clone();
     stuck.pinned = format!(
         "127.0.0.1:{}/fn/stuck@{}",
         silent.local_addr().unwrap().port(),
