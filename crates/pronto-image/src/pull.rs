@@ -32,6 +32,15 @@ pub enum PullError {
     },
     #[error("image {reference}: index entry {digest} is not an image manifest")]
     NestedIndex { reference: String, digest: Digest },
+    #[error("image {reference}: the {what} kept for it has digest {actual}, not {expected}")]
+    KeptDigest {
+        reference: String,
+        what: &'static str,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("image {reference}: the kept reference is not pinned to a digest")]
+    NotPinned { reference: String },
     #[error("image config {digest} is not valid JSON: {source}")]
     Config {
         digest: Digest,
@@ -75,6 +84,66 @@ pub struct ResolvedImage {
 }
 
 impl ResolvedImage {
+    /// An image resolved earlier, from what was kept of it: the pinned reference, the manifest
+    /// and the config, each checked against its digest again (so a digest is resolved against
+    /// the registry once, and what is kept cannot drift from what it names).
+    pub fn from_kept(
+        pinned: Reference,
+        index_digest: Option<Digest>,
+        manifest_bytes: Bytes,
+        config_bytes: Bytes,
+    ) -> Result<ResolvedImage, PullError> {
+        let name = pinned.to_string();
+        let Some(manifest_digest) = pinned.digest.clone() else {
+            return Err(PullError::NotPinned { reference: name });
+        };
+        let check = |what, expected: &Digest, bytes: &[u8]| {
+            let actual = Digest::of(bytes);
+            if &actual == expected {
+                Ok(())
+            } else {
+                Err(PullError::KeptDigest {
+                    reference: name.clone(),
+                    what,
+                    expected: expected.clone(),
+                    actual,
+                })
+            }
+        };
+        check("manifest", &manifest_digest, &manifest_bytes)?;
+        let manifest_err = |source| PullError::Manifest {
+            reference: name.clone(),
+            source,
+        };
+        let manifest =
+            match crate::manifest::parse_manifest(None, &manifest_bytes).map_err(manifest_err)? {
+                ManifestKind::Image(m) => *m,
+                ManifestKind::Index(_) => {
+                    return Err(PullError::NestedIndex {
+                        reference: name.clone(),
+                        digest: manifest_digest,
+                    })
+                }
+            };
+        let compressions = manifest.layer_compressions().map_err(manifest_err)?;
+        check("config", &manifest.config.digest, &config_bytes)?;
+        let config = serde_json::from_slice(&config_bytes).map_err(|source| PullError::Config {
+            digest: manifest.config.digest.clone(),
+            source,
+        })?;
+        Ok(ResolvedImage {
+            reference: pinned.clone(),
+            pinned,
+            manifest_digest,
+            index_digest,
+            manifest,
+            manifest_bytes,
+            compressions,
+            config_bytes,
+            config,
+        })
+    }
+
     /// Sum of the (compressed) layer sizes.
     pub fn layers_size(&self) -> u64 {
         self.manifest.layers.iter().map(|l| l.size).sum()
@@ -346,5 +415,71 @@ impl Drop for AbortOnDrop {
         for h in &self.0 {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> (Bytes, Bytes) {
+        let config = Bytes::from_static(br#"{"config":{"Cmd":["/app"]}}"#);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": Digest::of(&config).to_string(),
+                "size": config.len(),
+            },
+            "layers": [],
+        }))
+        .unwrap();
+        (manifest.into(), config)
+    }
+
+    fn pinned(manifest: &[u8]) -> Reference {
+        format!("127.0.0.1:5000/a/b@{}", Digest::of(manifest))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_kept_image_is_rebuilt_and_checked() {
+        let (manifest, config) = parts();
+        let image =
+            ResolvedImage::from_kept(pinned(&manifest), None, manifest.clone(), config).unwrap();
+        assert_eq!(image.manifest_digest, Digest::of(&manifest));
+        assert_eq!(image.config["config"]["Cmd"][0], "/app");
+        assert_eq!(image.pinned.to_string(), image.reference.to_string());
+    }
+
+    #[test]
+    fn kept_bytes_that_do_not_match_their_digests_are_refused() {
+        let (manifest, config) = parts();
+        let other_config = Bytes::from_static(br#"{"config":{"Cmd":["/evil"]}}"#);
+        let e = ResolvedImage::from_kept(pinned(&manifest), None, manifest.clone(), other_config)
+            .unwrap_err();
+        assert!(
+            matches!(e, PullError::KeptDigest { what: "config", .. }),
+            "{e}"
+        );
+        let mut tampered = manifest.to_vec();
+        tampered.push(b' ');
+        let e = ResolvedImage::from_kept(pinned(&manifest), None, tampered.into(), config.clone())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PullError::KeptDigest {
+                    what: "manifest",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let tag: Reference = "127.0.0.1:5000/a/b:v1".parse().unwrap();
+        let e = ResolvedImage::from_kept(tag, None, manifest, config).unwrap_err();
+        assert!(matches!(e, PullError::NotPinned { .. }), "{e}");
     }
 }

@@ -7,6 +7,7 @@
 //! later read, by any mount. Nothing is read that no program asked for.
 //!
 //! - [`mount`]: mounting, unmounting, cleaning up after a crash;
+//! - [`mountinfo`]: `/proc/self/mountinfo`, parsed (also used by the runtime);
 //! - `fs`: the FUSE operations over the index;
 //! - [`fetch`]: the chunk fetcher (runs of adjacent chunks in one request, in-flight dedup,
 //!   bounded retries);
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod fetch;
 mod fs;
 pub mod mount;
+pub mod mountinfo;
 pub mod stats;
 pub mod trace;
 

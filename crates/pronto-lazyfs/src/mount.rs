@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::cache::ChunkCache;
 use crate::fetch::{ChunkFetcher, RetryPolicy};
 use crate::fs::LazyFs;
+use crate::mountinfo;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::trace::{AccessRecorder, AccessTrace};
 
@@ -283,12 +284,8 @@ fn detach(path: &Path) -> io::Result<()> {
 /// containers may not): aborting a connection goes through it.
 fn ensure_fusectl() {
     const DIR: &str = "/sys/fs/fuse/connections";
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines()
-                .filter_map(parse_mountinfo_line)
-                .any(|m| m.fstype == "fusectl")
-        })
+    let mounted = mountinfo::mounts()
+        .map(|m| m.iter().any(|m| m.fstype == "fusectl"))
         .unwrap_or(false);
     if !mounted && Path::new(DIR).is_dir() {
         if let Err(e) = rustix::mount::mount(
@@ -331,10 +328,8 @@ fn set_readahead(dev: u64, kb: u32) {
 /// Pronto's FUSE mounts at or below `dir`, deepest first (from `/proc/self/mountinfo`: type
 /// `fuse`, source `pronto:...`).
 pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(parse_mountinfo_line)
+    let mut found: Vec<PathBuf> = mountinfo::mounts()?
+        .into_iter()
         .filter(|m| m.fstype == "fuse" && m.source.starts_with(SOURCE_PREFIX))
         .map(|m| m.mountpoint)
         .filter(|mp| mp.starts_with(dir))
@@ -352,61 +347,4 @@ pub fn cleanup_stale_mounts(dir: &Path) -> io::Result<usize> {
         detach(mp)?;
     }
     Ok(stale.len())
-}
-
-struct MountInfo {
-    mountpoint: PathBuf,
-    fstype: String,
-    source: String,
-}
-
-/// One `/proc/self/mountinfo` line: `ID PARENT DEV ROOT MOUNTPOINT OPTS [TAGS...] - TYPE SOURCE
-/// SUPEROPTS`.
-fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let sep = fields.iter().position(|f| *f == "-")?;
-    Some(MountInfo {
-        mountpoint: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
-        fstype: fields.get(sep + 1)?.to_string(),
-        source: unescape_mountinfo(fields.get(sep + 2)?),
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let digit = |k: usize| u32::from(b[i + k] - b'0');
-            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_lines_parse_with_escapes() {
-        let line = "612 30 0:77 / /var/lib/pronto/node/lazy/ab\\040c/mnt ro,nosuid shared:1 - fuse pronto:sha256:x ro,user_id=0";
-        let m = parse_mountinfo_line(line).unwrap();
-        assert_eq!(m.fstype, "fuse");
-        assert_eq!(m.source, "pronto:sha256:x");
-        assert_eq!(
-            m.mountpoint,
-            PathBuf::from("/var/lib/pronto/node/lazy/ab c/mnt")
-        );
-        assert!(parse_mountinfo_line("garbage").is_none());
-    }
 }

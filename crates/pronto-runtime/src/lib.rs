@@ -12,7 +12,13 @@
 //! - [`bundle`]: `config.json` from the image config and the function's settings.
 //! - [`netns`]: named network namespaces and sockets opened inside them.
 //! - [`oci`]: calls to the OCI runtime binary.
-//! - [`instance`]: start (with readiness) and teardown of one instance; crash cleanup in [`Node`].
+//! - [`host`]: the seam between instances and the machine ([`Host`]: overlay mounts, network
+//!   namespaces, the OCI runtime, process liveness, OOM), the real [`LinuxHost`], and with
+//!   feature `fake` a recording `fake::FakeHost` for tests without root.
+//! - [`node`]: the node ([`Node`]) and its data dir; [`layout`]: an instance's names and paths;
+//! - [`instance`]: what to run and the running [`Instance`]; `start`, `teardown` and `cleanup`
+//!   hold the verbs (start with readiness, teardown, crash cleanup); `procfs` what `/proc` and
+//!   cgroupfs say about a process.
 //!
 //! Reaching an instance: the daemon never routes packets into the namespace. It creates the TCP
 //! socket *inside* the instance's namespace (a short-lived thread `setns`es into it and calls
@@ -20,15 +26,26 @@
 //! from the daemon's. No veth, no addresses to allocate, no traffic outside namespaces Pronto made.
 
 pub mod bundle;
+mod cleanup;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod host;
 pub mod images;
 pub mod instance;
+pub mod layout;
 pub mod lazy;
 pub mod netns;
+pub mod node;
 pub mod oci;
+mod procfs;
+mod start;
+mod teardown;
+#[cfg(test)]
+mod tests;
 
 pub use pronto_lazyfs::AccessTrace;
 
-pub use instance::{
-    Instance, InstanceSpec, Node, NodeConfig, RootfsSource, StartError, StartTimings,
-    DEFAULT_CHUNK_CACHE_BYTES,
-};
+pub use host::{Host, LinuxHost};
+pub use instance::{Instance, InstanceSpec, RootfsSource, StartError, StartTimings};
+pub use node::{Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
+pub use teardown::{TeardownError, TeardownFailure};

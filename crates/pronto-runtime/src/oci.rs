@@ -13,6 +13,12 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the container's pid from {path}: {source}")]
+    Pid {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{bin} {verb} {id} failed: {stderr}")]
     Failed {
         bin: String,
@@ -73,8 +79,8 @@ impl OciRuntime {
     }
 
     /// `create`: sets the container up, its process waiting to exec. The process's stdout and
-    /// stderr are `log` (inherited through the runtime).
-    pub async fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<(), OciError> {
+    /// stderr are `log` (inherited through the runtime). Returns the init process's pid.
+    pub async fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<i32, OciError> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,7 +108,16 @@ impl OciRuntime {
             source,
         })?;
         if status.success() {
-            return Ok(());
+            let path = bundle.join("pid");
+            let pid_err = |source| OciError::Pid {
+                path: path.clone(),
+                source,
+            };
+            let text = std::fs::read_to_string(&path).map_err(pid_err)?;
+            return text
+                .trim()
+                .parse()
+                .map_err(|e| pid_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
         }
         // The runtime's own error went to its --log file (JSON lines); keep its last message.
         let stderr = std::fs::read_to_string(bundle.join("runtime.log"))

@@ -1,0 +1,157 @@
+//! An instance's names on the machine and its paths under the node's data dir, all derived
+//! from its id in one place.
+//!
+//! - `instances/<id>/`: `state.json` (written first, so a crash at any later step can be
+//!   undone), `config.json` (the bundle), `upper/`, `work/`, `rootfs/` (the overlay mount
+//!   point), the runtime's `pid` and `runtime.log`;
+//! - `logs/<function>/<id>.log`: the container's stdout+stderr, kept after teardown;
+//! - network namespace `pronto-<id>`, cgroup `/pronto-<id>`, container `<id>`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What `state.json` holds: enough to undo every step of a start after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub id: String,
+    pub function: String,
+    pub netns: String,
+    pub cgroups_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceLayout {
+    pub id: String,
+    pub function: String,
+    /// `DATA/instances/<id>`: the bundle.
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub netns: String,
+    pub cgroups_path: String,
+}
+
+impl InstanceLayout {
+    /// The layout of a new instance `id` of `function` under the node's `data_dir`.
+    pub fn new(data_dir: &Path, id: &str, function: &str) -> io::Result<InstanceLayout> {
+        // The name becomes a directory name (logs).
+        if function.is_empty() || function.starts_with('.') || function.contains(['/', '\0']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("function name {function:?} cannot name a directory"),
+            ));
+        }
+        Ok(InstanceLayout {
+            id: id.to_string(),
+            function: function.to_string(),
+            dir: instances_dir(data_dir).join(id),
+            log: log_dir(data_dir, function).join(format!("{id}.log")),
+            netns: format!("pronto-{id}"),
+            cgroups_path: format!("/pronto-{id}"),
+        })
+    }
+
+    /// The layout recorded in `DATA/instances/<id>/state.json`. Without a readable state (a
+    /// crash before it was written) the names are derived from the id, as a start makes them.
+    pub fn recorded(data_dir: &Path, id: &str) -> InstanceLayout {
+        let dir = instances_dir(data_dir).join(id);
+        let state: Option<InstanceState> = std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let state = state.unwrap_or_else(|| InstanceState {
+            id: id.to_string(),
+            function: String::new(),
+            netns: format!("pronto-{id}"),
+            cgroups_path: format!("/pronto-{id}"),
+        });
+        InstanceLayout {
+            id: id.to_string(),
+            log: log_dir(data_dir, &state.function).join(format!("{id}.log")),
+            function: state.function,
+            dir,
+            netns: state.netns,
+            cgroups_path: state.cgroups_path,
+        }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        InstanceState {
+            id: self.id.clone(),
+            function: self.function.clone(),
+            netns: self.netns.clone(),
+            cgroups_path: self.cgroups_path.clone(),
+        }
+    }
+
+    /// Creates the instance directory and records the state in it (the first step of a start).
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::create_dir(&self.dir)?;
+        let state = serde_json::to_vec(&self.state()).expect("state serializes");
+        std::fs::write(self.dir.join("state.json"), state)
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    pub fn config_json(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+}
+
+pub fn instances_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("instances")
+}
+
+/// Where the logs of `function`'s instances are, kept after they are gone.
+pub fn log_dir(data_dir: &Path, function: &str) -> PathBuf {
+    data_dir.join("logs").join(function)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths_derive_from_the_id() {
+        let l = InstanceLayout::new(Path::new("/d"), "0a1b2c", "hello").unwrap();
+        assert_eq!(l.dir, Path::new("/d/instances/0a1b2c"));
+        assert_eq!(l.rootfs(), Path::new("/d/instances/0a1b2c/rootfs"));
+        assert_eq!(l.log, Path::new("/d/logs/hello/0a1b2c.log"));
+        assert_eq!(l.netns, "pronto-0a1b2c");
+        assert_eq!(l.cgroups_path, "/pronto-0a1b2c");
+    }
+
+    #[test]
+    fn function_names_that_are_not_directory_names_are_refused() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "nul\0"] {
+            let e = InstanceLayout::new(Path::new("/d"), "x", bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_recorded_state_is_read_back_and_a_missing_one_is_derived() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(instances_dir(tmp.path())).unwrap();
+        let mut l = InstanceLayout::new(tmp.path(), "abc", "fn").unwrap();
+        l.netns = "custom-ns".into();
+        l.create().unwrap();
+        assert_eq!(InstanceLayout::recorded(tmp.path(), "abc"), l);
+
+        let missing = InstanceLayout::recorded(tmp.path(), "def");
+        assert_eq!(missing.netns, "pronto-def");
+        assert_eq!(missing.cgroups_path, "/pronto-def");
+        // A second create of the same id fails instead of reusing another instance's dir.
+        assert!(l.create().is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! The node: its data dir, image stores, host and the instances started on it.
+//!
+//! Layout under the data dir:
+//! - `images/<digest hex>/`: unpacked images ([`ImageStore`]), the overlay lower dirs;
+//! - `instances/<id>/`, `logs/<function>/<id>.log`: see [`crate::layout`];
+//! - `runc/`: the OCI runtime's state (`--root`);
+//! - `lazy/`, `chunks/`: lazily loaded rootfs mounts and the node chunk cache ([`LazyStore`]).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pronto_image::RegistryClient;
+
+use crate::host::{Host, LinuxHost};
+use crate::images::ImageStore;
+use crate::layout;
+use crate::lazy::LazyStore;
+use crate::oci::OciRuntime;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// `runc` (default) or `crun`, or a path to either.
+    pub runtime_bin: String,
+    pub registry: RegistryClient,
+    /// Bound of the node chunk cache (lazily loaded rootfs contents), in bytes.
+    pub chunk_cache_bytes: u64,
+}
+
+/// The default bound of the node chunk cache: 10 GiB.
+pub const DEFAULT_CHUNK_CACHE_BYTES: u64 = 10 << 30;
+
+#[derive(Debug)]
+pub(crate) struct NodeInner {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) images: ImageStore,
+    pub(crate) lazy: LazyStore,
+    pub(crate) host: Arc<dyn Host>,
+}
+
+/// The instances of one node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl Node {
+    /// Opens the node's data dir on this machine (runc, overlayfs, `ip netns`) and cleans up
+    /// whatever a previous daemon left running. Returns how many leftovers were cleaned.
+    pub async fn open(config: NodeConfig) -> io::Result<(Node, usize)> {
+        let host = LinuxHost {
+            oci: OciRuntime {
+                bin: config.runtime_bin.clone(),
+                root: config.data_dir.join("runc"),
+            },
+        };
+        Node::open_on(config, Arc::new(host)).await
+    }
+
+    /// [`Node::open`] on another host (`config.runtime_bin` is then unused).
+    pub async fn open_on(config: NodeConfig, host: Arc<dyn Host>) -> io::Result<(Node, usize)> {
+        for sub in ["instances", "logs", "runc"] {
+            std::fs::create_dir_all(config.data_dir.join(sub))?;
+        }
+        let lazy = LazyStore::open(
+            config.data_dir.join("lazy"),
+            &config.data_dir.join("chunks"),
+            config.chunk_cache_bytes,
+            config.registry.clone(),
+        )?;
+        let images = ImageStore::new(config.data_dir.join("images"), config.registry)?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                data_dir: config.data_dir,
+                images,
+                lazy,
+                host,
+            }),
+        };
+        let cleaned = node.cleanup_stale().await;
+        Ok((node, cleaned))
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    pub fn lazy(&self) -> &LazyStore {
+        &self.inner.lazy
+    }
+
+    /// Where instance `instance_id` of `function` writes its stdout and stderr.
+    pub fn log_path(&self, function: &str, instance_id: &str) -> PathBuf {
+        self.function_log_dir(function)
+            .join(format!("{instance_id}.log"))
+    }
+
+    /// All instance logs of `function`, kept after the instances are gone.
+    pub fn function_log_dir(&self, function: &str) -> PathBuf {
+        layout::log_dir(&self.inner.data_dir, function)
+    }
+}

@@ -1,0 +1,241 @@
+//! Starting an instance: state file → lower dir (lazy mount or unpacked image) → overlay →
+//! network namespace → bundle → `create`/`start` → HTTP readiness. Any failure tears down
+//! everything made so far.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bundle::{self, BundleParams};
+use crate::host::{Host, Overlay};
+use crate::instance::{tail, Instance, InstanceSpec, RootfsSource, StartError, StartTimings};
+use crate::layout::InstanceLayout;
+use crate::lazy::{Acquired, SharedMount};
+use crate::node::Node;
+use crate::teardown::{release, teardown};
+
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn setup(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Setup { step, source }
+}
+
+/// What a start has made that its instance keeps.
+struct Started {
+    pid: i32,
+    netns_path: PathBuf,
+    timings: StartTimings,
+}
+
+impl Node {
+    /// Starts an instance and waits until it answers HTTP. On any failure everything made so
+    /// far is torn down and the error carries the tail of the container's output.
+    pub async fn start(&self, spec: InstanceSpec) -> Result<Instance, StartError> {
+        let started = Instant::now();
+        let n = &self.inner;
+        let layout = InstanceLayout::new(&n.data_dir, &new_id(), &spec.function)
+            .map_err(setup("checking the function name"))?;
+        layout
+            .create()
+            .map_err(setup("creating the instance directory"))?;
+
+        let mut lazy = None;
+        match self.start_in(&spec, &layout, started, &mut lazy).await {
+            Ok(s) => Ok(Instance {
+                id: layout.id.clone(),
+                function: spec.function,
+                port: spec.port,
+                timings: s.timings,
+                layout,
+                netns_path: s.netns_path,
+                pid: s.pid,
+                node: n.clone(),
+                stopped: AtomicBool::new(false),
+                lazy: Mutex::new(lazy),
+            }),
+            Err(e) => {
+                if let Err(te) = teardown(n.host.as_ref(), &layout).await {
+                    tracing::error!(error = %te, "teardown after a failed start");
+                }
+                release(lazy).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The instance's lower dir: the lazily mounted artifact when the image is accelerated
+    /// (kept in `lazy`), else the unpacked image, pulled if this node does not have it.
+    async fn lower_dir(
+        &self,
+        spec: &InstanceSpec,
+        lazy: &mut Option<Arc<SharedMount>>,
+    ) -> Result<(PathBuf, RootfsSource, bool), StartError> {
+        let n = &self.inner;
+        if spec.accelerated {
+            match n.lazy.acquire(&spec.image, spec.prefetch.as_deref()).await {
+                Ok((mount, acquired)) => {
+                    let path = mount.path().to_owned();
+                    *lazy = Some(mount);
+                    let prefetched = acquired == Acquired::Prefetching;
+                    return Ok((path, RootfsSource::Lazy, prefetched));
+                }
+                Err(e) => tracing::warn!(
+                    function = %spec.function,
+                    error = %e,
+                    "accelerated rootfs unavailable; falling back to the full pull"
+                ),
+            }
+        }
+        let (path, pulled) =
+            n.images
+                .ensure(&spec.image)
+                .await
+                .map_err(|source| StartError::Image {
+                    image: spec.image.pinned.to_string(),
+                    source,
+                })?;
+        let source = if pulled {
+            RootfsSource::Pulled
+        } else {
+            RootfsSource::Local
+        };
+        Ok((path, source, false))
+    }
+
+    async fn start_in(
+        &self,
+        spec: &InstanceSpec,
+        l: &InstanceLayout,
+        started: Instant,
+        lazy: &mut Option<Arc<SharedMount>>,
+    ) -> Result<Started, StartError> {
+        let host = self.inner.host.as_ref();
+        let mut timings = StartTimings::default();
+        let (lower, rootfs_source, prefetched) = self.lower_dir(spec, lazy).await?;
+        timings.image_ready = started.elapsed();
+        timings.prefetched = prefetched;
+        timings.image_pulled = rootfs_source == RootfsSource::Pulled;
+        timings.rootfs = rootfs_source;
+
+        let (rootfs, upper, work) = (l.rootfs(), l.upper(), l.work());
+        for dir in [&upper, &work, &rootfs] {
+            std::fs::create_dir(dir).map_err(setup("creating overlay directories"))?;
+        }
+        host.mount_overlay(Overlay {
+            lower: &lower,
+            upper: &upper,
+            work: &work,
+            target: &rootfs,
+        })
+        .map_err(setup("mounting the overlay rootfs"))?;
+        let netns_path = host
+            .create_netns(&l.netns)
+            .map_err(setup("creating the network namespace"))?;
+
+        let spec_json = bundle::build_spec(&BundleParams {
+            hostname: &l.id,
+            rootfs: &rootfs,
+            image_config: &spec.image.config,
+            overrides: &spec.overrides,
+            port: spec.port,
+            netns: &netns_path,
+            cgroups_path: &l.cgroups_path,
+            memory_bytes: (spec.memory_mb as i64) << 20,
+            cpu: spec.cpu,
+        })?;
+        std::fs::write(
+            l.config_json(),
+            serde_json::to_vec_pretty(&spec_json).expect("spec serializes"),
+        )
+        .map_err(setup("writing config.json"))?;
+
+        if let Some(dir) = l.log.parent() {
+            std::fs::create_dir_all(dir).map_err(setup("creating the log directory"))?;
+        }
+        let runtime_err = |source| StartError::Runtime {
+            source,
+            log_tail: tail(&l.log),
+        };
+        let pid = host
+            .create_container(&l.id, &l.dir, &l.log)
+            .await
+            .map_err(runtime_err)?;
+        host.start_container(&l.id).await.map_err(runtime_err)?;
+        timings.container_started = started.elapsed();
+
+        wait_ready(host, spec, l, pid, &netns_path, started + spec.init_timeout).await?;
+        timings.app_ready = started.elapsed();
+        Ok(Started {
+            pid,
+            netns_path,
+            timings,
+        })
+    }
+}
+
+/// Polls the port until it answers HTTP; fails at once if the init process dies first, or at
+/// `deadline`.
+async fn wait_ready(
+    host: &dyn Host,
+    spec: &InstanceSpec,
+    l: &InstanceLayout,
+    pid: i32,
+    netns_path: &Path,
+    deadline: Instant,
+) -> Result<(), StartError> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if !host.process_alive(pid) {
+            let oom = if host.oom_killed(&l.cgroups_path) {
+                " (killed: out of memory)"
+            } else {
+                ""
+            };
+            return Err(StartError::Exited {
+                port: spec.port,
+                oom,
+                log_tail: tail(&l.log),
+            });
+        }
+        if probe_http(host, netns_path, spec.port).await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::InitTimeout {
+                port: spec.port,
+                timeout: spec.init_timeout,
+                log_tail: tail(&l.log),
+            });
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP request; any HTTP response means the app is serving.
+async fn probe_http(host: &dyn Host, netns: &Path, port: u16) -> bool {
+    let attempt = async {
+        let mut s = host.connect(netns, port).await?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: pronto-probe\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await?;
+        Ok::<_, io::Error>(&head == b"HTTP/")
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// 12 hex digits from the kernel's random pool.
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    hex::encode(b)
+}

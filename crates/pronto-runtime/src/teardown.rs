@@ -1,0 +1,119 @@
+//! Teardown: every step of a start undone, in reverse, each tried even when an earlier one
+//! failed.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::host::Host;
+use crate::instance::Instance;
+use crate::layout::InstanceLayout;
+use crate::lazy::SharedMount;
+use crate::oci::OciError;
+
+/// One step of a teardown that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownFailure {
+    #[error(transparent)]
+    Container(#[from] OciError),
+    #[error("unmounting {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("deleting network namespace {name}: {source}")]
+    Netns {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("removing {path}: {source}")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What teardown could not undo.
+#[derive(Debug, thiserror::Error)]
+pub struct TeardownError {
+    pub id: String,
+    pub failures: Vec<TeardownFailure>,
+}
+
+impl fmt::Display for TeardownError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tearing down instance {}: ", self.id)?;
+        for (i, failure) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Instance {
+    /// Kills the container and removes its rootfs mount, namespace, cgroup and directories.
+    pub async fn stop(&self) -> Result<(), TeardownError> {
+        if self.stopped.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let result = teardown(self.node.host.as_ref(), &self.layout).await;
+        let lazy = self.lazy.lock().expect("instance lock poisoned").take();
+        release(lazy).await;
+        result
+    }
+}
+
+/// Undoes every step of a start, in reverse: the container (and its cgroup), the overlay, the
+/// network namespace, and — only if all of those are gone — the directory.
+pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), TeardownError> {
+    let mut failures = Vec::new();
+    if let Err(e) = host.delete_container(&l.id).await {
+        failures.push(e.into());
+    }
+    let rootfs = l.rootfs();
+    if let Err(source) = host.unmount(&rootfs) {
+        failures.push(TeardownFailure::Unmount {
+            path: rootfs,
+            source,
+        });
+    }
+    if let Err(source) = host.delete_netns(&l.netns) {
+        failures.push(TeardownFailure::Netns {
+            name: l.netns.clone(),
+            source,
+        });
+    }
+    if failures.is_empty() {
+        if let Err(source) = std::fs::remove_dir_all(&l.dir) {
+            if source.kind() != io::ErrorKind::NotFound {
+                failures.push(TeardownFailure::RemoveDir {
+                    path: l.dir.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(TeardownError {
+            id: l.id.clone(),
+            failures,
+        })
+    }
+}
+
+/// Drops an instance's hold on its lazy mount; the last one unmounts, which blocks briefly.
+pub(crate) async fn release(lazy: Option<Arc<SharedMount>>) {
+    if let Some(mount) = lazy {
+        let _ = tokio::task::spawn_blocking(move || drop(mount)).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Start, teardown and crash cleanup on the recording fake host: every step made is undone,
+//! in the right order, whatever fails. (The same paths on the real machine — runc, overlayfs,
+//! namespaces — are covered by `tests/instances.rs`.)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pronto_image::{ClientOptions, RegistryClient};
+
+use crate::fake::{FakeHost, HostEvent};
+use crate::{InstanceSpec, Node, NodeConfig, RootfsSource, StartError};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: NodeConfig,
+    host: Arc<FakeHost>,
+    node: Node,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(FakeHost::new());
+    let config = NodeConfig {
+        data_dir: dir.path().to_owned(),
+        runtime_bin: "unused".into(),
+        registry: RegistryClient::new(ClientOptions::default()).unwrap(),
+        chunk_cache_bytes: 1 << 20,
+    };
+    let (node, cleaned) = Node::open_on(config.clone(), host.clone()).await.unwrap();
+    assert_eq!(cleaned, 0);
+    Env {
+        _dir: dir,
+        config,
+        host,
+        node,
+    }
+}
+
+/// A spec whose image is already unpacked on the node (so no registry is asked).
+fn spec(env: &Env, function: &str) -> InstanceSpec {
+    let image = Arc::new(pronto_testkit::fixtures::kept_image(&["/app"]));
+    std::fs::create_dir_all(env.node.images().path_of(&image.manifest_digest)).unwrap();
+    InstanceSpec {
+        function: function.into(),
+        image,
+        overrides: Default::default(),
+        port: 9000,
+        memory_mb: 128,
+        cpu: 0.5,
+        init_timeout: Duration::from_secs(5),
+        accelerated: false,
+        prefetch: None,
+    }
+}
+
+fn instance_dirs(env: &Env) -> usize {
+    std::fs::read_dir(env.config.data_dir.join("instances"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
+    let env = env().await;
+    let instance = env.node.start(spec(&env, "hello")).await.unwrap();
+    assert!(instance.is_running());
+    assert_eq!(instance.timings.rootfs, RootfsSource::Local);
+    let (id, netns) = (instance.id.clone(), format!("pronto-{}", instance.id));
+    let rootfs = env
+        .config
+        .data_dir
+        .join("instances")
+        .join(&id)
+        .join("rootfs");
+    assert_eq!(
+        env.host.events(),
+        vec![
+            HostEvent::MountOverlay(rootfs.clone()),
+            HostEvent::CreateNetns(netns.clone()),
+            HostEvent::CreateContainer(id.clone()),
+            HostEvent::StartContainer(id.clone()),
+        ]
+    );
+    // The bundle joins the namespace that was made, under the instance's cgroup.
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.config
+                .data_dir
+                .join("instances")
+                .join(&id)
+                .join("config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["linux"]["cgroupsPath"], format!("/pronto-{id}"));
+
+    // The fake app answers through the instance's own connection.
+    let mut s = instance.connect().await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.ends_with(&format!("instance {id}: GET /x")),
+        "{answer}"
+    );
+
+    instance.stop().await.unwrap();
+    assert!(!instance.is_running());
+    assert_eq!(
+        env.host.events()[4..],
+        [
+            HostEvent::DeleteContainer(id.clone()),
+            HostEvent::Unmount(rootfs),
+            HostEvent::DeleteNetns(netns),
+        ]
+    );
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+    assert_eq!(instance_dirs(&env), 0);
+    // Stopping twice does nothing more.
+    instance.stop().await.unwrap();
+    assert_eq!(env.host.events().len(), 7);
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_and_reports_the_container_output() {
+    let env = env().await;
+    env.host
+        .configure(|b| b.fail_create = Some("exec: no such file /app".into()));
+    let e = env.node.start(spec(&env, "f")).await.unwrap_err();
+    match &e {
+        StartError::Runtime { log_tail, .. } => assert!(log_tail.contains("no such file")),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+    assert_eq!(instance_dirs(&env), 0);
+}
+
+#[tokio::test]
+async fn an_app_that_never_answers_fails_at_its_init_timeout_and_is_torn_down() {
+    let env = env().await;
+    env.host.configure(|b| b.never_ready = true);
+    let mut s = spec(&env, "slow");
+    s.init_timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = env.node.start(s).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, StartError::InitTimeout { .. }), "{e}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+    assert_eq!(instance_dirs(&env), 0);
+}
+
+#[tokio::test]
+async fn an_app_that_exits_before_answering_fails_at_once() {
+    let env = env().await;
+    env.host.configure(|b| b.exit_on_start = true);
+    let mut s = spec(&env, "crash");
+    s.init_timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let e = env.node.start(s).await.unwrap_err();
+    assert!(matches!(e, StartError::Exited { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(env.host.leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn a_death_and_an_oom_kill_are_seen() {
+    let env = env().await;
+    let a = env.node.start(spec(&env, "a")).await.unwrap();
+    let b = env.node.start(spec(&env, "a")).await.unwrap();
+    env.host.kill(&a.id, false);
+    env.host.kill(&b.id, true);
+    assert!(!a.is_running() && !b.is_running());
+    assert!(!a.oom_killed());
+    assert!(b.oom_killed());
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert!(env.host.leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn a_function_name_that_cannot_name_a_directory_is_refused_before_anything_is_made() {
+    let env = env().await;
+    let e = env.node.start(spec(&env, "../x")).await.unwrap_err();
+    assert!(e.to_string().contains("cannot name a directory"), "{e}");
+    assert!(env.host.events().is_empty());
+    assert_eq!(instance_dirs(&env), 0);
+}
+
+#[tokio::test]
+async fn opening_the_node_again_cleans_up_what_a_crashed_daemon_left() {
+    let env = env().await;
+    let kept = env.node.start(spec(&env, "left")).await.unwrap();
+    // The daemon "dies": its instance is never stopped. The runtime also knows a container
+    // that no instance directory records.
+    std::mem::forget(kept);
+    env.host.plant_container("orphan");
+    assert_eq!(env.host.leftovers().containers.len(), 2);
+
+    let (_node, cleaned) = Node::open_on(env.config.clone(), env.host.clone())
+        .await
+        .unwrap();
+    assert_eq!(cleaned, 2);
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+    assert_eq!(instance_dirs(&env), 0);
+}
