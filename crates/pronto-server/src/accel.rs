@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use pronto_convert::ConvertOptions;
-use pronto_image::pull;
+use pronto_convert::{ConvertError, ConvertOptions};
 use pronto_image::{Digest, RegistryClient};
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::images::{ImageError, Images};
 use crate::model::{AccelerationInfo, AccelerationStatus, AccelerationType, PinnedImage};
 use crate::store::{ListQuery, Store, StoreError};
 
@@ -33,10 +33,25 @@ struct Converted {
     duration_secs: f64,
 }
 
-type JobResult = Result<Converted, String>;
+/// Why a conversion failed (its message becomes `accelerationInfo.reason`).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("image {reference}: {source}")]
+    Image {
+        reference: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+}
+
+/// Shared by every function waiting on one image's job, hence the `Arc`.
+type JobResult = Result<Converted, Arc<JobError>>;
 
 pub struct Accelerator {
     registry: RegistryClient,
+    images: Arc<Images>,
     store: Store,
     options: ConvertOptions,
     limit: Semaphore,
@@ -53,12 +68,14 @@ impl std::fmt::Debug for Accelerator {
 impl Accelerator {
     pub fn new(
         registry: RegistryClient,
+        images: Arc<Images>,
         store: Store,
         options: ConvertOptions,
         max_concurrent: usize,
     ) -> Arc<Self> {
         Arc::new(Accelerator {
             registry,
+            images,
             store,
             options,
             limit: Semaphore::new(max_concurrent.max(1)),
@@ -118,24 +135,7 @@ impl Accelerator {
             .or_default()
             .clone();
         let result = cell
-            .get_or_init(|| async {
-                let _permit = self.limit.acquire().await.expect("semaphore never closed");
-                tracing::info!(image = %image.reference, "acceleration job started");
-                let started = Instant::now();
-                let resolved = pull::resolve(&self.registry, &image.reference)
-                    .await
-                    .map_err(|e| format!("resolving {}: {e}", image.reference))?;
-                let report = pronto_convert::convert(&self.registry, &resolved, &self.options)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Converted {
-                    artifact: report.artifact,
-                    artifact_digest: report.artifact_digest,
-                    index_size: report.index_size,
-                    stored_bytes: report.stored_bytes,
-                    duration_secs: started.elapsed().as_secs_f64(),
-                })
-            })
+            .get_or_init(|| async { self.convert(&image).await.map_err(Arc::new) })
             .await
             .clone();
         {
@@ -161,9 +161,9 @@ impl Accelerator {
                 duration_seconds: Some(c.duration_secs),
                 ..AccelerationInfo::default()
             },
-            Err(reason) => AccelerationInfo {
+            Err(e) => AccelerationInfo {
                 status: AccelerationStatus::Failed,
-                reason: Some(reason),
+                reason: Some(e.to_string()),
                 ..AccelerationInfo::default()
             },
         };
@@ -182,6 +182,29 @@ impl Accelerator {
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => tracing::error!(function, error = %e, "recording the acceleration result"),
         }
+    }
+
+    /// One conversion, at most `max_concurrent` at a time.
+    async fn convert(&self, image: &PinnedImage) -> Result<Converted, JobError> {
+        let _permit = self.limit.acquire().await.expect("semaphore never closed");
+        tracing::info!(image = %image.reference, "acceleration job started");
+        let started = Instant::now();
+        let resolved = self
+            .images
+            .resolved(image)
+            .await
+            .map_err(|source| JobError::Image {
+                reference: image.reference.to_string(),
+                source,
+            })?;
+        let report = pronto_convert::convert(&self.registry, &resolved, &self.options).await?;
+        Ok(Converted {
+            artifact: report.artifact,
+            artifact_digest: report.artifact_digest,
+            index_size: report.index_size,
+            stored_bytes: report.stored_bytes,
+            duration_secs: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Waits for the running jobs (tests; a stopping daemon abandons them: they stay

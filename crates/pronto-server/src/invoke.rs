@@ -3,18 +3,17 @@
 //! examples. The function sees `/{path...}` (or the request path unchanged, in the header form)
 //! with the query string.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use pronto_image::pull::{self, ResolvedImage};
-use pronto_image::Digest;
+use pronto_image::pull::ResolvedImage;
 use pronto_runtime::bundle::ProcessOverrides;
+use pronto_runtime::InstanceSpec;
 
 use crate::api::ApiError;
 use crate::model::{AccelerationStatus, AuthType, Function};
@@ -22,30 +21,6 @@ use crate::pool::RunSpec;
 use crate::{auth, proxy, AppState};
 
 pub const TARGET_HEADER: &str = "x-fc-invocation-target";
-
-/// Resolved images by manifest digest. A digest names one immutable manifest, so an entry never
-/// goes stale.
-#[derive(Clone, Default)]
-pub struct ImageCache(Arc<Mutex<HashMap<Digest, Arc<ResolvedImage>>>>);
-
-impl ImageCache {
-    async fn get(
-        &self,
-        state: &AppState,
-        f: &Function,
-    ) -> Result<Arc<ResolvedImage>, pull::PullError> {
-        let digest = &f.image.manifest_digest;
-        if let Some(i) = self.0.lock().expect("image cache poisoned").get(digest) {
-            return Ok(i.clone());
-        }
-        let image = Arc::new(pull::resolve(&state.registry, &f.image.reference).await?);
-        self.0
-            .lock()
-            .expect("image cache poisoned")
-            .insert(digest.clone(), image.clone());
-        Ok(image)
-    }
-}
 
 /// The router served on the invoke address.
 pub fn invoke_router(state: AppState) -> Router {
@@ -78,11 +53,7 @@ fn target(req: &Request) -> Option<(String, String)> {
 
 async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     let Some((name, path_and_query)) = target(&req) else {
-        return proxy::error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "invoke a function at /invoke/{functionName}/{path} or with the x-fc-invocation-target header",
-        );
+        return ApiError::NoInvocationTarget.into_response();
     };
     let function = match state.store.get_function(&name).await {
         Ok(f) => f,
@@ -93,17 +64,15 @@ async fn invoke(State(state): State<AppState>, req: Request) -> Response {
             return ApiError::Unauthorized(reason).into_response();
         }
     }
-    let image = match state.images.get(&state, &function).await {
+    let image = match state.images.resolved(&function.image).await {
         Ok(i) => i,
         Err(e) => {
-            return proxy::error(
-                StatusCode::BAD_GATEWAY,
-                "ImagePullFailed",
-                &format!(
-                    "function {name}: resolving image {}: {e}",
-                    function.image.reference
-                ),
-            )
+            return ApiError::ImageUnavailable {
+                function: name,
+                image: function.image.reference.to_string(),
+                source: Box::new(e),
+            }
+            .into_response()
         }
     };
     let spec = run_spec(&function, image, state.max_instances);
@@ -116,29 +85,32 @@ fn run_spec(f: &Function, image: Arc<ResolvedImage>, max_instances: usize) -> Ru
     let s = &f.spec;
     let c = &s.custom_container_config;
     RunSpec {
-        name: s.function_name.clone(),
         // Any change of the function (image, command, env, limits) bumps the modified time.
         revision: format!(
             "{}@{}",
             f.function_id,
             f.last_modified_time.unix_timestamp_nanos()
         ),
-        image,
-        overrides: ProcessOverrides {
-            command: (!c.command.is_empty()).then(|| c.command.clone()),
-            args: (!c.args.is_empty()).then(|| c.args.clone()),
-            env: s.environment_variables.clone().into_iter().collect(),
+        instance: InstanceSpec {
+            function: s.function_name.clone(),
+            image,
+            overrides: ProcessOverrides {
+                command: (!c.command.is_empty()).then(|| c.command.clone()),
+                args: (!c.args.is_empty()).then(|| c.args.clone()),
+                env: s.environment_variables.clone().into_iter().collect(),
+            },
+            port: c.port,
+            memory_mb: u64::from(s.memory_size),
+            cpu: s.cpu,
+            init_timeout: Duration::from_secs(u64::from(s.initialization_timeout)),
+            accelerated: f
+                .acceleration
+                .as_ref()
+                .is_some_and(|a| a.status == AccelerationStatus::Ready),
+            prefetch: None,
         },
-        port: c.port,
-        memory_mb: u64::from(s.memory_size),
-        cpu: s.cpu,
-        init_timeout: Duration::from_secs(u64::from(s.initialization_timeout)),
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,
         max_instances,
-        accelerated: f
-            .acceleration
-            .as_ref()
-            .is_some_and(|a| a.status == AccelerationStatus::Ready),
     }
 }

@@ -133,8 +133,8 @@ pub struct AppState {
     pub pool: std::sync::Arc<pool::Pool>,
     /// Invocations of functions that are not anonymous need it too.
     pub token: ApiToken,
-    /// Resolved (pinned) images, by manifest digest: resolved once, valid forever.
-    pub images: invoke::ImageCache,
+    /// Pins images at create/update and rebuilds them from what was kept.
+    pub images: std::sync::Arc<images::Images>,
     pub max_instances: usize,
     pub accel: std::sync::Arc<accel::Accelerator>,
     /// Whether acceleration jobs run (see [`ServerConfig::accelerate`]).
@@ -197,8 +197,10 @@ impl Server {
         }
         let mut convert = pronto_convert::ConvertOptions::new(config.data_dir.join("convert"));
         convert.memo = Some(config.data_dir.join("chunk-memo.db"));
+        let images = std::sync::Arc::new(images::Images::new(config.registry.clone()));
         let accel = accel::Accelerator::new(
             config.registry.clone(),
+            images.clone(),
             store.clone(),
             convert,
             config.max_conversions,
@@ -216,7 +218,7 @@ impl Server {
             registry: config.registry.clone(),
             pool: pool::Pool::new(node, store),
             token: token.clone(),
-            images: invoke::ImageCache::default(),
+            images,
             max_instances: config.max_instances,
         };
         let invoke = invoke::invoke_router(state.clone());

@@ -115,6 +115,17 @@ pub struct PinnedImage {
     /// `registry/repo@sha256:...` of the platform manifest.
     pub reference: Reference,
     pub manifest_digest: Digest,
+    /// What the registry said when the image was pinned, so that it is never resolved again
+    /// (conversion and cold starts rebuild it from these, checking the digests). `None` only
+    /// for functions stored before Pronto kept it.
+    pub kept: Option<KeptImage>,
+}
+
+/// The manifest and config of a pinned image, as the registry served them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptImage {
+    pub manifest: bytes::Bytes,
+    pub config: bytes::Bytes,
 }
 
 /// Where the conversion to the accelerated format stands (see `accel.rs`); `None` (omitted in

@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
-use pronto_image::pull::ResolvedImage;
-use pronto_runtime::bundle::ProcessOverrides;
 use pronto_runtime::{AccessTrace, Instance, InstanceSpec, Node, StartError, StartTimings};
 use tokio::sync::Notify;
 
@@ -33,20 +31,22 @@ pub type ProxyBody = axum::body::Body;
 /// What the pool needs to know about a function to run it.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    pub name: String,
     /// Changes whenever anything that affects instances changes (image, command, env, limits).
     pub revision: String,
-    pub image: Arc<ResolvedImage>,
-    pub overrides: ProcessOverrides,
-    pub port: u16,
-    pub memory_mb: u64,
-    pub cpu: f64,
-    pub init_timeout: Duration,
+    /// What each instance runs; its `prefetch` is filled in by each cold start.
+    pub instance: InstanceSpec,
+    /// Bounds a request: the wait for an instance plus the wait for response headers.
     pub timeout: Duration,
+    /// Requests one instance serves at once.
     pub concurrency: usize,
     pub max_instances: usize,
-    /// The image's acceleration is `Ready`: cold starts mount it lazily.
-    pub accelerated: bool,
+}
+
+impl RunSpec {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.instance.function
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,7 @@ impl Pool {
             let wait;
             {
                 let mut all = self.functions.lock().expect("pool lock poisoned");
-                let f = all.entry(spec.name.clone()).or_default();
+                let f = all.entry(spec.name().to_string()).or_default();
                 if f.revision != spec.revision {
                     f.retire_slots(&mut retired);
                     f.revision = spec.revision.clone();
@@ -161,7 +161,7 @@ impl Pool {
                     slot.last_used = Instant::now();
                     let lease = Lease {
                         pool: self.clone(),
-                        function: spec.name.clone(),
+                        function: spec.name().to_string(),
                         instance: slot.instance.clone(),
                         cold_start: None,
                         connection: slot.connections.pop(),
@@ -189,9 +189,9 @@ impl Pool {
                             .await
                             .is_err()
                     {
-                        let instances = self.instances_of(&spec.name);
+                        let instances = self.instances_of(spec.name());
                         return Err(AcquireError::Busy {
-                            function: spec.name.clone(),
+                            function: spec.name().to_string(),
                             instances,
                             waited: spec.timeout,
                         });
@@ -203,21 +203,21 @@ impl Pool {
 
     /// The access trace stored for `spec`'s function and image, if it runs accelerated.
     async fn access_trace(&self, spec: &RunSpec) -> Option<Arc<AccessTrace>> {
-        if !spec.accelerated {
+        if !spec.instance.accelerated {
             return None;
         }
-        let digest = spec.image.manifest_digest.to_string();
-        match self.store.access_trace(&spec.name, &digest).await {
+        let digest = spec.instance.image.manifest_digest.to_string();
+        match self.store.access_trace(spec.name(), &digest).await {
             Ok(Some(bytes)) => match AccessTrace::from_bytes(&bytes) {
                 Ok(t) => Some(Arc::new(t)),
                 Err(e) => {
-                    tracing::warn!(function = %spec.name, error = %e, "ignoring a stored access trace");
+                    tracing::warn!(function = %spec.name(), error = %e, "ignoring a stored access trace");
                     None
                 }
             },
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(function = %spec.name, error = %e, "reading the access trace");
+                tracing::warn!(function = %spec.name(), error = %e, "reading the access trace");
                 None
             }
         }
@@ -232,8 +232,8 @@ impl Pool {
         if trace.is_empty() {
             return;
         }
-        let (store, function) = (self.store.clone(), spec.name.clone());
-        let digest = spec.image.manifest_digest.to_string();
+        let (store, function) = (self.store.clone(), spec.name().to_string());
+        let digest = spec.instance.image.manifest_digest.to_string();
         tokio::spawn(async move {
             let chunks = trace.len();
             match store
@@ -253,26 +253,19 @@ impl Pool {
         let result = self
             .node
             .start(InstanceSpec {
-                function: spec.name.clone(),
-                image: spec.image.clone(),
-                overrides: spec.overrides.clone(),
-                port: spec.port,
-                memory_mb: spec.memory_mb,
-                cpu: spec.cpu,
-                init_timeout: spec.init_timeout,
-                accelerated: spec.accelerated,
                 prefetch,
+                ..spec.instance.clone()
             })
             .await;
         let mut all = self.functions.lock().expect("pool lock poisoned");
-        let f = all.entry(spec.name.clone()).or_default();
+        let f = all.entry(spec.name().to_string()).or_default();
         f.starting = f.starting.saturating_sub(1);
         f.changed.notify_waiters();
         let instance = match result {
             Ok(i) => Arc::new(i),
             Err(source) => {
                 return Err(AcquireError::Start {
-                    function: spec.name.clone(),
+                    function: spec.name().to_string(),
                     source,
                 })
             }
@@ -292,7 +285,7 @@ impl Pool {
         let timings = instance.timings;
         Ok(Lease {
             pool: self.clone(),
-            function: spec.name.clone(),
+            function: spec.name().to_string(),
             instance,
             cold_start: Some(timings),
             connection: None,
@@ -377,6 +370,14 @@ impl Pool {
             });
         }
         self.stop_all(retired);
+    }
+
+    /// Waits until the teardowns started so far have finished.
+    #[cfg(test)]
+    async fn settle(&self) {
+        self.teardowns.close();
+        self.teardowns.wait().await;
+        self.teardowns.reopen();
     }
 
     /// Stops every instance and waits for the teardowns (graceful shutdown).
@@ -496,3 +497,7 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

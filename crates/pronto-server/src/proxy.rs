@@ -10,10 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming};
 
-use crate::pool::{AcquireError, Lease, Pool, RunSpec};
+use crate::api::ApiError;
+use crate::pool::{Lease, Pool, RunSpec};
 
 /// The header a cold start's response carries: where its time went, in milliseconds.
 pub const COLD_START_HEADER: &str = "x-pronto-cold-start";
@@ -42,20 +44,7 @@ pub async fn forward(
     let started = Instant::now();
     let mut lease = match pool.acquire(spec).await {
         Ok(l) => l,
-        Err(e @ AcquireError::Busy { .. }) => {
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "ResourceThrottled",
-                &e.to_string(),
-            )
-        }
-        Err(e @ AcquireError::Start { .. }) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "FunctionNotStarted",
-                &e.to_string(),
-            )
-        }
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let (parts, body) = req.into_parts();
     let mut out = Request::builder().method(parts.method).uri(path_and_query);
@@ -73,42 +62,37 @@ pub async fn forward(
     .await;
     let response = match sent {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
+        Ok(Err(source)) => {
             let instance = lease.instance.clone();
-            let message = if instance.oom_killed() {
-                format!(
-                    "function {}: instance {} was killed: out of memory (memorySize {} MB)",
-                    spec.name, instance.id, spec.memory_mb
-                )
+            let (function, id) = (spec.name().to_string(), instance.id.clone());
+            let e = if instance.oom_killed() {
+                ApiError::OutOfMemory {
+                    function,
+                    instance: id,
+                    memory_mb: spec.instance.memory_mb,
+                }
             } else {
-                format!(
-                    "function {}: instance {} failed the request: {e}; container output:\n{}",
-                    spec.name,
-                    instance.id,
-                    instance.log_tail()
-                )
+                ApiError::FunctionFailed {
+                    function,
+                    instance: id,
+                    source,
+                    log_tail: instance.log_tail(),
+                }
             };
             drop(lease);
-            pool.recycle(&spec.name, &instance.id);
-            return with_instance(
-                error(StatusCode::BAD_GATEWAY, "FunctionFailed", &message),
-                &instance.id,
-            );
+            pool.recycle(spec.name(), &instance.id);
+            return with_instance(e.into_response(), &instance.id);
         }
         Err(_) => {
             let id = lease.instance.id.clone();
             drop(lease);
             // It may be stuck for good: take it out of service.
-            pool.recycle(&spec.name, &id);
-            let e = error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "FunctionTimeout",
-                &format!(
-                    "function {} did not respond within its timeout of {:?}",
-                    spec.name, spec.timeout
-                ),
-            );
-            return with_instance(e, &id);
+            pool.recycle(spec.name(), &id);
+            let e = ApiError::FunctionTimeout {
+                function: spec.name().to_string(),
+                timeout: spec.timeout,
+            };
+            return with_instance(e.into_response(), &id);
         }
     };
     let first_byte = started.elapsed();
@@ -173,15 +157,6 @@ fn with_instance(mut r: Response<Body>, id: &str) -> Response<Body> {
             .insert(HeaderName::from_static(INSTANCE_HEADER), v);
     }
     r
-}
-
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"code": code, "message": message}).to_string();
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .expect("valid error response")
 }
 
 /// The instance's response body, holding the lease until the last byte (so the instance counts

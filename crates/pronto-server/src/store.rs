@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::{format_time, AccelerationInfo, Function, FunctionSpec, PinnedImage};
+use crate::model::{format_time, AccelerationInfo, Function, FunctionSpec, KeptImage, PinnedImage};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pronto.db";
@@ -48,6 +48,10 @@ const MIGRATIONS: &[&str] = &[
         recorded_time TEXT NOT NULL,
         PRIMARY KEY (function_name, image_digest)
     ) STRICT;",
+    // 3: the pinned image's manifest and config, kept with the function so that a digest is
+    // resolved against the registry once (NULL for rows written before).
+    "ALTER TABLE functions ADD COLUMN image_manifest BLOB;
+    ALTER TABLE functions ADD COLUMN image_config BLOB;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +166,8 @@ impl Store {
             let r = c.execute(
                 "INSERT INTO functions
                    (name, id, spec, image_ref, image_digest, acceleration, created_time,
-                    updated_time)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    updated_time, image_manifest, image_config)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     f.spec.function_name,
                     f.function_id,
@@ -172,7 +176,9 @@ impl Store {
                     row.image_digest,
                     row.acceleration,
                     row.created_time,
-                    row.updated_time
+                    row.updated_time,
+                    row.image_manifest,
+                    row.image_config
                 ],
             );
             match r {
@@ -219,7 +225,7 @@ impl Store {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time,
-                            updated_time
+                            updated_time, image_manifest, image_config
                      FROM functions
                      WHERE (?1 IS NULL OR substr(name, 1, length(?1)) = ?1)
                        AND (?2 IS NULL OR name > ?2)
@@ -260,7 +266,7 @@ impl Store {
             tx.execute(
                 "UPDATE functions
                  SET spec = ?2, image_ref = ?3, image_digest = ?4, acceleration = ?5,
-                     updated_time = ?6
+                     updated_time = ?6, image_manifest = ?7, image_config = ?8
                  WHERE name = ?1",
                 params![
                     name,
@@ -268,7 +274,9 @@ impl Store {
                     row.image_ref,
                     row.image_digest,
                     row.acceleration,
-                    row.updated_time
+                    row.updated_time,
+                    row.image_manifest,
+                    row.image_config
                 ],
             )
             .map_err(query("update function"))?;
@@ -404,7 +412,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 
 fn get(c: &Connection, name: &str) -> Result<Function, StoreError> {
     c.prepare_cached(
-        "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time, updated_time
+        "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time, updated_time,
+                image_manifest, image_config
          FROM functions WHERE name = ?1",
     )
     .and_then(|mut s| s.query_row([name], Columns::read).optional())
@@ -423,6 +432,8 @@ struct Columns {
     acceleration: Option<String>,
     created_time: String,
     updated_time: String,
+    image_manifest: Option<Vec<u8>>,
+    image_config: Option<Vec<u8>>,
 }
 
 impl Columns {
@@ -445,6 +456,8 @@ impl Columns {
                 .map_err(corrupt)?,
             created_time: format_time(f.created_time),
             updated_time: format_time(f.last_modified_time),
+            image_manifest: f.image.kept.as_ref().map(|k| k.manifest.to_vec()),
+            image_config: f.image.kept.as_ref().map(|k| k.config.to_vec()),
         })
     }
 
@@ -458,6 +471,8 @@ impl Columns {
             acceleration: r.get(5)?,
             created_time: r.get(6)?,
             updated_time: r.get(7)?,
+            image_manifest: r.get(8)?,
+            image_config: r.get(9)?,
         })
     }
 
@@ -498,6 +513,13 @@ impl Columns {
             image: PinnedImage {
                 reference,
                 manifest_digest,
+                kept: match (self.image_manifest, self.image_config) {
+                    (Some(manifest), Some(config)) => Some(KeptImage {
+                        manifest: manifest.into(),
+                        config: config.into(),
+                    }),
+                    _ => None,
+                },
             },
             acceleration,
             created_time: time(&self.created_time)?,
@@ -532,6 +554,10 @@ mod tests {
                     ..reference.with_digest(digest.clone())
                 },
                 manifest_digest: digest,
+                kept: Some(KeptImage {
+                    manifest: bytes::Bytes::from_static(b"{}"),
+                    config: bytes::Bytes::from_static(b"{\"config\":{}}"),
+                }),
             },
             acceleration: None,
             created_time: crate::model::now(),
@@ -543,7 +569,7 @@ mod tests {
     async fn crud_round_trip_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         let f = function("hello");
         store.create_function(f.clone()).await.unwrap();
         assert_eq!(store.get_function("hello").await.unwrap(), f);
@@ -663,8 +689,9 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "database {} has schema version 99, newer than this pronto supports (2)",
-                dir.path().join(DB_FILE).display()
+                "database {} has schema version 99, newer than this pronto supports ({})",
+                dir.path().join(DB_FILE).display(),
+                MIGRATIONS.len()
             )
         );
     }
@@ -701,5 +728,52 @@ mod tests {
                 .starts_with("stored function f is corrupt: image digest \"md5:x\": "),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_function_stored_before_images_were_kept_reads_back_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A database as a Pronto with schema version 2 left it.
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (2);",
+            )
+            .unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            let f = function("old");
+            let row = Columns::of(&f).unwrap();
+            c.execute(
+                "INSERT INTO functions (name, id, spec, image_ref, image_digest, acceleration,
+                   created_time, updated_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.name,
+                    row.id,
+                    row.spec,
+                    row.image_ref,
+                    row.image_digest,
+                    row.acceleration,
+                    row.created_time,
+                    row.updated_time
+                ],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 3);
+        let old = store.get_function("old").await.unwrap();
+        assert_eq!(old.image.kept, None);
+        assert_eq!(old.image.manifest_digest.to_string(), DIGEST);
+
+        // Kept from the next write on.
+        let kept = function("old").image.kept;
+        let updated = store
+            .update_function("old", move |f| f.image.kept = kept)
+            .await
+            .unwrap();
+        assert!(updated.image.kept.is_some());
+        assert_eq!(store.get_function("old").await.unwrap(), updated);
     }
 }

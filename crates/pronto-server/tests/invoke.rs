@@ -208,6 +208,33 @@ fn assert_no_instance_dirs(data: &Path) {
     );
 }
 
+/// The image is resolved once, when the function is created: cold starts (here after a
+/// restart, with the image on the node) never ask the registry for the manifest again.
+#[tokio::test]
+async fn a_pinned_image_is_not_resolved_again() {
+    let mut env = Env::start_with(no_acceleration).await;
+    push_app(&env, "pinned", "pinned\n").await;
+    env.create("pinned", &env.image("fn/app:pinned"), json!({}))
+        .await;
+    let first = get(&env, "pinned", "/index.html").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    env.restart().await;
+    env.registry.stop();
+
+    let cold = get(&env, "pinned", "/index.html").await;
+    assert_eq!(cold.status(), StatusCode::OK);
+    let timing = cold.headers()["x-pronto-cold-start"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(timing.contains("rootfs=local"), "{timing}");
+    assert_eq!(cold.text().await.unwrap(), "pinned\n");
+    let r = env
+        .call(Method::DELETE, &format!("{FUNCTIONS}/pinned"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
 #[tokio::test]
 async fn request_fidelity() {
     let env = Env::start_with(no_acceleration).await;

@@ -1,12 +1,16 @@
-//! Every error the control API returns, and its translation to HTTP in one place.
+//! Every error the server answers with — control API and invocations — and its translation to
+//! HTTP, in one place.
 
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
 use crate::images::ImageError;
 use crate::model::ValidationError;
+use crate::pool::AcquireError;
 use crate::store::StoreError;
 
 /// The body of every error response.
@@ -47,6 +51,42 @@ pub enum ApiError {
     MethodNotAllowed { method: Method, path: String },
     #[error(transparent)]
     Store(StoreError),
+
+    // Invocations.
+    #[error("invoke a function at /invoke/{{functionName}}/{{path}} or with the x-fc-invocation-target header")]
+    NoInvocationTarget,
+    #[error("function {function}: image {image}: {source}")]
+    ImageUnavailable {
+        function: String,
+        image: String,
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// No instance could take the request: none started, or all stayed busy.
+    #[error(transparent)]
+    Acquire(Box<AcquireError>),
+    #[error("function {function}: instance {instance} was killed: out of memory (memorySize {memory_mb} MB)")]
+    OutOfMemory {
+        function: String,
+        instance: String,
+        memory_mb: u64,
+    },
+    #[error("function {function}: instance {instance} failed the request: {source}; container output:\n{log_tail}")]
+    FunctionFailed {
+        function: String,
+        instance: String,
+        #[source]
+        source: std::io::Error,
+        log_tail: String,
+    },
+    #[error("function {function} did not respond within its timeout of {timeout:?}")]
+    FunctionTimeout { function: String, timeout: Duration },
+}
+
+impl From<AcquireError> for ApiError {
+    fn from(e: AcquireError) -> ApiError {
+        ApiError::Acquire(Box::new(e))
+    }
 }
 
 impl From<ImageError> for ApiError {
@@ -79,6 +119,15 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NoInvocationTarget => StatusCode::NOT_FOUND,
+            ApiError::Acquire(e) => match **e {
+                AcquireError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AcquireError::Start { .. } => StatusCode::BAD_GATEWAY,
+            },
+            ApiError::ImageUnavailable { .. }
+            | ApiError::OutOfMemory { .. }
+            | ApiError::FunctionFailed { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::FunctionTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -100,6 +149,14 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "NotFound",
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Store(_) => "InternalError",
+            ApiError::NoInvocationTarget => "NotFound",
+            ApiError::ImageUnavailable { .. } => "ImagePullFailed",
+            ApiError::Acquire(e) => match **e {
+                AcquireError::Busy { .. } => "ResourceThrottled",
+                AcquireError::Start { .. } => "FunctionNotStarted",
+            },
+            ApiError::OutOfMemory { .. } | ApiError::FunctionFailed { .. } => "FunctionFailed",
+            ApiError::FunctionTimeout { .. } => "FunctionTimeout",
         }
     }
 }
@@ -107,7 +164,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+        // The server's own failures; a function's (502, 504) are the function's to fix.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }
         let body = ErrorBody {

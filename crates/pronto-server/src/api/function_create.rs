@@ -7,7 +7,7 @@ use axum::Json;
 use super::{ApiError, FunctionView, JsonBody};
 use crate::accel::Accelerator;
 use crate::model::{now, Function, FunctionInput};
-use crate::{images, AppState};
+use crate::AppState;
 
 pub(super) async fn create_function(
     State(state): State<AppState>,
@@ -19,7 +19,7 @@ pub(super) async fn create_function(
     if state.store.function_exists(&name).await? {
         return Err(ApiError::FunctionAlreadyExists(name));
     }
-    let image = images::pin(&state.registry, &reference).await?;
+    let image = state.images.pin(&reference).await?;
     let t = now();
     let acceleration = Accelerator::initial_status(spec.custom_container_config.acceleration_type);
     let function = Function {

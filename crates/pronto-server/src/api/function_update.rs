@@ -9,7 +9,7 @@ use axum::Json;
 use super::{function_name, ApiError, FunctionView, JsonBody};
 use crate::accel::Accelerator;
 use crate::model::{now, AccelerationStatus, FunctionInput};
-use crate::{images, AppState};
+use crate::AppState;
 
 pub(super) async fn update_function(
     State(state): State<AppState>,
@@ -32,7 +32,7 @@ pub(super) async fn update_function(
         return Err(ApiError::FunctionNotFound(name));
     }
     let pinned = match &patch.image {
-        Some(image) => Some(images::pin(&state.registry, &image.reference).await?),
+        Some(image) => Some(state.images.pin(&image.reference).await?),
         None => None,
     };
     let function = state
