@@ -12,59 +12,29 @@
 # /var/cache/pronto-bench/large-<key>/ (wheels in /var/cache/pronto-bench/wheels/). Everything
 # else (registry, scratch, memo) lives in a temp dir removed on exit; the registry is killed by PID.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-repo_root=$PWD
-script_start=$EPOCHREALTIME
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 runs=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
-    --runs=*) runs=${1#--runs=}; shift ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
-
-log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+opt --runs runs
+parse_args "$@"
+need_positive_int --runs "$runs"
+need_root "drops the page cache, unpacks with owners"
 
 # ---------------------------------------------------------------------------------------------
 # 1. What it needs
-bash scripts/install-deps.sh
-PY=/usr/bin/python3
-if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-fi
-if [ "$(dpkg-query -W -f='${Status}' time 2>/dev/null)" != "install ok installed" ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
-fi
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-. "$repo_root/bench/lib.sh"
+install_deps
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_packages python3-venv
+need_packages time # GNU time: CPU and max RSS of each measured command
 build_pronto
-
-work=$(mktemp -d /var/tmp/pronto-bench-convert-large.XXXXXX)
-registry_pid=""
-build_tmp=""
-cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  [ -z "$build_tmp" ] || rm -rf "$build_tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init pronto-bench-convert-large # registry storage, scratch, memo; removed on exit
 copy_binaries
 
 # ---------------------------------------------------------------------------------------------
 # 2. The image's file trees.
 # Layers 1-3: the shared recipe (built here too if not cached yet).
-. "$repo_root/bench/python-image.sh"
+# shellcheck source=python-image.sh
+. "$bench_dir/python-image.sh"
 
 # Layer 4 (v1): PyPI's torch wheel, --no-deps (on Linux x86_64 it requires ~3 GB of nvidia-*/cuda
 # packages, which are left out: the image is CPU-only in practice) plus its pure dependencies.
@@ -82,6 +52,7 @@ lkey=$(printf '%s' "$large_recipe" | sha256sum | cut -c1-16)
 lcache="$cache_root/large-$lkey"
 wheels="$cache_root/wheels"
 
+# shellcheck disable=SC2086,SC2012 # package lists split on purpose; file names from pip
 build_large() {
   local tmp venv sp="lib/python$pyver/site-packages" name
   mkdir -p "$cache_root" "$wheels"
@@ -126,6 +97,7 @@ build_large() {
   printf '%s\n' "$large_recipe" >"$tmp/RECIPE"
   rm -rf "$lcache"
   mv "$tmp" "$lcache"
+  # shellcheck disable=SC2034 # python-image.sh's exit hook removes $build_tmp
   build_tmp=""
 }
 if [ -f "$lcache/RECIPE" ]; then log "torch layers cached: $lcache"; else build_large; fi
@@ -146,57 +118,33 @@ import_check=${import_check//"$lcache"/…}
 # ---------------------------------------------------------------------------------------------
 # 3. Own registry on a free loopback port; v1 and v2 as two tags of one repository
 start_registry
-registry="127.0.0.1:$port"
 src_repo=bench/pylarge
-push() { # $1 tag, rest: layers; prints the manifest digest
-  local tag=$1 args=() l
-  shift
-  for l in "$@"; do args+=(--layer "$l"); done
-  "$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
-    --entrypoint /opt/venv/bin/python "${args[@]}" "$registry/$src_repo:$tag"
-}
 t0=$EPOCHREALTIME
-digest1=$(push v1 "${v1_layers[@]}")
-log "pushed v1 ($digest1) in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s"
+digest1=$(push_python_image "$registry/$src_repo:v1" "${v1_layers[@]}")
+log "pushed v1 ($digest1) in $(secs_since "$t0") s"
 t0=$EPOCHREALTIME
-digest2=$(push v2 "${v2_layers[@]}")
-log "pushed v2 ($digest2) in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s"
+digest2=$(push_python_image "$registry/$src_repo:v2" "${v2_layers[@]}")
+log "pushed v2 ($digest2) in $(secs_since "$t0") s"
 "$bin/pronto" image inspect "$registry/$src_repo:v1" >"$work/inspect-v1.json"
 "$bin/pronto" image inspect "$registry/$src_repo:v2" >"$work/inspect-v2.json"
 compressed1=$(jq '.layersSize' "$work/inspect-v1.json")
 compressed2=$(jq '.layersSize' "$work/inspect-v2.json")
-accept='Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
-curl -sf -D "$work/manifest.headers" -o "$work/manifest-v1.json" -H "$accept" "http://$registry/v2/$src_repo/manifests/v1"
-curl -sf -o "$work/manifest-v2.json" -H "$accept" "http://$registry/v2/$src_repo/manifests/v2"
+save_manifest "$src_repo" v1 "$work/manifest-v1"
+save_manifest "$src_repo" v2 "$work/manifest-v2"
 shared_layers=$(jq -n --slurpfile a "$work/manifest-v1.json" --slurpfile b "$work/manifest-v2.json" \
   '[range(0; $a[0].layers | length) | select($a[0].layers[.].digest == $b[0].layers[.].digest)] | length')
 log "gzip layers: v1 $compressed1 bytes, v2 $compressed2 bytes; $shared_layers of ${#v1_layers[@]} layer blobs shared"
-manifest_type=$(awk -F': *' 'tolower($1)=="content-type"{sub(/\r$/,"",$2); print $2}' "$work/manifest.headers")
-mapfile -t blobs < <(jq -r '.config.digest, .layers[].digest' "$work/manifest-v1.json")
-fresh_repo() { # $1 repository name; prints a reference to v1 in it (blobs mounted)
-  local repo=$1 d code
-  for d in "${blobs[@]}"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
-      "http://$registry/v2/$repo/blobs/uploads/?mount=$d&from=$src_repo")
-    [ "$code" = 201 ] || die "mounting $d into $repo: HTTP $code"
-  done
-  curl -sf -o /dev/null -X PUT -H "Content-Type: $manifest_type" --data-binary "@$work/manifest-v1.json" \
-    "http://$registry/v2/$repo/manifests/v1" || die "pushing the manifest to $repo"
-  echo "$registry/$repo:v1"
-}
 
 # ---------------------------------------------------------------------------------------------
 # 4. Measured commands (same method as convert.sh: drop caches, GNU time)
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 mkdir -p "$work/m" "$work/wd"
 : >"$work/measurements"
 measure() { # ID KIND RUN COMMAND...
   local id=$1 kind=$2 run=$3 m="$work/m/$1"
   shift 3
   drop_caches
-  if ! /usr/bin/time -f '%e %U %S %M' -o "$m.time" "$@" >"$m.out" 2>"$m.err"; then
-    echo "error: $* failed:" >&2; tail -20 "$m.err" >&2; exit 1
-  fi
+  /usr/bin/time -f '%e %U %S %M' -o "$m.time" "$@" >"$m.out" 2>"$m.err" \
+    || { tail -20 "$m.err" >&2; die "$* failed"; }
   printf '%s %s %s\n' "$id" "$kind" "$run" >>"$work/measurements"
 }
 wd_empty() { [ -z "$(ls -A "$work/wd")" ] || die "the work dir is not empty after $1"; }
@@ -204,7 +152,7 @@ show() { jq -c '{elapsed, unpackTime, chunkTime, fileBytes, chunks, reusedChunks
 
 log "measuring: $runs conversions of v1 with --memo none (a fresh repository each)"
 for i in $(seq "$runs"); do
-  r=$(fresh_repo "bench/conv-none-r$i")
+  r=$(fresh_repo "$src_repo" "bench/conv-none-r$i" v1 "$work/manifest-v1")
   measure "none-r$i" none "$i" "$bin/pronto" image convert "$r" --chunk-size 1M --json \
     --work-dir "$work/wd" --memo none
   wd_empty "none-r$i"
@@ -228,19 +176,13 @@ memo_bytes=$(du -sb "$memo" 2>/dev/null | cut -f1 || echo 0)
 
 # ---------------------------------------------------------------------------------------------
 # 5. Report
-load_end=$(cut -d' ' -f1-3 /proc/loadavg)
-date_tag=$(date +%Y-%m-%d)
-mkdir -p bench/results
-out="bench/results/convert-large-$date_tag.md"
+report_env "$work"
+VERSIONS="pronto $pronto_version, $(docker-registry --version | awk '{print $2, $3}')"
 export RUNS=$runs IMAGE_BYTES=$image_bytes IMAGE2_BYTES=$image2_bytes IMAGE_FILES=$image_files \
   C1=$compressed1 C2=$compressed2 SHARED=$shared_layers NLAYERS=${#v1_layers[@]} D1=$digest1 D2=$digest2 \
   KEY=$key LKEY=$lkey LAYER_SIZES="$layer_sizes" IMPORT_CHECK="$import_check" \
   REG0=$reg0 REG1=$reg1 REG2=$reg2 MEMO_BYTES=${memo_bytes:-0} \
-  V2_DESC="$v2_pkgs added, $v2_edit edited" TORCH="$torch_pkgs + $(echo $torch_deps)" \
-  LOAD_START="$load_start" LOAD_END="$load_end" \
-  TOTAL_SECS=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') \
-  MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
-  VERSIONS="pronto $pronto_version, $(docker-registry --version | awk '{print $2, $3}')"
+  V2_DESC="$v2_pkgs added, $v2_edit edited" TORCH="$torch_pkgs + ${torch_deps//$'\n'/ }" VERSIONS
 "$PY" - "$work/m" "$work/measurements" >"$work/report.md" <<'PY'
 import json, os, statistics, sys
 mdir, listing = sys.argv[1], sys.argv[2]
@@ -306,8 +248,4 @@ Raw `elapsed` (unpack / chunking): {', '.join(f"{m['j']['elapsed']:.2f} ({m['j']
 
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY
-cp "$work/report.md" "$out"
-echo
-cat "$work/report.md"
-echo
-log "written to $out"
+publish_report "$work/report.md" "$bench_dir/results/convert-large-$REPORT_DATE.md"

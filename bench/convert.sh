@@ -11,72 +11,38 @@
 # and key; built here if missing). Everything else (registry, scratch) lives in a temp dir that
 # is removed on exit; the registry is killed by PID.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-repo_root=$PWD
-script_start=$EPOCHREALTIME
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 runs=3
 chunk_sizes="256K,512K,1M,4M"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
-    --runs=*) runs=${1#--runs=}; shift ;;
-    --chunk-sizes) chunk_sizes=${2:?--chunk-sizes needs a value}; shift 2 ;;
-    --chunk-sizes=*) chunk_sizes=${1#--chunk-sizes=}; shift ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+opt --runs runs
+opt --chunk-sizes chunk_sizes
+parse_args "$@"
+need_positive_int --runs "$runs"
 IFS=, read -r -a sizes <<<"$chunk_sizes"
-[ ${#sizes[@]} -gt 0 ] || { echo "--chunk-sizes needs at least one size" >&2; exit 2; }
+[ ${#sizes[@]} -gt 0 ] || usage_error "--chunk-sizes needs at least one size"
 for s in "${sizes[@]}"; do
   # pronto checks the rest (a power of two, 4 KiB..16 MiB)
-  [[ "$s" =~ ^[1-9][0-9]*[KM]?$ ]] || { echo "invalid chunk size $s (e.g. 256K, 1M, 65536)" >&2; exit 2; }
+  [[ "$s" =~ ^[1-9][0-9]*[KM]?$ ]] || usage_error "invalid chunk size $s (e.g. 256K, 1M, 65536)"
 done
-[ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
-
-log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+need_root "drops the page cache, unpacks with owners"
 
 # ---------------------------------------------------------------------------------------------
 # 1. What it needs
-bash scripts/install-deps.sh
-PY=/usr/bin/python3 # Debian's python: its stdlib is layer 1, its venv module builds layers 2-3
-if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  echo "installing: python3-venv" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-fi
-if [ "$(dpkg-query -W -f='${Status}' time 2>/dev/null)" != "install ok installed" ]; then
-  echo "installing: time" >&2 # GNU time: CPU and max RSS of each measured command
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
-fi
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-. "$repo_root/bench/lib.sh"
+install_deps
+# Debian's python: its stdlib is layer 1, its venv module builds layers 2-3
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_packages python3-venv
+need_packages time # GNU time: CPU and max RSS of each measured command
 build_pronto
-
-work=$(mktemp -d /var/tmp/pronto-bench-convert.XXXXXX) # registry storage, scratch; removed on exit
-registry_pid=""
-build_tmp=""
-cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  [ -z "$build_tmp" ] || rm -rf "$build_tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init pronto-bench-convert # registry storage, scratch; removed on exit
 copy_binaries
 
 # ---------------------------------------------------------------------------------------------
-# 2. The image's file trees, cached by recipe hash.
-# This section is bench/unpack.sh's, verbatim: the same recipe gives the same key, so both
-# benchmarks use the same cached trees. Change it in both scripts together.
-# (the recipe, shared with convert.sh and convert-large.sh, is in bench/python-image.sh)
-. "$repo_root/bench/python-image.sh"
+# 2. The image's file trees, cached by recipe hash: bench/python-image.sh, shared with unpack.sh
+# and convert-large.sh (the same recipe gives the same key, so they use the same cached trees)
+# shellcheck source=python-image.sh
+. "$bench_dir/python-image.sh"
 image_bytes=$(du -sbc "${layers[@]}" | tail -1 | cut -f1)
 image_files=$(find "${layers[@]}" -type f | wc -l)
 log "image: $image_bytes bytes uncompressed (du -sb), $image_files files, ${#layers[@]} layers"
@@ -85,16 +51,11 @@ log "image: $image_bytes bytes uncompressed (du -sb), $image_files files, ${#lay
 # ---------------------------------------------------------------------------------------------
 # 3. Own registry on a free loopback port, storage in a temp dir
 start_registry
-
-registry="127.0.0.1:$port"
 src_repo=bench/pyvenv
 ref="$registry/$src_repo:v1"
 push_start=$EPOCHREALTIME
-layer_args=()
-for l in "${layers[@]}"; do layer_args+=(--layer "$l"); done
-digest=$("$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
-  --entrypoint /opt/venv/bin/python "${layer_args[@]}" "$ref")
-push_secs=$(awk -v a="$push_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
+digest=$(push_python_image "$ref" "${layers[@]}")
+push_secs=$(secs_since "$push_start" 1)
 compressed_bytes=$("$bin/pronto" image inspect "$ref" | jq '.layersSize')
 log "pushed $ref ($digest): $compressed_bytes bytes gzip in ${#layers[@]} layers (${push_secs}s to build+push)"
 
@@ -102,33 +63,18 @@ log "pushed $ref ($digest): $compressed_bytes bytes gzip in ${#layers[@]} layers
 # source repository, same manifest bytes, same digest): an artifact or pack pushed by an earlier
 # conversion is never found (pronto skips uploading a blob the repository already has), and with
 # `--memo none` nothing else is reused either.
-curl -sf -D "$work/manifest.headers" -o "$work/manifest.json" \
-  -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
-  "http://$registry/v2/$src_repo/manifests/v1"
-manifest_type=$(awk -F': *' 'tolower($1)=="content-type"{sub(/\r$/,"",$2); print $2}' "$work/manifest.headers")
-mapfile -t blobs < <(jq -r '.config.digest, .layers[].digest' "$work/manifest.json")
-fresh_repo() { # $1 repository name; prints the image reference in it
-  local repo=$1 d code
-  for d in "${blobs[@]}"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
-      "http://$registry/v2/$repo/blobs/uploads/?mount=$d&from=$src_repo")
-    [ "$code" = 201 ] || die "mounting $d into $repo: HTTP $code"
-  done
-  curl -sf -o /dev/null -X PUT -H "Content-Type: $manifest_type" --data-binary "@$work/manifest.json" \
-    "http://$registry/v2/$repo/manifests/v1" || die "pushing the manifest to $repo"
-  echo "$registry/$repo:v1"
-}
+save_manifest "$src_repo" v1 "$work/manifest"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Measured commands
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # Samples, every 0.1 s until PID is gone: "time utime stime busy total" — the process's CPU
 # ticks and the whole machine's busy/total ticks (/proc/stat), to split CPU by phase afterwards
 # and to see what else ran. Builtins only (plus sleep), so it costs next to nothing.
 sample_cpu() { # $1 pid, $2 output file
-  local pid=$1 out=$2 stat cpu u n s idle iow irq sirq steal rest
+  local pid=$1 out=$2 stat u n s idle iow irq sirq steal rest
   while read -r stat 2>/dev/null <"/proc/$pid/stat"; do
-    read -r cpu u n s idle iow irq sirq steal rest </proc/stat
+    read -r _ u n s idle iow irq sirq steal rest </proc/stat
+    # shellcheck disable=SC2086 # split into the fields of /proc/PID/stat
     set -- $stat
     echo "$EPOCHREALTIME ${14} ${15} $((u + n + s + irq + sirq + steal)) $((u + n + s + idle + iow + irq + sirq + steal + 0))"
     sleep 0.1
@@ -144,6 +90,7 @@ measure() {
   drop_caches
   rm -f "$m.pid"
   echo "$EPOCHREALTIME" >"$m.start"
+  # shellcheck disable=SC2016 # expanded by that sh: its own PID, then the command
   /usr/bin/time -f '%e %U %S %M' -o "$m.time" \
     sh -c 'echo $$ >"$0"; exec "$@"' "$m.pid" "$@" >"$m.out" 2>"$m.err" &
   tpid=$!
@@ -155,11 +102,7 @@ measure() {
   fi
   wait "$tpid" || rc=$?
   [ -z "$spid" ] || wait "$spid" || true
-  if [ "$rc" != 0 ]; then
-    echo "error: $* failed (exit $rc):" >&2
-    tail -20 "$m.err" >&2
-    exit 1
-  fi
+  [ "$rc" = 0 ] || { tail -20 "$m.err" >&2; die "$* failed (exit $rc)"; }
   printf '%s %s %s %s\n' "$id" "$kind" "$label" "$run" >>"$work/measurements"
 }
 wd_empty() { [ -z "$(ls -A "$work/wd")" ] || die "the work dir is not empty after $1: $(ls -A "$work/wd")"; }
@@ -169,7 +112,7 @@ convert_once() { # $1 chunk size, $2 compression, $3 run number; prints the refe
   local size=$1 comp=$2 run=$3 id repo r
   id="convert-$comp-$size-r$run"
   repo="bench/conv-$(lower "$comp-$size")-r$run"
-  r=$(fresh_repo "$repo")
+  r=$(fresh_repo "$src_repo" "$repo" v1 "$work/manifest")
   measure "$id" convert "$size/$comp" "$run" \
     "$bin/pronto" image convert "$r" --chunk-size "$size" --compression "$comp" \
     --work-dir "$work/wd" --memo none --json
@@ -213,17 +156,12 @@ log "verify ($verify_size, zstd): $(cat "$work/m/verify.out")"
 
 # ---------------------------------------------------------------------------------------------
 # 5. Report
-load_end=$(cut -d' ' -f1-3 /proc/loadavg)
-date_tag=$(date +%Y-%m-%d)
-mkdir -p bench/results
-out="bench/results/convert-$date_tag.md"
+report_env "$work"
+CLK_TCK=$(getconf CLK_TCK) NCPU=$(nproc)
+VERSIONS="pronto $pronto_version, $(docker-registry --version | awk '{print $2, $3}')"
 export RUNS=$runs SIZES="${sizes[*]}" IMAGE_BYTES=$image_bytes IMAGE_FILES=$image_files \
   COMPRESSED=$compressed_bytes NLAYERS=${#layers[@]} REF_DIGEST=$digest KEY=$key \
-  VERIFY_SIZE=$verify_size LOAD_START="$load_start" LOAD_END="$load_end" \
-  TOTAL_SECS=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') \
-  CLK_TCK=$(getconf CLK_TCK) NCPU=$(nproc) \
-  MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
-  VERSIONS="pronto $pronto_version, $(docker-registry --version | awk '{print $2, $3}')"
+  VERIFY_SIZE=$verify_size CLK_TCK NCPU VERSIONS
 "$PY" - "$work/m" "$work/measurements" >"$work/report.md" <<'PY'
 import json, os, statistics, sys
 mdir, listing = sys.argv[1], sys.argv[2]
@@ -345,8 +283,4 @@ Raw `elapsed` seconds per run (unpack / chunking): {'; '.join(f"{s}: " + ', '.jo
 pronto unpack's own summary (run 1): layers {uj.get('layers')}, compressed_bytes {uj.get('compressed_bytes')}, file_bytes {uj.get('file_bytes')}, entries {uj.get('entries')}.
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY
-cp "$work/report.md" "$out"
-echo
-cat "$work/report.md"
-echo
-log "written to $out"
+publish_report "$work/report.md" "$bench_dir/results/convert-$REPORT_DATE.md"

@@ -10,47 +10,25 @@
 # Everything (registry, images, the daemon's data dir) lives in a temp dir removed on exit; the
 # registry and the daemon are stopped by PID (the daemon with SIGTERM: it tears its instances down).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-repo_root=$PWD
-script_start=$EPOCHREALTIME
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 runs=5
 duration=10
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
-    --runs=*) runs=${1#--runs=}; shift ;;
-    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
-    --duration=*) duration=${1#--duration=}; shift ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
-[[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a positive integer (seconds)" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "run as root (pronto serve runs containers, wrk enters their netns)" >&2; exit 1; }
-
-log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
+opt --runs runs
+opt --duration duration
+parse_args "$@"
+need_positive_int --runs "$runs"
+need_positive_int --duration "$duration" seconds
+need_root "pronto serve runs containers, wrk enters their netns"
 
 # ---------------------------------------------------------------------------------------------
 # 1. What it needs
-bash scripts/install-deps.sh
-if [ "$(dpkg-query -W -f='${Status}' wrk 2>/dev/null)" != "install ok installed" ]; then
-  echo "installing: wrk" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null \
-    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
-fi
-PY=/usr/bin/python3
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-. "$repo_root/bench/lib.sh"
+install_deps
+need_packages wrk
 build_pronto
-
-work=$(mktemp -d /var/tmp/pronto-bench-invoke.XXXXXX) # registry, images, daemon data; removed on exit
+bench_init pronto-bench-invoke # registry, images, daemon data; removed on exit
 data="$work/data"
-registry_pid=""
-daemon_pid=""
 netns_before=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^pronto-' | sort || true)
 
 our_mounts() { awk -v w="$work/" '{ if (index($5, w) == 1) print $5 }' /proc/self/mountinfo; }
@@ -59,42 +37,22 @@ seen_ids="$work/ids.seen"
 our_ids() {
   { cat "$seen_ids" 2>/dev/null; ls "$data/node/instances" 2>/dev/null; } | grep -E '^[0-9a-f]{12}$' | sort -u
 }
-stop_daemon() { # SIGTERM, wait (bounded), SIGKILL as a last resort
-  [ -n "$daemon_pid" ] || return 0
-  kill -TERM "$daemon_pid" 2>/dev/null || true
-  local i
-  for i in $(seq 600); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$daemon_pid" 2>/dev/null; then
-    echo "warning: pronto serve (pid $daemon_pid) ignored SIGTERM for 60 s; killing it" >&2
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-  fi
-  wait "$daemon_pid" 2>/dev/null && daemon_status=0 || daemon_status=$?
-  daemon_pid=""
-}
-cleanup() {
-  stop_daemon
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  # Only reached with leftovers if the daemon failed its teardown: undo what it made, loudly.
+# Only finds something if the daemon failed its teardown: undo what it made, loudly.
+undo_leftovers() {
   local m id
   for id in $(our_ids); do
     if [ -e "/run/netns/pronto-$id" ]; then
-      echo "warning: netns pronto-$id left behind; deleting it" >&2
+      warn "netns pronto-$id left behind; deleting it"
       ip netns delete "pronto-$id" 2>/dev/null || true
     fi
   done
   for m in $(our_mounts | sort -r); do
-    echo "warning: $m still mounted; unmounting it" >&2
+    warn "$m still mounted; unmounting it"
     umount -l "$m" 2>/dev/null || true
   done
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+at_exit undo_leftovers # after the daemon and the registry are stopped
 copy_binaries
-
 
 # ---------------------------------------------------------------------------------------------
 # 2. Registry on a free loopback port, and the image: busybox httpd serving a 100-byte page
@@ -113,10 +71,10 @@ make_app_layer() { # $1 dir, $2 variant tag (makes the digest differ)
 }
 push_image() { # $1 tag, $2 app layer dir; prints the digest
   "$bin/pronto-mkimage" --compression gzip --entrypoint /bin/httpd --cmd -f --cmd -p --cmd 9000 \
-    --cmd -h --cmd /www --layer "$base" --layer "$2" "127.0.0.1:$port/bench/httpd:$1"
+    --cmd -h --cmd /www --layer "$base" --layer "$2" "$registry/bench/httpd:$1"
 }
 make_app_layer "$work/layers/app" main
-ref="127.0.0.1:$port/bench/httpd:v1"
+ref="$registry/bench/httpd:v1"
 digest=$(push_image v1 "$work/layers/app")
 # One image per pulled cold-start sample: same busybox layer, a different app layer (new digest,
 # so each is pulled and unpacked from scratch by the node).
@@ -128,23 +86,12 @@ log "pushed $ref ($digest) and $runs single-use variants for pulled cold starts"
 
 # ---------------------------------------------------------------------------------------------
 # 3. The daemon
-cport=$(free_port)
-iport=$(free_port)
-"$bin/pronto" serve --data-dir "$data" --control-addr "127.0.0.1:$cport" \
-  --invoke-addr "127.0.0.1:$iport" >"$work/serve.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 200); do
-  [ -s "$data/api-token" ] && curl -s -o /dev/null "http://127.0.0.1:$cport/" && break
-  kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/serve.log" >&2; die "pronto serve exited"; }
-  sleep 0.1
-done
-[ -s "$data/api-token" ] || { cat "$work/serve.log" >&2; die "pronto serve did not start"; }
-token=$(tr -d '\n' <"$data/api-token")
+start_daemon
 log "pronto serve: control 127.0.0.1:$cport, invoke 127.0.0.1:$iport (pid $daemon_pid)"
 
-P() { "$bin/pronto" --data-dir "$data" --api "http://127.0.0.1:$cport" --invoke-url "http://127.0.0.1:$iport" "$@"; }
 url_of() { echo "http://127.0.0.1:$iport/invoke/$1/index.html"; }
 header_of() { awk -v h="$2" -F': ' 'tolower($1) == h { sub(/\r$/, "", $2); print $2 }' "$1"; }
+# shellcheck disable=SC2012 # instance ids are hex
 instances_now() { ls "$data/node/instances" 2>/dev/null | sort | tr '\n' ' '; }
 fail_daemon() { tail -30 "$work/serve.log" >&2; die "$*"; }
 
@@ -261,7 +208,7 @@ cold_sample() { # $1 function name, $2 image ref
   wait_no_instances
 }
 for k in $(seq "$runs"); do
-  cold_sample "pull$k" "127.0.0.1:$port/bench/httpd:pull-$k"
+  cold_sample "pull$k" "$registry/bench/httpd:pull-$k"
   cold_sample "reuse$k" "$ref"
   log "cold sample $k/$runs: $(tail -2 "$work/cold.txt" | awk '{printf "%s total %.0f ms (%s)  ", $1, $2*1000, $3}')"
 done
@@ -294,15 +241,12 @@ others=$(comm -13 <(echo "$netns_before") <(echo "$netns_after") | grep -c . || 
 
 # ---------------------------------------------------------------------------------------------
 # 7. Report
-date_tag=$(date +%Y-%m-%d)
-mkdir -p bench/results
-out="bench/results/invoke-$date_tag.md"
-total_secs=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')
-export RUNS=$runs DURATION=$duration TOTAL_SECS=$total_secs LEAK_LINE=$leak_line REF_DIGEST=$digest \
-  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" \
-  VERSIONS="pronto $pronto_version, $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(runc --version | head -1), $(busybox | head -1 | awk '{print $1, $2}')" \
-  FUNC_DEFAULTS="$(jq -r '"memorySize \(.memorySize) MB, cpu \(.cpu), timeout \(.timeout) s"' "$work/lat.json")" \
-  LAT_CONC="$(jq -r .instanceConcurrency "$work/lat.json")" TPUT_CONC="$(jq -r .instanceConcurrency "$work/tput.json")"
+report_env "$work"
+VERSIONS="pronto $pronto_version, $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(runc --version | head -1), $(busybox | head -1 | awk '{print $1, $2}')"
+FUNC_DEFAULTS=$(jq -r '"memorySize \(.memorySize) MB, cpu \(.cpu), timeout \(.timeout) s"' "$work/lat.json")
+LAT_CONC=$(jq -r .instanceConcurrency "$work/lat.json") TPUT_CONC=$(jq -r .instanceConcurrency "$work/tput.json")
+export RUNS=$runs DURATION=$duration LEAK_LINE=$leak_line REF_DIGEST=$digest \
+  MACHINE="$MACHINE, load average at the end $LOAD_END" VERSIONS FUNC_DEFAULTS LAT_CONC TPUT_CONC
 "$PY" - "$work/wrk" "$work/cold.txt" "$notes" >"$work/report.md" <<'PY'
 import os, re, statistics, sys
 wrkdir, coldfile, notesfile = sys.argv[1:4]
@@ -416,8 +360,4 @@ if notes:
     for n in notes:
         print(f"- {n}")
 PY
-cp "$work/report.md" "$out"
-echo
-cat "$work/report.md"
-echo
-log "written to $out"
+publish_report "$work/report.md" "$bench_dir/results/invoke-$REPORT_DATE.md"

@@ -1,11 +1,17 @@
+# shellcheck shell=bash disable=SC2034 # sets variables for the scripts that source it
 # The benchmarks' Python image (sourced by unpack.sh, convert.sh and convert-large.sh): three
 # layers' file trees, built once and cached under /var/cache/pronto-bench by a hash of the recipe.
 #   layer 1: /usr/lib/python3.X + /usr/bin/python3.X (copy of the host's Debian python)
 #   layer 2: /opt/venv after `pip install numpy scipy`            (a first RUN step)
 #   layer 3: what `pip install pandas scikit-learn matplotlib` adds (a second RUN step)
 # Versions are pinned (top level and every dependency) so the cache key means something.
-# Needs from the caller: $PY, log(), and a `build_tmp` variable its cleanup removes.
-# Sets: recipe, key, cache, layers.
+# Needs bench/lib.sh sourced first. Sets: recipe, key, cache_root, cache, pyver, layers; defines
+# push_python_image.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then # run, not sourced: only --help
+  . "$(dirname "$0")/lib.sh"
+  parse_args "$@"
+  usage_error "this file is sourced by unpack.sh, convert.sh and convert-large.sh, not run"
+fi
 step1_pkgs="numpy==2.4.6 scipy==1.17.1"
 step2_pkgs="pandas==3.1.1 scikit-learn==1.9.1 matplotlib==3.11.2"
 constraints="cloudpickle==3.1.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 joblib==1.6.0
@@ -23,6 +29,10 @@ key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
 cache_root=/var/cache/pronto-bench
 cache="$cache_root/image-$key"
 
+build_tmp="" # a half-built tree, removed on exit
+# shellcheck disable=SC2016 # expanded on exit
+at_exit '[ -z "$build_tmp" ] || rm -rf "$build_tmp"'
+# shellcheck disable=SC2086,SC2012 # package lists split on purpose; file names from pip
 build_trees() {
   local tmp
   mkdir -p "$cache_root"
@@ -65,3 +75,13 @@ else
   build_trees
 fi
 layers=("$cache/layer1" "$cache/layer2" "$cache/layer3")
+
+# push_python_image REF LAYER...: the image as the benchmarks push it (gzip, python from the venv
+# as entrypoint); prints its manifest digest.
+push_python_image() {
+  local ref=$1 l args=()
+  shift
+  for l in "$@"; do args+=(--layer "$l"); done
+  "$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
+    --entrypoint /opt/venv/bin/python "${args[@]}" "$ref"
+}

@@ -7,58 +7,32 @@
 #   bash bench/unpack.sh [--runs N]      (default 5; run as root on Debian 12)
 #
 # The image's file trees are built once and cached under /var/cache/pronto-bench/, keyed by a
-# hash of the recipe below. Everything else (registry, pulled trees) lives in a temp dir that is
-# removed on exit; the registry is killed by PID.
+# hash of the recipe in bench/python-image.sh. Everything else (registry, pulled trees) lives in a
+# temp dir that is removed on exit; the registry is killed by PID.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-repo_root=$PWD
-script_start=$EPOCHREALTIME
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 runs=5
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
-    --runs=*) runs=${1#--runs=}; shift ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "run as root (drops the page cache, unpacks with owners)" >&2; exit 1; }
-
-log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
+opt --runs runs
+parse_args "$@"
+need_positive_int --runs "$runs"
+need_root "drops the page cache, unpacks with owners"
 
 # ---------------------------------------------------------------------------------------------
 # 1. What it needs
-bash scripts/install-deps.sh
-PY=/usr/bin/python3 # Debian's python: its stdlib is layer 1, its venv module builds layers 2-3
-if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  echo "installing: python3-venv" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-fi
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-. "$repo_root/bench/lib.sh"
+install_deps
+# Debian's python: its stdlib is layer 1, its venv module builds layers 2-3
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_packages python3-venv
 build_pronto
-
-work=$(mktemp -d /var/tmp/pronto-bench.XXXXXX) # registry storage, pulled trees; removed on exit
-registry_pid=""
-build_tmp=""
-cleanup() {
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  [ -z "$build_tmp" ] || rm -rf "$build_tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_init pronto-bench # registry storage, pulled trees; removed on exit
 copy_binaries
 
 # ---------------------------------------------------------------------------------------------
 # 2. The image's file trees, cached by recipe hash
 # (the recipe, shared with convert.sh and convert-large.sh, is in bench/python-image.sh)
-. "$repo_root/bench/python-image.sh"
+# shellcheck source=python-image.sh
+. "$bench_dir/python-image.sh"
 image_bytes=$(du -sbc "${layers[@]}" | tail -1 | cut -f1)
 image_files=$(find "${layers[@]}" -type f | wc -l)
 image_entries=$(find "${layers[@]}" -mindepth 1 | wc -l)
@@ -67,40 +41,27 @@ for l in "${layers[@]}"; do
     "$(find "$l" -type f | wc -l)" >&2
 done
 log "image: $image_bytes bytes uncompressed (du -sb), $image_files files, $image_entries entries, ${#layers[@]} layers"
-if [ "$image_bytes" -lt 500000000 ]; then
-  echo "error: image is under 500 MB; the recipe needs more packages" >&2
-  exit 1
-fi
+[ "$image_bytes" -ge 500000000 ] || die "image is under 500 MB; the recipe needs more packages"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Own registry on a free loopback port, storage in a temp dir
 start_registry
 
-ref="127.0.0.1:$port/bench/pyvenv:v1"
+ref="$registry/bench/pyvenv:v1"
 push_start=$EPOCHREALTIME
-layer_args=()
-for l in "${layers[@]}"; do layer_args+=(--layer "$l"); done
-digest=$("$bin/pronto-mkimage" --compression gzip --env PATH=/opt/venv/bin:/usr/bin:/bin \
-  --entrypoint /opt/venv/bin/python "${layer_args[@]}" "$ref")
-push_secs=$(awk -v a="$push_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
+digest=$(push_python_image "$ref" "${layers[@]}")
+push_secs=$(secs_since "$push_start" 1)
 compressed_bytes=$("$bin/pronto" image inspect "$ref" | jq '.layersSize')
 log "pushed $ref ($digest): $compressed_bytes bytes gzip in ${#layers[@]} layers (${push_secs}s to build+push)"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Measured runs
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { echo "$EPOCHREALTIME"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
 # bash's `time` keyword: "wall user sys" seconds of the command and its children
 TIMEFORMAT='%3R %3U %3S'
 timed() { # $1 output file for "wall user sys", $2 log file for the command's stderr, rest: command
   local tfile=$1 errlog=$2
   shift 2
-  if ! { time "$@" 2>"$errlog"; } 2>"$tfile"; then
-    echo "error: $* failed:" >&2
-    tail -20 "$errlog" >&2
-    exit 1
-  fi
+  { time "$@" 2>"$errlog"; } 2>"$tfile" || { tail -20 "$errlog" >&2; die "$* failed"; }
 }
 
 run_pronto() { # $1 run number; appends "wall cpu" to $work/pronto.times
@@ -135,11 +96,8 @@ for i in $(seq "$runs"); do
     "$(tail -1 "$work/pronto.times" | cut -d' ' -f1)" "$(tail -1 "$work/umoci.times" | cut -d' ' -f1)" >&2
   if [ "$i" = 1 ]; then
     # Not timed: both must have produced the same tree, or the comparison means nothing.
-    if ! diff -r --no-dereference "$work/r1/pronto-rootfs" "$work/r1/bundle/rootfs" >"$work/diff.txt" 2>&1; then
-      echo "error: pronto and umoci trees differ:" >&2
-      head -20 "$work/diff.txt" >&2
-      exit 1
-    fi
+    diff -r --no-dereference "$work/r1/pronto-rootfs" "$work/r1/bundle/rootfs" >"$work/diff.txt" 2>&1 \
+      || { head -20 "$work/diff.txt" >&2; die "pronto and umoci trees differ"; }
     echo "   run 1: pronto and umoci trees identical (diff -r)" >&2
   fi
   rm -rf "$work/r$i"
@@ -148,15 +106,11 @@ done
 # ---------------------------------------------------------------------------------------------
 # 5. Report
 file_bytes=$(jq '.file_bytes' "$work/pronto-1.json")
-date_tag=$(date +%Y-%m-%d)
-mkdir -p bench/results
-out="bench/results/unpack-$date_tag.md"
-total_secs=$(secs "$script_start" "$(now)")
+report_env "$work"
+VERSIONS="pronto $pronto_version, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
 export RUNS=$runs FILE_BYTES=$file_bytes IMAGE_BYTES=$image_bytes IMAGE_FILES=$image_files \
   IMAGE_ENTRIES=$image_entries COMPRESSED=$compressed_bytes NLAYERS=${#layers[@]} REF_DIGEST=$digest \
-  KEY=$key TOTAL_SECS=$total_secs \
-  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(df -T "$work" | awk 'NR==2{print $2 " on " $1}')" \
-  VERSIONS="pronto $pronto_version, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
+  KEY=$key VERSIONS
 "$PY" - "$work/pronto.times" "$work/umoci.times" "$work/pronto-1.json" >"$work/report.md" <<'PY'
 import json, os, statistics, sys
 rows_p = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
@@ -192,8 +146,4 @@ Raw wall seconds — pronto: {', '.join(f'{x:.2f}' for x in pronto)}; skopeo+umo
 pronto's own summary (run 1): layers {summary.get('layers')}, compressed_bytes {summary.get('compressed_bytes')}, file_bytes {summary.get('file_bytes')}, entries {summary.get('entries')}, whiteouts {summary.get('whiteouts')}, elapsed {summary.get('elapsed')} s.
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY
-cp "$work/report.md" "$out"
-echo
-cat "$work/report.md"
-echo
-log "written to $out"
+publish_report "$work/report.md" "$bench_dir/results/unpack-$REPORT_DATE.md"

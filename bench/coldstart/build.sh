@@ -2,18 +2,28 @@
 # Builds the cold-start workloads' layer trees, without a Docker engine: a Debian bookworm rootfs
 # from `debootstrap --variant=minbase`, then one layer per step, each step run in a chroot on an
 # overlay of the layers below it, so the step's overlay upper dir is exactly the layer a
-# Dockerfile RUN/COPY would make. Cached under /var/cache/pronto-bench/coldstart/<step>-<hash>,
-# the hash chaining the step's recipe with its parent's, so a rerun reuses every built step.
+# Dockerfile RUN/COPY would make. Cached under /var/cache/pronto-bench/coldstart/<step>-<hash>
+# ($PRONTO_BENCH_CACHE instead of /var/cache/pronto-bench), the hash chaining the step's recipe
+# with its parent's, so a rerun reuses every built step.
 #
-#   bash bench/coldstart/build.sh WORKLOAD...   (puppeteer-pdf python-ml python-small data-loader)
+#   bash bench/coldstart/build.sh [--dry-run] WORKLOAD...
+#        (puppeteer-pdf python-ml python-small data-loader)
 #
-# Prints, per workload, one line: NAME LAYERDIR... (bottom first). Needs root, debootstrap, npm.
+# Prints, per workload, one line: NAME LAYERDIR... (bottom first). Needs root, debootstrap, npm,
+# pip. With --dry-run: builds nothing (no root needed) and prints, per workload, its steps
+# (bottom first) as STEP-HASH, each marked "built" or "to build".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
+
+workloads=() dry_run=""
+positionals workloads
+flag --dry-run dry_run
+parse_args "$@"
+[ ${#workloads[@]} -gt 0 ] || usage_error "no workload given"
 cache_root=${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench}/coldstart
 mirror=http://deb.debian.org/debian
-mkdir -p "$cache_root"
-log() { printf '== build: %s\n' "$*" >&2; }
 
 # ---- step recipes: name parent kind(debootstrap|chroot|copy) argument -------------------------
 declare -A parent kind arg
@@ -50,18 +60,16 @@ hash_of() {
   echo "${hash[$s]}"
 }
 dir_of() { echo "$cache_root/$1-$(hash_of "$1")"; }
-chain() { local s=$1 out=""; while [ -n "$s" ]; do out="$(dir_of "$s") $out"; s=${parent[$s]}; done; echo $out; }
+chain() { local s=$1 out=""; while [ -n "$s" ]; do out="$(dir_of "$s") $out"; s=${parent[$s]}; done; echo "${out% }"; }
 
 mnt="" tmp=""
-cleanup() {
+cleanup() { # a step's mounts and its temp dir, if it failed half-way
   if [ -n "$mnt" ]; then
-    local m
-    for m in $(awk -v p="$mnt" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" || true; done
+    awk -v p="$mnt" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r \
+      | while read -r m; do umount -l "$m" || true; done
   fi
-  [ -n "$tmp" ] && rm -rf "$tmp"
-  return 0
+  [ -z "$tmp" ] || rm -rf "$tmp"
 }
-trap cleanup EXIT
 
 # overlay whiteouts (char 0:0) and opaque dirs are not carried into the layer: report and drop them
 drop_whiteouts() {
@@ -82,7 +90,7 @@ build_step() {
   mkdir -p "$tmp/upper" "$tmp/work" "$tmp/merged"
   case ${kind[$s]} in
     debootstrap)
-      nice -n 10 debootstrap --variant=minbase bookworm "$tmp/upper" "$mirror" >"$tmp/log" 2>&1 || { tail -20 "$tmp/log" >&2; exit 1; }
+      nice -n 10 debootstrap --variant=minbase bookworm "$tmp/upper" "$mirror" >"$tmp/log" 2>&1 || { tail -20 "$tmp/log" >&2; die "step $s: debootstrap failed"; }
       cat >"$tmp/upper/etc/apt/sources.list" <<SRC
 deb $mirror bookworm main
 deb $mirror bookworm-updates main
@@ -103,13 +111,15 @@ SRC
       if [ "${kind[$s]}" = pip ]; then
         # wheels downloaded on the host (same Python ABI: both Debian 12), installed in the
         # chroot from that directory only: `pip install` as the image's RUN step would do it
-        local wh=$cache_root/wheels-$(hash_of "$s")
+        local wh
+        wh=$cache_root/wheels-$(hash_of "$s")
+        # shellcheck disable=SC2086 # the package list
         [ -f "$wh.done" ] || { env -u PIP_FIND_LINKS pip download -q --only-binary=:all: --python-version 3.11 -d "$wh" ${arg[$s]} && touch "$wh.done"; }
         mkdir -p "$mnt/tmp/wheels"; mount --bind "$wh" "$mnt/tmp/wheels"
         cmd="pip install --break-system-packages --no-cache-dir --no-index --find-links /tmp/wheels ${arg[$s]}"
       fi
       chroot "$mnt" env -i DEBIAN_FRONTEND=noninteractive HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        nice -n 10 sh -c "$cmd" >"$tmp/log" 2>&1 || { tail -30 "$tmp/log" >&2; exit 1; }
+        nice -n 10 sh -c "$cmd" >"$tmp/log" 2>&1 || { tail -30 "$tmp/log" >&2; die "step $s failed: $cmd"; }
       [ "${kind[$s]}" = pip ] && { umount "$mnt/tmp/wheels"; rmdir "$mnt/tmp/wheels"; }
       umount "$mnt/proc" "$mnt/dev" "$mnt/sys"; umount "$mnt"; mnt=""
       rm -f "$tmp/upper/etc/resolv.conf"
@@ -136,14 +146,14 @@ SRC
       mkdir -p "$tmp/upper"/{dev,proc,sys,etc,root} && install -d -m 1777 "$tmp/upper/tmp"
       umount "$mnt"; mnt=""
       chroot "$tmp/upper" /usr/bin/python3 -c 'import http.server, urllib.parse, ssl, json, sqlite3' \
-        || { log "slim python does not start"; exit 1; }
+        || die "step $s: the slim python does not start"
       ;;
     copy)
       mkdir -p "$tmp/upper/app"; cp -a "$here/${arg[$s]}/." "$tmp/upper/app/" ;;
     npmapp)
       mkdir -p "$tmp/upper/app"; cp -a "$here/${arg[$s]}/." "$tmp/upper/app/"
       rm -rf "$tmp/upper/app/node_modules"
-      (cd "$tmp/upper/app" && nice -n 10 npm install --omit=dev --no-audit --no-fund >"$tmp/log" 2>&1) || { tail -20 "$tmp/log" >&2; exit 1; }
+      (cd "$tmp/upper/app" && nice -n 10 npm install --omit=dev --no-audit --no-fund >"$tmp/log" 2>&1) || { tail -20 "$tmp/log" >&2; die "step $s: npm install failed"; }
       ;;
     datafile)
       mkdir -p "$tmp/upper/data"; head -c $((300 << 20)) /dev/urandom >"$tmp/upper/data/blob.bin"
@@ -154,8 +164,20 @@ SRC
   rm -rf "$tmp"; tmp=""
 }
 
-for w in "$@"; do
-  t=${top[$w]:-}; [ -n "$t" ] || { echo "unknown workload $w" >&2; exit 2; }
-  build_step "$t"
-done
-for w in "$@"; do echo "$w $(chain "${top[$w]}")"; done
+for w in "${workloads[@]}"; do [ -n "${top[$w]:-}" ] || usage_error "unknown workload $w"; done
+if [ -n "$dry_run" ]; then
+  for w in "${workloads[@]}"; do
+    line="$w:"
+    for d in $(chain "${top[$w]}"); do
+      if [ -f "$d.done" ]; then line+=" ${d##*/} (built)"; else line+=" ${d##*/} (to build)"; fi
+    done
+    echo "$line"
+  done
+  exit 0
+fi
+need_root "mounts overlays, runs chroots"
+mkdir -p "$cache_root"
+bench_traps
+at_exit cleanup
+for w in "${workloads[@]}"; do build_step "${top[$w]}"; done
+for w in "${workloads[@]}"; do echo "$w $(chain "${top[$w]}")"; done

@@ -1,95 +1,100 @@
 #!/usr/bin/env bash
 # Cold-start benchmark: real workloads pulled over a shaped link, full pull vs accelerated.
-# See bench/README.md ("coldstart"). Also reached as `pronto bench coldstart ...`.
+# See bench/README.md ("coldstart"). `pronto bench coldstart ...` runs the copy of these scripts
+# built into the binary, with itself as $PRONTO_BIN.
 #
 #   bash bench/coldstart/run.sh [--workloads puppeteer-pdf,python-ml,python-small,data-loader]
 #        [--link 1gbit,2ms] [--runs 5] [--modes full,floor,accel-first,accel,warm] [--out DIR]
+#        [--dry-run]
 #
 # The registry runs in a network namespace this script creates, reached over a veth pair shaped
-# with tc tbf (the rate; this kernel has no netem, so the RTT comes from a delaying relay in the namespace). Every sample is a true cold
-# start: daemon stopped (SIGTERM), node state cleared as the mode wants, page cache dropped,
-# daemon started, one invoke timed with curl. Everything it made is removed on exit and checked.
+# with tc tbf (the rate; this kernel has no netem, so the RTT comes from a delaying relay in the
+# namespace). Every sample is a true cold start: daemon stopped (SIGTERM), node state cleared as
+# the mode wants, page cache dropped, daemon started, one invoke timed with curl. Everything it
+# made is removed on exit and checked. Root on Debian 12.
+#
+# pronto and pronto-mkimage are built from the source tree, or $PRONTO_BIN is used, with
+# pronto-mkimage from $PRONTO_MKIMAGE, beside $PRONTO_BIN, or on PATH. The report goes to
+# --out DIR, default bench/results/<date> of the source tree or, without one (as from
+# `pronto bench`), ./bench-results/<date>. --dry-run checks the arguments and prints what would
+# run, without root, network or building anything.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-repo_root=$PWD
-script_start=$EPOCHREALTIME
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
 
 workloads=puppeteer-pdf,python-ml,python-small,data-loader
 link=1gbit,2ms
 runs=5
 modes=full,floor,accel-first,accel,warm
 out=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --workloads) workloads=${2:?}; shift 2 ;;
-    --link) link=${2:?}; shift 2 ;;
-    --runs) runs=${2:?}; shift 2 ;;
-    --modes) modes=${2:?}; shift 2 ;;
-    --out) out=${2:?}; shift 2 ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+dry_run=""
+opt --workloads workloads
+opt --link link
+opt --runs runs
+opt --modes modes
+opt --out out
+flag --dry-run dry_run
+parse_args "$@"
+need_positive_int --runs "$runs"
 rate=${link%%,*}; rtt=${link#*,}
-[[ "$rate" =~ ^[0-9]+(k|m|g)bit$ ]] || { echo "--link RATE,RTT: RATE like 1gbit or 100mbit" >&2; exit 2; }
-[[ "$rtt" =~ ^[0-9.]+ms$ ]] || { echo "--link RATE,RTT: RTT like 2ms" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-case ",$modes," in *,accel,*) case ",$modes," in *,accel-first,*) ;; *) echo "mode 'accel' needs 'accel-first' (which records the access trace it prefetches)" >&2; exit 2 ;; esac ;; esac
-
-log() { printf '== [+%ss] %s\n' "$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-
-bash scripts/install-deps.sh
-for p in debootstrap jq iproute2; do
-  [ "$(dpkg-query -W -f='${Status}' $p 2>/dev/null)" = "install ok installed" ] \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $p >/dev/null
+[[ "$rate" =~ ^[0-9]+(k|m|g)bit$ ]] || usage_error "--link RATE,RTT: RATE like 1gbit or 100mbit"
+[[ "$rtt" =~ ^[0-9.]+ms$ ]] || usage_error "--link RATE,RTT: RTT like 2ms"
+for m in ${modes//,/ }; do
+  case $m in full | floor | accel-first | accel | warm) ;; *) usage_error "unknown mode $m" ;; esac
 done
-PY=/usr/bin/python3
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-. "$repo_root/bench/lib.sh"
+case ",$modes," in *,accel,*) case ",$modes," in *,accel-first,*) ;; *) usage_error "mode 'accel' needs 'accel-first' (which records the access trace it prefetches)" ;; esac ;; esac
+case $out in "" | /*) ;; *) out=$PWD/$out ;; esac
+out_default=$PWD/bench-results
+[ -z "$repo_root" ] || out_default=$repo_root/bench/results
+
+if [ -n "$dry_run" ]; then
+  # build.sh checks the workload names; its output first, so that a bad name prints nothing else
+  steps=$(bash "$here/build.sh" --dry-run ${workloads//,/ })
+  echo "dry run: nothing is built, started or measured"
+  echo "scripts: $bench_dir"
+  echo "workloads: ${workloads//,/ }"
+  echo "modes: ${modes//,/ }"
+  echo "link: $rate, $rtt RTT"
+  echo "runs: $runs"
+  binaries_plan
+  echo "report: ${out:-$out_default/$(date +%Y-%m-%d)}/report.md"
+  echo "layers (bottom first, in ${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench}/coldstart):"
+  echo "  ${steps//$'\n'/$'\n'  }"
+  exit 0
+fi
+need_root "network namespaces, tc, mounts, page cache drops"
+
+install_deps
+need_packages debootstrap jq iproute2
 build_pronto
 
 # ---- the layer trees (cached) ---------------------------------------------------------------
 declare -A layers
-while read -r w dirs; do layers[$w]=$dirs; done < <(bash bench/coldstart/build.sh ${workloads//,/ })
+build_out=$(bash "$here/build.sh" ${workloads//,/ })
+while read -r w dirs; do layers[$w]=$dirs; done <<<"$build_out"
 
-work=$(mktemp -d /var/tmp/pronto-bench-coldstart.XXXXXX)
+bench_init pronto-bench-coldstart
 data="$work/data"
 ns="pb8reg-$$"
 vh="pb8h$$" vn="pb8n$$"
 host_ip=10.208.8.1 reg_ip=10.208.8.2 reg_port=5000
-reg_root=/var/cache/pronto-bench/coldstart-registry # blobs kept between runs: pushes are cached
+reg_root=${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench}/coldstart-registry # blobs kept between runs: pushes are cached
 registry_pid="" daemon_pid="" relay_pid=""
 export PRONTO_INSECURE_REGISTRIES="$reg_ip:$reg_port"
 
 our_mounts() { awk -v w="$work/" '{ if (index($5, w) == 1) print $5 }' /proc/self/mountinfo; }
-stop_daemon() {
-  [ -n "$daemon_pid" ] || return 0
-  kill -TERM "$daemon_pid" 2>/dev/null || true
-  local i
-  for i in $(seq 600); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$daemon_pid" 2>/dev/null && { echo "warning: daemon ignored SIGTERM; killing it" >&2; kill -KILL "$daemon_pid"; }
-  wait "$daemon_pid" 2>/dev/null || true
-  daemon_pid=""
+unmount_leftovers() {
+  local m
+  for m in $(our_mounts | sort -r); do warn "$m still mounted; unmounting"; umount -l "$m" || true; done
 }
 teardown_link() {
   tc qdisc del dev "$vh" root 2>/dev/null || true
   ip link del "$vh" 2>/dev/null || true
-  [ -e "/run/netns/$ns" ] && ip netns delete "$ns"
-  return 0
+  [ ! -e "/run/netns/$ns" ] || ip netns delete "$ns"
 }
-cleanup() {
-  stop_daemon
-  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
-  if [ -n "$relay_pid" ]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
-  teardown_link
-  local m
-  for m in $(our_mounts | sort -r); do echo "warning: $m still mounted; unmounting" >&2; umount -l "$m" || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+at_exit unmount_leftovers
+at_exit teardown_link # after the daemon, the registry and the relay are stopped
 copy_binaries
 
 # ---- the link and the registry --------------------------------------------------------------
@@ -99,20 +104,16 @@ ip link set "$vn" netns "$ns"
 ip addr add "$host_ip/30" dev "$vh"; ip link set "$vh" up
 ip -n "$ns" addr add "$reg_ip/30" dev "$vn"; ip -n "$ns" link set "$vn" up; ip -n "$ns" link set lo up
 mkdir -p "$reg_root"
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: $reg_root/storage}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:5001}
-YML
+registry_config "$work/registry.yml" "$reg_root/storage" 127.0.0.1:5001 access-log delete
 ip netns exec "$ns" docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
+at_exit 'stop_pid registry_pid'
 # the link's latency: a delaying relay in the namespace (this kernel has no netem; see delay-relay.py)
 half_ms=$(awk -v r="${rtt%ms}" 'BEGIN{printf "%.3f", r/2}')
-ip netns exec "$ns" "$PY" bench/coldstart/delay-relay.py "$reg_ip:$reg_port" 127.0.0.1:5001 "$half_ms" >"$work/relay.log" 2>&1 &
+ip netns exec "$ns" "$PY" "$here/delay-relay.py" "$reg_ip:$reg_port" 127.0.0.1:5001 "$half_ms" >"$work/relay.log" 2>&1 &
 relay_pid=$!
-for _ in $(seq 100); do curl -sf "http://$reg_ip:$reg_port/v2/" >/dev/null && break; sleep 0.1; done
-curl -sf "http://$reg_ip:$reg_port/v2/" >/dev/null || { cat "$work/registry.log" >&2; die "registry did not start"; }
+at_exit 'stop_pid relay_pid'
+wait_http "http://$reg_ip:$reg_port/v2/" 10 || { cat "$work/registry.log" >&2; die "registry did not start"; }
 log "registry in netns $ns (pid $registry_pid), reached at $reg_ip:$reg_port through the delay relay (pid $relay_pid)"
 
 # ---- the images (pushed once per recipe; unshaped) ------------------------------------------
@@ -128,6 +129,7 @@ wl_config() {
 for w in ${workloads//,/ }; do
   wl_config "$w"
   largs=(); for d in ${layers[$w]}; do largs+=(--layer "$d"); done
+  # shellcheck disable=SC2086 # the layer dirs, one word each
   key=$(printf '%s\n' "$w" ${layers[$w]} "${entry[$w]}" | sha256sum | cut -c1-16)
   ref[$w]="$reg_ip:$reg_port/bench/$w:$key"
   if [ -s "$reg_root/pushed-$w-$key" ] && curl -sf -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg_ip:$reg_port/v2/bench/$w/manifests/$key"; then
@@ -139,6 +141,7 @@ for w in ${workloads//,/ }; do
       --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env HOME=/tmp "${largs[@]}" "${ref[$w]}")
     echo "${digest[$w]}" >"$reg_root/pushed-$w-$key"
   fi
+  # shellcheck disable=SC2086 # the layer dirs, one word each
   size[$w]=$(du -sb --apparent-size ${layers[$w]} | awk '{s+=$1} END{print s}')
   log "$w: ${ref[$w]} ${digest[$w]} ($(awk -v s="${size[$w]}" 'BEGIN{printf "%.0f", s/1e6}') MB unpacked)"
 done
@@ -150,22 +153,10 @@ tc -n "$ns" qdisc add dev "$vn" root handle 1: tbf rate "$rate" burst "$burst" l
 # RTT as an HTTP client sees it: curl's time to the first byte of GET /v2/ on a new connection
 # (the relay's handshake RTT + the request's RTT + the registry's own time), median of 7
 ping_rtt=$(for _ in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://$reg_ip:$reg_port/v2/"; done \
-  | sort -n | awk '{a[NR]=$1} END{printf "%.2f", a[4]*1000}')
+  | median | awk '{printf "%.2f", $1*1000}')
 log "link shaped: tbf $rate (burst $burst B) both ways, relay delay $half_ms ms each way; TCP connect + first byte median $ping_rtt ms"
 
 # ---- the daemon -----------------------------------------------------------------------------
-cport=$(free_port); iport=$(free_port)
-start_daemon() {
-  "$bin/pronto" serve --data-dir "$data" --control-addr "127.0.0.1:$cport" --invoke-addr "127.0.0.1:$iport" >>"$work/serve.log" 2>&1 &
-  daemon_pid=$!
-  for _ in $(seq 300); do
-    [ -s "$data/api-token" ] && curl -s -o /dev/null "http://127.0.0.1:$cport/" && break
-    kill -0 "$daemon_pid" 2>/dev/null || { tail -20 "$work/serve.log" >&2; die "pronto serve exited"; }
-    sleep 0.05
-  done
-  token=$(tr -d '\n' <"$data/api-token")
-}
-P() { "$bin/pronto" --data-dir "$data" --api "http://127.0.0.1:$cport" --invoke-url "http://127.0.0.1:$iport" "$@"; }
 start_daemon
 log "pronto serve (pid $daemon_pid)"
 for w in ${workloads//,/ }; do
@@ -182,7 +173,7 @@ for w in ${workloads//,/ }; do
     sleep 1
   done
   [ "$st" = Ready ] || die "$w: conversion not Ready after an hour"
-  log "$w-acc: accelerated image Ready ($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}') s after the wait began)"
+  log "$w-acc: accelerated image Ready ($(secs_since "$t0") s after the wait began)"
   P function get "$w-acc" >"$work/$w-acc.json"
 done
 
@@ -202,8 +193,7 @@ samples="$work/samples.tsv"
 : >"$work/ids.seen"
 printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\n' >"$samples"
 invoke_once() { # workload function mode run
-  local w=$1 fn=$2 mode=$3 i=$4 rx0 rg0 res code ttfb cold
-  rx0=$(rx); rg0=$(ranges)
+  local w=$1 fn=$2 mode=$3 i=$4 res code ttfb cold
   res=$(curl -sS -o "$work/body" -D "$work/hdr" -w '%{http_code} %{time_starttransfer}' --max-time 900 \
     -H "Authorization: Bearer $token" "http://127.0.0.1:$iport/invoke/$fn${path[$w]}") || die "$w $mode: invoke failed"
   read -r code ttfb <<<"$res"
@@ -215,6 +205,7 @@ invoke_once() { # workload function mode run
   else [ -n "$cold" ] || die "$w $mode: not a cold start"; fi
   # bytes and Range requests from the daemon's start to now (the lazy rootfs keeps fetching only
   # what is read, so a sample counts what its start read)
+  # shellcheck disable=SC2046,SC2183 # the cold-start fields split into 5 of the arguments
   printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
     $(echo "$cold" | tr ';' '\n' | awk -F= '$1=="imageReady"||$1=="containerStarted"||$1=="appReady"||$1=="firstByte"{printf "%s ", $2} $1=="rootfs"{r=$2} $1=="prefetch"&&$2=="true"{r=r "+prefetch"} END{print r}') \
     "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" >>"$samples"
@@ -249,14 +240,22 @@ cold_node() { # mode workload
   start_daemon
   rx_start=$(rx); rg_start=$(ranges)
 }
+# whether a mode's samples are taken: those asked for, and full also for floor (its unpacked
+# image) and warm (its instance)
+takes() {
+  case ",$modes," in *,$1,*) return 0 ;; esac
+  [ "$1" = full ] || return 1
+  case ",$modes," in *,floor,* | *,warm,*) return 0 ;; esac
+  return 1
+}
 for w in ${workloads//,/ }; do
   for i in $(seq "$runs"); do
     for mode in full floor accel-first accel; do
-      case ",$modes," in *,$mode,*) ;; *) [ "$mode" = full ] && case ",$modes," in *,floor,* | *,warm,*) ;; *) continue ;; esac || continue ;; esac
+      takes "$mode" || continue
       fn="$w-full"; case $mode in accel*) fn="$w-acc" ;; esac
       cold_node "$mode" "$w"
       invoke_once "$w" "$fn" "$mode" "$i"
-      if [ "$mode" = full ] && case ",$modes," in *,warm,*) true ;; *) false ;; esac; then
+      if [ "$mode" = full ] && [[ ",$modes," == *,warm,* ]]; then
         invoke_once "$w" "$fn" warm "$i"
       fi
     done
@@ -269,17 +268,18 @@ leftover=""
 [ -z "$(our_mounts)" ] || leftover+=" mounts:$(our_mounts | tr '\n' ' ')"
 [ -z "$(ls "$data/node/instances" 2>/dev/null)" ] || leftover+=" instance-dirs"
 registry_pid_was=$registry_pid relay_pid_was=$relay_pid
-kill "$registry_pid" "$relay_pid"; wait "$registry_pid" "$relay_pid" 2>/dev/null || true; registry_pid="" relay_pid=""
+stop_pid registry_pid
+stop_pid relay_pid
 teardown_link
 ip netns list | grep -q "^$ns" && leftover+=" netns:$ns"
 for p in $registry_pid_was $relay_pid_was; do kill -0 "$p" 2>/dev/null && leftover+=" process:$p"; done
 n_ids=0
-for id in $(sort -u "$work/ids.seen" | grep -E '^[0-9a-f]{12}$'); do
+while read -r id; do
   n_ids=$((n_ids + 1))
   [ -e "/run/netns/pronto-$id" ] && leftover+=" netns:pronto-$id"
   compgen -G "/sys/fs/cgroup/*/pronto-$id" >/dev/null && leftover+=" cgroup:pronto-$id"
   [ -e "/sys/fs/cgroup/pronto-$id" ] && leftover+=" cgroup:pronto-$id"
-done
+done < <(sort -u "$work/ids.seen" | grep -E '^[0-9a-f]{12}$')
 ip link show "$vh" >/dev/null 2>&1 && leftover+=" veth:$vh"
 tc qdisc show | grep -q "$vh" && leftover+=" qdisc"
 leak_line="Nothing left behind: no mounts under the run's dir, no instance dirs; none of the $n_ids instances the run saw has a netns or cgroup left (so no process); registry and relay exited; netns $ns, veth $vh and its tbf qdiscs deleted."
@@ -287,13 +287,12 @@ leak_line="Nothing left behind: no mounts under the run's dir, no instance dirs;
 log "$leak_line"
 
 # ---- report -----------------------------------------------------------------------------------
-day=$(date +%Y-%m-%d)
-[ -n "$out" ] || out="bench/results/$day"
+report_env "$work"
+[ -n "$out" ] || out=$out_default/$REPORT_DATE
 mkdir -p "$out"
 cp "$samples" "$out/samples.tsv"
 sizes=""; for w in ${workloads//,/ }; do sizes+="$w=${size[$w]},$(jq -r '.customContainerConfig.accelerationInfo // .accelerationInfo | tojson' "$work/$w-acc.json" | tr -d '\t');"; done
 export RUNS=$runs LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
-  MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), load average at the end $(cut -d" " -f1-3 /proc/loadavg) (a shared machine)" VERSION="pronto $pronto_version" \
-  TOTAL_SECS=$(awk -v a="$script_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')
-"$PY" bench/coldstart/report.py "$samples" "$out"
+  MACHINE="$MACHINE, load average at the end $LOAD_END (a shared machine)" VERSION="pronto $pronto_version"
+"$PY" "$here/report.py" "$samples" "$out"
 log "written: $out/report.md, $out/breakdown.svg"

@@ -33,7 +33,7 @@ enum Command {
     Function(client::FunctionCommand),
     /// Invoke a function (prints the body; the status and cold-start timing go to stderr).
     Invoke(client::InvokeArgs),
-    /// Benchmarks: `bench coldstart` (see bench/README.md).
+    /// Benchmarks built into the binary: `bench coldstart` (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Show what a function's instances wrote to stdout/stderr.
@@ -66,7 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
             Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
             Command::Logs { name, tail } => client::logs(&cli.endpoint, &name, tail).await,
-            Command::Bench(cmd) => bench::run(cmd),
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     });
     match result {
