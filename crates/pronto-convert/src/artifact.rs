@@ -180,7 +180,7 @@ pub async fn fetch_artifact(
     // `open` checks the header, sections and checksum; `validate` the whole tree.
     let index = Index::open(index_bytes).map_err(index_err)?;
     index.validate().map_err(index_err)?;
-    if hex::encode(index.source_manifest()) != source.hex() {
+    if &index.source_manifest() != source.as_bytes() {
         return Err(not_artifact("the index names another source manifest"));
     }
     if index.config_json() != image.config_bytes.as_ref() {
@@ -189,12 +189,7 @@ pub async fn fetch_artifact(
     let packs: Vec<(Digest, u64)> = index
         .packs()
         .into_iter()
-        .map(|(d, size)| {
-            let digest: Digest = format!("sha256:{}", hex::encode(d))
-                .parse()
-                .expect("64 hex digits make a digest");
-            (digest, size)
-        })
+        .map(|(d, size)| (Digest::from_bytes(d), size))
         .collect();
     let listed: Vec<(Digest, u64)> = pack_descs
         .iter()

@@ -182,7 +182,7 @@ pub async fn convert(
         let mut present: HashMap<Digest, bool> = HashMap::new();
         let mut packs: Vec<Digest> = entries.iter().map(|(_, c)| c.pack.clone()).collect();
         for (_, chunks) in files.values() {
-            packs.extend(chunks.iter().filter_map(|c| c.pack.parse().ok()));
+            packs.extend(chunks.iter().map(|c| c.pack.clone()));
         }
         for pack in packs {
             if let std::collections::hash_map::Entry::Vacant(slot) = present.entry(pack) {
@@ -414,12 +414,11 @@ impl Remembered {
             .map(|c| {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(&c.digest, &mut digest).ok()?;
-                let pack: Digest = c.pack.parse().ok()?;
-                if present.get(&pack) != Some(&true) {
+                if present.get(&c.pack) != Some(&true) {
                     return None;
                 }
                 Some(RememberedChunk {
-                    pack,
+                    pack: c.pack.clone(),
                     pack_size: c.pack_size,
                     chunk: ChunkRef {
                         digest,
@@ -602,7 +601,7 @@ fn build(
                 let p = &packs[c.pack as usize];
                 memo::FileChunk {
                     digest: hex::encode(c.digest),
-                    pack: p.digest.to_string(),
+                    pack: p.digest.clone(),
                     pack_size: p.size,
                     offset: c.offset,
                     compressed_size: c.compressed_size,
@@ -615,13 +614,9 @@ fn build(
     }
 
     let mut builder = IndexBuilder::new(opts.chunk_size);
-    let mut source_bytes = [0u8; 32];
-    hex::decode_to_slice(source.hex(), &mut source_bytes).expect("digest is 64 hex digits");
-    builder.set_source(source_bytes, config);
+    builder.set_source(*source.as_bytes(), config);
     for p in &packs {
-        let mut d = [0u8; 32];
-        hex::decode_to_slice(p.digest.hex(), &mut d).expect("digest is 64 hex digits");
-        builder.add_pack(d, p.size);
+        builder.add_pack(*p.digest.as_bytes(), p.size);
     }
     for (i, e) in entries.into_iter().enumerate() {
         match e.hardlink_of {

@@ -24,8 +24,10 @@ pub enum MemoError {
 /// One chunk of a remembered file.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FileChunk {
+    /// The chunk's BLAKE3 digest, in hex.
     pub digest: String,
-    pub pack: String,
+    /// Written `sha256:<hex>`, as before it was typed: rows stay readable.
+    pub pack: Digest,
     pub pack_size: u64,
     pub offset: u64,
     pub compressed_size: u32,

@@ -127,10 +127,7 @@ impl Packer {
         {
             if let Some(mut f) = file.take() {
                 f.flush()?;
-                let hex = hex::encode(std::mem::take(hasher).finalize());
-                let d: Digest = format!("sha256:{hex}")
-                    .parse()
-                    .expect("sha256 hex is a digest");
+                let d = Digest::from_bytes(std::mem::take(hasher).finalize().into());
                 self.closed.push(ClosedPack {
                     digest: d.clone(),
                     size: *size,
