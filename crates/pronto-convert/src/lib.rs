@@ -9,7 +9,7 @@
 //!    order: chunks already stored — earlier in this image, or in a pack of this repository
 //!    recorded in the chunk memo ([`memo`]) — are referenced, not stored again; new ones are
 //!    appended to pack files ([`packer`]), each uploaded as soon as it is full;
-//! 3. the index and then the artifact manifest ([`artifact`]) are pushed to the source image's
+//! 3. the index and then the artifact manifest ([`pronto_artifact`]) are pushed to the source image's
 //!    repository; the memo learns the new chunks.
 //!
 //! The output depends only on the tree, the options and the memo's packs, so converting an
@@ -18,7 +18,6 @@
 //! [`verify`] rebuilds every file from the artifact (each chunk fetched, decompressed and its
 //! digest checked) and compares it with a plain unpack of the source image: ground truth.
 
-pub mod artifact;
 pub mod memo;
 pub mod packer;
 pub mod stream;
@@ -304,10 +303,13 @@ pub async fn convert(
         .iter()
         .map(|p| (p.digest.clone(), p.size))
         .collect();
-    let manifest =
-        artifact::build_manifest(&source_desc, (index_digest.clone(), index_size), &pack_list);
+    let manifest = pronto_artifact::build_manifest(
+        &source_desc,
+        (index_digest.clone(), index_size),
+        &pack_list,
+    );
     let artifact_digest =
-        artifact::push_manifest(client, &image.pinned, &image.manifest_digest, &manifest)
+        pronto_artifact::push_manifest(client, &image.pinned, &image.manifest_digest, &manifest)
             .await
             .map_err(|e| ConvertError::Push(Box::new(e)))?;
     if let Some(path) = &opts.memo {
@@ -315,7 +317,7 @@ pub async fn convert(
         memo.record(&repo_key, &built.new_chunks)?;
         memo.record_layer_files(&repo_key, &built.layer_files)?;
     }
-    let artifact_ref = artifact::artifact_reference(&image.pinned, &image.manifest_digest);
+    let artifact_ref = pronto_artifact::artifact_reference(&image.pinned, &image.manifest_digest);
     Ok(ConvertReport {
         source: image.manifest_digest.clone(),
         artifact: artifact_ref.to_string(),

@@ -14,7 +14,7 @@ use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
-use crate::artifact::{self, ArtifactError};
+use pronto_artifact::{fetch_artifact, Artifact, ArtifactError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -78,13 +78,13 @@ pub async fn verify(
     image: &ResolvedImage,
     work_dir: &Path,
 ) -> Result<VerifyReport, VerifyError> {
-    let artifact::Artifact {
+    let Artifact {
         reference,
         index_digest,
         index,
         packs,
         ..
-    } = artifact::fetch_artifact(client, image).await?;
+    } = fetch_artifact(client, image).await?;
     let io = |op, path: &Path| {
         let path = path.to_owned();
         move |source| VerifyError::Io { op, path, source }

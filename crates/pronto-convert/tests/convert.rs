@@ -408,7 +408,7 @@ async fn a_failed_upload_tags_nothing_and_teaches_the_memo_nothing() {
     );
     assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     // Nothing tagged: the artifact manifest is what makes packs visible.
-    let tag = pronto_convert::artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
+    let tag = pronto_artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
     assert!(client().fetch_manifest(&tag).await.is_err());
     // The memo learned nothing (its entries would point at packs that never arrived).
     let memo = pronto_convert::memo::Memo::open(opts.memo.as_ref().unwrap()).unwrap();

@@ -1,9 +1,18 @@
 //! The accelerated artifact in the registry: an OCI image manifest whose `subject` is the
-//! source image manifest, with the index and the packs as its layers.
+//! source image manifest, with the index and the packs as its layers (`docs/format.md`).
 //!
 //! It lives in the source's repository under a tag derived from the source digest
 //! (`sha256-<hex>.pronto`), so it can be found from the digest alone, on any OCI registry, even
 //! one without the referrers API.
+//!
+//! This crate owns the artifact's manifest and nothing else, so that what reads artifacts (the
+//! lazy filesystem, the node) does not depend on what writes them (the converter, with its
+//! SQLite memo and its thread pool):
+//! - the constants: [`ARTIFACT_TYPE`], the layer media types, the empty config;
+//! - where an artifact is: [`artifact_tag`], [`artifact_reference`];
+//! - writing one (the converter): [`build_manifest`], [`push_manifest`];
+//! - reading one: [`fetch_artifact`] fetches the manifest and the index and checks everything
+//!   they claim before returning an [`Artifact`]; [`ArtifactError`] says what was wrong.
 
 use bytes::Bytes;
 use pronto_format::Index;
