@@ -180,7 +180,10 @@ async fn tampering_is_detected_and_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with(&format!("blob {} failed verification", index.digest)),
+        e.starts_with(&format!(
+            "fetching the artifact's index: blob {} failed verification",
+            index.digest
+        )),
         "{e}"
     );
     std::fs::write(&path, &original).unwrap();
