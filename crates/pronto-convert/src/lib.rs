@@ -24,7 +24,7 @@ pub mod stream;
 pub mod tree;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,32 +175,23 @@ pub async fn convert(
     let mut known: HashMap<[u8; 32], memo::MemoChunk> = HashMap::new();
     let mut remembered: HashMap<stream::EntryKey, Remembered> = HashMap::new();
     if let Some(path) = &opts.memo {
-        let memo = memo::Memo::open(path)?;
-        let entries = memo.chunks_of(&repo_key)?;
-        let files = memo.layer_files(&repo_key, &layers)?;
-        let mut present: HashMap<Digest, bool> = HashMap::new();
-        let mut packs: Vec<Digest> = entries.iter().map(|(_, c)| c.pack.clone()).collect();
-        for (_, chunks) in files.values() {
-            packs.extend(chunks.iter().map(|c| c.pack.clone()));
-        }
-        for pack in packs {
-            if let std::collections::hash_map::Entry::Vacant(slot) = present.entry(pack) {
-                let e = client
-                    .blob_exists(&image.pinned, slot.key())
-                    .await
-                    .map_err(|e| ConvertError::Push(Box::new(e)))?;
-                slot.insert(e);
+        let mut recalled = memo::Memo::open(path)?.recall(&repo_key, &layers)?;
+        let mut present = HashSet::new();
+        for pack in recalled.packs() {
+            let exists = client
+                .blob_exists(&image.pinned, &pack)
+                .await
+                .map_err(|e| ConvertError::Push(Box::new(e)))?;
+            if exists {
+                present.insert(pack);
             }
         }
-        for (digest, chunk) in entries {
-            if present.get(&chunk.pack) == Some(&true) {
-                known.insert(digest, chunk);
-            }
-        }
+        recalled.retain_present(&present);
+        known.extend(recalled.chunks);
         // By entry (layer index, path): one layer blob may sit at two places in an image.
         let mut by_layer: HashMap<&Digest, Vec<(Vec<u8>, Remembered)>> = HashMap::new();
-        for ((layer, path), (size, chunks)) in &files {
-            if let Some(r) = Remembered::parse(*size, chunks, &present) {
+        for ((layer, path), (size, chunks)) in &recalled.files {
+            if let Some(r) = Remembered::parse(*size, chunks) {
                 by_layer.entry(layer).or_default().push((path.clone(), r));
             }
         }
@@ -405,20 +396,14 @@ struct RememberedChunk {
 }
 
 impl Remembered {
-    /// `None` if a row is malformed or a pack is gone: then the file is chunked again.
-    fn parse(
-        size: u64,
-        chunks: &[memo::FileChunk],
-        present: &HashMap<Digest, bool>,
-    ) -> Option<Remembered> {
+    /// `None` if a row is malformed: then the file is chunked again. (Files with a chunk in a
+    /// pack that is gone were dropped by [`memo::Recalled::retain_present`].)
+    fn parse(size: u64, chunks: &[memo::FileChunk]) -> Option<Remembered> {
         let chunks = chunks
             .iter()
             .map(|c| {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(&c.digest, &mut digest).ok()?;
-                if present.get(&c.pack) != Some(&true) {
-                    return None;
-                }
                 Some(RememberedChunk {
                     pack: c.pack.clone(),
                     pack_size: c.pack_size,
