@@ -252,7 +252,7 @@ async fn mount(client: &RegistryClient, reference: &str, args: MountArgs) -> any
         None => None,
     };
     let image = resolve(client, reference).await?;
-    let artifact = pronto_convert::artifact::fetch_artifact(client, &image)
+    let artifact = pronto_artifact::fetch_artifact(client, &image)
         .await
         .with_context(|| format!("fetching the accelerated artifact of {}", image.pinned))?;
     let cache = pronto_lazyfs::ChunkCache::open(cache_dir, cache_size)

@@ -9,7 +9,7 @@
 //!    order: chunks already stored — earlier in this image, or in a pack of this repository
 //!    recorded in the chunk memo ([`memo`]) — are referenced, not stored again; new ones are
 //!    appended to pack files ([`packer`]), each uploaded as soon as it is full;
-//! 3. the index and then the artifact manifest ([`artifact`]) are pushed to the source image's
+//! 3. the index and then the artifact manifest ([`pronto_artifact`]) are pushed to the source image's
 //!    repository; the memo learns the new chunks.
 //!
 //! The output depends only on the tree, the options and the memo's packs, so converting an
@@ -18,14 +18,13 @@
 //! [`verify`] rebuilds every file from the artifact (each chunk fetched, decompressed and its
 //! digest checked) and compares it with a plain unpack of the source image: ground truth.
 
-pub mod artifact;
 pub mod memo;
 pub mod packer;
 pub mod stream;
 pub mod tree;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,32 +175,23 @@ pub async fn convert(
     let mut known: HashMap<[u8; 32], memo::MemoChunk> = HashMap::new();
     let mut remembered: HashMap<stream::EntryKey, Remembered> = HashMap::new();
     if let Some(path) = &opts.memo {
-        let memo = memo::Memo::open(path)?;
-        let entries = memo.chunks_of(&repo_key)?;
-        let files = memo.layer_files(&repo_key, &layers)?;
-        let mut present: HashMap<Digest, bool> = HashMap::new();
-        let mut packs: Vec<Digest> = entries.iter().map(|(_, c)| c.pack.clone()).collect();
-        for (_, chunks) in files.values() {
-            packs.extend(chunks.iter().filter_map(|c| c.pack.parse().ok()));
-        }
-        for pack in packs {
-            if let std::collections::hash_map::Entry::Vacant(slot) = present.entry(pack) {
-                let e = client
-                    .blob_exists(&image.pinned, slot.key())
-                    .await
-                    .map_err(|e| ConvertError::Push(Box::new(e)))?;
-                slot.insert(e);
+        let mut recalled = memo::Memo::open(path)?.recall(&repo_key, &layers)?;
+        let mut present = HashSet::new();
+        for pack in recalled.packs() {
+            let exists = client
+                .blob_exists(&image.pinned, &pack)
+                .await
+                .map_err(|e| ConvertError::Push(Box::new(e)))?;
+            if exists {
+                present.insert(pack);
             }
         }
-        for (digest, chunk) in entries {
-            if present.get(&chunk.pack) == Some(&true) {
-                known.insert(digest, chunk);
-            }
-        }
+        recalled.retain_present(&present);
+        known.extend(recalled.chunks);
         // By entry (layer index, path): one layer blob may sit at two places in an image.
         let mut by_layer: HashMap<&Digest, Vec<(Vec<u8>, Remembered)>> = HashMap::new();
-        for ((layer, path), (size, chunks)) in &files {
-            if let Some(r) = Remembered::parse(*size, chunks, &present) {
+        for ((layer, path), (size, chunks)) in &recalled.files {
+            if let Some(r) = Remembered::parse(*size, chunks) {
                 by_layer.entry(layer).or_default().push((path.clone(), r));
             }
         }
@@ -304,10 +294,13 @@ pub async fn convert(
         .iter()
         .map(|p| (p.digest.clone(), p.size))
         .collect();
-    let manifest =
-        artifact::build_manifest(&source_desc, (index_digest.clone(), index_size), &pack_list);
+    let manifest = pronto_artifact::build_manifest(
+        &source_desc,
+        (index_digest.clone(), index_size),
+        &pack_list,
+    );
     let artifact_digest =
-        artifact::push_manifest(client, &image.pinned, &image.manifest_digest, &manifest)
+        pronto_artifact::push_manifest(client, &image.pinned, &image.manifest_digest, &manifest)
             .await
             .map_err(|e| ConvertError::Push(Box::new(e)))?;
     if let Some(path) = &opts.memo {
@@ -315,7 +308,7 @@ pub async fn convert(
         memo.record(&repo_key, &built.new_chunks)?;
         memo.record_layer_files(&repo_key, &built.layer_files)?;
     }
-    let artifact_ref = artifact::artifact_reference(&image.pinned, &image.manifest_digest);
+    let artifact_ref = pronto_artifact::artifact_reference(&image.pinned, &image.manifest_digest);
     Ok(ConvertReport {
         source: image.manifest_digest.clone(),
         artifact: artifact_ref.to_string(),
@@ -403,23 +396,16 @@ struct RememberedChunk {
 }
 
 impl Remembered {
-    /// `None` if a row is malformed or a pack is gone: then the file is chunked again.
-    fn parse(
-        size: u64,
-        chunks: &[memo::FileChunk],
-        present: &HashMap<Digest, bool>,
-    ) -> Option<Remembered> {
+    /// `None` if a row is malformed: then the file is chunked again. (Files with a chunk in a
+    /// pack that is gone were dropped by [`memo::Recalled::retain_present`].)
+    fn parse(size: u64, chunks: &[memo::FileChunk]) -> Option<Remembered> {
         let chunks = chunks
             .iter()
             .map(|c| {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(&c.digest, &mut digest).ok()?;
-                let pack: Digest = c.pack.parse().ok()?;
-                if present.get(&pack) != Some(&true) {
-                    return None;
-                }
                 Some(RememberedChunk {
-                    pack,
+                    pack: c.pack.clone(),
                     pack_size: c.pack_size,
                     chunk: ChunkRef {
                         digest,
@@ -602,7 +588,7 @@ fn build(
                 let p = &packs[c.pack as usize];
                 memo::FileChunk {
                     digest: hex::encode(c.digest),
-                    pack: p.digest.to_string(),
+                    pack: p.digest.clone(),
                     pack_size: p.size,
                     offset: c.offset,
                     compressed_size: c.compressed_size,
@@ -615,13 +601,9 @@ fn build(
     }
 
     let mut builder = IndexBuilder::new(opts.chunk_size);
-    let mut source_bytes = [0u8; 32];
-    hex::decode_to_slice(source.hex(), &mut source_bytes).expect("digest is 64 hex digits");
-    builder.set_source(source_bytes, config);
+    builder.set_source(*source.as_bytes(), config);
     for p in &packs {
-        let mut d = [0u8; 32];
-        hex::decode_to_slice(p.digest.hex(), &mut d).expect("digest is 64 hex digits");
-        builder.add_pack(d, p.size);
+        builder.add_pack(*p.digest.as_bytes(), p.size);
     }
     for (i, e) in entries.into_iter().enumerate() {
         match e.hardlink_of {

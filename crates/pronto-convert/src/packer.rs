@@ -127,10 +127,7 @@ impl Packer {
         {
             if let Some(mut f) = file.take() {
                 f.flush()?;
-                let hex = hex::encode(std::mem::take(hasher).finalize());
-                let d: Digest = format!("sha256:{hex}")
-                    .parse()
-                    .expect("sha256 hex is a digest");
+                let d = Digest::from_bytes(std::mem::take(hasher).finalize().into());
                 self.closed.push(ClosedPack {
                     digest: d.clone(),
                     size: *size,
@@ -177,5 +174,139 @@ impl Packer {
                 },
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pronto_format::{ChunkRef, Compression};
+
+    use super::*;
+
+    fn packer(target: u64) -> (tempfile::TempDir, Packer) {
+        let dir = tempfile::tempdir().unwrap();
+        let packer = Packer::new(dir.path().join("packs"), target).unwrap();
+        (dir, packer)
+    }
+
+    #[test]
+    fn a_pack_is_closed_once_it_reaches_the_target_and_named_by_its_sha256() {
+        let (_dir, mut p) = packer(100);
+        assert_eq!(p.append(&[1; 40]).unwrap(), (0, 0));
+        assert_eq!(p.append(&[2; 40]).unwrap(), (0, 40));
+        assert!(p.take_closed().is_empty(), "80 bytes: still open");
+        assert_eq!(p.append(&[3; 40]).unwrap(), (0, 80));
+        let closed = p.take_closed();
+        assert_eq!(closed.len(), 1, "120 bytes: closed");
+        assert!(p.take_closed().is_empty(), "handed out once");
+        // Exactly the target closes too.
+        assert_eq!(p.append(&[4; 60]).unwrap(), (1, 0));
+        assert_eq!(p.append(&[5; 40]).unwrap(), (1, 60));
+        let second = p.take_closed();
+        assert_eq!(second.len(), 1);
+        assert_eq!(p.append(&[6; 7]).unwrap(), (2, 0));
+        assert!(p.take_closed().is_empty());
+        p.close_open().unwrap();
+        let third = p.take_closed();
+        p.close_open().unwrap();
+        assert!(p.take_closed().is_empty(), "nothing open, nothing closed");
+
+        let want: [&[u8]; 3] = [
+            &[[1; 40], [2; 40], [3; 40]].concat(),
+            &[vec![4; 60], vec![5; 40]].concat(),
+            &[6; 7],
+        ];
+        for (pack, want) in [closed, second, third].into_iter().flatten().zip(want) {
+            let bytes = std::fs::read(&pack.path).unwrap();
+            assert_eq!(bytes, want);
+            assert_eq!(pack.size, bytes.len() as u64);
+            assert_eq!(pack.digest, Digest::of(&bytes));
+        }
+    }
+
+    #[test]
+    fn stored_chunks_read_back_from_their_offsets() {
+        let (_dir, mut p) = packer(64 << 10);
+        let mut placed = Vec::new();
+        for n in 0..40u32 {
+            // Compressible and not, of odd sizes.
+            let data: Vec<u8> = (0..5000 + n * 997)
+                .map(|i| {
+                    if n % 2 == 0 {
+                        (i % 7) as u8
+                    } else {
+                        (i * n).to_le_bytes()[1]
+                    }
+                })
+                .collect();
+            let want = [Compression::Zstd, Compression::Lz4, Compression::None][n as usize % 3];
+            let (stored, compression) = pronto_format::compress_chunk(&data, want);
+            let (pack, offset) = p.append(&stored).unwrap();
+            let chunk = ChunkRef {
+                digest: pronto_format::chunk_digest(&data),
+                pack,
+                compression,
+                offset,
+                compressed_size: stored.len() as u32,
+                uncompressed_size: data.len() as u32,
+            };
+            placed.push((chunk, data));
+        }
+        p.close_open().unwrap();
+        let closed = p.take_closed();
+        let packs = p.finish();
+        assert!(packs.len() > 2, "several packs: {packs:?}");
+        assert_eq!(packs.len(), closed.len());
+        for (info, closed) in packs.iter().zip(&closed) {
+            assert_eq!(info.digest, closed.digest);
+            assert_eq!(info.size, closed.size);
+            assert_eq!(info.path.as_ref(), Some(&closed.path));
+        }
+        for (chunk, data) in placed {
+            let pack = &packs[chunk.pack as usize];
+            let bytes = std::fs::read(pack.path.as_ref().unwrap()).unwrap();
+            assert_eq!(Digest::of(&bytes), pack.digest);
+            let range = chunk.pack_range();
+            let stored = &bytes[range.start as usize..range.end as usize];
+            assert_eq!(
+                pronto_format::decompress_chunk(stored, &chunk).unwrap(),
+                data
+            );
+        }
+    }
+
+    #[test]
+    fn existing_packs_get_one_slot_each_in_order_of_first_use() {
+        let (_dir, mut p) = packer(10);
+        let (a, b) = (Digest::from_bytes([0xa; 32]), Digest::from_bytes([0xb; 32]));
+        assert_eq!(p.existing(&a, 1000), 0);
+        assert_eq!(p.append(&[1; 4]).unwrap(), (1, 0));
+        assert_eq!(p.existing(&b, 2000), 2);
+        assert_eq!(p.existing(&a, 1000), 0);
+        // The open pack keeps filling between existing ones.
+        assert_eq!(p.append(&[2; 6]).unwrap(), (1, 4));
+        assert_eq!(p.append(&[3; 1]).unwrap(), (3, 0));
+        assert_eq!(p.existing(&b, 2000), 2);
+        p.close_open().unwrap();
+        let closed = p.take_closed();
+        assert_eq!(
+            closed.len(),
+            2,
+            "existing packs are never handed out for upload"
+        );
+        let packs = p.finish();
+        let summary: Vec<_> = packs
+            .iter()
+            .map(|i| (i.digest.clone(), i.size, i.path.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (a, 1000, false),
+                (closed[0].digest.clone(), 10, true),
+                (b, 2000, false),
+                (closed[1].digest.clone(), 1, true),
+            ]
+        );
     }
 }

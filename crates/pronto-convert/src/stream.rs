@@ -234,3 +234,289 @@ impl SinkResults {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pronto_format::ChunkRef;
+
+    use super::*;
+
+    const CHUNK: u32 = 4096;
+
+    /// Incompressible, reproducible bytes.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        sink: ChunkSink,
+        results: SinkResults,
+    }
+
+    fn sink_with(
+        compression: Compression,
+        known: HashMap<[u8; 32], MemoChunk>,
+        skip: HashMap<EntryKey, u64>,
+    ) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = std::fs::File::create_new(dir.path().join("staged")).unwrap();
+        let sink = ChunkSink::new(stage, CHUNK, compression, Arc::new(known), Arc::new(skip));
+        let results = sink.results();
+        Fixture {
+            _dir: dir,
+            sink,
+            results,
+        }
+    }
+
+    fn sink(compression: Compression) -> Fixture {
+        sink_with(compression, HashMap::new(), HashMap::new())
+    }
+
+    fn origin(layer: usize, path: &str) -> FileOrigin {
+        FileOrigin {
+            layer,
+            path: path.as_bytes().to_vec(),
+        }
+    }
+
+    fn feed(sink: &mut ChunkSink, layer: usize, path: &str, content: &[u8]) {
+        let read = sink
+            .file(
+                &origin(layer, path),
+                content.len() as u64,
+                &mut &content[..],
+            )
+            .unwrap();
+        assert_eq!(read, content.len() as u64);
+    }
+
+    fn key(layer: usize, path: &str) -> EntryKey {
+        (layer, path.as_bytes().to_vec())
+    }
+
+    /// The file's bytes, rebuilt from the staged chunks (each decompressed and its digest
+    /// checked).
+    fn rebuild(streamed: &Streamed, chunks: &[StreamedChunk]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(digest, len) in chunks {
+            let s = streamed.staged[&digest];
+            let stored = streamed.read(&s).unwrap();
+            let chunk = ChunkRef {
+                digest,
+                pack: 0,
+                compression: s.compression,
+                offset: 0,
+                compressed_size: s.len,
+                uncompressed_size: len,
+            };
+            out.extend(pronto_format::decompress_chunk(&stored, &chunk).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn files_are_cut_into_chunks_of_the_chunk_size_with_their_blake3() {
+        let mut f = sink(Compression::Zstd);
+        let sizes = [
+            0,
+            1,
+            CHUNK as usize - 1,
+            CHUNK as usize,
+            3 * CHUNK as usize + 100,
+        ];
+        let files: Vec<(String, Vec<u8>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (format!("f{i}"), noise(len, i as u64 + 1)))
+            .collect();
+        for (path, content) in &files {
+            feed(&mut f.sink, 0, path, content);
+        }
+        let streamed = f.results.finish().unwrap();
+        assert_eq!(streamed.files.len(), files.len());
+        assert_eq!(streamed.hashed_bytes, sizes.iter().sum::<usize>() as u64);
+        for (path, content) in &files {
+            let chunks = &streamed.files[&key(0, path)];
+            let want: Vec<StreamedChunk> = content
+                .chunks(CHUNK as usize)
+                .map(|c| (*blake3::hash(c).as_bytes(), c.len() as u32))
+                .collect();
+            assert_eq!(chunks, &want, "{path}");
+            assert_eq!(&rebuild(&streamed, chunks), content, "{path}");
+        }
+    }
+
+    #[test]
+    fn staged_bytes_decode_to_the_input_whatever_the_compression() {
+        for compression in [Compression::Zstd, Compression::Lz4, Compression::None] {
+            let mut f = sink(compression);
+            let text: Vec<u8> = b"compressible text "
+                .iter()
+                .cycle()
+                .take(5 * CHUNK as usize / 2)
+                .copied()
+                .collect();
+            let random = noise(2 * CHUNK as usize + 7, 9);
+            feed(&mut f.sink, 0, "text", &text);
+            feed(&mut f.sink, 1, "random", &random);
+            let streamed = f.results.finish().unwrap();
+            let text_chunks = &streamed.files[&key(0, "text")];
+            assert_eq!(rebuild(&streamed, text_chunks), text, "{compression:?}");
+            assert_eq!(
+                rebuild(&streamed, &streamed.files[&key(1, "random")]),
+                random,
+                "{compression:?}"
+            );
+            let first = streamed.staged[&text_chunks[0].0];
+            if compression == Compression::None {
+                assert_eq!(first.compression, Compression::None);
+                assert_eq!(first.len, CHUNK);
+            } else {
+                assert_eq!(first.compression, compression);
+                assert!(first.len < CHUNK / 4, "{compression:?}: {first:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn identical_chunks_are_staged_once() {
+        let mut f = sink(Compression::None);
+        let a = noise(CHUNK as usize, 1);
+        let b = noise(CHUNK as usize, 2);
+        // a, b, a inside one file; the same file twice more under other names and layers.
+        let content = [a.clone(), b.clone(), a.clone()].concat();
+        feed(&mut f.sink, 0, "x", &content);
+        feed(&mut f.sink, 0, "y", &content);
+        feed(&mut f.sink, 2, "x", &content);
+        feed(&mut f.sink, 2, "just-b", &b);
+        let streamed = f.results.finish().unwrap();
+        assert_eq!(
+            streamed.hashed_bytes,
+            10 * u64::from(CHUNK),
+            "each copy is hashed"
+        );
+        let (da, db) = (*blake3::hash(&a).as_bytes(), *blake3::hash(&b).as_bytes());
+        assert_eq!(
+            streamed.staged.keys().copied().collect::<HashSet<_>>(),
+            HashSet::from([da, db])
+        );
+        // Stored once each: the staging file holds exactly two chunks, at distinct offsets.
+        let mut offsets: Vec<u64> = streamed.staged.values().map(|s| s.offset).collect();
+        offsets.sort();
+        assert_eq!(offsets, [0, u64::from(CHUNK)]);
+        assert_eq!(
+            streamed.stage.metadata().unwrap().len(),
+            2 * u64::from(CHUNK)
+        );
+        for k in [key(0, "x"), key(0, "y"), key(2, "x")] {
+            assert_eq!(
+                streamed.files[&k],
+                [(da, CHUNK), (db, CHUNK), (da, CHUNK)],
+                "{k:?}"
+            );
+            assert_eq!(rebuild(&streamed, &streamed.files[&k]), content);
+        }
+    }
+
+    #[test]
+    fn chunks_the_repository_has_are_hashed_but_not_staged() {
+        let stored = noise(CHUNK as usize, 1);
+        let new = noise(CHUNK as usize, 2);
+        let known = HashMap::from([(
+            *blake3::hash(&stored).as_bytes(),
+            MemoChunk {
+                pack: pronto_image::Digest::from_bytes([0xa; 32]),
+                pack_size: 1 << 20,
+                offset: 0,
+                compressed_size: CHUNK,
+                compression: Compression::None,
+            },
+        )]);
+        let mut f = sink_with(Compression::Zstd, known, HashMap::new());
+        feed(&mut f.sink, 0, "f", &[stored.clone(), new.clone()].concat());
+        let streamed = f.results.finish().unwrap();
+        let (ds, dn) = (
+            *blake3::hash(&stored).as_bytes(),
+            *blake3::hash(&new).as_bytes(),
+        );
+        assert_eq!(streamed.files[&key(0, "f")], [(ds, CHUNK), (dn, CHUNK)]);
+        assert_eq!(streamed.staged.keys().collect::<Vec<_>>(), [&dn]);
+        assert_eq!(streamed.hashed_bytes, 2 * u64::from(CHUNK));
+    }
+
+    #[test]
+    fn files_of_converted_layers_are_read_past_not_chunked() {
+        let content = noise(2 * CHUNK as usize, 3);
+        let skip = HashMap::from([(key(1, "old"), content.len() as u64)]);
+        let mut f = sink_with(Compression::Zstd, HashMap::new(), skip);
+        let mut reader = std::io::Cursor::new(&content);
+        let read = f
+            .sink
+            .file(&origin(1, "old"), content.len() as u64, &mut reader)
+            .unwrap();
+        assert_eq!(read, content.len() as u64);
+        assert_eq!(reader.position(), read, "the stream is read past the file");
+        // The same path in another layer, another path, the same entry with another size:
+        // chunked.
+        feed(&mut f.sink, 2, "old", &content);
+        feed(&mut f.sink, 1, "other", &content[..10]);
+        let grown = [content.clone(), vec![0]].concat();
+        feed(&mut f.sink, 1, "old", &grown);
+        let streamed = f.results.finish().unwrap();
+        assert_eq!(streamed.files.len(), 3, "{:?}", streamed.files.keys());
+        assert_eq!(streamed.files[&key(1, "old")].len(), 3, "the grown file");
+        assert_eq!(
+            streamed.hashed_bytes,
+            2 * content.len() as u64 + 10 + 1,
+            "the skipped file is not hashed"
+        );
+    }
+
+    #[test]
+    fn a_later_entry_of_the_same_path_replaces_the_earlier() {
+        let mut f = sink(Compression::Zstd);
+        feed(&mut f.sink, 0, "f", &noise(3 * CHUNK as usize, 1));
+        feed(&mut f.sink, 0, "f", b"short");
+        let streamed = f.results.finish().unwrap();
+        assert_eq!(
+            streamed.files[&key(0, "f")],
+            [(*blake3::hash(b"short").as_bytes(), 5)]
+        );
+    }
+
+    #[test]
+    fn a_short_stream_and_a_failed_write_are_errors() {
+        let mut f = sink(Compression::Zstd);
+        let e = f
+            .sink
+            .file(&origin(0, "f"), 100, &mut &[0u8; 10][..])
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        // A staging file opened read-only: the worker's write fails, and finish says so.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged");
+        std::fs::write(&path, b"").unwrap();
+        let stage = std::fs::File::open(&path).unwrap();
+        let mut sink = ChunkSink::new(
+            stage,
+            CHUNK,
+            Compression::Zstd,
+            Arc::default(),
+            Arc::default(),
+        );
+        let results = sink.results();
+        sink.file(&origin(0, "f"), 3, &mut &b"abc"[..]).unwrap();
+        assert!(results.finish().is_err());
+    }
+}

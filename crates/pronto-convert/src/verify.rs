@@ -14,7 +14,7 @@ use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
-use crate::artifact::{self, ArtifactError};
+use pronto_artifact::{fetch_artifact, Artifact, ArtifactError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -61,11 +61,11 @@ impl From<RegistryError> for VerifyError {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     pub artifact: String,
-    pub index_digest: String,
+    pub index_digest: Digest,
     pub entries: u64,
     pub files: u64,
     pub chunks: u64,
@@ -78,13 +78,13 @@ pub async fn verify(
     image: &ResolvedImage,
     work_dir: &Path,
 ) -> Result<VerifyReport, VerifyError> {
-    let artifact::Artifact {
+    let Artifact {
         reference,
         index_digest,
         index,
         packs,
         ..
-    } = artifact::fetch_artifact(client, image).await?;
+    } = fetch_artifact(client, image).await?;
     let io = |op, path: &Path| {
         let path = path.to_owned();
         move |source| VerifyError::Io { op, path, source }
@@ -110,8 +110,11 @@ pub async fn verify(
 
     let mut report = VerifyReport {
         artifact: reference.to_string(),
-        index_digest: index_digest.to_string(),
-        ..Default::default()
+        index_digest,
+        entries: 0,
+        files: 0,
+        chunks: 0,
+        file_bytes: 0,
     };
     let rootfs2 = rootfs.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -128,7 +131,7 @@ fn compare(
     packs: &[PathBuf],
     report: &mut VerifyReport,
 ) -> Result<(), VerifyError> {
-    let index_digest = report_digest(report);
+    let index_digest = report.index_digest.clone();
     let index_err = |error| VerifyError::Index {
         digest: index_digest.clone(),
         error,
@@ -336,10 +339,6 @@ fn compare(
         }
     }
     Ok(())
-}
-
-fn report_digest(r: &VerifyReport) -> Digest {
-    r.index_digest.parse().unwrap_or_else(|_| Digest::of(b""))
 }
 
 /// Paths in the tree, the root included.

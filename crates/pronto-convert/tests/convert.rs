@@ -95,7 +95,7 @@ async fn every_image_converts_and_verifies_against_a_plain_unpack() {
             );
         }
         let v = verify(&client(), &resolved, work.path()).await.unwrap();
-        assert_eq!(v.index_digest, report.index_digest.to_string());
+        assert_eq!(v.index_digest, report.index_digest);
         assert!(v.entries > 3, "{name}: {v:?}");
         assert_eq!(v.file_bytes, report.file_bytes, "{name}");
     }
@@ -180,7 +180,10 @@ async fn tampering_is_detected_and_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with(&format!("blob {} failed verification", index.digest)),
+        e.starts_with(&format!(
+            "fetching the artifact's index: blob {} failed verification",
+            index.digest
+        )),
         "{e}"
     );
     std::fs::write(&path, &original).unwrap();
@@ -408,7 +411,7 @@ async fn a_failed_upload_tags_nothing_and_teaches_the_memo_nothing() {
     );
     assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     // Nothing tagged: the artifact manifest is what makes packs visible.
-    let tag = pronto_convert::artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
+    let tag = pronto_artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
     assert!(client().fetch_manifest(&tag).await.is_err());
     // The memo learned nothing (its entries would point at packs that never arrived).
     let memo = pronto_convert::memo::Memo::open(opts.memo.as_ref().unwrap()).unwrap();

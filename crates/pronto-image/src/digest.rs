@@ -6,12 +6,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-/// A sha256 content digest. Other algorithms are refused: every blob Pronto reads is verified,
-/// and a digest it cannot verify is an error, not a pass.
+/// A sha256 content digest: the 32 bytes, written `sha256:<64 lowercase hex>` (`Display`,
+/// `FromStr`, serde). Other algorithms are refused: every blob Pronto reads is verified, and a
+/// digest it cannot verify is an error, not a pass.
+///
+/// Ordered by its bytes, which is also the order of its strings.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    hex: String,
-}
+pub struct Digest([u8; 32]);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
@@ -24,14 +25,23 @@ pub enum DigestError {
 impl Digest {
     /// Digest of `data`.
     pub fn of(data: &[u8]) -> Digest {
-        Digest {
-            hex: hex::encode(Sha256::digest(data)),
-        }
+        Digest(Sha256::digest(data).into())
     }
 
-    /// The 64 hex digits, without the algorithm.
-    pub fn hex(&self) -> &str {
-        &self.hex
+    /// The digest whose sha256 bytes are `bytes`.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
+    /// The 32 bytes of the sha256.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64 lowercase hex digits, without the algorithm (as in `sha256-<hex>` tags and blob
+    /// paths).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
     }
 }
 
@@ -45,18 +55,24 @@ impl FromStr for Digest {
         if alg != "sha256" {
             return Err(DigestError::Algorithm(s.to_string()));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        // `hex::decode` takes uppercase too; a digest is written in lowercase only.
+        let mut bytes = [0u8; 32];
+        if hex.len() != 64
+            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            || hex::decode_to_slice(hex, &mut bytes).is_err()
+        {
             return Err(DigestError::Malformed(s.to_string()));
         }
-        Ok(Digest {
-            hex: hex.to_string(),
-        })
+        Ok(Digest(bytes))
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut hex).expect("64 digits for 32 bytes");
+        f.write_str("sha256:")?;
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -119,9 +135,7 @@ impl Verifier {
                 });
             }
         }
-        let actual = Digest {
-            hex: hex::encode(self.hasher.finalize()),
-        };
+        let actual = Digest(self.hasher.finalize().into());
         if &actual != expected {
             return Err(VerifyError::Digest {
                 expected: expected.clone(),
@@ -160,6 +174,73 @@ mod tests {
         ));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert!(upper.parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn bytes_round_trip_through_the_string_form() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0xa5;
+        }
+        let d = Digest::from_bytes(bytes);
+        assert_eq!(d.as_bytes(), &bytes);
+        let s = d.to_string();
+        assert_eq!(s, format!("sha256:{}", hex::encode(bytes)));
+        assert_eq!(d.hex(), hex::encode(bytes));
+        let back: Digest = s.parse().unwrap();
+        assert_eq!(back.as_bytes(), &bytes);
+        assert_eq!(back, d);
+        assert_eq!(format!("{d:?}"), s);
+        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{s}\""));
+        let de: Digest = serde_json::from_str(&format!("\"{s}\"")).unwrap();
+        assert_eq!(de, d);
+        assert_eq!(
+            Digest::of(b"abc").as_bytes(),
+            &<[u8; 32]>::from(Sha256::digest(b"abc"))
+        );
+    }
+
+    #[test]
+    fn parse_refuses_uppercase_and_wrong_lengths() {
+        let lower = "ab".repeat(32);
+        assert!(format!("sha256:{lower}").parse::<Digest>().is_ok());
+        for bad in [
+            format!("sha256:{}", "AB".repeat(32)),
+            format!("sha256:{}", "aB".repeat(32)),
+            format!("sha256:{}", "ab".repeat(31)),
+            format!("sha256:{}a", "ab".repeat(31)),
+            format!("sha256:{}", "ab".repeat(33)),
+            format!("sha256:{lower}0"),
+            "sha256:".to_string(),
+            format!("sha256:{}g", "a".repeat(63)),
+        ] {
+            assert_eq!(
+                bad.parse::<Digest>(),
+                Err(DigestError::Malformed(bad.clone())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            "sha256:ABC".parse::<Digest>().unwrap_err().to_string(),
+            "malformed digest \"sha256:ABC\": expected sha256: and 64 lowercase hex digits"
+        );
+        assert!(
+            serde_json::from_str::<Digest>(&format!("\"sha256:{}\"", "AB".repeat(32))).is_err()
+        );
+    }
+
+    #[test]
+    fn order_is_the_order_of_the_strings() {
+        let mut ds: Vec<Digest> = (0u8..=255)
+            .step_by(15)
+            .map(|n| Digest::from_bytes([n; 32]))
+            .chain([Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"")])
+            .collect();
+        ds.sort();
+        let strings: Vec<String> = ds.iter().map(Digest::to_string).collect();
+        let mut sorted = strings.clone();
+        sorted.sort();
+        assert_eq!(strings, sorted);
     }
 
     #[test]

@@ -687,7 +687,7 @@ mod tests {
         let d = at(4, 0, 300, gap + 1);
         let e = at(5, 0, 300 + u64::from(gap) + 1, 100);
         let f = at(6, 1, 0, 100);
-        let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32])).parse().unwrap();
+        let digest = |n: u8| Digest::from_bytes([n; 32]);
         let fetcher = ChunkFetcher::new(
             RegistryClient::new(pronto_image::ClientOptions::default()).unwrap(),
             "127.0.0.1:1/x/y:z".parse().unwrap(),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-use pronto_convert::artifact::Artifact;
+use pronto_artifact::Artifact;
 use pronto_format::ChunkRef;
 use pronto_image::RegistryClient;
 use tracing::{debug, info, warn};

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use pronto_convert::artifact::{fetch_artifact, ArtifactError};
+use pronto_artifact::{fetch_artifact, ArtifactError};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, RegistryClient};
 use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};

@@ -258,7 +258,7 @@ async fn a_stuck_mount_does_not_hold_up_another_images() {
     )
     .parse()
     .unwrap();
-    stuck.manifest_digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+    stuck.manifest_digest = pronto_image::Digest::from_bytes([0xab; 32]);
 
     let store = Arc::new(
         LazyStore::open(

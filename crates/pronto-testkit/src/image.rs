@@ -16,7 +16,6 @@ use bytes::Bytes;
 use pronto_image::manifest::{self, Compression, Descriptor, Platform};
 use pronto_image::{Digest, Reference, RegistryClient};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 /// A fixed mtime for entries that do not set one, so builds are reproducible.
 pub const DEFAULT_MTIME: u64 = 1_700_000_000;
@@ -360,7 +359,7 @@ impl ImageBuilder {
         let mut diff_ids = Vec::new();
         for layer in &self.layers {
             let (tar, blob) = layer.build()?;
-            diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
+            diff_ids.push(Digest::of(&tar).to_string());
             let size = blob.len() as u64;
             let digest = client.push_blob(reference, Bytes::from(blob)).await?;
             layer_descs.push(descriptor(

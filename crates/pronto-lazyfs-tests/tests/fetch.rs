@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use pronto_convert::artifact::fetch_artifact;
+use pronto_artifact::fetch_artifact;
 use pronto_convert::{convert, ConvertOptions};
 use pronto_image::pull;
 use pronto_image::{ClientOptions, RegistryClient};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use pronto_convert::artifact::{fetch_artifact, Artifact};
+use pronto_artifact::{fetch_artifact, Artifact};
 use pronto_convert::{convert, ConvertOptions};
 use pronto_image::pull::{self, NoProgress, ResolvedImage};
 use pronto_image::{ClientOptions, RegistryClient};

@@ -1,0 +1,635 @@
+//! The accelerated artifact in the registry: an OCI image manifest whose `subject` is the
+//! source image manifest, with the index and the packs as its layers (`docs/format.md`).
+//!
+//! It lives in the source's repository under a tag derived from the source digest
+//! (`sha256-<hex>.pronto`), so it can be found from the digest alone, on any OCI registry, even
+//! one without the referrers API.
+//!
+//! This crate owns the artifact's manifest and nothing else, so that what reads artifacts (the
+//! lazy filesystem, the node) does not depend on what writes them (the converter, with its
+//! SQLite memo and its thread pool):
+//! - the constants: [`ARTIFACT_TYPE`], the layer media types, the empty config;
+//! - where an artifact is: [`artifact_tag`], [`artifact_reference`];
+//! - writing one (the converter): [`build_manifest`], [`push_manifest`];
+//! - reading one: [`fetch_artifact`] fetches the manifest and the index and checks everything
+//!   they claim before returning an [`Artifact`]; [`ArtifactError`] says what was wrong.
+
+use std::fmt::Display;
+
+use bytes::Bytes;
+use pronto_format::{FormatError, Index};
+use pronto_image::manifest::{Descriptor, ImageManifest, ManifestKind, OCI_MANIFEST};
+use pronto_image::pull::ResolvedImage;
+use pronto_image::{Digest, Reference, RegistryClient, RegistryError};
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.pronto.image.v1";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1";
+pub const PACK_MEDIA_TYPE: &str = "application/vnd.pronto.pack.v1";
+/// The OCI "empty" config (`{}`), as artifacts without a config use.
+pub const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// The tag of the artifact converted from `source`.
+pub fn artifact_tag(source: &Digest) -> String {
+    format!("sha256-{}.pronto", source.hex())
+}
+
+/// Where the artifact of the image `source` (in `repo`'s repository) is.
+pub fn artifact_reference(repo: &Reference, source: &Digest) -> Reference {
+    Reference {
+        tag: Some(artifact_tag(source)),
+        digest: None,
+        ..repo.clone()
+    }
+}
+
+fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size,
+        platform: None,
+        annotations: None,
+        artifact_type: None,
+    }
+}
+
+/// The artifact manifest: layer 0 is the index, the rest are packs in index order.
+pub fn build_manifest(
+    source: &Descriptor,
+    index: (Digest, u64),
+    packs: &[(Digest, u64)],
+) -> ImageManifest {
+    let mut layers = vec![descriptor(INDEX_MEDIA_TYPE, index.0, index.1)];
+    layers.extend(
+        packs
+            .iter()
+            .map(|(d, s)| descriptor(PACK_MEDIA_TYPE, d.clone(), *s)),
+    );
+    ImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.to_string()),
+        artifact_type: Some(ARTIFACT_TYPE.to_string()),
+        config: descriptor(
+            EMPTY_CONFIG_MEDIA_TYPE,
+            Digest::of(EMPTY_CONFIG),
+            EMPTY_CONFIG.len() as u64,
+        ),
+        layers,
+        subject: Some(source.clone()),
+        annotations: None,
+    }
+}
+
+/// Pushes the manifest under the artifact tag; returns its digest.
+pub async fn push_manifest(
+    client: &RegistryClient,
+    repo: &Reference,
+    source: &Digest,
+    manifest: &ImageManifest,
+) -> Result<Digest, RegistryError> {
+    client
+        .push_blob(repo, Bytes::from_static(EMPTY_CONFIG))
+        .await?;
+    let body = Bytes::from(serde_json::to_vec(manifest).expect("manifest serializes"));
+    client
+        .push_manifest(repo, &artifact_tag(source), OCI_MANIFEST, body)
+        .await
+}
+
+/// Why the artifact of an image cannot be used: not there, or not what it claims to be. Each
+/// variant names the check that failed and the values that disagree.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// No manifest under the artifact tag (the image was never converted), or the registry
+    /// failed to answer.
+    #[error("no accelerated artifact for {image} ({reference}): {source}")]
+    NoArtifact {
+        image: Digest,
+        reference: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("{reference} is an image index, not a Pronto artifact manifest")]
+    NotAManifest { reference: String },
+    #[error("{reference} has artifact type {}, expected {ARTIFACT_TYPE}", or_none(.found))]
+    ArtifactType {
+        reference: String,
+        found: Option<String>,
+    },
+    #[error("{reference} has subject {}, expected the image {image}", or_none(.found))]
+    Subject {
+        reference: String,
+        image: Digest,
+        found: Option<Digest>,
+    },
+    #[error("{reference} has no layers, expected the index and then the packs")]
+    NoLayers { reference: String },
+    #[error("{reference}: layer {layer} has media type {found:?}, expected {expected}")]
+    LayerMediaType {
+        reference: String,
+        layer: usize,
+        found: String,
+        expected: &'static str,
+    },
+    /// The index blob could not be fetched, or its bytes do not match its digest (the registry
+    /// client checks size and digest; its error names the blob).
+    #[error("fetching the artifact's index: {source}")]
+    FetchIndex {
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// The index blob is not a valid index: header, sections, checksum or tree.
+    #[error("index {digest}: {source}")]
+    Index {
+        digest: Digest,
+        #[source]
+        source: FormatError,
+    },
+    #[error("index {digest} was converted from {found}, not from the image {image}")]
+    IndexSource {
+        digest: Digest,
+        image: Digest,
+        found: Digest,
+    },
+    /// The index carries a config other than the image's (digests of the config bytes).
+    #[error("index {digest} carries the image config {found}, expected {expected}")]
+    IndexConfig {
+        digest: Digest,
+        found: Digest,
+        expected: Digest,
+    },
+    #[error("index {digest} lists {index} packs, the artifact manifest {manifest}")]
+    PackCount {
+        digest: Digest,
+        index: usize,
+        manifest: usize,
+    },
+    #[error("pack {position} is {index} in index {digest}, {manifest} in the artifact manifest")]
+    PackDigest {
+        digest: Digest,
+        position: usize,
+        index: Digest,
+        manifest: Digest,
+    },
+    #[error(
+        "pack {position} ({pack}) is {index} bytes in index {digest}, {manifest} in the artifact \
+         manifest"
+    )]
+    PackSize {
+        digest: Digest,
+        position: usize,
+        pack: Digest,
+        index: u64,
+        manifest: u64,
+    },
+}
+
+fn or_none<T: Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "none".to_string(), ToString::to_string)
+}
+
+/// An artifact fetched and checked: its index (validated whole) and its packs.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// `REGISTRY/REPO:sha256-<hex>.pronto`
+    pub reference: Reference,
+    /// Digest of the artifact manifest.
+    pub digest: Digest,
+    pub index_digest: Digest,
+    pub index: Index,
+    /// Pack digests and sizes, in index order (the manifest agrees).
+    pub packs: Vec<(Digest, u64)>,
+}
+
+/// Fetches the artifact of `image` and checks everything it claims before anyone trusts it:
+/// the manifest's artifact type, subject and layer media types; the index blob's digest (by
+/// the registry client), header, checksum and whole tree (`Index::validate`); that the index
+/// names `image` as its source and carries its config; and that the index and the manifest
+/// list the same packs.
+pub async fn fetch_artifact(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+) -> Result<Artifact, ArtifactError> {
+    let source = &image.manifest_digest;
+    let reference = artifact_reference(&image.pinned, source);
+    let fetched =
+        client
+            .fetch_manifest(&reference)
+            .await
+            .map_err(|error| ArtifactError::NoArtifact {
+                image: source.clone(),
+                reference: reference.to_string(),
+                source: Box::new(error),
+            })?;
+    let ManifestKind::Image(manifest) = fetched.kind else {
+        return Err(ArtifactError::NotAManifest {
+            reference: reference.to_string(),
+        });
+    };
+    let (index_desc, packs) = check_manifest(&reference, source, &manifest)?;
+    let index_bytes = client
+        .fetch_blob(&image.pinned, &index_desc.digest, Some(index_desc.size))
+        .await
+        .map_err(|error| ArtifactError::FetchIndex {
+            source: Box::new(error),
+        })?;
+    let index = check_index(
+        &index_desc.digest,
+        index_bytes,
+        source,
+        &image.config_bytes,
+        &packs,
+    )?;
+    Ok(Artifact {
+        reference,
+        digest: fetched.digest,
+        index_digest: index_desc.digest.clone(),
+        index,
+        packs,
+    })
+}
+
+/// Pack digests and sizes, in index order.
+type PackList = Vec<(Digest, u64)>;
+
+/// What the artifact manifest at `reference` claims, checked: its artifact type, that its
+/// subject is `image`, and its layers' media types. Returns the index's descriptor and the packs
+/// the manifest lists, in order.
+fn check_manifest<'m>(
+    reference: &Reference,
+    image: &Digest,
+    manifest: &'m ImageManifest,
+) -> Result<(&'m Descriptor, PackList), ArtifactError> {
+    let reference = || reference.to_string();
+    if manifest.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+        return Err(ArtifactError::ArtifactType {
+            reference: reference(),
+            found: manifest.artifact_type.clone(),
+        });
+    }
+    let subject = manifest.subject.as_ref().map(|s| &s.digest);
+    if subject != Some(image) {
+        return Err(ArtifactError::Subject {
+            reference: reference(),
+            image: image.clone(),
+            found: subject.cloned(),
+        });
+    }
+    let Some((index, packs)) = manifest.layers.split_first() else {
+        return Err(ArtifactError::NoLayers {
+            reference: reference(),
+        });
+    };
+    let expected = std::iter::once(INDEX_MEDIA_TYPE).chain(std::iter::repeat(PACK_MEDIA_TYPE));
+    for (layer, (desc, expected)) in manifest.layers.iter().zip(expected).enumerate() {
+        if desc.media_type != expected {
+            return Err(ArtifactError::LayerMediaType {
+                reference: reference(),
+                layer,
+                found: desc.media_type.clone(),
+                expected,
+            });
+        }
+    }
+    let packs = packs.iter().map(|p| (p.digest.clone(), p.size)).collect();
+    Ok((index, packs))
+}
+
+/// Opens the index blob `bytes` (whose digest the registry client checked) and checks it whole:
+/// header, sections, checksum and tree; that it was converted from `image` and carries its
+/// `config`; and that it lists the packs the manifest lists (`listed`), in the same order.
+fn check_index(
+    digest: &Digest,
+    bytes: Bytes,
+    image: &Digest,
+    config: &[u8],
+    listed: &[(Digest, u64)],
+) -> Result<Index, ArtifactError> {
+    let format_error = |source| ArtifactError::Index {
+        digest: digest.clone(),
+        source,
+    };
+    // `open` checks the header, sections and checksum; `validate` the whole tree.
+    let index = Index::open(bytes).map_err(format_error)?;
+    index.validate().map_err(format_error)?;
+    if &index.source_manifest() != image.as_bytes() {
+        return Err(ArtifactError::IndexSource {
+            digest: digest.clone(),
+            image: image.clone(),
+            found: Digest::from_bytes(index.source_manifest()),
+        });
+    }
+    if index.config_json() != config {
+        return Err(ArtifactError::IndexConfig {
+            digest: digest.clone(),
+            found: Digest::of(index.config_json()),
+            expected: Digest::of(config),
+        });
+    }
+    let packs = index.packs();
+    if packs.len() != listed.len() {
+        return Err(ArtifactError::PackCount {
+            digest: digest.clone(),
+            index: packs.len(),
+            manifest: listed.len(),
+        });
+    }
+    for (position, ((pack, size), (listed, listed_size))) in packs.iter().zip(listed).enumerate() {
+        if pack != listed.as_bytes() {
+            return Err(ArtifactError::PackDigest {
+                digest: digest.clone(),
+                position,
+                index: Digest::from_bytes(*pack),
+                manifest: listed.clone(),
+            });
+        }
+        if size != listed_size {
+            return Err(ArtifactError::PackSize {
+                digest: digest.clone(),
+                position,
+                pack: listed.clone(),
+                index: *size,
+                manifest: *listed_size,
+            });
+        }
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use pronto_format::{ChunkRef, Compression, IndexBuilder, NodeKind, NodeMeta};
+    use pronto_image::manifest::parse_manifest;
+
+    use super::*;
+
+    const CONFIG: &[u8] = br#"{"architecture":"amd64","os":"linux"}"#;
+
+    fn image() -> Digest {
+        Digest::from_bytes([0x11; 32])
+    }
+
+    fn pack(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    fn source() -> Descriptor {
+        descriptor(OCI_MANIFEST, image(), 1234)
+    }
+
+    fn reference() -> Reference {
+        let pinned = Reference {
+            registry: "127.0.0.1:5000".into(),
+            repository: "fn/app".into(),
+            tag: None,
+            digest: Some(image()),
+        };
+        artifact_reference(&pinned, &image())
+    }
+
+    /// The manifest the converter pushes, through JSON and back, as a fetch would see it.
+    fn pushed(packs: &[(Digest, u64)]) -> ImageManifest {
+        let manifest = build_manifest(&source(), (Digest::of(b"index"), 5), packs);
+        let body = serde_json::to_vec(&manifest).unwrap();
+        match parse_manifest(Some(OCI_MANIFEST), &body).unwrap() {
+            ManifestKind::Image(m) => *m,
+            ManifestKind::Index(_) => panic!("an artifact manifest parses as an image manifest"),
+        }
+    }
+
+    /// An index converted from `source` with `config`: one file of two chunks, one per pack.
+    fn index_blob(source: &Digest, config: &[u8], packs: &[(Digest, u64)]) -> Bytes {
+        let mut b = IndexBuilder::new(4096);
+        b.set_source(*source.as_bytes(), config.to_vec());
+        for (d, size) in packs {
+            b.add_pack(*d.as_bytes(), *size);
+        }
+        b.set_root(NodeMeta::new(NodeKind::Dir, 0o755)).unwrap();
+        let chunk = |n: u8, pack, size| ChunkRef {
+            digest: [n; 32],
+            pack,
+            compression: Compression::None,
+            offset: 0,
+            compressed_size: size,
+            uncompressed_size: size,
+        };
+        let mut file = NodeMeta::new(NodeKind::File, 0o644);
+        file.size = 4096 + 10;
+        b.add(b"f", file, vec![chunk(1, 0, 4096), chunk(2, 1, 10)])
+            .unwrap();
+        Bytes::from(b.finish().unwrap())
+    }
+
+    fn two_packs() -> Vec<(Digest, u64)> {
+        vec![(pack(0xa0), 4096), (pack(0xb0), 10)]
+    }
+
+    #[test]
+    fn the_tag_is_derived_from_the_source_digest() {
+        let hex = "ab".repeat(32);
+        let source = Digest::from_bytes([0xab; 32]);
+        assert_eq!(artifact_tag(&source), format!("sha256-{hex}.pronto"));
+        let repo = Reference {
+            registry: "registry.example:5000".into(),
+            repository: "team/fn".into(),
+            tag: Some("v1".into()),
+            digest: Some(source.clone()),
+        };
+        let r = artifact_reference(&repo, &source);
+        assert_eq!(
+            r.to_string(),
+            format!("registry.example:5000/team/fn:sha256-{hex}.pronto")
+        );
+        assert_eq!(r.digest, None);
+    }
+
+    #[test]
+    fn the_manifest_lists_the_index_then_the_packs_and_names_its_subject() {
+        let packs = two_packs();
+        let m = build_manifest(&source(), (Digest::of(b"index"), 5), &packs);
+        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
+        assert_eq!(m.media_type.as_deref(), Some(OCI_MANIFEST));
+        assert_eq!(m.subject.as_ref(), Some(&source()));
+        assert_eq!(m.config.media_type, EMPTY_CONFIG_MEDIA_TYPE);
+        // The OCI empty descriptor: the digest of `{}`.
+        assert_eq!(
+            m.config.digest.to_string(),
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(m.config.size, 2);
+        let layers: Vec<_> = m
+            .layers
+            .iter()
+            .map(|l| (l.media_type.as_str(), l.digest.clone(), l.size))
+            .collect();
+        assert_eq!(
+            layers,
+            [
+                (INDEX_MEDIA_TYPE, Digest::of(b"index"), 5),
+                (PACK_MEDIA_TYPE, pack(0xa0), 4096),
+                (PACK_MEDIA_TYPE, pack(0xb0), 10),
+            ]
+        );
+        // What the converter pushes is what a fetch accepts.
+        let pushed = pushed(&packs);
+        let (index, listed) = check_manifest(&reference(), &image(), &pushed).unwrap();
+        assert_eq!(index.digest, Digest::of(b"index"));
+        assert_eq!(listed, packs);
+    }
+
+    #[test]
+    fn a_manifest_that_claims_something_else_is_refused_by_name() {
+        let r = reference();
+        let shown = r.to_string();
+        let check = |m: &ImageManifest| {
+            check_manifest(&r, &image(), m)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+
+        let mut m = pushed(&two_packs());
+        m.artifact_type = Some("application/vnd.other".into());
+        assert_eq!(
+            check(&m),
+            format!(
+                "{shown} has artifact type application/vnd.other, expected \
+                 application/vnd.pronto.image.v1"
+            )
+        );
+        m.artifact_type = None;
+        assert!(matches!(
+            check_manifest(&r, &image(), &m),
+            Err(ArtifactError::ArtifactType { found: None, .. })
+        ));
+        assert_eq!(
+            check(&m),
+            format!("{shown} has artifact type none, expected application/vnd.pronto.image.v1")
+        );
+
+        let mut m = pushed(&two_packs());
+        m.subject.as_mut().unwrap().digest = pack(0x22);
+        assert_eq!(
+            check(&m),
+            format!(
+                "{shown} has subject {}, expected the image {}",
+                pack(0x22),
+                image()
+            )
+        );
+        m.subject = None;
+        assert_eq!(
+            check(&m),
+            format!("{shown} has subject none, expected the image {}", image())
+        );
+
+        let mut m = pushed(&two_packs());
+        m.layers.clear();
+        assert!(matches!(
+            check_manifest(&r, &image(), &m),
+            Err(ArtifactError::NoLayers { .. })
+        ));
+        assert_eq!(
+            check(&m),
+            format!("{shown} has no layers, expected the index and then the packs")
+        );
+
+        let mut m = pushed(&two_packs());
+        m.layers[0].media_type = PACK_MEDIA_TYPE.into();
+        assert_eq!(
+            check(&m),
+            format!(
+                "{shown}: layer 0 has media type \"application/vnd.pronto.pack.v1\", expected \
+                 application/vnd.pronto.index.v1"
+            )
+        );
+        let mut m = pushed(&two_packs());
+        m.layers[2].media_type = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+        assert!(matches!(
+            check_manifest(&r, &image(), &m),
+            Err(ArtifactError::LayerMediaType {
+                layer: 2,
+                expected: PACK_MEDIA_TYPE,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_index_that_agrees_with_the_image_and_the_manifest_is_accepted() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let index = check_index(&Digest::of(&blob), blob, &image(), CONFIG, &packs).unwrap();
+        assert_eq!(index.source_manifest(), *image().as_bytes());
+        assert_eq!(index.config_json(), CONFIG);
+    }
+
+    #[test]
+    fn an_index_that_disagrees_is_refused_with_both_values() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let digest = Digest::of(&blob);
+        let check = |bytes: &Bytes, config: &[u8], listed: &[(Digest, u64)]| {
+            check_index(&digest, bytes.clone(), &image(), config, listed).unwrap_err()
+        };
+
+        // Bytes that are not an index.
+        let mut bad = blob.to_vec();
+        bad[40] ^= 1;
+        let e = check(&Bytes::from(bad), CONFIG, &packs);
+        assert!(matches!(e, ArtifactError::Index { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("index {digest}: ")),
+            "{e}"
+        );
+
+        // Converted from another image.
+        let other = index_blob(&pack(0x33), CONFIG, &packs);
+        assert_eq!(
+            check(&other, CONFIG, &packs).to_string(),
+            format!(
+                "index {digest} was converted from {}, not from the image {}",
+                pack(0x33),
+                image()
+            )
+        );
+
+        // Another config.
+        assert_eq!(
+            check(&blob, b"{}", &packs).to_string(),
+            format!(
+                "index {digest} carries the image config {}, expected {}",
+                Digest::of(CONFIG),
+                Digest::of(b"{}")
+            )
+        );
+
+        // The manifest lists other packs.
+        assert_eq!(
+            check(&blob, CONFIG, &packs[..1]).to_string(),
+            format!("index {digest} lists 2 packs, the artifact manifest 1")
+        );
+        let mut listed = packs.clone();
+        listed[1].0 = pack(0xcc);
+        assert_eq!(
+            check(&blob, CONFIG, &listed).to_string(),
+            format!(
+                "pack 1 is {} in index {digest}, {} in the artifact manifest",
+                pack(0xb0),
+                pack(0xcc)
+            )
+        );
+        let mut listed = packs.clone();
+        listed[0].1 = 4097;
+        assert_eq!(
+            check(&blob, CONFIG, &listed).to_string(),
+            format!(
+                "pack 0 ({}) is 4096 bytes in index {digest}, 4097 in the artifact manifest",
+                pack(0xa0)
+            )
+        );
+    }
+}
