@@ -32,15 +32,6 @@ pub enum PullError {
     },
     #[error("image {reference}: index entry {digest} is not an image manifest")]
     NestedIndex { reference: String, digest: Digest },
-    #[error("image {reference}: the {what} kept for it has digest {actual}, not {expected}")]
-    KeptDigest {
-        reference: String,
-        what: &'static str,
-        expected: Digest,
-        actual: Digest,
-    },
-    #[error("image {reference}: the kept reference is not pinned to a digest")]
-    NotPinned { reference: String },
     #[error("image config {digest} is not valid JSON: {source}")]
     Config {
         digest: Digest,
@@ -62,6 +53,34 @@ pub enum PullError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// Why what was kept of a resolved image cannot be used (see [`ResolvedImage::from_kept`]).
+#[derive(Debug, thiserror::Error)]
+pub enum KeptImageError {
+    #[error("image {reference}: the kept reference is not pinned to a digest")]
+    NotPinned { reference: String },
+    #[error("image {reference}: the {what} kept for it has digest {actual}, not {expected}")]
+    Digest {
+        reference: String,
+        what: &'static str,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("image {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("image {reference}: the kept manifest is an index, not an image manifest")]
+    Index { reference: String },
+    #[error("image {reference}: the kept config is not valid JSON: {source}")]
+    Config {
+        reference: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -92,45 +111,44 @@ impl ResolvedImage {
         index_digest: Option<Digest>,
         manifest_bytes: Bytes,
         config_bytes: Bytes,
-    ) -> Result<ResolvedImage, PullError> {
-        let name = pinned.to_string();
+    ) -> Result<ResolvedImage, KeptImageError> {
+        let reference = pinned.to_string();
         let Some(manifest_digest) = pinned.digest.clone() else {
-            return Err(PullError::NotPinned { reference: name });
+            return Err(KeptImageError::NotPinned { reference });
         };
         let check = |what, expected: &Digest, bytes: &[u8]| {
             let actual = Digest::of(bytes);
             if &actual == expected {
-                Ok(())
-            } else {
-                Err(PullError::KeptDigest {
-                    reference: name.clone(),
-                    what,
-                    expected: expected.clone(),
-                    actual,
-                })
+                return Ok(());
             }
+            Err(KeptImageError::Digest {
+                reference: reference.clone(),
+                what,
+                expected: expected.clone(),
+                actual,
+            })
         };
         check("manifest", &manifest_digest, &manifest_bytes)?;
-        let manifest_err = |source| PullError::Manifest {
-            reference: name.clone(),
+        let manifest_err = |source| KeptImageError::Manifest {
+            reference: reference.clone(),
             source,
         };
         let manifest =
             match crate::manifest::parse_manifest(None, &manifest_bytes).map_err(manifest_err)? {
                 ManifestKind::Image(m) => *m,
                 ManifestKind::Index(_) => {
-                    return Err(PullError::NestedIndex {
-                        reference: name.clone(),
-                        digest: manifest_digest,
+                    return Err(KeptImageError::Index {
+                        reference: reference.clone(),
                     })
                 }
             };
         let compressions = manifest.layer_compressions().map_err(manifest_err)?;
         check("config", &manifest.config.digest, &config_bytes)?;
-        let config = serde_json::from_slice(&config_bytes).map_err(|source| PullError::Config {
-            digest: manifest.config.digest.clone(),
-            source,
-        })?;
+        let config =
+            serde_json::from_slice(&config_bytes).map_err(|source| KeptImageError::Config {
+                reference: reference.clone(),
+                source,
+            })?;
         Ok(ResolvedImage {
             reference: pinned.clone(),
             pinned,
@@ -461,7 +479,7 @@ mod tests {
         let e = ResolvedImage::from_kept(pinned(&manifest), None, manifest.clone(), other_config)
             .unwrap_err();
         assert!(
-            matches!(e, PullError::KeptDigest { what: "config", .. }),
+            matches!(e, KeptImageError::Digest { what: "config", .. }),
             "{e}"
         );
         let mut tampered = manifest.to_vec();
@@ -471,7 +489,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                PullError::KeptDigest {
+                KeptImageError::Digest {
                     what: "manifest",
                     ..
                 }
@@ -480,6 +498,6 @@ mod tests {
         );
         let tag: Reference = "127.0.0.1:5000/a/b:v1".parse().unwrap();
         let e = ResolvedImage::from_kept(tag, None, manifest, config).unwrap_err();
-        assert!(matches!(e, PullError::NotPinned { .. }), "{e}");
+        assert!(matches!(e, KeptImageError::NotPinned { .. }), "{e}");
     }
 }

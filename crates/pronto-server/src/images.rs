@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pronto_image::pull::{self, PullError, ResolvedImage};
+use pronto_image::pull::{self, KeptImageError, PullError, ResolvedImage};
 use pronto_image::{Digest, Reference, RegistryClient};
 
 use crate::model::{KeptImage, PinnedImage};
@@ -18,6 +18,8 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ImageError {
     #[error(transparent)]
     Resolve(#[from] PullError),
+    #[error(transparent)]
+    Kept(#[from] KeptImageError),
     #[error("resolving {reference} timed out after {}s", .timeout.as_secs())]
     Timeout {
         reference: Reference,
