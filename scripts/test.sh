@@ -8,10 +8,15 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
+# The tests make their data dirs and mount points with tempfile, under $TMPDIR: a directory of
+# this run's own, so the mount check below counts only what this suite made (another Pronto on
+# the machine, or another suite, mounts elsewhere).
+suite_tmp=$(mktemp -d /tmp/pronto-suite.XXXXXX)
+export TMPDIR=$suite_tmp
+
 leftovers() {
   { ip netns list 2>/dev/null | grep -o '^pronto-[0-9a-f]*' || true
-    grep -E ' - overlay ' /proc/self/mountinfo | awk '{print $5}' | grep '/instances/' || true
-    grep -E ' - fuse pronto:' /proc/self/mountinfo | awk '{print $5}' || true
+    grep -E ' - (overlay|fuse) ' /proc/self/mountinfo | awk '{print $5}' | grep -F "$suite_tmp/" || true
   } | sort
 }
 before=$(leftovers)
@@ -19,7 +24,8 @@ before=$(leftovers)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# --one-file-system: never reach into a mount a failed test left (it is reported below).
+trap 'rm -f "$log"; rm -rf --one-file-system "$suite_tmp" 2>/dev/null || true' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 
 after=$(leftovers)
