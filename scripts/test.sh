@@ -12,6 +12,9 @@ bash scripts/install-deps.sh
 # this run's own, so the mount check below counts only what this suite made (another Pronto on
 # the machine, or another suite, mounts elsewhere).
 suite_tmp=$(mktemp -d /tmp/pronto-suite.XXXXXX)
+# Traversable like /tmp (the tests' own dirs inside are 0700): a test checks the lazy fs's
+# permissions as another user, who must reach its mount point.
+chmod 0755 "$suite_tmp"
 export TMPDIR=$suite_tmp
 
 leftovers() {
