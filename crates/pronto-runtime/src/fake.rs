@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::host::{Host, Overlay};
 use crate::oci::OciError;
+use crate::{InstanceSpec, Node};
 
 /// One call the fake saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +82,26 @@ struct State {
     next_pid: i32,
 }
 
+impl State {
+    /// A new live container, not started; returns its pid.
+    fn add_container(&mut self, id: &str, netns: PathBuf, cgroups_path: String) -> i32 {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        self.containers.insert(
+            id.to_string(),
+            FakeContainer {
+                pid,
+                netns,
+                alive: true,
+                oom: false,
+                cgroups_path,
+                app: None,
+            },
+        );
+        pid
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FakeHost {
     state: Mutex<State>,
@@ -135,20 +156,8 @@ impl FakeHost {
 
     /// A container left by "a previous daemon": known to the runtime, not to the node.
     pub fn plant_container(&self, id: &str) {
-        let mut s = self.state();
-        s.next_pid += 1;
-        let pid = s.next_pid;
-        s.containers.insert(
-            id.to_string(),
-            FakeContainer {
-                pid,
-                netns: PathBuf::new(),
-                alive: true,
-                oom: false,
-                cgroups_path: String::new(),
-                app: None,
-            },
-        );
+        self.state()
+            .add_container(id, PathBuf::new(), String::new());
     }
 }
 
@@ -252,20 +261,7 @@ impl Host for FakeHost {
         if s.containers.contains_key(id) {
             return Err(failed("create", id, "container exists"));
         }
-        s.next_pid += 1;
-        let pid = s.next_pid;
-        s.containers.insert(
-            id.to_string(),
-            FakeContainer {
-                pid,
-                netns,
-                alive: true,
-                oom: false,
-                cgroups_path,
-                app: None,
-            },
-        );
-        Ok(pid)
+        Ok(s.add_container(id, netns, cgroups_path))
     }
 
     async fn start_container(&self, id: &str) -> Result<(), OciError> {
@@ -391,5 +387,53 @@ async fn answer(mut stream: TcpStream, id: &str) -> io::Result<()> {
         if close {
             return Ok(());
         }
+    }
+}
+
+/// A resolved image that exists only in memory (no layers; config `Cmd` = `cmd`), pinned to a
+/// registry that does not exist: whatever uses it must not need the registry.
+pub fn kept_image(cmd: &[&str]) -> pronto_image::pull::ResolvedImage {
+    use pronto_image::{Digest, Reference};
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    }))
+    .expect("serializes");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": pronto_image::manifest::OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": Digest::of(&config).to_string(),
+            "size": config.len(),
+        },
+        "layers": [],
+    }))
+    .expect("serializes");
+    let pinned: Reference = format!("127.0.0.1:1/test/kept@{}", Digest::of(&manifest))
+        .parse()
+        .expect("a valid reference");
+    pronto_image::pull::ResolvedImage::from_kept(pinned, None, manifest.into(), config.into())
+        .expect("consistent by construction")
+}
+
+/// A spec for `function` whose image ([`kept_image`]) is already unpacked on `node` (an empty
+/// tree), so a start asks no registry.
+pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
+    let image = std::sync::Arc::new(kept_image(&["/app"]));
+    std::fs::create_dir_all(node.images().path_of(&image.manifest_digest))
+        .expect("creating the image dir");
+    InstanceSpec {
+        function: function.into(),
+        image,
+        overrides: Default::default(),
+        port: 9000,
+        memory_mb: 128,
+        cpu: 0.5,
+        init_timeout: Duration::from_secs(5),
+        accelerated: false,
+        prefetch: None,
     }
 }

@@ -36,21 +36,8 @@ async fn env() -> Env {
     }
 }
 
-/// A spec whose image is already unpacked on the node (so no registry is asked).
 fn spec(env: &Env, function: &str) -> InstanceSpec {
-    let image = Arc::new(pronto_testkit::fixtures::kept_image(&["/app"]));
-    std::fs::create_dir_all(env.node.images().path_of(&image.manifest_digest)).unwrap();
-    InstanceSpec {
-        function: function.into(),
-        image,
-        overrides: Default::default(),
-        port: 9000,
-        memory_mb: 128,
-        cpu: 0.5,
-        init_timeout: Duration::from_secs(5),
-        accelerated: false,
-        prefetch: None,
-    }
+    crate::fake::local_spec(&env.node, function)
 }
 
 fn instance_dirs(env: &Env) -> usize {

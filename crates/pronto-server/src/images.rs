@@ -130,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_image_is_rebuilt_without_the_registry_and_once() {
         // The pinned reference names a registry that does not exist: any resolve would fail.
-        let image = pronto_testkit::fixtures::kept_image(&["/app"]);
+        let image = pronto_runtime::fake::kept_image(&["/app"]);
         let images = images();
         let pinned = pinned_from(&image);
         let a = images.resolved(&pinned).await.unwrap();
@@ -141,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_config_that_was_tampered_with_is_refused() {
-        let image = pronto_testkit::fixtures::kept_image(&["/app"]);
+        let image = pronto_runtime::fake::kept_image(&["/app"]);
         let mut pinned = pinned_from(&image);
         pinned.kept.as_mut().unwrap().config =
             bytes::Bytes::from_static(br#"{"config":{"Cmd":["/bin/sh"]}}"#);

@@ -33,21 +33,9 @@ async fn env() -> Env {
     )
     .await
     .unwrap();
-    let image = Arc::new(pronto_testkit::fixtures::kept_image(&["/app"]));
     // The image is "already on the node": no registry is asked.
-    std::fs::create_dir_all(node.images().path_of(&image.manifest_digest)).unwrap();
+    let instance = pronto_runtime::fake::local_spec(&node, "f");
     let store = Store::open(dir.path()).unwrap();
-    let instance = InstanceSpec {
-        function: "f".into(),
-        image,
-        overrides: Default::default(),
-        port: 9000,
-        memory_mb: 128,
-        cpu: 0.5,
-        init_timeout: Duration::from_secs(5),
-        accelerated: false,
-        prefetch: None,
-    };
     Env {
         _dir: dir,
         host,

@@ -94,32 +94,3 @@ pub fn ground_truth_layers(chunk: u32) -> Vec<(&'static str, Vec<Layer>)> {
         ),
     ]
 }
-
-/// A resolved image that exists only in memory (no layers; config `Cmd` = `cmd`), for tests
-/// of the layers above the registry: the runtime on a fake host, the scheduler.
-pub fn kept_image(cmd: &[&str]) -> pronto_image::pull::ResolvedImage {
-    use pronto_image::{Digest, Reference};
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Cmd": cmd },
-        "rootfs": { "type": "layers", "diff_ids": [] },
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": Digest::of(&config).to_string(),
-            "size": config.len(),
-        },
-        "layers": [],
-    }))
-    .unwrap();
-    let pinned: Reference = format!("127.0.0.1:1/test/kept@{}", Digest::of(&manifest))
-        .parse()
-        .unwrap();
-    pronto_image::pull::ResolvedImage::from_kept(pinned, None, manifest.into(), config.into())
-        .unwrap()
-}
