@@ -10,7 +10,8 @@
 //! - `fs`: the FUSE operations over the index;
 //! - [`fetch`]: the chunk fetcher (runs of adjacent chunks in one request, in-flight dedup,
 //!   bounded retries);
-//! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read);
+//! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read) and the
+//!   backing files of FUSE passthrough (whole files built from cached chunks);
 //! - [`stats`]: per-mount counters;
 //! - [`trace`]: access traces (which chunks a start read), recorded by a fresh mount and
 //!   prefetched by later ones ([`LazyMount::prefetch`]).
@@ -22,7 +23,7 @@ pub mod mount;
 pub mod stats;
 pub mod trace;
 
-pub use cache::ChunkCache;
+pub use cache::{CacheStats, ChunkCache};
 pub use fetch::{FetchError, RetryPolicy};
 pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
 pub use stats::StatsSnapshot;
