@@ -6,6 +6,13 @@
 //! ones, which matter for programs that probe many paths, like Python's import), attributes,
 //! symlink targets, directory listings and file pages (`FOPEN_KEEP_CACHE`). Permissions are
 //! checked by the kernel (`default_permissions`) against the modes and owners in the index.
+//!
+//! Round trips a walk or an open need not make are not made: every directory listing is
+//! `READDIRPLUS` (entries and attributes in one reply, so no `LOOKUP` per entry; "auto" mode
+//! would send plain `READDIR` after the first reply and then look up each entry), `OPENDIR`
+//! answers `ENOSYS` once, after which the kernel opens directories without asking (with
+//! `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) and sends no `RELEASEDIR`, and files are opened with
+//! `FOPEN_NOFLUSH` (no `FLUSH` at every close).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -197,10 +204,10 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Best effort: each is an optimisation the kernel may not offer.
+        // Best effort: each is an optimisation the kernel may not offer. Not
+        // FUSE_READDIRPLUS_AUTO: see the module docs.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_MAX_PAGES,
@@ -263,7 +270,10 @@ impl Filesystem for LazyFs {
         match self.inode(ino) {
             Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
             Ok(inode) if inode.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -288,6 +298,8 @@ impl Filesystem for LazyFs {
         }
     }
 
+    /// Nothing to flush: ENOSYS tells the kernel to stop sending `FLUSH` at every close (files
+    /// are opened with `FOPEN_NOFLUSH` too).
     fn flush(
         &self,
         _req: &Request,
@@ -296,7 +308,7 @@ impl Filesystem for LazyFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -351,15 +363,11 @@ impl Filesystem for LazyFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
-            Ok(inode) if inode.kind == NodeKind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    /// ENOSYS: from then on the kernel opens directories itself, as if answered with
+    /// `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`, and sends neither `OPENDIR` nor `RELEASEDIR` (one
+    /// round trip less per directory of a walk). It only asks for directories.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
