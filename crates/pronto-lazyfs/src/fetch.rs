@@ -278,12 +278,12 @@ impl ChunkFetcher {
         }
         let mut unstored = self.unstored(Vec::new());
         if !missing.is_empty() {
-            let chunks: Vec<ChunkRef> = missing.iter().map(|&i| pieces[i].0).collect();
-            let (fetched, fetched_unstored) = self.get_chunks(&chunks, ahead);
+            let wanted: Vec<(ChunkRef, Range<u32>)> =
+                missing.iter().map(|&i| pieces[i].clone()).collect();
+            let (fetched, fetched_unstored) = self.get_chunks(&wanted, ahead);
             unstored = fetched_unstored;
             for (&i, data) in missing.iter().zip(fetched) {
-                let r = &pieces[i].1;
-                out[i] = Some(data?[r.start as usize..r.end as usize].to_vec());
+                out[i] = Some(data?.to_vec());
             }
         }
         if out.len() == 1 {
@@ -307,11 +307,12 @@ impl ChunkFetcher {
                 .contains_key(digest)
     }
 
-    /// Whole chunks, verified: fetched by this call (grouped into runs) or by another reader
-    /// that had them in flight.
+    /// The bytes `range` of each chunk, verified: fetched by this call (whole chunks, grouped
+    /// into runs) or by another reader that had them in flight, or read from the cache if they
+    /// landed there since the caller looked (only the range: no more is checked than read).
     fn get_chunks(
         &self,
-        chunks: &[ChunkRef],
+        pieces: &[(ChunkRef, Range<u32>)],
         ahead: &[ChunkRef],
     ) -> (Vec<Result<Bytes, FetchError>>, Unstored<'_>) {
         enum Source {
@@ -319,11 +320,11 @@ impl ChunkFetcher {
             /// Fetched by another reader between our cache miss and taking the lock.
             Cached(ChunkRef),
         }
-        let mut sources: Vec<Source> = Vec::with_capacity(chunks.len());
+        let mut sources: Vec<Source> = Vec::with_capacity(pieces.len());
         let mut lead: Vec<(ChunkRef, Arc<Flight>)> = Vec::new();
         {
             let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
-            for c in chunks {
+            for (c, _) in pieces {
                 if let Some(f) = inflight.get(&c.digest) {
                     if !lead.iter().any(|(l, _)| l.digest == c.digest) {
                         self.stats.inflight_wait();
@@ -364,16 +365,20 @@ impl ChunkFetcher {
         }
         let results = sources
             .into_iter()
-            .map(|s| match s {
-                Source::Flight(f) => f.wait(),
-                Source::Cached(c) => {
-                    match self
-                        .cache
-                        .read(&c.digest, c.uncompressed_size, 0..c.uncompressed_size)
-                    {
-                        Lookup::Hit(data) => Ok(Bytes::from(data)),
-                        // Evicted or corrupt since: fetch it after all.
-                        _ => self.fetch_runs(&[c]).remove(0).map(|(data, _)| data),
+            .zip(pieces)
+            .map(|(s, (_, r))| {
+                let range = r.start as usize..r.end as usize;
+                match s {
+                    Source::Flight(f) => f.wait().map(|data| data.slice(range)),
+                    Source::Cached(c) => {
+                        match self.cache.read(&c.digest, c.uncompressed_size, r.clone()) {
+                            Lookup::Hit(data) => Ok(Bytes::from(data)),
+                            // Evicted or corrupt since: fetch it after all.
+                            _ => self
+                                .fetch_runs(&[c])
+                                .remove(0)
+                                .map(|(data, _)| data.slice(range)),
+                        }
                     }
                 }
             })
