@@ -120,6 +120,13 @@ pub struct Unstored<'a> {
     chunks: Vec<(ChunkRef, Bytes, Vec<SegmentValue>)>,
 }
 
+impl Unstored<'_> {
+    /// Whether nothing was fetched.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
 impl Drop for Unstored<'_> {
     fn drop(&mut self) {
         for (c, data, values) in self.chunks.drain(..) {
@@ -147,6 +154,9 @@ pub struct ChunkFetcher {
     rt: tokio::runtime::Handle,
     /// Per pack, its chunks by offset (for widening); empty: no widening.
     layout: Vec<Vec<ChunkRef>>,
+    /// Set when the mount is going away: failed requests are not retried, so that readers
+    /// get their answer (EIO) before the FUSE connection ends.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -178,6 +188,7 @@ impl ChunkFetcher {
             inflight: Mutex::default(),
             rt,
             layout: Vec::new(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -295,6 +306,27 @@ impl ChunkFetcher {
             buf.extend_from_slice(&piece.expect("every piece filled"));
         }
         Ok((buf, unstored))
+    }
+
+    /// From now on a failed request is not retried (the mount is being unmounted).
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every one of `chunks` is in the node cache (not checked) or being fetched or
+    /// stored (it lands in the cache soon, unless its fetch fails).
+    pub fn all_cached_or_coming(&self, chunks: &[ChunkRef]) -> bool {
+        // A flight is left after its chunk is cached: looking at the flights first, then at
+        // the cache, misses no chunk that moves from one to the other in between.
+        let not_in_flight: Vec<&[u8; 32]> = {
+            let inflight = self.inflight.lock().expect("inflight lock poisoned");
+            chunks
+                .iter()
+                .map(|c| &c.digest)
+                .filter(|d| !inflight.contains_key(*d))
+                .collect()
+        };
+        self.cache.contains_all(not_in_flight)
     }
 
     /// Whether the chunk is in the node cache (not checked) or being fetched or stored.
@@ -651,6 +683,9 @@ impl ChunkFetcher {
             let Some(Err(e)) = last.iter().find(|r| r.is_err()) else {
                 return last;
             };
+            if self.closing.load(Ordering::Relaxed) {
+                break;
+            }
             if attempt < self.retry.attempts {
                 warn!(attempt, error = %e, "chunk fetch failed; retrying in {backoff:?}");
                 self.stats.retry();
@@ -660,10 +695,14 @@ impl ChunkFetcher {
         }
         for e in last.iter().filter_map(|r| r.as_ref().err()) {
             self.stats.error();
-            error!(
-                "giving up on {e} after {} attempts; the read fails with EIO",
-                self.retry.attempts
-            );
+            if self.closing.load(Ordering::Relaxed) {
+                warn!("giving up on {e}: the mount is closing; the read fails with EIO");
+            } else {
+                error!(
+                    "giving up on {e} after {} attempts; the read fails with EIO",
+                    self.retry.attempts
+                );
+            }
         }
         last
     }

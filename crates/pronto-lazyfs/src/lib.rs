@@ -12,6 +12,7 @@
 //!   bounded retries);
 //! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read) and the
 //!   backing files of FUSE passthrough (whole files built from cached chunks);
+//! - `passthrough`: which files are open how, and the thread that builds backing files;
 //! - [`stats`]: per-mount counters;
 //! - [`trace`]: access traces (which chunks a start read), recorded by a fresh mount and
 //!   prefetched by later ones ([`LazyMount::prefetch`]).
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod fetch;
 mod fs;
 pub mod mount;
+mod passthrough;
 pub mod stats;
 pub mod trace;
 
