@@ -3,18 +3,18 @@
 //! unpack of the same image (ground truth). Then laziness (what a walk and a small read fetch),
 //! the node cache (restart, corruption), and faults (corrupt chunk, registry down and back).
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pronto_artifact::{fetch_artifact, Artifact};
-use pronto_convert::{convert, ConvertOptions};
-use pronto_image::pull::{self, NoProgress, ResolvedImage};
-use pronto_image::{ClientOptions, RegistryClient};
-use pronto_lazyfs::{ChunkCache, LazyMount, MountOptions, RetryPolicy};
+use common::{accelerate, blocking, client, fast_retry, is_mounted, logged, mount_at};
+use pronto_image::pull::{self, NoProgress};
+use pronto_lazyfs::{ChunkCache, MountOptions, RetryPolicy};
 use pronto_testkit::fixtures::{ground_truth_images, noise};
 use pronto_testkit::image::{ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
@@ -22,102 +22,9 @@ use pronto_testkit::tree::Tree;
 
 const CHUNK: u32 = 64 << 10;
 
-fn client() -> RegistryClient {
-    RegistryClient::new(ClientOptions::default()).unwrap()
-}
-
-/// Log lines of this test binary, for tests that check what was said.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || LogWriter(sink.clone()))
-            .with_env_filter("pronto_lazyfs=warn")
-            .with_ansi(false)
-            .init();
-        buf
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
-
-/// Pushes `image`, converts it with `chunk`-byte chunks and fetches the artifact.
-async fn accelerate(
-    registry: &TestRegistry,
-    image: ImageBuilder,
-    tag: &str,
-    chunk: u32,
-    work: &Path,
-) -> (ResolvedImage, Artifact) {
-    let reference = registry.reference(tag);
-    image.push(&client(), &reference).await.unwrap();
-    let resolved = pull::resolve(&client(), &reference).await.unwrap();
-    let mut opts = ConvertOptions::new(work.join("convert"));
-    opts.chunk_size = chunk;
-    // Several packs per image, each holding runs of adjacent chunks.
-    opts.pack_target = 16 * u64::from(chunk);
-    convert(&client(), &resolved, &opts).await.unwrap();
-    let artifact = fetch_artifact(&client(), &resolved).await.unwrap();
-    (resolved, artifact)
-}
-
-fn mount_at(
-    artifact: &Artifact,
-    cache: &Arc<ChunkCache>,
-    dir: &Path,
-    retry: RetryPolicy,
-) -> LazyMount {
-    std::fs::create_dir_all(dir).unwrap();
-    let options = MountOptions {
-        retry,
-        ..MountOptions::default()
-    };
-    LazyMount::mount(
-        artifact,
-        client(),
-        cache.clone(),
-        dir,
-        &options,
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 3,
-        first_backoff: Duration::from_millis(50),
-        attempt_timeout: Duration::from_secs(2),
-    }
-}
-
-/// Runs blocking filesystem work off the runtime (whose threads the FUSE workers need).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+/// Log lines of this binary: the crate's warnings and fuser's errors.
+fn logs() {
+    common::logs("pronto_lazyfs=warn,fuser=error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,4 +462,53 @@ async fn a_recorded_trace_is_prefetched_by_the_next_mount() {
         "a prefetching mount does not record"
     );
     mount.unmount().unwrap();
+}
+
+/// A request still being answered when the mount goes (here a read retrying a registry that is
+/// down, for a reader that was killed) is answered before the connection ends: nothing is
+/// replied into a dead connection (fuser logs "Failed to send FUSE reply" when that happens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmount_answers_the_requests_in_flight_first() {
+    logs();
+    let mut registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let image = ImageBuilder::new().layer(Layer::gzip().file("f", noise(5 * CHUNK as usize, 41)));
+    let (_, artifact) = accelerate(&registry, image, "inflight/app:v1", CHUNK, work.path()).await;
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    // Retries long enough to still be under way at the unmount.
+    let options = MountOptions {
+        retry: RetryPolicy {
+            attempts: 20,
+            first_backoff: Duration::from_millis(100),
+            attempt_timeout: Duration::from_secs(2),
+        },
+        ..MountOptions::default()
+    };
+    let mount = common::mount_with(&artifact, &cache, &dir, &options);
+    registry.stop();
+    let mut reader = std::process::Command::new("cat")
+        .arg(dir.join("f"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its read is in the daemon, retrying.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount.stats().fetch_retries == 0 {
+        assert!(Instant::now() < deadline, "no retry: {}", mount.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.kill().unwrap();
+    let t = Instant::now();
+    blocking(move || mount.unmount()).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(!is_mounted(&dir));
+    let status = blocking(move || reader.wait().unwrap()).await;
+    assert!(!status.success());
+    let log = logged();
+    assert!(
+        !log.contains("Failed to send FUSE reply"),
+        "a reply went into a dead connection:\n{log}"
+    );
+    assert!(log.contains("the mount is closing"), "{log}");
 }

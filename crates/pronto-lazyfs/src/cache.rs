@@ -1,5 +1,6 @@
 //! The node chunk cache: decompressed chunks on local disk, addressed by their BLAKE3 digest,
-//! shared by every mount (every image and function) on the node.
+//! shared by every mount (every image and function) on the node, and the *backing files* of
+//! FUSE passthrough: whole files assembled from their cached chunks.
 //!
 //! - Layout: `DIR/<first 2 hex digits>/<64 hex digits>`, one file per chunk, written to a
 //!   temporary name and renamed into place, so a crash never leaves a half-written entry under
@@ -8,28 +9,58 @@
 //!   ([`pronto_format::SEGMENT_SIZE`], 64 KiB), by the BLAKE3 chaining value of each segment
 //!   (32 bytes each, [`pronto_format::segment_values`]): the segments are subtrees of the
 //!   chunk's BLAKE3 tree, so those values combine into the chunk's digest.
-//! - Bounded in bytes: when an insert pushes the total over the capacity, the least recently
-//!   used entries are deleted. Recency is kept in memory; at open it is seeded from the files'
-//!   mtimes, so a restart keeps roughly the old order.
+//! - Backing files: `DIR/files/<first 2 hex>/<64 hex of the file key>` ([`file_key`]: a hash of
+//!   the file's chunk digests, so every image holding the same file shares one). Built by
+//!   [`ChunkCache::materialize`] from chunks read back through the checks below (every byte is
+//!   verified while it is assembled), flushed (`fdatasync`) and only then renamed into place, so
+//!   after a crash a backing file is whole or absent; its length is checked whenever it is
+//!   opened. Its bytes are then read by the kernel (FUSE passthrough), which the daemon cannot
+//!   check: from then on, across restarts too, a backing file is trusted as the unpacked trees of
+//!   the full-pull path are.
+//! - Bounded in bytes, chunks and backing files together: when an insert pushes the total over
+//!   the capacity, the least recently used entries of either kind are deleted (a backing file
+//!   open for passthrough keeps working: the kernel holds the file). No backing file is larger
+//!   than a quarter of the capacity. Recency is kept in memory; at open it is seeded from the
+//!   files' mtimes, so a restart keeps roughly the old order.
 //! - Survives restarts: `open` scans the directory.
-//! - Trusts nothing it reads back, and checks only what it serves: when an entry is first used
+//! - Trusts no chunk it reads back, and checks only what it serves: when an entry is first used
 //!   after open, its chaining values are combined and compared with the digest (a short chunk
 //!   is hashed whole); each segment is hashed and compared with its value the first time a read
 //!   touches it. So a random 4 KiB read of a cold entry costs one 64 KiB read, not the whole
 //!   chunk. A corrupt entry is deleted and reported as such (the caller refetches it). Entries
 //!   are kept open (up to a bound) with what was checked, and read with `pread`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use pronto_format::{digest_of_segments, segment_value, SegmentValue, SEGMENT_SIZE as SEGMENT};
+use pronto_format::{
+    digest_of_segments, segment_value, ChunkRef, SegmentValue, SEGMENT_SIZE as SEGMENT,
+};
+use serde::Serialize;
 use tracing::{debug, warn};
+
+/// The directory of backing files, under the cache's.
+const FILES_DIR: &str = "files";
+
+/// The key of the backing file of a regular file whose chunks are `chunks` (in file order):
+/// BLAKE3 of a version tag and the chunks' digests. Equal files share it, whatever image holds
+/// them; it is computed from the index alone, without reading any data.
+pub fn file_key(chunks: &[ChunkRef]) -> [u8; 32] {
+    const TAG: &[u8] = b"pronto backing file v1\0";
+    let mut input = Vec::with_capacity(TAG.len() + 32 * chunks.len());
+    input.extend_from_slice(TAG);
+    for c in chunks {
+        input.extend_from_slice(&c.digest);
+    }
+    pronto_format::chunk_digest(&input)
+}
 
 /// Bytes on disk of the entry of a chunk of `len` bytes.
 fn entry_size(len: u64) -> u64 {
@@ -40,49 +71,85 @@ fn entry_size(len: u64) -> u64 {
     }
 }
 
+/// What a cache file holds. Chunk digests and file keys are both 32-byte hashes; they are kept
+/// apart so that no chunk can pose as a backing file or the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Chunk,
+    File,
+}
+
+type Key = (Kind, [u8; 32]);
+
 #[derive(Debug)]
 struct Entry {
-    /// Bytes of the file (chunk plus chaining values).
+    /// Bytes of the file (chunk plus chaining values, or a backing file's content).
     size: u64,
     tick: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<[u8; 32], Entry>,
-    /// tick → digest, oldest first.
-    lru: BTreeMap<u64, [u8; 32]>,
+    entries: HashMap<Key, Entry>,
+    /// tick → key, oldest first.
+    lru: BTreeMap<u64, Key>,
     total: u64,
+    /// Of `total`, the backing files' bytes, and their number.
+    file_bytes: u64,
+    files: u64,
     next_tick: u64,
 }
 
 impl State {
-    fn touch(&mut self, digest: &[u8; 32]) {
+    fn touch(&mut self, key: &Key) {
         let tick = self.next_tick;
-        if let Some(e) = self.entries.get_mut(digest) {
+        if let Some(e) = self.entries.get_mut(key) {
             self.lru.remove(&e.tick);
             e.tick = tick;
-            self.lru.insert(tick, *digest);
+            self.lru.insert(tick, *key);
             self.next_tick += 1;
         }
     }
 
-    fn add(&mut self, digest: &[u8; 32], size: u64) {
-        if self.entries.contains_key(digest) {
+    fn add(&mut self, key: Key, size: u64) {
+        if self.entries.contains_key(&key) {
             return;
         }
         let tick = self.next_tick;
         self.next_tick += 1;
-        self.entries.insert(*digest, Entry { size, tick });
-        self.lru.insert(tick, *digest);
+        self.entries.insert(key, Entry { size, tick });
+        self.lru.insert(tick, key);
         self.total += size;
+        if key.0 == Kind::File {
+            self.file_bytes += size;
+            self.files += 1;
+        }
     }
 
-    fn remove(&mut self, digest: &[u8; 32]) -> Option<Entry> {
-        let e = self.entries.remove(digest)?;
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
         self.lru.remove(&e.tick);
-        self.total -= e.size;
+        self.uncount(key, &e);
         Some(e)
+    }
+
+    /// The least recently used entry, removed.
+    fn pop_oldest(&mut self) -> Option<(Key, Entry)> {
+        while let Some((_, key)) = self.lru.pop_first() {
+            if let Some(e) = self.entries.remove(&key) {
+                self.uncount(&key, &e);
+                return Some((key, e));
+            }
+        }
+        None
+    }
+
+    fn uncount(&mut self, key: &Key, e: &Entry) {
+        self.total -= e.size;
+        if key.0 == Kind::File {
+            self.file_bytes -= e.size;
+            self.files -= 1;
+        }
     }
 }
 
@@ -136,6 +203,86 @@ pub struct ChunkCache {
     /// open (which cost disk reads of the cache's directories and inodes once the kernel
     /// dropped them).
     max_open: usize,
+    /// Backing files being built (by any mount): each is built once.
+    building: Mutex<HashSet<[u8; 32]>>,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    chunks_evicted: AtomicU64,
+    files_materialized: AtomicU64,
+    file_bytes_materialized: AtomicU64,
+    files_evicted: AtomicU64,
+    file_bytes_evicted: AtomicU64,
+}
+
+/// The node cache's contents and what happened to them since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStats {
+    /// The bound, in bytes (chunks and backing files together).
+    pub capacity: u64,
+    /// Chunk entries stored, and their bytes (chunks and chaining values).
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    /// Backing files stored (passthrough), and their bytes.
+    pub files: u64,
+    pub file_bytes: u64,
+    /// Chunk entries deleted to stay within the bound.
+    pub chunks_evicted: u64,
+    /// Backing files built, and their bytes.
+    pub files_materialized: u64,
+    pub file_bytes_materialized: u64,
+    /// Backing files deleted to stay within the bound, and their bytes.
+    pub files_evicted: u64,
+    pub file_bytes_evicted: u64,
+}
+
+impl std::fmt::Display for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} chunks ({} B) and {} backing files ({} B) of {} B; evicted {} chunks, {} files \
+             ({} B); materialized {} files ({} B)",
+            self.chunks,
+            self.chunk_bytes,
+            self.files,
+            self.file_bytes,
+            self.capacity,
+            self.chunks_evicted,
+            self.files_evicted,
+            self.file_bytes_evicted,
+            self.files_materialized,
+            self.file_bytes_materialized,
+        )
+    }
+}
+
+/// What [`ChunkCache::materialize`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Materialized {
+    /// Built now: this many bytes written.
+    Built(u64),
+    /// There already.
+    Present,
+    /// Being built by another caller.
+    InProgress,
+}
+
+/// Why a backing file was not built.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    #[error("file of {size} B is over the bound of {max} B for a backing file")]
+    TooLarge { size: u64, max: u64 },
+    #[error("chunk {chunk} is not in the cache (evicted, or corrupt)")]
+    MissingChunk { chunk: String },
+    #[error("chunks of {chunks} B do not make a file of {size} B")]
+    SizeMismatch { chunks: u64, size: u64 },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("writing the backing file: {0}")]
+    Write(#[from] io::Error),
 }
 
 /// What a cache lookup found.
@@ -152,35 +299,16 @@ impl ChunkCache {
     /// Opens (or creates) the cache in `dir`, bounded to `capacity` bytes.
     pub fn open(dir: &Path, capacity: u64) -> io::Result<ChunkCache> {
         std::fs::create_dir_all(dir)?;
-        let mut found: Vec<(u128, [u8; 32], u64)> = Vec::new();
-        for shard in std::fs::read_dir(dir)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(shard.path())? {
-                let f = f?;
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                let mut digest = [0u8; 32];
-                if name.len() != 64 || hex::decode_to_slice(name.as_bytes(), &mut digest).is_err() {
-                    // A temporary left by a crash mid-write, or a stranger: not an entry.
-                    let _ = std::fs::remove_file(f.path());
-                    continue;
-                }
-                let meta = f.metadata()?;
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                found.push((mtime, digest, meta.len()));
-            }
+        let mut found: Vec<(u128, Key, u64)> = Vec::new();
+        scan_shards(dir, Kind::Chunk, &mut found)?;
+        let files = dir.join(FILES_DIR);
+        if files.is_dir() {
+            scan_shards(&files, Kind::File, &mut found)?;
         }
-        found.sort_unstable();
+        found.sort_unstable_by_key(|(mtime, _, _)| *mtime);
         let mut state = State::default();
-        for (_, digest, size) in found {
-            state.add(&digest, size);
+        for (_, key, size) in found {
+            state.add(key, size);
         }
         let cache = ChunkCache {
             dir: dir.to_owned(),
@@ -188,6 +316,8 @@ impl ChunkCache {
             state: Mutex::new(state),
             open: Mutex::default(),
             max_open: open_files_bound(),
+            building: Mutex::default(),
+            counters: Counters::default(),
         };
         cache.evict();
         Ok(cache)
@@ -196,6 +326,18 @@ impl ChunkCache {
     fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
         let hex = hex::encode(digest);
         self.dir.join(&hex[..2]).join(hex)
+    }
+
+    fn file_path(&self, key: &[u8; 32]) -> PathBuf {
+        let hex = hex::encode(key);
+        self.dir.join(FILES_DIR).join(&hex[..2]).join(hex)
+    }
+
+    fn key_path(&self, key: &Key) -> PathBuf {
+        match key.0 {
+            Kind::Chunk => self.path_of(&key.1),
+            Kind::File => self.file_path(&key.1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -208,16 +350,29 @@ impl ChunkCache {
 
     /// Bytes `range` of the chunk `digest` (whose full length is `len`), if cached and sound.
     pub fn read(&self, digest: &[u8; 32], len: u32, range: std::ops::Range<u32>) -> Lookup {
+        self.read_inner(digest, len, range, true)
+    }
+
+    /// As `read`; `touch`: count this as a use for the LRU order.
+    fn read_inner(
+        &self,
+        digest: &[u8; 32],
+        len: u32,
+        range: std::ops::Range<u32>,
+        touch: bool,
+    ) -> Lookup {
+        let key = (Kind::Chunk, *digest);
         {
             let mut st = self.lock();
-            match st.entries.get(digest) {
+            match st.entries.get(&key) {
                 None => return Lookup::Miss,
                 Some(e) if e.size != entry_size(u64::from(len)) => {
                     drop(st);
                     self.discard(digest);
                     return Lookup::Corrupt;
                 }
-                Some(_) => st.touch(digest),
+                Some(_) if touch => st.touch(&key),
+                Some(_) => {}
             }
         }
         match self.read_checked(digest, len, range) {
@@ -228,7 +383,7 @@ impl ChunkCache {
             }
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Evicted between the lookup and the read, or deleted behind our back.
-                self.lock().remove(digest);
+                self.lock().remove(&key);
                 self.close(digest);
                 Lookup::Miss
             }
@@ -327,7 +482,159 @@ impl ChunkCache {
 
     /// Whether the chunk is cached (not checked).
     pub fn contains(&self, digest: &[u8; 32]) -> bool {
-        self.lock().entries.contains_key(digest)
+        self.lock().entries.contains_key(&(Kind::Chunk, *digest))
+    }
+
+    /// Whether all these chunks are cached (not checked), under one lock.
+    pub fn contains_all<'a>(&self, digests: impl IntoIterator<Item = &'a [u8; 32]>) -> bool {
+        let st = self.lock();
+        digests
+            .into_iter()
+            .all(|d| st.entries.contains_key(&(Kind::Chunk, *d)))
+    }
+
+    /// The largest backing file the cache builds: a quarter of its capacity.
+    pub fn max_file_size(&self) -> u64 {
+        self.capacity / 4
+    }
+
+    /// Whether the backing file `key` is stored (not opened, not checked).
+    pub fn has_file(&self, key: &[u8; 32]) -> bool {
+        self.lock().entries.contains_key(&(Kind::File, *key))
+    }
+
+    /// The backing file `key`, opened read-only, if it is stored and `size` bytes long (a
+    /// shorter one is what a crash before its flush can leave on some filesystems: deleted). Counts
+    /// as a use for the LRU order. The file may be evicted (unlinked) while it is open: it keeps
+    /// working.
+    pub fn open_file(&self, key: &[u8; 32], size: u64) -> Option<File> {
+        let entry = (Kind::File, *key);
+        {
+            let mut st = self.lock();
+            match st.entries.get(&entry) {
+                None => return None,
+                Some(e) if e.size != size => {
+                    drop(st);
+                    warn!(file = %hex::encode(key), size, "backing file of the wrong length deleted");
+                    self.discard_key(&entry);
+                    return None;
+                }
+                Some(_) => st.touch(&entry),
+            }
+        }
+        match File::open(self.file_path(key)) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => Some(f),
+            Ok(_) => {
+                warn!(file = %hex::encode(key), size, "backing file of the wrong length deleted");
+                self.discard_key(&entry);
+                None
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    warn!(file = %hex::encode(key), error = %e, "opening a backing file");
+                }
+                self.discard_key(&entry);
+                None
+            }
+        }
+    }
+
+    /// Builds the backing file `key` of a file of `size` bytes made of `chunks` (in order), from
+    /// the cache: each chunk is read back through the cache's checks, the file is written to a
+    /// temporary name, flushed to disk, then renamed into place and counted in the bound (which
+    /// may evict other entries, of either kind). Blocking, and as slow as writing `size` bytes:
+    /// call it from a background thread. `cancel` is checked between chunks.
+    pub fn materialize(
+        &self,
+        key: &[u8; 32],
+        chunks: &[ChunkRef],
+        size: u64,
+        cancel: &AtomicBool,
+    ) -> Result<Materialized, MaterializeError> {
+        let max = self.max_file_size();
+        if size > max {
+            return Err(MaterializeError::TooLarge { size, max });
+        }
+        let total: u64 = chunks.iter().map(|c| u64::from(c.uncompressed_size)).sum();
+        if total != size {
+            return Err(MaterializeError::SizeMismatch {
+                chunks: total,
+                size,
+            });
+        }
+        if self.has_file(key) {
+            return Ok(Materialized::Present);
+        }
+        if !self.lock_building().insert(*key) {
+            return Ok(Materialized::InProgress);
+        }
+        let built = self.build_file(key, chunks, cancel);
+        self.lock_building().remove(key);
+        let file = built?;
+        self.counters
+            .files_materialized
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .file_bytes_materialized
+            .fetch_add(size, Ordering::Relaxed);
+        drop(file);
+        self.lock().add((Kind::File, *key), size);
+        self.evict();
+        Ok(Materialized::Built(size))
+    }
+
+    fn lock_building(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.building.lock().expect("building lock poisoned")
+    }
+
+    fn build_file(
+        &self,
+        key: &[u8; 32],
+        chunks: &[ChunkRef],
+        cancel: &AtomicBool,
+    ) -> Result<File, MaterializeError> {
+        let path = self.file_path(key);
+        let shard = path.parent().expect("backing file has a shard dir");
+        std::fs::create_dir_all(shard)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(shard)?;
+        for c in chunks {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(MaterializeError::Cancelled);
+            }
+            let len = c.uncompressed_size;
+            match self.read_inner(&c.digest, len, 0..len, false) {
+                Lookup::Hit(bytes) => tmp.write_all(&bytes)?,
+                Lookup::Miss | Lookup::Corrupt => {
+                    return Err(MaterializeError::MissingChunk {
+                        chunk: hex::encode(c.digest),
+                    })
+                }
+            }
+        }
+        // On disk before it has its name: after a crash the file is whole or absent.
+        tmp.as_file().sync_data()?;
+        Ok(tmp.persist(&path).map_err(|e| e.error)?)
+    }
+
+    /// The cache's contents and counters.
+    pub fn stats(&self) -> CacheStats {
+        let (total, files, file_bytes, entries) = {
+            let st = self.lock();
+            (st.total, st.files, st.file_bytes, st.entries.len() as u64)
+        };
+        let c = &self.counters;
+        CacheStats {
+            capacity: self.capacity,
+            chunks: entries - files,
+            chunk_bytes: total - file_bytes,
+            files,
+            file_bytes,
+            chunks_evicted: c.chunks_evicted.load(Ordering::Relaxed),
+            files_materialized: c.files_materialized.load(Ordering::Relaxed),
+            file_bytes_materialized: c.file_bytes_materialized.load(Ordering::Relaxed),
+            files_evicted: c.files_evicted.load(Ordering::Relaxed),
+            file_bytes_evicted: c.file_bytes_evicted.load(Ordering::Relaxed),
+        }
     }
 
     /// Stores a chunk the caller has verified, with its segments' values (as
@@ -348,7 +655,7 @@ impl ChunkCache {
                 return;
             }
         }
-        self.lock().add(digest, size);
+        self.lock().add((Kind::Chunk, *digest), size);
         self.evict();
     }
 
@@ -373,33 +680,46 @@ impl ChunkCache {
         {
             let mut st = self.lock();
             while st.total > self.capacity {
-                let Some((_, digest)) = st.lru.pop_first() else {
+                let Some((key, e)) = st.pop_oldest() else {
                     break;
                 };
-                if let Some(e) = st.entries.remove(&digest) {
-                    st.total -= e.size;
-                }
-                victims.push(digest);
+                victims.push((key, e.size));
             }
         }
-        for digest in victims {
-            self.close(&digest);
-            let _ = std::fs::remove_file(self.path_of(&digest));
+        let c = &self.counters;
+        for (key, size) in victims {
+            match key.0 {
+                Kind::Chunk => {
+                    c.chunks_evicted.fetch_add(1, Ordering::Relaxed);
+                    self.close(&key.1);
+                }
+                Kind::File => {
+                    c.files_evicted.fetch_add(1, Ordering::Relaxed);
+                    c.file_bytes_evicted.fetch_add(size, Ordering::Relaxed);
+                }
+            }
+            let _ = std::fs::remove_file(self.key_path(&key));
         }
     }
 
     fn discard(&self, digest: &[u8; 32]) {
-        self.lock().remove(digest);
-        self.close(digest);
-        let _ = std::fs::remove_file(self.path_of(digest));
+        self.discard_key(&(Kind::Chunk, *digest));
     }
 
-    /// Bytes stored (chunks and their chaining values).
+    fn discard_key(&self, key: &Key) {
+        self.lock().remove(key);
+        if key.0 == Kind::Chunk {
+            self.close(&key.1);
+        }
+        let _ = std::fs::remove_file(self.key_path(key));
+    }
+
+    /// Bytes stored (chunks with their chaining values, and backing files).
     pub fn total_bytes(&self) -> u64 {
         self.lock().total
     }
 
-    /// Entries stored.
+    /// Entries stored (chunks and backing files).
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
@@ -411,6 +731,38 @@ impl ChunkCache {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Adds the entries of `dir`'s shards (subdirectories named by two hex digits) to `found`, as
+/// (mtime, key, size); removes what is not an entry (temporaries left by a crash mid-write).
+fn scan_shards(dir: &Path, kind: Kind, found: &mut Vec<(u128, Key, u64)>) -> io::Result<()> {
+    for shard in std::fs::read_dir(dir)? {
+        let shard = shard?;
+        let name = shard.file_name();
+        let is_shard = name.len() == 2 && name.as_bytes().iter().all(u8::is_ascii_hexdigit);
+        if !is_shard || !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path())? {
+            let f = f?;
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            let mut digest = [0u8; 32];
+            if name.len() != 64 || hex::decode_to_slice(name.as_bytes(), &mut digest).is_err() {
+                // A temporary left by a crash mid-write, or a stranger: not an entry.
+                let _ = std::fs::remove_file(f.path());
+                continue;
+            }
+            let meta = f.metadata()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            found.push((mtime, (kind, digest), meta.len()));
+        }
+    }
+    Ok(())
 }
 
 /// Exactly the bytes `range` of `f` (`UnexpectedEof` if the file is shorter).
@@ -579,6 +931,178 @@ mod tests {
             .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
             .sum();
         assert_eq!(on_disk, 1);
+    }
+
+    fn chunk_ref(digest: [u8; 32], len: usize) -> ChunkRef {
+        ChunkRef {
+            digest,
+            pack: 0,
+            compression: pronto_format::Compression::None,
+            offset: 0,
+            compressed_size: len as u32,
+            uncompressed_size: len as u32,
+        }
+    }
+
+    /// A file of `parts` chunks, all inserted: its chunk refs and content.
+    fn cached_file(cache: &ChunkCache, seed: u8, parts: &[usize]) -> (Vec<ChunkRef>, Vec<u8>) {
+        let mut refs = Vec::new();
+        let mut content = Vec::new();
+        for (i, &len) in parts.iter().enumerate() {
+            let (d, data) = chunk(seed.wrapping_add(i as u8), len);
+            insert(cache, &d, &data);
+            refs.push(chunk_ref(d, len));
+            content.extend_from_slice(&data);
+        }
+        (refs, content)
+    }
+
+    fn read_all(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_backing_file_is_built_from_cached_chunks_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let no = AtomicBool::new(false);
+        let (refs, content) = {
+            let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+            let (refs, content) = cached_file(&cache, 3, &[3 * SEGMENT, 3 * SEGMENT, 1000]);
+            let key = file_key(&refs);
+            let size = content.len() as u64;
+            assert!(cache.open_file(&key, size).is_none());
+            assert_eq!(
+                cache.materialize(&key, &refs, size, &no).unwrap(),
+                Materialized::Built(size)
+            );
+            assert_eq!(
+                cache.materialize(&key, &refs, size, &no).unwrap(),
+                Materialized::Present
+            );
+            assert!(read_all(cache.open_file(&key, size).unwrap()) == content);
+            let s = cache.stats();
+            assert_eq!((s.files, s.file_bytes, s.files_materialized), (1, size, 1));
+            assert_eq!(s.chunks, 3);
+            assert_eq!(cache.total_bytes(), s.chunk_bytes + size);
+            (refs, content)
+        };
+        let key = file_key(&refs);
+        let hex = hex::encode(key);
+        let path = dir.path().join("files").join(&hex[..2]).join(&hex);
+        assert!(path.exists());
+        // A temporary left by a crash beside it is removed at open; the file is found.
+        std::fs::write(path.with_file_name(".tmpXYZ"), b"half").unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        assert!(!path.with_file_name(".tmpXYZ").exists());
+        assert_eq!(cache.stats().files, 1);
+        let size = content.len() as u64;
+        assert!(read_all(cache.open_file(&key, size).unwrap()) == content);
+        // One of the wrong length (a crash before the flush, on a filesystem that keeps the
+        // name but not the data) is deleted.
+        std::fs::write(&path, &content[..100]).unwrap();
+        assert!(cache.open_file(&key, size).is_none());
+        assert!(!path.exists());
+        assert_eq!(cache.stats().files, 0);
+    }
+
+    #[test]
+    fn a_backing_file_needs_every_chunk_sound_and_fits_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let no = AtomicBool::new(false);
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let (mut refs, content) = cached_file(&cache, 5, &[2 * SEGMENT, 1000]);
+        let size = content.len() as u64;
+        // A chunk missing.
+        let (stranger, _) = chunk(99, 10);
+        refs.push(chunk_ref(stranger, 10));
+        let err = cache
+            .materialize(&file_key(&refs), &refs, size + 10, &no)
+            .unwrap_err();
+        assert!(
+            matches!(err, MaterializeError::MissingChunk { .. }),
+            "{err}"
+        );
+        refs.pop();
+        // Sizes that do not add up.
+        let err = cache
+            .materialize(&file_key(&refs), &refs, size + 1, &no)
+            .unwrap_err();
+        assert!(
+            matches!(err, MaterializeError::SizeMismatch { .. }),
+            "{err}"
+        );
+        // Over a quarter of the capacity.
+        let (big, big_content) = cached_file(&cache, 7, &[5 * SEGMENT]);
+        let err = cache
+            .materialize(&file_key(&big), &big, big_content.len() as u64, &no)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file of 327680 B is over the bound of 262144 B for a backing file"
+        );
+        // Cancelled.
+        let yes = AtomicBool::new(true);
+        let err = cache
+            .materialize(&file_key(&refs), &refs, size, &yes)
+            .unwrap_err();
+        assert!(matches!(err, MaterializeError::Cancelled), "{err}");
+        assert_eq!(cache.stats().files, 0);
+        // A corrupted chunk is refused, not copied.
+        let hex = hex::encode(refs[0].digest);
+        let entry = dir.path().join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&entry, bytes).unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let err = cache
+            .materialize(&file_key(&refs), &refs, size, &no)
+            .unwrap_err();
+        assert!(
+            matches!(err, MaterializeError::MissingChunk { .. }),
+            "{err}"
+        );
+        assert_eq!(cache.stats().files, 0);
+    }
+
+    #[test]
+    fn backing_files_and_chunks_share_the_bound_and_the_lru_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let no = AtomicBool::new(false);
+        let seg = SEGMENT;
+        let capacity = 300_000;
+        let cache = ChunkCache::open(dir.path(), capacity).unwrap();
+        // A file of one segment (entry 65,536 B) and its backing file (65,536 B).
+        let (refs, content) = cached_file(&cache, 1, &[seg]);
+        let key = file_key(&refs);
+        let size = content.len() as u64;
+        cache.materialize(&key, &refs, size, &no).unwrap();
+        // A chunk of two segments (131,136 B with its values), then the file is used: the
+        // order, oldest first, is the file's chunk, that chunk, the file.
+        cached_file(&cache, 50, &[2 * seg]);
+        assert!(cache.open_file(&key, size).is_some());
+        cached_file(&cache, 60, &[2 * seg]);
+        let s = cache.stats();
+        assert_eq!(
+            (s.chunks_evicted, s.files, s.files_evicted),
+            (2, 1, 0),
+            "{s}"
+        );
+        cached_file(&cache, 70, &[2 * seg]);
+        let s = cache.stats();
+        assert_eq!(
+            (
+                s.chunks_evicted,
+                s.files,
+                s.files_evicted,
+                s.file_bytes_evicted
+            ),
+            (2, 0, 1, size),
+            "{s}"
+        );
+        assert!(cache.open_file(&key, size).is_none());
+        assert!(cache.total_bytes() <= capacity);
     }
 
     #[test]

@@ -120,6 +120,13 @@ pub struct Unstored<'a> {
     chunks: Vec<(ChunkRef, Bytes, Vec<SegmentValue>)>,
 }
 
+impl Unstored<'_> {
+    /// Whether nothing was fetched.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
 impl Drop for Unstored<'_> {
     fn drop(&mut self) {
         for (c, data, values) in self.chunks.drain(..) {
@@ -147,6 +154,9 @@ pub struct ChunkFetcher {
     rt: tokio::runtime::Handle,
     /// Per pack, its chunks by offset (for widening); empty: no widening.
     layout: Vec<Vec<ChunkRef>>,
+    /// Set when the mount is going away: failed requests are not retried, so that readers
+    /// get their answer (EIO) before the FUSE connection ends.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -178,6 +188,7 @@ impl ChunkFetcher {
             inflight: Mutex::default(),
             rt,
             layout: Vec::new(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -278,12 +289,12 @@ impl ChunkFetcher {
         }
         let mut unstored = self.unstored(Vec::new());
         if !missing.is_empty() {
-            let chunks: Vec<ChunkRef> = missing.iter().map(|&i| pieces[i].0).collect();
-            let (fetched, fetched_unstored) = self.get_chunks(&chunks, ahead);
+            let wanted: Vec<(ChunkRef, Range<u32>)> =
+                missing.iter().map(|&i| pieces[i].clone()).collect();
+            let (fetched, fetched_unstored) = self.get_chunks(&wanted, ahead);
             unstored = fetched_unstored;
             for (&i, data) in missing.iter().zip(fetched) {
-                let r = &pieces[i].1;
-                out[i] = Some(data?[r.start as usize..r.end as usize].to_vec());
+                out[i] = Some(data?.to_vec());
             }
         }
         if out.len() == 1 {
@@ -297,6 +308,27 @@ impl ChunkFetcher {
         Ok((buf, unstored))
     }
 
+    /// From now on a failed request is not retried (the mount is being unmounted).
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every one of `chunks` is in the node cache (not checked) or being fetched or
+    /// stored (it lands in the cache soon, unless its fetch fails).
+    pub fn all_cached_or_coming(&self, chunks: &[ChunkRef]) -> bool {
+        // A flight is left after its chunk is cached: looking at the flights first, then at
+        // the cache, misses no chunk that moves from one to the other in between.
+        let not_in_flight: Vec<&[u8; 32]> = {
+            let inflight = self.inflight.lock().expect("inflight lock poisoned");
+            chunks
+                .iter()
+                .map(|c| &c.digest)
+                .filter(|d| !inflight.contains_key(*d))
+                .collect()
+        };
+        self.cache.contains_all(not_in_flight)
+    }
+
     /// Whether the chunk is in the node cache (not checked) or being fetched or stored.
     pub fn is_cached_or_coming(&self, digest: &[u8; 32]) -> bool {
         self.cache.contains(digest)
@@ -307,11 +339,12 @@ impl ChunkFetcher {
                 .contains_key(digest)
     }
 
-    /// Whole chunks, verified: fetched by this call (grouped into runs) or by another reader
-    /// that had them in flight.
+    /// The bytes `range` of each chunk, verified: fetched by this call (whole chunks, grouped
+    /// into runs) or by another reader that had them in flight, or read from the cache if they
+    /// landed there since the caller looked (only the range: no more is checked than read).
     fn get_chunks(
         &self,
-        chunks: &[ChunkRef],
+        pieces: &[(ChunkRef, Range<u32>)],
         ahead: &[ChunkRef],
     ) -> (Vec<Result<Bytes, FetchError>>, Unstored<'_>) {
         enum Source {
@@ -319,11 +352,11 @@ impl ChunkFetcher {
             /// Fetched by another reader between our cache miss and taking the lock.
             Cached(ChunkRef),
         }
-        let mut sources: Vec<Source> = Vec::with_capacity(chunks.len());
+        let mut sources: Vec<Source> = Vec::with_capacity(pieces.len());
         let mut lead: Vec<(ChunkRef, Arc<Flight>)> = Vec::new();
         {
             let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
-            for c in chunks {
+            for (c, _) in pieces {
                 if let Some(f) = inflight.get(&c.digest) {
                     if !lead.iter().any(|(l, _)| l.digest == c.digest) {
                         self.stats.inflight_wait();
@@ -364,16 +397,20 @@ impl ChunkFetcher {
         }
         let results = sources
             .into_iter()
-            .map(|s| match s {
-                Source::Flight(f) => f.wait(),
-                Source::Cached(c) => {
-                    match self
-                        .cache
-                        .read(&c.digest, c.uncompressed_size, 0..c.uncompressed_size)
-                    {
-                        Lookup::Hit(data) => Ok(Bytes::from(data)),
-                        // Evicted or corrupt since: fetch it after all.
-                        _ => self.fetch_runs(&[c]).remove(0).map(|(data, _)| data),
+            .zip(pieces)
+            .map(|(s, (_, r))| {
+                let range = r.start as usize..r.end as usize;
+                match s {
+                    Source::Flight(f) => f.wait().map(|data| data.slice(range)),
+                    Source::Cached(c) => {
+                        match self.cache.read(&c.digest, c.uncompressed_size, r.clone()) {
+                            Lookup::Hit(data) => Ok(Bytes::from(data)),
+                            // Evicted or corrupt since: fetch it after all.
+                            _ => self
+                                .fetch_runs(&[c])
+                                .remove(0)
+                                .map(|(data, _)| data.slice(range)),
+                        }
                     }
                 }
             })
@@ -646,6 +683,9 @@ impl ChunkFetcher {
             let Some(Err(e)) = last.iter().find(|r| r.is_err()) else {
                 return last;
             };
+            if self.closing.load(Ordering::Relaxed) {
+                break;
+            }
             if attempt < self.retry.attempts {
                 warn!(attempt, error = %e, "chunk fetch failed; retrying in {backoff:?}");
                 self.stats.retry();
@@ -655,10 +695,14 @@ impl ChunkFetcher {
         }
         for e in last.iter().filter_map(|r| r.as_ref().err()) {
             self.stats.error();
-            error!(
-                "giving up on {e} after {} attempts; the read fails with EIO",
-                self.retry.attempts
-            );
+            if self.closing.load(Ordering::Relaxed) {
+                warn!("giving up on {e}: the mount is closing; the read fails with EIO");
+            } else {
+                error!(
+                    "giving up on {e} after {} attempts; the read fails with EIO",
+                    self.retry.attempts
+                );
+            }
         }
         last
     }

@@ -6,11 +6,23 @@
 //! ones, which matter for programs that probe many paths, like Python's import), attributes,
 //! symlink targets, directory listings and file pages (`FOPEN_KEEP_CACHE`). Permissions are
 //! checked by the kernel (`default_permissions`) against the modes and owners in the index.
+//!
+//! Round trips a walk or an open need not make are not made: every directory listing is
+//! `READDIRPLUS` (entries and attributes in one reply, so no `LOOKUP` per entry; "auto" mode
+//! would send plain `READDIR` after the first reply and then look up each entry), `OPENDIR`
+//! answers `ENOSYS` once, after which the kernel opens directories without asking (with
+//! `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) and sends no `RELEASEDIR`, and files are opened with
+//! `FOPEN_NOFLUSH` (no `FLUSH` at every close).
+//!
+//! A regular file whose backing file is in the node cache is opened with FUSE passthrough (see
+//! [`crate::passthrough`]): its reads never reach the daemon.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -18,10 +30,12 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
-use pronto_format::{FormatError, Index, Inode, NodeKind};
-use tracing::error;
+use pronto_format::{ChunkRef, FormatError, Index, Inode, NodeKind};
+use tracing::{error, info, warn};
 
+use crate::cache::{file_key, ChunkCache};
 use crate::fetch::{ChunkFetcher, Unstored};
+use crate::passthrough::{Busy, Materializer, OpenFiles, FH_NORMAL, FH_PASSTHROUGH};
 use crate::stats::Stats;
 use crate::trace::AccessRecorder;
 
@@ -30,34 +44,73 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 const BLOCK_SIZE: u32 = 4096;
 /// Chunks fetched ahead of a sequential reader, with the chunk it misses.
 const READ_AHEAD_CHUNKS: u64 = 3;
+/// The FUSE mount's place in the stack of filesystems, as the kernel counts for passthrough:
+/// its backing files must be on a filesystem of a lower depth (0: ext4, xfs, ...), and the
+/// container's overlayfs, mounted over this one, adds one more: 1 + 1 is the kernel's limit
+/// (`FILESYSTEM_MAX_STACK_DEPTH`, 2). With 2, backing files could live on an overlay, but no
+/// overlay could then be mounted over this filesystem.
+const STACK_DEPTH: u32 = 1;
+
+/// Logged once per process: passthrough is not there.
+static PASSTHROUGH_UNAVAILABLE_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// How a mount uses FUSE passthrough.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PassthroughPolicy {
+    /// Asked for by the mount options.
+    pub(crate) wanted: bool,
+    /// Files smaller than this are served by the daemon: passthrough costs an open of the
+    /// backing file, more than the one or two read requests such a file makes.
+    pub(crate) min_size: u64,
+}
+
+/// What [`LazyFs`] shares with its [`crate::LazyMount`].
+pub(crate) struct LazyFsParts {
+    pub(crate) index: Index,
+    pub(crate) fetcher: Arc<ChunkFetcher>,
+    pub(crate) cache: Arc<ChunkCache>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) readahead: u32,
+    pub(crate) recorder: Arc<AccessRecorder>,
+    pub(crate) busy: Arc<Busy>,
+    pub(crate) materializer: Materializer,
+    pub(crate) passthrough: PassthroughPolicy,
+}
 
 pub(crate) struct LazyFs {
     index: Index,
     fetcher: Arc<ChunkFetcher>,
+    cache: Arc<ChunkCache>,
     stats: Arc<Stats>,
     /// Sum of file sizes, for statfs.
     file_bytes: u64,
     /// The kernel's readahead for the mount, in bytes.
     readahead: u32,
     recorder: Arc<AccessRecorder>,
+    busy: Arc<Busy>,
+    open_files: OpenFiles,
+    materializer: Materializer,
+    policy: PassthroughPolicy,
+    /// The kernel granted passthrough at init, and has not refused a backing file since.
+    passthrough: AtomicBool,
 }
 
 impl LazyFs {
-    pub(crate) fn new(
-        index: Index,
-        fetcher: Arc<ChunkFetcher>,
-        stats: Arc<Stats>,
-        file_bytes: u64,
-        readahead: u32,
-        recorder: Arc<AccessRecorder>,
-    ) -> LazyFs {
+    pub(crate) fn new(parts: LazyFsParts) -> LazyFs {
+        let file_bytes = file_bytes(&parts.index);
         LazyFs {
-            index,
-            fetcher,
-            stats,
+            index: parts.index,
+            fetcher: parts.fetcher,
+            cache: parts.cache,
+            stats: parts.stats,
             file_bytes,
-            readahead,
-            recorder,
+            readahead: parts.readahead,
+            recorder: parts.recorder,
+            busy: parts.busy,
+            open_files: OpenFiles::default(),
+            materializer: parts.materializer,
+            policy: parts.passthrough,
+            passthrough: AtomicBool::new(false),
         }
     }
 
@@ -172,6 +225,65 @@ impl LazyFs {
     }
 }
 
+/// A regular file that passthrough could serve: its chunks and the key of its backing file.
+struct Candidate {
+    chunks: Vec<ChunkRef>,
+    key: [u8; 32],
+}
+
+impl LazyFs {
+    /// The file's passthrough candidacy: `None` if passthrough is off (not granted, refused,
+    /// or the mount is recording an access trace: its reads must reach the recorder) or the
+    /// file's size is outside the bounds.
+    fn candidate(&self, inode: &Inode) -> Option<Candidate> {
+        if !self.passthrough.load(Ordering::Relaxed)
+            || inode.kind != NodeKind::File
+            || inode.size < self.policy.min_size.max(1)
+            || inode.size > self.cache.max_file_size()
+            || self.recorder.is_on()
+        {
+            return None;
+        }
+        let chunks = self.index.chunks(inode.ino).ok()?;
+        let key = file_key(&chunks);
+        Some(Candidate { chunks, key })
+    }
+
+    /// Asks for the file's backing file if it has none and all its chunks are cached or about
+    /// to be (a file's last chunks may be stored after its reader closed it, by another
+    /// reader's request that fetched them).
+    fn consider_materializing(&self, inode: u32, candidate: Option<Candidate>) {
+        let Some(c) = candidate else {
+            return;
+        };
+        if !self.cache.has_file(&c.key) && self.fetcher.all_cached_or_coming(&c.chunks) {
+            self.materializer.request(inode);
+        }
+    }
+
+    /// The kernel refused a backing file: say so once, and serve files through the daemon
+    /// from now on (the refusals that matter are the mount's, not the file's: no passthrough
+    /// in this kernel or for this user (`EPERM`), backing files on a stacked filesystem
+    /// (`ELOOP`), ...).
+    fn passthrough_refused(&self, e: &std::io::Error) {
+        self.stats.passthrough_refused();
+        if self.passthrough.swap(false, Ordering::Relaxed) {
+            warn!(
+                error = %e,
+                "FUSE passthrough refused by the kernel; files are served through the daemon"
+            );
+        }
+    }
+}
+
+fn file_bytes(index: &Index) -> u64 {
+    (0..index.inode_count())
+        .filter_map(|n| index.inode(n).ok())
+        .filter(|i| i.kind == NodeKind::File)
+        .map(|i| i.size)
+        .sum()
+}
+
 fn file_type(kind: NodeKind) -> FileType {
     match kind {
         NodeKind::Dir => FileType::Directory,
@@ -197,15 +309,23 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Best effort: each is an optimisation the kernel may not offer.
+        // Best effort: each is an optimisation the kernel may not offer. Not
+        // FUSE_READDIRPLUS_AUTO: see the module docs.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_MAX_PAGES,
         ] {
             let _ = config.add_capabilities(flag);
+        }
+        if self.policy.wanted {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(STACK_DEPTH).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if !granted && !PASSTHROUGH_UNAVAILABLE_LOGGED.swap(true, Ordering::Relaxed) {
+                info!("the kernel offers no FUSE passthrough; files are served through the daemon");
+            }
         }
         if let Err(max) = config.set_max_readahead(self.readahead) {
             let _ = config.set_max_readahead(max);
@@ -215,7 +335,13 @@ impl Filesystem for LazyFs {
         Ok(())
     }
 
+    /// After the last worker: the connection is gone, and its backing ids with it.
+    fn destroy(&mut self) {
+        self.open_files.forget_backing_ids();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _busy = self.busy.enter();
         let result = Self::index_ino(parent).and_then(|dir| {
             self.index
                 .lookup(dir, name.as_bytes())
@@ -240,6 +366,7 @@ impl Filesystem for LazyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _busy = self.busy.enter();
         match self.inode(ino) {
             Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
             Err(e) => reply.error(e),
@@ -247,6 +374,7 @@ impl Filesystem for LazyFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _busy = self.busy.enter();
         let result = Self::index_ino(ino).and_then(|n| {
             self.index.symlink_target(n).map_err(|e| match e {
                 FormatError::NotASymlink { .. } => Errno::EINVAL,
@@ -260,11 +388,103 @@ impl Filesystem for LazyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
-            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(inode) if inode.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
+        let _busy = self.busy.enter();
+        let inode = match self.inode(ino) {
+            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => {
+                return reply.error(Errno::EROFS)
+            }
+            Ok(inode) if inode.kind == NodeKind::Dir => return reply.error(Errno::EISDIR),
+            Ok(inode) => inode,
+            Err(e) => return reply.error(e),
+        };
+        let n = inode.ino;
+        let candidate = self.candidate(&inode);
+        let mut open = self.open_files.lock(n);
+        let opened = open.entry(n).or_default();
+        // Passthrough handles open: this one must be too, on the same backing file.
+        // Counted before the reply: once the kernel has it, the program may read without us.
+        if let Some(id) = &opened.backing {
+            opened.passthrough += 1;
+            self.stats.file_open(true);
+            reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::FOPEN_NOFLUSH, id);
+            return;
+        }
+        // Handles open without passthrough forbid it until they are closed.
+        if opened.normal == 0 {
+            if let Some(file) = candidate
+                .as_ref()
+                .and_then(|c| self.cache.open_file(&c.key, inode.size))
+            {
+                match reply.open_backing(&file) {
+                    Ok(id) => {
+                        opened.passthrough = 1;
+                        self.stats.file_open(true);
+                        reply.opened_passthrough(
+                            FileHandle(FH_PASSTHROUGH),
+                            FopenFlags::FOPEN_NOFLUSH,
+                            &id,
+                        );
+                        // Kept until the last passthrough handle is released: the kernel looks
+                        // it up when it gets the reply.
+                        opened.backing = Some(id);
+                        return;
+                    }
+                    Err(e) => self.passthrough_refused(&e),
+                }
+            }
+        }
+        opened.normal += 1;
+        drop(open);
+        self.stats.file_open(false);
+        reply.opened(
+            FileHandle(FH_NORMAL),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
+        self.consider_materializing(n, candidate);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _busy = self.busy.enter();
+        let Ok(n) = Self::index_ino(ino) else {
+            return reply.ok();
+        };
+        let mut backing = None;
+        let mut last_normal = false;
+        {
+            let mut open = self.open_files.lock(n);
+            if let Some(opened) = open.get_mut(&n) {
+                self.stats.file_released(fh.0 == FH_PASSTHROUGH);
+                if fh.0 == FH_PASSTHROUGH {
+                    opened.passthrough = opened.passthrough.saturating_sub(1);
+                    if opened.passthrough == 0 {
+                        backing = opened.backing.take();
+                    }
+                } else {
+                    opened.normal = opened.normal.saturating_sub(1);
+                    last_normal = opened.normal == 0;
+                }
+                if opened.normal == 0 && opened.passthrough == 0 {
+                    open.remove(&n);
+                }
+            }
+        }
+        reply.ok();
+        // The kernel let go of the backing file when the last passthrough handle was closed.
+        drop(backing);
+        // Read to the end (or whatever made its chunks cached): worth a backing file now.
+        if last_normal {
+            if let Ok(inode) = self.index.inode(n) {
+                self.consider_materializing(n, self.candidate(&inode));
+            }
         }
     }
 
@@ -279,15 +499,26 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _busy = self.busy.enter();
         match self.read_file(ino, offset, size) {
             Ok((data, unstored)) => {
                 reply.data(&data);
+                let fetched = !unstored.is_empty();
                 drop(unstored);
+                // The chunks are in the cache now: this may have been the file's last missing
+                // one (a close can come before the last read's chunks are stored).
+                if fetched {
+                    if let Ok(inode) = self.inode(ino) {
+                        self.consider_materializing(inode.ino, self.candidate(&inode));
+                    }
+                }
             }
             Err(e) => reply.error(e),
         }
     }
 
+    /// Nothing to flush: ENOSYS tells the kernel to stop sending `FLUSH` at every close (files
+    /// are opened with `FOPEN_NOFLUSH` too).
     fn flush(
         &self,
         _req: &Request,
@@ -296,7 +527,7 @@ impl Filesystem for LazyFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -351,15 +582,11 @@ impl Filesystem for LazyFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
-            Ok(inode) if inode.kind == NodeKind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    /// ENOSYS: from then on the kernel opens directories itself, as if answered with
+    /// `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`, and sends neither `OPENDIR` nor `RELEASEDIR` (one
+    /// round trip less per directory of a walk). It only asks for directories.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -370,6 +597,7 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _busy = self.busy.enter();
         let result = self.dir_entries(ino, offset, |next, ino, inode, name| {
             reply.add(ino, next, file_type(inode.kind), OsStr::from_bytes(name))
         });
@@ -387,6 +615,7 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _busy = self.busy.enter();
         let result = self.dir_entries(ino, offset, |next, _ino, inode, name| {
             reply.add(
                 INodeNo(u64::from(inode.ino) + 1),
@@ -404,6 +633,7 @@ impl Filesystem for LazyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _busy = self.busy.enter();
         let blocks = self.file_bytes.div_ceil(u64::from(BLOCK_SIZE));
         reply.statfs(
             blocks,
@@ -418,6 +648,7 @@ impl Filesystem for LazyFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _busy = self.busy.enter();
         let xattrs =
             Self::index_ino(ino).and_then(|n| self.index.xattrs(n).map_err(|e| self.corrupt(e)));
         match xattrs {
@@ -430,6 +661,7 @@ impl Filesystem for LazyFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _busy = self.busy.enter();
         let xattrs =
             Self::index_ino(ino).and_then(|n| self.index.xattrs(n).map_err(|e| self.corrupt(e)));
         match xattrs {

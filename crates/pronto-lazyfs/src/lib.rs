@@ -11,7 +11,9 @@
 //! - `fs`: the FUSE operations over the index;
 //! - [`fetch`]: the chunk fetcher (runs of adjacent chunks in one request, in-flight dedup,
 //!   bounded retries);
-//! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read);
+//! - [`cache`]: the node chunk cache (content-addressed, LRU-bounded, checked on read) and the
+//!   backing files of FUSE passthrough (whole files built from cached chunks);
+//! - `passthrough`: which files are open how, and the thread that builds backing files;
 //! - [`stats`]: per-mount counters;
 //! - [`trace`]: access traces (which chunks a start read), recorded by a fresh mount and
 //!   prefetched by later ones ([`LazyMount::prefetch`]).
@@ -21,10 +23,11 @@ pub mod fetch;
 mod fs;
 pub mod mount;
 pub mod mountinfo;
+mod passthrough;
 pub mod stats;
 pub mod trace;
 
-pub use cache::ChunkCache;
+pub use cache::{CacheStats, ChunkCache};
 pub use fetch::{FetchError, RetryPolicy};
 pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
 pub use stats::StatsSnapshot;

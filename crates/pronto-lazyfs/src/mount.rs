@@ -15,10 +15,11 @@ use pronto_format::ChunkRef;
 use pronto_image::RegistryClient;
 use tracing::{debug, info, warn};
 
-use crate::cache::ChunkCache;
+use crate::cache::{CacheStats, ChunkCache};
 use crate::fetch::{ChunkFetcher, RetryPolicy};
-use crate::fs::LazyFs;
+use crate::fs::{LazyFs, LazyFsParts, PassthroughPolicy};
 use crate::mountinfo;
+use crate::passthrough::{Busy, Materializer, MaterializerContext};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::trace::{AccessRecorder, AccessTrace};
 
@@ -27,6 +28,12 @@ const SOURCE_PREFIX: &str = "pronto:";
 
 /// How long an unmount waits for the FUSE workers to finish.
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an unmount waits for the requests being answered (a reply sent after the
+/// connection ended fails).
+const QUIESCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an unmount waits for the `RELEASE` of files closed just before it (the kernel sends
+/// them after the program's `close`, without waiting): a mount still in use waits this long.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -35,8 +42,18 @@ pub struct MountOptions {
     pub retry: RetryPolicy,
     /// The kernel's readahead on the mount, in KiB.
     pub readahead_kb: u32,
-    /// Record the chunks read from the mount on, for [`LazyMount::take_access_trace`].
+    /// Record the chunks read from the mount on, for [`LazyMount::take_access_trace`]. While
+    /// it records, no file is opened with passthrough (the recorder must see every read).
     pub record_access: bool,
+    /// Serve files whose chunks are all in the node cache through FUSE passthrough: a backing
+    /// file is built from the chunks in the background, and later opens of the file hand it
+    /// to the kernel, which reads it without the daemon. Used only if the kernel offers it.
+    pub passthrough: bool,
+    /// Files smaller than this are always served by the daemon (no backing file).
+    pub passthrough_min_size: u64,
+    /// Log the mount's and the node cache's counters (debug level) this often, when they
+    /// changed.
+    pub stats_log_interval: Option<std::time::Duration>,
 }
 
 impl Default for MountOptions {
@@ -46,6 +63,9 @@ impl Default for MountOptions {
             retry: RetryPolicy::default(),
             readahead_kb: 1024,
             record_access: true,
+            passthrough: true,
+            passthrough_min_size: 64 << 10,
+            stats_log_interval: Some(std::time::Duration::from_secs(60)),
         }
     }
 }
@@ -60,8 +80,15 @@ pub struct LazyMount {
     stats: Arc<Stats>,
     index: pronto_format::Index,
     fetcher: Arc<ChunkFetcher>,
+    cache: Arc<ChunkCache>,
     recorder: Arc<AccessRecorder>,
     prefetch: Option<Prefetch>,
+    /// Requests the FUSE workers are answering.
+    busy: Arc<Busy>,
+    /// Stops the building of backing files.
+    materialize_cancel: Arc<AtomicBool>,
+    /// Reports the end of the thread that builds them (it holds the cache).
+    materialize_done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// A prefetch under way: its thread reports on `done` when it ends.
@@ -94,23 +121,38 @@ impl LazyMount {
                 client,
                 artifact.reference.clone(),
                 artifact.packs.clone(),
-                cache,
+                cache.clone(),
                 stats.clone(),
                 options.retry,
                 rt,
             )
             .with_pack_layout(all_chunks),
         );
-        let file_bytes = file_bytes(&artifact.index);
         let recorder = Arc::new(AccessRecorder::new(options.record_access));
-        let fs = LazyFs::new(
-            artifact.index.clone(),
-            fetcher.clone(),
-            stats.clone(),
-            file_bytes,
-            options.readahead_kb.saturating_mul(1024),
-            recorder.clone(),
-        );
+        let busy = Arc::new(Busy::default());
+        let materializer = Materializer::start(MaterializerContext {
+            index: artifact.index.clone(),
+            cache: cache.clone(),
+            stats: stats.clone(),
+            mountpoint: mountpoint.to_owned(),
+            log_every: options.stats_log_interval,
+        })?;
+        let materialize_cancel = materializer.cancel_handle();
+        let materialize_done = materializer.done();
+        let fs = LazyFs::new(LazyFsParts {
+            index: artifact.index.clone(),
+            fetcher: fetcher.clone(),
+            cache: cache.clone(),
+            stats: stats.clone(),
+            readahead: options.readahead_kb.saturating_mul(1024),
+            recorder: recorder.clone(),
+            busy: busy.clone(),
+            materializer,
+            passthrough: PassthroughPolicy {
+                wanted: options.passthrough,
+                min_size: options.passthrough_min_size,
+            },
+        });
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(format!("{SOURCE_PREFIX}{}", artifact.index_digest)),
@@ -127,7 +169,13 @@ impl LazyMount {
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
         ensure_fusectl();
-        let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+        let session = match fuser::spawn_mount(fs, mountpoint, &config) {
+            Ok(s) => s,
+            Err(e) => {
+                materialize_cancel.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         let dev = std::fs::metadata(mountpoint)?.dev();
         set_readahead(dev, options.readahead_kb);
         Ok(LazyMount {
@@ -137,8 +185,12 @@ impl LazyMount {
             stats,
             index: artifact.index.clone(),
             fetcher,
+            cache,
             recorder,
             prefetch: None,
+            busy,
+            materialize_cancel,
+            materialize_done,
         })
     }
 
@@ -205,12 +257,19 @@ impl LazyMount {
         &self.mountpoint
     }
 
+    /// The mount's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
 
-    /// Detaches the mount, ends its FUSE connection (any reader still inside gets ENOTCONN,
-    /// never a hang) and joins the worker threads.
+    /// The node cache's counters (shared by every mount over the same cache).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Stops building backing files, lets the requests being answered finish (bounded; a fetch
+    /// that fails is not retried any more), detaches the mount, ends its FUSE connection (any
+    /// reader still inside gets ENOTCONN, never a hang) and joins the worker threads.
     pub fn unmount(mut self) -> io::Result<()> {
         self.unmount_inner()
     }
@@ -228,9 +287,22 @@ impl LazyMount {
 
     fn unmount_inner(&mut self) -> io::Result<()> {
         self.stop_prefetch();
+        self.materialize_cancel.store(true, Ordering::Relaxed);
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        // Every request read from the connection gets its answer before the connection ends
+        // (a reply after that fails, and fuser logs an error): the RELEASE of files just closed
+        // is let in, fetches stop retrying, and the workers finish what they have (requests
+        // still queued in the kernel are dropped with the connection, unanswered and harmless).
+        self.fetcher.close();
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while self.stats.handles_open() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if !self.busy.wait_idle(QUIESCE_TIMEOUT) {
+            warn!(mountpoint = %self.mountpoint.display(), "requests still being answered {QUIESCE_TIMEOUT:?} into the unmount; ending the connection under them");
+        }
         let detached = detach(&self.mountpoint);
         abort_connection(self.dev);
         // The workers end when the connection does; if it could not be aborted and a reader
@@ -248,9 +320,16 @@ impl LazyMount {
                     mountpoint = %self.mountpoint.display(),
                     "FUSE workers still busy {JOIN_TIMEOUT:?} after unmount; leaving them"
                 );
-                Ok(())
+                return detached;
             }
         };
+        // With the filesystem gone, the materializer ends (a write under way stops at its next
+        // chunk): once unmounted, the mount holds nothing of the cache.
+        if let Some(done) = self.materialize_done.take() {
+            if done.recv_timeout(JOIN_TIMEOUT).is_err() {
+                warn!(mountpoint = %self.mountpoint.display(), "backing file builder still running {JOIN_TIMEOUT:?} after unmount; leaving it");
+            }
+        }
         detached.and(joined)
     }
 }
@@ -261,14 +340,6 @@ impl Drop for LazyMount {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmounting lazy rootfs");
         }
     }
-}
-
-fn file_bytes(index: &pronto_format::Index) -> u64 {
-    (0..index.inode_count())
-        .filter_map(|n| index.inode(n).ok())
-        .filter(|i| i.kind == pronto_format::NodeKind::File)
-        .map(|i| i.size)
-        .sum()
 }
 
 fn detach(path: &Path) -> io::Result<()> {

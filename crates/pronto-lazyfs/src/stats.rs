@@ -1,5 +1,8 @@
-//! Per-mount counters: what the mount fetched from the registry, what the cache answered, and
-//! what programs read. Lock-free (atomics), read as a [`StatsSnapshot`].
+//! Per-mount counters: what the mount fetched from the registry, what the cache answered, what
+//! programs read through the daemon, and which files they read through FUSE passthrough
+//! instead (the kernel reads those itself: no read request reaches the daemon). Lock-free
+//! (atomics), read as a [`StatsSnapshot`]. The node cache's own counters (sizes, evictions,
+//! backing files built) are [`crate::cache::CacheStats`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -24,6 +27,13 @@ pub struct Stats {
     fetch_micros_max: AtomicU64,
     prefetched_chunks: AtomicU64,
     prefetched_content_bytes: AtomicU64,
+    file_opens: AtomicU64,
+    passthrough_opens: AtomicU64,
+    passthrough_refused: AtomicU64,
+    materialized_files: AtomicU64,
+    materialized_bytes: AtomicU64,
+    handles_open: AtomicU64,
+    passthrough_handles_open: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -59,6 +69,21 @@ pub struct StatsSnapshot {
     /// trace), and their content bytes.
     pub prefetched_chunks: u64,
     pub prefetched_content_bytes: u64,
+    /// Regular files opened, and of those, opened with FUSE passthrough (their reads go from
+    /// the kernel to the backing file, not through the daemon).
+    pub file_opens: u64,
+    pub passthrough_opens: u64,
+    /// Opens that would have used passthrough but the kernel refused the backing file (served
+    /// through the daemon instead).
+    pub passthrough_refused: u64,
+    /// Backing files this mount built from the node cache (for passthrough), and their bytes.
+    pub materialized_files: u64,
+    pub materialized_bytes: u64,
+    /// Gauges: regular-file handles open now (released ones are counted when the kernel's
+    /// `RELEASE` arrives, which is after the program's `close`), and of those, with
+    /// passthrough.
+    pub handles_open: u64,
+    pub passthrough_handles_open: u64,
 }
 
 impl Stats {
@@ -80,7 +105,44 @@ impl Stats {
             fetch_micros_max: self.fetch_micros_max.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             prefetched_content_bytes: self.prefetched_content_bytes.load(Relaxed),
+            file_opens: self.file_opens.load(Relaxed),
+            passthrough_opens: self.passthrough_opens.load(Relaxed),
+            passthrough_refused: self.passthrough_refused.load(Relaxed),
+            materialized_files: self.materialized_files.load(Relaxed),
+            materialized_bytes: self.materialized_bytes.load(Relaxed),
+            handles_open: self.handles_open.load(Relaxed),
+            passthrough_handles_open: self.passthrough_handles_open.load(Relaxed),
         }
+    }
+
+    pub(crate) fn file_open(&self, passthrough: bool) {
+        self.file_opens.fetch_add(1, Relaxed);
+        self.handles_open.fetch_add(1, Relaxed);
+        if passthrough {
+            self.passthrough_opens.fetch_add(1, Relaxed);
+            self.passthrough_handles_open.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Regular-file handles open now (see [`StatsSnapshot::handles_open`]).
+    pub(crate) fn handles_open(&self) -> u64 {
+        self.handles_open.load(Relaxed)
+    }
+
+    pub(crate) fn file_released(&self, passthrough: bool) {
+        self.handles_open.fetch_sub(1, Relaxed);
+        if passthrough {
+            self.passthrough_handles_open.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn passthrough_refused(&self) {
+        self.passthrough_refused.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn materialized(&self, bytes: u64) {
+        self.materialized_files.fetch_add(1, Relaxed);
+        self.materialized_bytes.fetch_add(bytes, Relaxed);
     }
 
     pub(crate) fn read(&self, bytes: usize) {
@@ -139,7 +201,9 @@ impl std::fmt::Display for StatsSnapshot {
             f,
             "read {} B in {} requests; fetched {} B ({} chunks, {} B of content) in {} range requests \
              (avg {avg_ms:.1} ms, max {:.1} ms); cache {} hits, {} misses, {} corrupt; \
-             {} waits on in-flight fetches; {} retries, {} errors; prefetched {} chunks ({} B)",
+             {} waits on in-flight fetches; {} retries, {} errors; prefetched {} chunks ({} B); \
+             {} files opened, {} with passthrough ({} refused), {} open now ({} with passthrough); \
+             built {} backing files ({} B)",
             self.read_bytes,
             self.read_requests,
             self.fetched_bytes,
@@ -155,6 +219,13 @@ impl std::fmt::Display for StatsSnapshot {
             self.fetch_errors,
             self.prefetched_chunks,
             self.prefetched_content_bytes,
+            self.file_opens,
+            self.passthrough_opens,
+            self.passthrough_refused,
+            self.handles_open,
+            self.passthrough_handles_open,
+            self.materialized_files,
+            self.materialized_bytes,
         )
     }
 }

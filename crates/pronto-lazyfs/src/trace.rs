@@ -102,6 +102,10 @@ impl AccessRecorder {
         Some(r.trace)
     }
 
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stop(&self) {
         self.on.store(false, Ordering::Relaxed);
     }

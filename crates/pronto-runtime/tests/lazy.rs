@@ -284,3 +284,52 @@ async fn a_stuck_mount_does_not_hold_up_another_images() {
     drop(mount);
     assert_eq!(lazy_mounts(work.path()), 0, "the last holder unmounts");
 }
+
+/// Once the start's access trace is taken (the mount stops recording), a file whose chunks are
+/// all on the node is read by the container through FUSE passthrough: the overlay over the lazy
+/// mount (the container's root) reads the backing file, no read reaches the daemon, and the
+/// bytes are the image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reads_a_cached_file_through_passthrough() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let reference = registry.reference("fn/pt:v1");
+    image().push(&client(), &reference).await.unwrap();
+    let resolved = accelerate(&reference, work.path(), 256 << 10).await;
+    let unpacked = work.path().join("unpacked");
+    pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let expected = std::fs::read(unpacked.join("gt/big")).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let node = open_node(data.path()).await;
+    let instance = node.start(spec(resolved.clone(), true)).await.unwrap();
+    assert!(get(&instance, "/").await.ends_with("lazy hello\n"));
+    assert!(instance.take_access_trace().is_some());
+    let big = Path::new(&format!("/proc/{}/root", instance.pid())).join("gt/big");
+    let read = |big: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+            std::fs::read(big).unwrap()
+        })
+    };
+    assert!(read(big.clone()).await.unwrap() == expected);
+    let stats = || async { node.lazy().stats().await[0].1 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stats().await.materialized_files == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = stats().await;
+    assert!(read(big.clone()).await.unwrap() == expected);
+    let after = stats().await;
+    assert_eq!(
+        after.passthrough_opens,
+        before.passthrough_opens + 1,
+        "{after}"
+    );
+    assert_eq!(after.read_requests, before.read_requests, "{after}");
+    instance.stop().await.unwrap();
+    assert_eq!(lazy_mounts(data.path()), 0);
+}
