@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// DATA_DIR/node/chunks); suffixes K, M and G accepted.
     #[arg(long, default_value = "10G", value_parser = crate::image::parse_bytes)]
     chunk_cache_size: u64,
+    /// Serve /metrics on the control address without the API token (for a Prometheus that
+    /// has no token); the rest of the API still needs it.
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout);
     config.max_instances = args.max_instances;
     config.chunk_cache_bytes = args.chunk_cache_size;
+    config.metrics_public = args.metrics_public;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
@@ -136,6 +136,8 @@ pub struct ChunkCache {
     /// open (which cost disk reads of the cache's directories and inodes once the kernel
     /// dropped them).
     max_open: usize,
+    /// Entries deleted to stay within the bound, since open.
+    evictions: AtomicU64,
 }
 
 /// What a cache lookup found.
@@ -188,6 +190,7 @@ impl ChunkCache {
             state: Mutex::new(state),
             open: Mutex::default(),
             max_open: open_files_bound(),
+            evictions: AtomicU64::new(0),
         };
         cache.evict();
         Ok(cache)
@@ -382,6 +385,8 @@ impl ChunkCache {
                 victims.push(digest);
             }
         }
+        self.evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         for digest in victims {
             self.close(&digest);
             let _ = std::fs::remove_file(self.path_of(&digest));
@@ -406,6 +411,17 @@ impl ChunkCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bound, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Entries deleted to stay within the bound since the cache was opened (corrupt entries
+    /// deleted on read are not counted).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -570,10 +586,12 @@ mod tests {
         assert_eq!(cache.read(&b, 10_000, 0..1), Lookup::Miss);
         assert!(matches!(cache.read(&a, 10_000, 0..1), Lookup::Hit(_)));
         assert!(matches!(cache.read(&c, 10_000, 0..1), Lookup::Hit(_)));
+        assert_eq!(cache.evictions(), 1);
         // A smaller bound at reopen evicts down to it.
         drop(cache);
         let cache = ChunkCache::open(dir.path(), 10_000).unwrap();
         assert_eq!(cache.len(), 1);
+        assert_eq!((cache.evictions(), cache.capacity()), (1, 10_000));
         let on_disk: usize = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())

@@ -209,6 +209,11 @@ impl LazyMount {
         self.stats.snapshot()
     }
 
+    /// The mount's live counters, readable after it is gone (for node-wide totals).
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Detaches the mount, ends its FUSE connection (any reader still inside gets ENOTCONN,
     /// never a hang) and joins the worker threads.
     pub fn unmount(mut self) -> io::Result<()> {

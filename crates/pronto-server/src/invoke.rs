@@ -4,7 +4,7 @@
 //! with the query string.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -52,13 +52,34 @@ fn target(req: &Request) -> Option<(String, String)> {
 }
 
 async fn invoke(State(state): State<AppState>, req: Request) -> Response {
+    let arrived = Instant::now();
     let Some((name, path_and_query)) = target(&req) else {
-        return ApiError::NoInvocationTarget.into_response();
+        let r = ApiError::NoInvocationTarget.into_response();
+        state.metrics.invocation("", r.status().as_u16());
+        return r;
     };
     let function = match state.store.get_function(&name).await {
         Ok(f) => f,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            let r = ApiError::from(e).into_response();
+            state.metrics.invocation("", r.status().as_u16());
+            return r;
+        }
     };
+    let response = invoke_function(&state, function, req, path_and_query, arrived).await;
+    state.metrics.invocation(&name, response.status().as_u16());
+    response
+}
+
+/// Invokes `function`, which exists.
+async fn invoke_function(
+    state: &AppState,
+    function: Function,
+    req: Request,
+    path_and_query: String,
+    arrived: Instant,
+) -> Response {
+    let name = function.spec.function_name.clone();
     if function.spec.auth_type != AuthType::Anonymous {
         if let Err(reason) = auth::check(&state.token, req.headers().get(header::AUTHORIZATION)) {
             return ApiError::Unauthorized(reason).into_response();
@@ -78,7 +99,15 @@ async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     let spec = run_spec(&function, image, state.max_instances);
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, Body::new(body));
-    proxy::forward(&state.pool, &spec, req, &path_and_query).await
+    proxy::forward(
+        &state.pool,
+        &state.metrics,
+        &spec,
+        req,
+        &path_and_query,
+        arrived,
+    )
+    .await
 }
 
 fn run_spec(f: &Function, image: Arc<ResolvedImage>, max_instances: usize) -> RunSpec {

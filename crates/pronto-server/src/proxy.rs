@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming};
 
 use crate::api::ApiError;
+use crate::metrics::{ColdStartLabels, Metrics, PhaseLabels};
 use crate::pool::{Lease, Pool, RunSpec};
 
 /// The header a cold start's response carries: where its time went, in milliseconds.
@@ -34,12 +35,15 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Sends `req` (already stripped of the `/invoke/NAME` prefix: `path_and_query` is what the
-/// function sees) to an instance of `spec`.
+/// function sees) to an instance of `spec`. `arrived` is when the request reached the daemon:
+/// a cold start's breakdown covers the time from then to the first byte.
 pub async fn forward(
     pool: &Arc<Pool>,
+    metrics: &Metrics,
     spec: &RunSpec,
     req: Request<Body>,
     path_and_query: &str,
+    arrived: Instant,
 ) -> Response<Body> {
     let started = Instant::now();
     let mut lease = match pool.acquire(spec).await {
@@ -95,7 +99,7 @@ pub async fn forward(
             return with_instance(e.into_response(), &id);
         }
     };
-    let first_byte = started.elapsed();
+    let first_byte = Instant::now();
     let (parts, body) = response.into_parts();
     let mut builder = Response::builder().status(parts.status);
     let headers = builder.headers_mut().expect("fresh builder");
@@ -104,21 +108,12 @@ pub async fn forward(
         HeaderName::from_static(INSTANCE_HEADER),
         HeaderValue::from_str(&lease.instance.id).expect("hex id"),
     );
-    if let Some(t) = lease.cold_start {
+    if let Some(b) = Breakdown::of(&lease, arrived, started, first_byte) {
         pool.keep_access_trace(&lease, spec);
-        let value = format!(
-            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={};rootfs={};prefetch={}",
-            t.image_ready.as_millis(),
-            t.container_started.as_millis(),
-            t.app_ready.as_millis(),
-            first_byte.as_millis(),
-            t.image_pulled,
-            t.rootfs.as_str(),
-            t.prefetched
-        );
+        b.record(metrics, spec.name());
         headers.insert(
             HeaderName::from_static(COLD_START_HEADER),
-            HeaderValue::from_str(&value).expect("ascii"),
+            HeaderValue::from_str(&b.header()).expect("ascii"),
         );
     }
     if http_body::Body::is_end_stream(&body) {
@@ -131,6 +126,108 @@ pub async fn forward(
             lease: Some(lease),
         }))
         .expect("valid response parts")
+}
+
+/// Where a cold start's time went, from the request's arrival to the first byte of the
+/// response, in consecutive phases: they add up to the total by construction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breakdown {
+    /// (name, duration), in order.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// `pulled`, `lazy`, `lazy+prefetch` or `local`.
+    pub rootfs: &'static str,
+    pub image_pulled: bool,
+    pub prefetched: bool,
+}
+
+impl Breakdown {
+    /// The breakdown of `lease`'s cold start, if it made one. `forwarded` is when the request
+    /// reached [`forward`], `first_byte` when the response headers came back.
+    fn of(
+        lease: &Lease,
+        arrived: Instant,
+        forwarded: Instant,
+        first_byte: Instant,
+    ) -> Option<Self> {
+        let t = lease.cold_start?;
+        let began = lease.cold_start_began?;
+        let since = |a: Instant, b: Instant| b.saturating_duration_since(a);
+        // The instance's own marks are measured from `began`; they only grow.
+        let image = began + t.image_ready;
+        let container = began + t.container_started.max(t.image_ready);
+        let ready = began + t.app_ready.max(t.container_started);
+        let first_byte = first_byte.max(ready);
+        Some(Breakdown {
+            phases: vec![
+                ("resolve", since(arrived, forwarded)),
+                ("queue", since(forwarded, began)),
+                ("image", since(began, image)),
+                ("container", since(image, container)),
+                ("ready", since(container, ready)),
+                ("response", since(ready, first_byte)),
+            ],
+            rootfs: match (t.rootfs, t.prefetched) {
+                (pronto_runtime::RootfsSource::Lazy, true) => "lazy+prefetch",
+                (r, _) => r.as_str(),
+            },
+            image_pulled: t.image_pulled,
+            prefetched: t.prefetched,
+        })
+    }
+
+    pub fn total(&self) -> Duration {
+        self.phases.iter().map(|(_, d)| *d).sum()
+    }
+
+    /// `total=..;PHASE=..;...;imageReady=..;containerStarted=..;appReady=..;firstByte=..;
+    /// imagePulled=..;rootfs=..;prefetch=..`: milliseconds, each phase's own, then the older
+    /// cumulative marks (since arrival; `firstByte` is the total).
+    pub fn header(&self) -> String {
+        let ms = |d: Duration| d.as_millis();
+        let mut out = format!("total={}", ms(self.total()));
+        let mut at = Duration::ZERO;
+        let mut marks = Vec::new();
+        for (name, d) in &self.phases {
+            out.push_str(&format!(";{name}={}", ms(*d)));
+            at += *d;
+            let mark = match *name {
+                "image" => "imageReady",
+                "container" => "containerStarted",
+                "ready" => "appReady",
+                "response" => "firstByte",
+                _ => continue,
+            };
+            marks.push(format!(";{mark}={}", ms(at)));
+        }
+        out.extend(marks);
+        let rootfs = self.rootfs.split('+').next().unwrap_or(self.rootfs);
+        out.push_str(&format!(
+            ";imagePulled={};rootfs={rootfs};prefetch={}",
+            self.image_pulled, self.prefetched
+        ));
+        out
+    }
+
+    fn record(&self, metrics: &Metrics, function: &str) {
+        let labels = ColdStartLabels {
+            function: function.to_string(),
+            rootfs: self.rootfs.to_string(),
+        };
+        metrics.cold_starts.get_or_create(&labels).inc();
+        metrics
+            .cold_start_seconds
+            .get_or_create(&labels)
+            .observe(self.total().as_secs_f64());
+        for (phase, d) in &self.phases {
+            metrics
+                .cold_start_phase_seconds
+                .get_or_create(&PhaseLabels {
+                    function: function.to_string(),
+                    phase: phase.to_string(),
+                })
+                .observe(d.as_secs_f64());
+        }
+    }
 }
 
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
