@@ -48,8 +48,12 @@ pub async fn forward(
     let started = Instant::now();
     let mut lease = match pool.acquire(spec).await {
         Ok(l) => l,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no instance for the request");
+            return ApiError::from(e).into_response();
+        }
     };
+    tracing::Span::current().record("instance", lease.instance.id.as_str());
     let (parts, body) = req.into_parts();
     let mut out = Request::builder().method(parts.method).uri(path_and_query);
     let headers = out.headers_mut().expect("fresh builder");
@@ -84,6 +88,7 @@ pub async fn forward(
                 }
             };
             drop(lease);
+            tracing::warn!(error = %e, "the function failed the request");
             pool.recycle(spec.name(), &instance.id);
             return with_instance(e.into_response(), &instance.id);
         }
@@ -96,6 +101,7 @@ pub async fn forward(
                 function: spec.name().to_string(),
                 timeout: spec.timeout,
             };
+            tracing::warn!(error = %e, "the function timed out; its instance is recycled");
             return with_instance(e.into_response(), &id);
         }
     };
