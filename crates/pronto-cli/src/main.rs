@@ -36,13 +36,9 @@ enum Command {
     /// Benchmarks built into the binary: `bench coldstart` (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Show what a function's instances wrote to stdout/stderr.
-    Logs {
-        name: String,
-        /// Lines from the end.
-        #[arg(long, default_value_t = 100)]
-        tail: usize,
-    },
+    /// Show what a function's instances wrote to stdout/stderr (each line: time, instance,
+    /// request id or -, the line).
+    Logs(client::LogsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,7 +61,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args, &cli.endpoint).await,
             Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
             Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
-            Command::Logs { name, tail } => client::logs(&cli.endpoint, &name, tail).await,
+            Command::Logs(args) => client::logs(&cli.endpoint, args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -270,3 +270,132 @@ async fn kill_9_with_a_lazy_instance_leaves_nothing_hung_or_mounted_after_restar
     assert_eq!(body, "lazy busybox\n");
     assert!(timing.contains("rootfs=lazy"), "{timing}");
 }
+
+/// Prints `said QUERY` to stderr, answers `ok`.
+const SAY: &str =
+    "#!/bin/sh\necho \"said $QUERY_STRING\" >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok'\n";
+
+#[tokio::test]
+async fn logs_carry_times_and_request_ids_and_follow_shows_a_line_within_a_second() {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/talk:v1");
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(
+            Layer::gzip()
+                .dir("www/cgi-bin")
+                .file("www/cgi-bin/say", SAY)
+                .mode(0o755),
+        )
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let daemon = Daemon::start(&data);
+    ok(daemon.cli(&[
+        "function",
+        "create",
+        "talk",
+        "--image",
+        &reference.to_string(),
+        "--acceleration-type",
+        "None",
+    ]));
+    let (body, _) = ok(daemon.cli(&[
+        "invoke",
+        "talk",
+        "--path",
+        "/cgi-bin/say?first",
+        "-H",
+        "x-fc-request-id: cli-req-1",
+    ]));
+    assert_eq!(body, "ok");
+
+    // The line the function printed while serving cli-req-1: time, instance, request id.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let line = loop {
+        let (out, _) = ok(daemon.cli(&["logs", "talk", "--request-id", "cli-req-1"]));
+        if let Some(l) = out.lines().find(|l| l.ends_with(" cli-req-1 said first")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no line for cli-req-1: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let fields: Vec<&str> = line.split(' ').collect();
+    let stamp =
+        time::OffsetDateTime::parse(fields[0], &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let age = time::OffsetDateTime::now_utc() - stamp;
+    assert!(age < time::Duration::seconds(10), "{line}");
+    let instance = fields[1].to_string();
+    assert_eq!(instance_dirs(&data), std::slice::from_ref(&instance));
+    // Filters: since, instance.
+    let (out, _) = ok(daemon.cli(&["logs", "talk", "--since", "1m"]));
+    assert!(out.contains("said first"), "{out}");
+    let (out, _) = ok(daemon.cli(&["logs", "talk", "--since", "2099-01-01T00:00:00Z"]));
+    assert_eq!(out, "");
+    let (out, _) = ok(daemon.cli(&["logs", "talk", "--instance", "000000000000"]));
+    assert_eq!(out, "");
+    let (out, _) = ok(daemon.cli(&["logs", "talk", "--instance", &instance]));
+    assert!(out.contains("said first"), "{out}");
+    let bad = daemon.cli(&["logs", "talk", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+
+    // --follow: each new line shows up within a second of the function printing it (it
+    // printed before it answered, so the answer is the latest it could have printed).
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_pronto"))
+        .args(["logs", "talk", "--follow", "--tail", "1"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api", &format!("http://127.0.0.1:{}", daemon.control)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        first.ends_with("said first"),
+        "the last line so far: {first}"
+    );
+    let http = reqwest::Client::new();
+    let token = std::fs::read_to_string(data.join("api-token")).unwrap();
+    for i in 0..3 {
+        let r = http
+            .get(format!(
+                "http://127.0.0.1:{}/invoke/talk/cgi-bin/say?again-{i}",
+                daemon.invoke
+            ))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-fc-request-id"].to_str().unwrap().to_string();
+        assert_eq!(r.text().await.unwrap(), "ok");
+        let answered = Instant::now();
+        let line = rx
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_else(|_| panic!("no line within a second of the answer to request {i}"));
+        assert!(
+            answered.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            answered.elapsed()
+        );
+        assert!(line.ends_with(&format!(" {id} said again-{i}")), "{line}");
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    reader.join().unwrap();
+}

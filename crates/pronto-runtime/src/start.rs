@@ -16,10 +16,13 @@ use crate::instance::{tail, Instance, InstanceSpec, RootfsSource, StartError, St
 use crate::layout::InstanceLayout;
 use crate::lazy::{Acquired, SharedMount};
 use crate::node::Node;
+use crate::output::{LogPump, RequestTag};
 use crate::teardown::{release, teardown};
 
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed start waits for the container's last output lines.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 fn setup(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Setup { step, source }
@@ -45,7 +48,12 @@ impl Node {
             .map_err(setup("creating the instance directory"))?;
 
         let mut lazy = None;
-        match self.start_in(&spec, &layout, started, &mut lazy).await {
+        let mut pump = None;
+        let mut tag = RequestTag::default();
+        match self
+            .start_in(&spec, &layout, started, &mut lazy, (&mut pump, &mut tag))
+            .await
+        {
             Ok(s) => Ok(Instance {
                 id: layout.id.clone(),
                 function: spec.function,
@@ -57,12 +65,17 @@ impl Node {
                 node: n.clone(),
                 stopped: AtomicBool::new(false),
                 lazy: Mutex::new(lazy),
+                pump: Mutex::new(pump),
+                request_tag: tag,
             }),
             Err(e) => {
                 if let Err(te) = teardown(n.host.as_ref(), &layout).await {
                     tracing::error!(error = %te, "teardown after a failed start");
                 }
                 release(lazy).await;
+                if let Some(mut pump) = pump {
+                    pump.finish(OUTPUT_DRAIN).await;
+                }
                 Err(e)
             }
         }
@@ -113,6 +126,7 @@ impl Node {
         l: &InstanceLayout,
         started: Instant,
         lazy: &mut Option<Arc<SharedMount>>,
+        (pump, tag): (&mut Option<LogPump>, &mut RequestTag),
     ) -> Result<Started, StartError> {
         let host = self.inner.host.as_ref();
         let mut timings = StartTimings::default();
@@ -157,18 +171,37 @@ impl Node {
         if let Some(dir) = l.log.parent() {
             std::fs::create_dir_all(dir).map_err(setup("creating the log directory"))?;
         }
-        let runtime_err = |source| StartError::Runtime {
-            source,
-            log_tail: tail(&l.log),
+        let (p, t, output) =
+            LogPump::start(&l.log, &l.id).map_err(setup("opening the output pipe"))?;
+        *tag = t;
+        let pump = pump.insert(p);
+        let created = host.create_container(&l.id, &l.dir, output).await;
+        let created = match created {
+            Ok(pid) => host.start_container(&l.id).await.map(|()| pid),
+            Err(e) => Err(e),
         };
-        let pid = host
-            .create_container(&l.id, &l.dir, &l.log)
-            .await
-            .map_err(runtime_err)?;
-        host.start_container(&l.id).await.map_err(runtime_err)?;
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(source) => {
+                // The runtime has exited: what it and the container printed is in the pipe.
+                pump.finish(OUTPUT_DRAIN).await;
+                return Err(StartError::Runtime {
+                    source,
+                    log_tail: tail(&l.log),
+                });
+            }
+        };
         timings.container_started = started.elapsed();
 
-        wait_ready(host, spec, l, pid, &netns_path, started + spec.init_timeout).await?;
+        let deadline = started + spec.init_timeout;
+        if let Err(mut e) = wait_ready(host, spec, l, pid, &netns_path, deadline).await {
+            if let StartError::Exited { log_tail, .. } = &mut e {
+                // It died: its last lines are on their way through the pipe.
+                pump.finish(OUTPUT_DRAIN).await;
+                *log_tail = tail(&l.log);
+            }
+            return Err(e);
+        }
         timings.app_ready = started.elapsed();
         Ok(Started {
             pid,

@@ -148,6 +148,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<metrics::Metrics>,
     /// What a scrape of `/metrics` encodes.
     pub exporter: std::sync::Arc<metrics::Exporter>,
+    /// Cancelled when the server stops: long-lived responses (followed logs) end then.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
@@ -232,6 +234,7 @@ impl Server {
             pool,
             metrics,
             exporter,
+            shutdown: CancellationToken::new(),
             token: token.clone(),
             images,
             max_instances: config.max_instances,
@@ -281,7 +284,7 @@ impl Server {
         };
         let control_addr = local("control", &control)?;
         let invoke_addr = local("invoke", &invoke)?;
-        let cancel = CancellationToken::new();
+        let cancel = self.state.shutdown.clone();
         let mut tasks = JoinSet::new();
         let control_router = api::control_router(
             self.state.clone(),

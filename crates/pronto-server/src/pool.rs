@@ -134,6 +134,8 @@ pub struct Lease {
     connection: Option<SendRequest<ProxyBody>>,
     /// Set when the exchange finished cleanly, so the connection may be reused.
     reusable: bool,
+    /// The request the instance's output lines are tagged with while this lease lasts.
+    output_tag: Option<String>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -225,6 +227,7 @@ impl Pool {
                             .map_or(Duration::ZERO, |q| q.since.elapsed()),
                         connection: slot.connections.pop(),
                         reusable: false,
+                        output_tag: None,
                     };
                     drop(all);
                     drop(queued);
@@ -375,6 +378,7 @@ impl Pool {
             queued: Duration::ZERO,
             connection: None,
             reusable: false,
+            output_tag: None,
         })
     }
 
@@ -553,10 +557,24 @@ impl Lease {
     pub fn mark_reusable(&mut self) {
         self.reusable = true;
     }
+
+    /// Tags what the instance prints with `request_id` until the lease ends: only for an
+    /// instance serving this one request (`instanceConcurrency` 1).
+    pub async fn tag_output(&mut self, request_id: &str) {
+        self.instance.request_tag().begin(request_id).await;
+        self.output_tag = Some(request_id.to_string());
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if let Some(id) = self.output_tag.take() {
+            // Once the lines the request printed are read (a short, bounded wait).
+            let tag = self.instance.request_tag().clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { tag.end(&id).await });
+            }
+        }
         let pool = self.pool.clone();
         pool.release(self);
     }

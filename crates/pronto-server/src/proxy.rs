@@ -54,6 +54,16 @@ pub async fn forward(
         }
     };
     tracing::Span::current().record("instance", lease.instance.id.as_str());
+    if spec.concurrency == 1 {
+        // The instance serves only this request: what it prints is this request's.
+        if let Some(id) = req
+            .headers()
+            .get(crate::invoke::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            lease.tag_output(id).await;
+        }
+    }
     let (parts, body) = req.into_parts();
     let mut out = Request::builder().method(parts.method).uri(path_and_query);
     let headers = out.headers_mut().expect("fresh builder");

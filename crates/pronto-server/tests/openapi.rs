@@ -194,6 +194,22 @@ async fn every_documented_response_is_served_as_documented() {
         case(
             M::GET,
             logs,
+            "/2023-03-30/functions/f/logs?since=2024-05-01T12:00:00Z&requestId=r-1&instanceId=0a1b",
+            true,
+            None,
+            200,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/f/logs?since=10m",
+            true,
+            None,
+            400,
+        ),
+        case(
+            M::GET,
+            logs,
             "/2023-03-30/functions/f/logs",
             false,
             None,

@@ -43,6 +43,27 @@ impl Write for Sink {
     }
 }
 
+/// The function's logs (`query` added), once they have a line (bounded wait: the output pump
+/// writes them a moment after the function printed them).
+async fn logs_of(env: &Env, function: &str, query: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let r = env
+            .call(
+                reqwest::Method::GET,
+                &format!("{}/{function}/logs?{query}", common::FUNCTIONS),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let logs = r.body["logs"].as_str().unwrap().to_string();
+        if !logs.is_empty() || std::time::Instant::now() > deadline {
+            return logs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn log_lines_with(needle: &str) -> Vec<String> {
     let logs = captured();
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
@@ -88,7 +109,27 @@ async fn request_ids_round_trip_and_are_logged() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-fc-request-id"], "caller-id-0001");
+    let instance = r.headers()["x-pronto-instance"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(r.text().await.unwrap(), "caller-id-0001");
+    // What the function printed while serving it carries the id (the instance serves one
+    // request at a time), with a time and the instance.
+    let logs = logs_of(&env, "reqid", "requestId=caller-id-0001").await;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let fields: Vec<&str> = lines[0].splitn(4, ' ').collect();
+    assert_eq!(
+        fields[1..],
+        [
+            instance.as_str(),
+            "caller-id-0001",
+            "handling caller-id-0001"
+        ],
+        "{logs}"
+    );
+    time::OffsetDateTime::parse(fields[0], &time::format_description::well_known::Rfc3339).unwrap();
 
     // None sent: a new UUID v4, the same on both sides.
     let r = env
@@ -149,4 +190,35 @@ async fn request_ids_round_trip_and_are_logged() {
             .any(|l| l.contains("function=broken") && l.contains("no instance for the request")),
         "{lines:#?}"
     );
+}
+
+/// A followed log is a response that never ends by itself: stopping the daemon ends it, and
+/// the stop does not wait for the client.
+#[tokio::test]
+async fn a_followed_log_ends_when_the_daemon_stops() {
+    let mut env = Env::start_with(|c| c.accelerate = false).await;
+    env.push("quiet:v1", b"x").await;
+    env.create("quiet", &env.image("quiet:v1"), json!({})).await;
+    let mut r = env
+        .http
+        .get(env.url(&format!("{}/quiet/logs?follow=true", common::FUNCTIONS)))
+        .bearer_auth(env.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let server = env.server.take().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("the stop does not wait for the follower")
+        .unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = r.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
 }
