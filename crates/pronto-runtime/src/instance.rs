@@ -64,16 +64,22 @@ impl RootfsSource {
     }
 }
 
-/// Where a cold start's time went, each measured from the start call.
+/// Where a cold start's time went, each measured from the start call; each mark is at or
+/// after the one before.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartTimings {
+    /// The registry's credentials for the image's repository were at hand: answered now if
+    /// this start needs the registry (a pull, a new lazy mount) and none was cached.
+    pub auth_done: Duration,
     /// The image was on local disk (pulled and unpacked by this start if `image_pulled`).
     pub image_ready: Duration,
     pub image_pulled: bool,
     pub rootfs: RootfsSource,
     /// The lazy mount was made for this start and prefetches an access trace.
     pub prefetched: bool,
+    /// Overlay, network namespace, bundle and output pipe made: the OCI runtime comes next.
+    pub setup_done: Duration,
     /// The container's process was started.
     pub container_started: Duration,
     /// Its port answered HTTP.

@@ -289,6 +289,15 @@ impl LazyStore {
         removed
     }
 
+    /// `digest` is mounted (or being mounted): an acquire would share that mount.
+    pub fn has_mount(&self, digest: &Digest) -> bool {
+        self.mounts
+            .lock()
+            .expect("mounts lock poisoned")
+            .get(digest)
+            .is_some_and(|slot| slot.is_live())
+    }
+
     /// Counters of every live mount.
     pub async fn stats(&self) -> Vec<(Digest, StatsSnapshot)> {
         let mut out = Vec::new();

@@ -87,8 +87,24 @@ impl Node {
         &self,
         spec: &InstanceSpec,
         lazy: &mut Option<Arc<SharedMount>>,
+        timings: &mut StartTimings,
+        started: Instant,
     ) -> Result<(PathBuf, RootfsSource, bool), StartError> {
         let n = &self.inner;
+        // Registry authentication, timed apart from the transfers, when this start will talk
+        // to the registry. A failure here is left for the transfer to report.
+        let digest = &spec.image.manifest_digest;
+        let needs_registry = if spec.accelerated {
+            !n.lazy.has_mount(digest)
+        } else {
+            !n.images.has(digest)
+        };
+        if needs_registry {
+            if let Err(e) = n.images.authorize(&spec.image).await {
+                tracing::debug!(image = %spec.image.pinned, error = %e, "registry authentication");
+            }
+        }
+        timings.auth_done = started.elapsed();
         if spec.accelerated {
             match n.lazy.acquire(&spec.image, spec.prefetch.as_deref()).await {
                 Ok((mount, acquired)) => {
@@ -130,7 +146,8 @@ impl Node {
     ) -> Result<Started, StartError> {
         let host = self.inner.host.as_ref();
         let mut timings = StartTimings::default();
-        let (lower, rootfs_source, prefetched) = self.lower_dir(spec, lazy).await?;
+        let (lower, rootfs_source, prefetched) =
+            self.lower_dir(spec, lazy, &mut timings, started).await?;
         timings.image_ready = started.elapsed();
         timings.prefetched = prefetched;
         timings.image_pulled = rootfs_source == RootfsSource::Pulled;
@@ -175,6 +192,7 @@ impl Node {
             LogPump::start(&l.log, &l.id).map_err(setup("opening the output pipe"))?;
         *tag = t;
         let pump = pump.insert(p);
+        timings.setup_done = started.elapsed();
         let created = host.create_container(&l.id, &l.dir, output).await;
         let created = match created {
             Ok(pid) => host.start_container(&l.id).await.map(|()| pid),

@@ -52,6 +52,14 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
     let instance = env.node.start(spec(&env, "hello")).await.unwrap();
     assert!(instance.is_running());
     assert_eq!(instance.timings.rootfs, RootfsSource::Local);
+    let t = instance.timings;
+    assert!(
+        t.auth_done <= t.image_ready
+            && t.image_ready <= t.setup_done
+            && t.setup_done <= t.container_started
+            && t.container_started <= t.app_ready,
+        "{t:?}"
+    );
     let (id, netns) = (instance.id.clone(), format!("pronto-{}", instance.id));
     let rootfs = env
         .config

@@ -126,6 +126,7 @@ async fn invoke_function(
             return ApiError::Unauthorized(reason).into_response();
         }
     }
+    let looked_up = Instant::now();
     let image = match state.images.resolved(&function.image).await {
         Ok(i) => i,
         Err(e) => {
@@ -137,6 +138,11 @@ async fn invoke_function(
             .into_response()
         }
     };
+    let marks = proxy::Arrival {
+        arrived,
+        looked_up,
+        resolved: Instant::now(),
+    };
     let spec = run_spec(&function, image, state.max_instances);
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, Body::new(body));
@@ -146,7 +152,7 @@ async fn invoke_function(
         &spec,
         req,
         &path_and_query,
-        arrived,
+        marks,
     )
     .await
 }

@@ -13,7 +13,11 @@ pub const FUNCTIONS: &str = "/2023-03-30/functions";
 
 pub struct Env {
     pub registry: TestRegistry,
+    /// The test's own client (pushes, checks).
     pub client: RegistryClient,
+    /// Each server start gets a new client with these (an empty token cache, as a new
+    /// daemon has).
+    pub client_options: ClientOptions,
     pub data: tempfile::TempDir,
     pub server: Option<RunningServer>,
     pub http: reqwest::Client,
@@ -37,8 +41,16 @@ impl Env {
 
     /// A server whose config `tweak` changed (e.g. a short idle timeout).
     pub async fn start_with(tweak: fn(&mut ServerConfig)) -> Env {
-        let registry = TestRegistry::start();
-        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        Self::start_on(TestRegistry::start(), ClientOptions::default(), tweak).await
+    }
+
+    /// A server speaking to `registry` with `options` (credentials).
+    pub async fn start_on(
+        registry: TestRegistry,
+        options: ClientOptions,
+        tweak: fn(&mut ServerConfig),
+    ) -> Env {
+        let client = RegistryClient::new(options.clone()).unwrap();
         let data = tempfile::Builder::new()
             .prefix("pronto-server-test-")
             .tempdir()
@@ -46,6 +58,7 @@ impl Env {
         let mut env = Env {
             registry,
             client,
+            client_options: options,
             data,
             server: None,
             http: reqwest::Client::new(),
@@ -61,7 +74,8 @@ impl Env {
     }
 
     pub fn config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(self.data_dir(), self.client.clone());
+        let client = RegistryClient::new(self.client_options.clone()).unwrap();
+        let mut config = ServerConfig::new(self.data_dir(), client);
         config.control_addr = "127.0.0.1:0".parse().unwrap();
         config.invoke_addr = "127.0.0.1:0".parse().unwrap();
         (self.tweak)(&mut config);
