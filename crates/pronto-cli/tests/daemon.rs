@@ -26,6 +26,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(data: &Path) -> Daemon {
+        Self::start_with(data, &[], &[], Stdio::null())
+    }
+
+    /// With more `serve` arguments, environment, and its stderr (its log) going to `stderr`.
+    fn start_with(
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: impl Into<Stdio>,
+    ) -> Daemon {
         let (control, invoke) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_pronto"))
             .args([
@@ -35,10 +45,14 @@ impl Daemon {
                 "--invoke-addr",
                 &format!("127.0.0.1:{invoke}"),
             ])
+            .args(args)
             .arg("--data-dir")
             .arg(data)
+            .env_remove("PRONTO_LOG")
+            .env_remove("PRONTO_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let d = Daemon {
@@ -398,4 +412,113 @@ async fn logs_carry_times_and_request_ids_and_follow_shows_a_line_within_a_secon
     follow.kill().unwrap();
     follow.wait().unwrap();
     reader.join().unwrap();
+}
+
+#[tokio::test]
+async fn daemon_logs_are_json_with_request_fields_or_text_without_colour_codes() {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/logged:v1");
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(Layer::gzip().file("www/index.html", "logged\n"))
+        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let env = [("PRONTO_LOG", "info,pronto_server=debug,pronto=info")];
+
+    // JSON: every line an object; the daemon's lines about a request carry its fields.
+    let (data, log) = (work.path().join("json"), work.path().join("json.log"));
+    let daemon = Daemon::start_with(
+        &data,
+        &["--log-format", "json"],
+        &env,
+        std::fs::File::create(&log).unwrap(),
+    );
+    ok(daemon.cli(&[
+        "function",
+        "create",
+        "web",
+        "--image",
+        &reference.to_string(),
+        "--acceleration-type",
+        "None",
+    ]));
+    let (body, _) = ok(daemon.cli(&[
+        "invoke",
+        "web",
+        "--path",
+        "/index.html",
+        "-H",
+        "x-fc-request-id: json-req-1",
+    ]));
+    assert_eq!(body, "logged\n");
+    drop(daemon); // SIGTERM, waited for: the log is complete
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["timestamp"].is_string() && l["level"].is_string()));
+    let about = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message && l["span"]["request_id"] == "json-req-1")
+            .unwrap_or_else(|| panic!("no {message:?} line for json-req-1:\n{text}"))
+    };
+    let cold = about("cold start");
+    let span = &cold["span"];
+    assert_eq!(span["function"], "web");
+    let instance = span["instance"].as_str().unwrap();
+    assert_eq!(instance.len(), 12, "{cold}");
+    assert!(
+        span["image"].as_str().unwrap().starts_with("sha256:"),
+        "{cold}"
+    );
+    assert!(
+        cold["breakdown"].as_str().unwrap().starts_with("total="),
+        "{cold}"
+    );
+    let started = about("instance started");
+    assert_eq!(started["instance"], instance, "{started}");
+    assert_eq!(started["function"], "web");
+    assert_eq!(started["image"], span["image"]);
+    assert_eq!(about("invoked")["status"], 200);
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "serving" && l["target"] == "pronto"));
+
+    // Text to a file (not a terminal): no escape codes, the same fields as key=value.
+    let (data, log) = (work.path().join("text"), work.path().join("text.log"));
+    let daemon = Daemon::start_with(&data, &[], &env, std::fs::File::create(&log).unwrap());
+    ok(daemon.cli(&[
+        "function",
+        "create",
+        "web",
+        "--image",
+        &reference.to_string(),
+        "--acceleration-type",
+        "None",
+    ]));
+    ok(daemon.cli(&[
+        "invoke",
+        "web",
+        "--path",
+        "/index.html",
+        "-H",
+        "x-fc-request-id: text-req-1",
+    ]));
+    drop(daemon);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "escape codes in a file:\n{text}");
+    assert!(
+        text.lines().any(|l| l.contains("request_id=text-req-1")
+            && l.contains("function=web")
+            && l.contains("cold start")),
+        "{text}"
+    );
 }

@@ -54,23 +54,40 @@ impl Node {
             .start_in(&spec, &layout, started, &mut lazy, (&mut pump, &mut tag))
             .await
         {
-            Ok(s) => Ok(Instance {
-                id: layout.id.clone(),
-                function: spec.function,
-                port: spec.port,
-                timings: s.timings,
-                layout,
-                netns_path: s.netns_path,
-                pid: s.pid,
-                node: n.clone(),
-                stopped: AtomicBool::new(false),
-                lazy: Mutex::new(lazy),
-                pump: Mutex::new(pump),
-                request_tag: tag,
-            }),
+            Ok(s) => {
+                tracing::info!(
+                    function = %spec.function,
+                    instance = %layout.id,
+                    image = %spec.image.manifest_digest,
+                    rootfs = s.timings.rootfs.as_str(),
+                    ms = s.timings.app_ready.as_millis() as u64,
+                    "instance started"
+                );
+                Ok(Instance {
+                    id: layout.id.clone(),
+                    function: spec.function,
+                    port: spec.port,
+                    timings: s.timings,
+                    layout,
+                    netns_path: s.netns_path,
+                    pid: s.pid,
+                    node: n.clone(),
+                    stopped: AtomicBool::new(false),
+                    lazy: Mutex::new(lazy),
+                    pump: Mutex::new(pump),
+                    request_tag: tag,
+                })
+            }
             Err(e) => {
+                tracing::warn!(
+                    function = %spec.function,
+                    instance = %layout.id,
+                    image = %spec.image.manifest_digest,
+                    error = %e,
+                    "instance failed to start"
+                );
                 if let Err(te) = teardown(n.host.as_ref(), &layout).await {
-                    tracing::error!(error = %te, "teardown after a failed start");
+                    tracing::error!(instance = %layout.id, error = %te, "teardown after a failed start");
                 }
                 release(lazy).await;
                 if let Some(mut pump) = pump {

@@ -6,7 +6,8 @@
 //! Every invocation has a request id: the caller's `x-fc-request-id` if it sent a usable one,
 //! else a new UUID (v4). The function gets it in `x-fc-request-id`, the response (errors
 //! included) carries it back, and the daemon's log lines about the request carry it as the
-//! `request_id` field of the `invoke` span (with `function` and, once chosen, `instance`).
+//! `request_id` field of the `invoke` span (with `function`, the image's digest `image` and,
+//! once chosen, `instance`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +86,7 @@ async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
         function = %function,
         request_id = %id,
         instance = tracing::field::Empty,
+        image = tracing::field::Empty,
     );
     let mut response = invoke_named(state, req, arrived).instrument(span).await;
     response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -127,6 +129,10 @@ async fn invoke_function(
         }
     }
     let looked_up = Instant::now();
+    tracing::Span::current().record(
+        "image",
+        tracing::field::display(&function.image.manifest_digest),
+    );
     let image = match state.images.resolved(&function.image).await {
         Ok(i) => i,
         Err(e) => {

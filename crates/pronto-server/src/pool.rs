@@ -480,7 +480,7 @@ impl Pool {
             .collect();
         for i in all {
             if let Err(e) = i.stop().await {
-                tracing::error!(error = %e, "teardown at shutdown");
+                tracing::error!(function = %i.function, instance = %i.id, error = %e, "teardown at shutdown");
             }
         }
         self.teardowns.close();
@@ -617,8 +617,13 @@ impl Pool {
     fn stop_all(&self, instances: Vec<Arc<Instance>>) {
         for i in instances {
             self.teardowns.spawn(async move {
-                if let Err(e) = i.stop().await {
-                    tracing::error!(error = %e, "instance teardown");
+                match i.stop().await {
+                    Ok(()) => {
+                        tracing::debug!(function = %i.function, instance = %i.id, "instance stopped")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %i.function, instance = %i.id, error = %e, "instance teardown")
+                    }
                 }
             });
         }

@@ -141,6 +141,12 @@ pub async fn forward(
     if let Some(b) = Breakdown::of(&lease, marks, first_byte) {
         pool.keep_access_trace(&lease, spec);
         b.record(metrics, spec.name());
+        tracing::info!(
+            rootfs = b.rootfs,
+            ms = b.total().as_millis() as u64,
+            breakdown = %b.header(),
+            "cold start"
+        );
         headers.insert(
             HeaderName::from_static(COLD_START_HEADER),
             HeaderValue::from_str(&b.header()).expect("ascii"),
