@@ -191,6 +191,22 @@ impl Pool {
         // leaves, whichever way (served, refused, or its caller gone).
         let mut queued: Option<Queued> = None;
         loop {
+            // Made before room is looked for: a `Notified` sees the `notify_waiters` calls made
+            // after its creation, so a release between the look (under the lock) and the wait
+            // cannot be missed, which would leave the request waiting out its whole timeout
+            // beside a free instance. (Made after the lock, as before, a release in between —
+            // a short window, but one that included spawning teardowns — was lost.)
+            let changed = self
+                .functions
+                .lock()
+                .expect("pool lock poisoned")
+                .entry(spec.name().to_string())
+                .or_default()
+                .changed
+                .clone();
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let mut retired = Vec::new();
             let wait;
             {
@@ -236,7 +252,7 @@ impl Pool {
                 }
                 if f.slots.len() + f.starting < spec.max_instances {
                     f.starting += 1;
-                    wait = None;
+                    wait = false;
                 } else {
                     if queued.is_none() {
                         f.queued += 1;
@@ -246,36 +262,31 @@ impl Pool {
                             since: Instant::now(),
                         });
                     }
-                    wait = Some(f.changed.clone());
+                    wait = true;
                 }
             }
             self.stop_all(retired);
-            match wait {
-                None => {
-                    let waited = queued
-                        .as_ref()
-                        .map_or(Duration::ZERO, |q| q.since.elapsed());
-                    drop(queued);
-                    let mut lease = self.cold_start(spec).await?;
-                    lease.queued = waited;
-                    return Ok(lease);
-                }
-                Some(changed) => {
-                    let notified = changed.notified();
-                    let now = Instant::now();
-                    if now >= deadline
-                        || tokio::time::timeout(deadline - now, notified)
-                            .await
-                            .is_err()
-                    {
-                        let instances = self.instances_of(spec.name());
-                        return Err(AcquireError::Busy {
-                            function: spec.name().to_string(),
-                            instances,
-                            waited: spec.timeout,
-                        });
-                    }
-                }
+            if !wait {
+                let waited = queued
+                    .as_ref()
+                    .map_or(Duration::ZERO, |q| q.since.elapsed());
+                drop(queued);
+                let mut lease = self.cold_start(spec).await?;
+                lease.queued = waited;
+                return Ok(lease);
+            }
+            let now = Instant::now();
+            if now >= deadline
+                || tokio::time::timeout(deadline - now, notified.as_mut())
+                    .await
+                    .is_err()
+            {
+                let instances = self.instances_of(spec.name());
+                return Err(AcquireError::Busy {
+                    function: spec.name().to_string(),
+                    instances,
+                    waited: spec.timeout,
+                });
             }
         }
     }
