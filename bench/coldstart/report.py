@@ -39,7 +39,7 @@ lines = [
     "",
     "Metric: time from the invoke request to the first byte of a correct response (curl "
     "`time_starttransfer`, ms; every body checked), median [min–max]; breakdown = medians of the "
-    "`x-pronto-cold-start` fields (ms since the request reached the proxy, cumulative). Bytes = "
+    "`x-pronto-cold-start` fields (ms since the request reached the daemon, cumulative). Bytes = "
     "received over the link from the daemon's start to the response; Range = 206 responses the "
     "registry logged; CPU = the daemon's user+sys seconds (with reaped children) since its start.",
     "",

@@ -368,14 +368,91 @@ pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn logs(ep: &Endpoint, name: &str, tail: usize) -> anyhow::Result<()> {
-    let v = call(
-        ep,
-        reqwest::Method::GET,
-        &format!("{FUNCTIONS}/{name}/logs?tail={tail}"),
-        None,
-    )
-    .await?;
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Lines from the end.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+    /// Keep printing new lines as they are written (Ctrl-C to stop).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines from this long ago (30s, 10m, 2h, 1d) or since this RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<String>,
+    /// Only this instance's lines (its id is in each response's x-pronto-instance).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only the lines printed while serving this request (x-fc-request-id).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+/// `--since`: a duration back from now (`90s`, `10m`, `2h`, `1d`), or an RFC 3339 time;
+/// either way an RFC 3339 time for the API.
+fn parse_since(s: &str) -> Result<String, String> {
+    use time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(s, &Rfc3339).is_ok() {
+        return Ok(s.to_string());
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().map_err(|_| {
+        format!("{s:?}: expected a duration (30s, 10m, 2h, 1d) or an RFC 3339 time")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(secs);
+    at.format(&Rfc3339).map_err(|e| e.to_string())
+}
+
+pub async fn logs(ep: &Endpoint, a: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = format!("{FUNCTIONS}/{}/logs", a.name);
+    let url = format!("{}{path}", ep.api.trim_end_matches('/'));
+    let mut query = vec![("tail", a.tail.to_string())];
+    for (k, v) in [
+        ("since", &a.since),
+        ("instanceId", &a.instance),
+        ("requestId", &a.request_id),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v.clone()));
+        }
+    }
+    if a.follow {
+        query.push(("follow", "true".into()));
+    }
+    let mut resp = http()
+        .get(&url)
+        .bearer_auth(ep.token()?)
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach pronto serve at {}", ep.api))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("GET {path}: {status}: {msg}");
+    }
+    if a.follow {
+        // Streamed: each piece as it comes.
+        let mut out = std::io::stdout();
+        while let Some(chunk) = resp.chunk().await? {
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        return Ok(());
+    }
+    let v: Value = resp.json().await?;
     match v["logs"].as_str() {
         Some(text) => print!("{text}"),
         None => println!("{}", serde_json::to_string_pretty(&v)?),

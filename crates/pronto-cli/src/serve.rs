@@ -31,6 +31,14 @@ pub struct ServeArgs {
     /// DATA_DIR/node/chunks); suffixes K, M and G accepted.
     #[arg(long, default_value = "10G", value_parser = crate::image::parse_bytes)]
     chunk_cache_size: u64,
+    /// Serve /metrics on the control address without the API token (for a Prometheus that
+    /// has no token); the rest of the API still needs it.
+    #[arg(long)]
+    metrics_public: bool,
+    /// Log lines on stderr as text (colours only on a terminal, none with NO_COLOR) or one
+    /// JSON object each; PRONTO_LOG sets the level (e.g. info, pronto_server=debug).
+    #[arg(long, env = "PRONTO_LOG_FORMAT", value_enum, default_value_t = crate::LogFormat::Text)]
+    pub log_format: crate::LogFormat,
 }
 
 pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
@@ -42,6 +50,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout);
     config.max_instances = args.max_instances;
     config.chunk_cache_bytes = args.chunk_cache_size;
+    config.metrics_public = args.metrics_public;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -51,15 +60,27 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
     };
-    eprintln!(
-        "pronto: serving control API on {}, invocations on {}, data in {}",
-        config.control_addr,
-        config.invoke_addr,
-        config.data_dir.display()
-    );
+    let json = args.log_format == crate::LogFormat::Json;
+    // For people the banner is plain text; in JSON every line is an event (target `pronto`,
+    // shown at the default level).
+    if json {
+        tracing::info!(target: "pronto", control_addr = %config.control_addr,
+            invoke_addr = %config.invoke_addr, data_dir = %config.data_dir.display(), "serving");
+    } else {
+        eprintln!(
+            "pronto: serving control API on {}, invocations on {}, data in {}",
+            config.control_addr,
+            config.invoke_addr,
+            config.data_dir.display()
+        );
+    }
     pronto_server::serve(config, shutdown)
         .await
         .context("pronto serve")?;
-    eprintln!("pronto: stopped; all instances torn down");
+    if json {
+        tracing::info!(target: "pronto", "stopped; all instances torn down");
+    } else {
+        eprintln!("pronto: stopped; all instances torn down");
+    }
     Ok(())
 }

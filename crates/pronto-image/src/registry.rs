@@ -119,7 +119,8 @@ pub struct FetchedManifest {
 pub struct RegistryClient {
     http: reqwest::Client,
     options: Arc<ClientOptions>,
-    /// Bearer tokens by (registry, scope); never logged.
+    /// `Authorization` values by (registry, scope); never logged. An empty value: the
+    /// repository was found open ([`RegistryClient::authorize_pull`]).
     tokens: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
@@ -180,15 +181,8 @@ impl RegistryClient {
         )
     }
 
-    /// Sends a request built by `build`, answering one auth challenge if the registry asks.
-    async fn send(
-        &self,
-        r: &Reference,
-        access: Access,
-        method: Method,
-        url: &str,
-        build: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<Response, RegistryError> {
+    /// The token cache's key for `access` to `r`'s repository.
+    fn scope_key(r: &Reference, access: Access) -> (String, String) {
         let scope = format!(
             "repository:{}:{}",
             r.repository,
@@ -198,7 +192,49 @@ impl RegistryClient {
                 "pull"
             }
         );
-        let key = (r.registry.clone(), scope.clone());
+        (r.registry.clone(), scope)
+    }
+
+    /// Makes sure pulls from `r`'s repository meet no auth challenge: unless a credential is
+    /// cached for it, one request (a `HEAD` of the manifest `r` names) answers the registry's
+    /// challenge now (Bearer token or Basic) and caches the answer; a repository that asks for
+    /// none is remembered as open. So a caller can time authentication apart from the
+    /// transfers that follow (the cold-start breakdown's `auth`). Whether the manifest exists
+    /// does not matter here.
+    pub async fn authorize_pull(&self, r: &Reference) -> Result<(), RegistryError> {
+        let key = Self::scope_key(r, Access::Pull);
+        if self
+            .tokens
+            .lock()
+            .expect("token cache poisoned")
+            .contains_key(&key)
+        {
+            return Ok(());
+        }
+        let url = format!("{}/manifests/{}", self.base_url(r), r.manifest_selector());
+        self.send(r, Access::Pull, Method::HEAD, &url, |b| {
+            b.header(ACCEPT, MANIFEST_ACCEPT)
+        })
+        .await?;
+        self.tokens
+            .lock()
+            .expect("token cache poisoned")
+            .entry(key)
+            .or_default();
+        Ok(())
+    }
+
+    /// Sends a request built by `build`, answering one auth challenge if the registry asks.
+    async fn send(
+        &self,
+        r: &Reference,
+        access: Access,
+        method: Method,
+        url: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let key = Self::scope_key(r, access);
+        let scope = key.1.clone();
         let mut attempt = 0;
         loop {
             let mut req = build(self.http.request(method.clone(), url));
@@ -208,7 +244,7 @@ impl RegistryClient {
                 .expect("token cache poisoned")
                 .get(&key)
                 .cloned();
-            if let Some(auth) = token {
+            if let Some(auth) = token.filter(|t| !t.is_empty()) {
                 req = req.header(AUTHORIZATION, auth);
             }
             let resp = req.send().await.map_err(|source| RegistryError::Connect {
@@ -219,6 +255,13 @@ impl RegistryClient {
                 if resp.status() == StatusCode::UNAUTHORIZED
                     || resp.status() == StatusCode::FORBIDDEN
                 {
+                    if resp.status() == StatusCode::UNAUTHORIZED {
+                        // A credential refused is not kept: the next request asks afresh.
+                        self.tokens
+                            .lock()
+                            .expect("token cache poisoned")
+                            .remove(&key);
+                    }
                     return Err(RegistryError::Unauthorized {
                         registry: r.registry.clone(),
                         repository: r.repository.clone(),

@@ -40,7 +40,10 @@ async fn basic_auth_from_credentials() {
         .unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    common::pronto_unpack(&good, &reference, &work.path().join("ok"))
+    // Authorized ahead (a fresh client: nothing cached), then the pull needs no challenge.
+    let fresh = client_with(&registry, "alice", "s3cret:with:colons");
+    fresh.authorize_pull(&reference).await.unwrap();
+    common::pronto_unpack(&fresh, &reference, &work.path().join("ok"))
         .await
         .unwrap();
     assert_eq!(
@@ -73,7 +76,43 @@ async fn basic_auth_from_credentials() {
         );
         assert!(!msg.contains("s3cret") && !msg.contains("nope"));
         assert!(!work.path().join("denied").exists());
+        let err = client.authorize_pull(&reference).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Unauthorized { .. }),
+            "{name}: {err}"
+        );
     }
+}
+
+/// An open registry is remembered as open, and later requests still work (no empty
+/// `Authorization` header is sent).
+#[tokio::test]
+async fn authorizing_against_an_open_registry_changes_nothing() {
+    let registry = TestRegistry::start();
+    let client = common::client();
+    let reference = registry.reference("open/app:v1");
+    ImageBuilder::new()
+        .layer(Layer::gzip().file("a.txt", b"open"))
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let fresh = common::client();
+    for _ in 0..2 {
+        fresh.authorize_pull(&reference).await.unwrap();
+    }
+    // A repository with no such manifest is still authorized (nothing to deny).
+    fresh
+        .authorize_pull(&registry.reference("open/none:v1"))
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    common::pronto_unpack(&fresh, &reference, &work.path().join("ok"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(work.path().join("ok/a.txt")).unwrap(),
+        b"open"
+    );
 }
 
 #[tokio::test]

@@ -728,6 +728,18 @@ impl ChunkCache {
         self.len() == 0
     }
 
+    /// The bound, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Entries (chunks and backing files) deleted to stay within the bound since the cache was
+    /// opened (corrupt entries deleted on read are not counted).
+    pub fn evictions(&self) -> u64 {
+        let c = &self.counters;
+        c.chunks_evicted.load(Ordering::Relaxed) + c.files_evicted.load(Ordering::Relaxed)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -922,10 +934,12 @@ mod tests {
         assert_eq!(cache.read(&b, 10_000, 0..1), Lookup::Miss);
         assert!(matches!(cache.read(&a, 10_000, 0..1), Lookup::Hit(_)));
         assert!(matches!(cache.read(&c, 10_000, 0..1), Lookup::Hit(_)));
+        assert_eq!(cache.evictions(), 1);
         // A smaller bound at reopen evicts down to it.
         drop(cache);
         let cache = ChunkCache::open(dir.path(), 10_000).unwrap();
         assert_eq!(cache.len(), 1);
+        assert_eq!((cache.evictions(), cache.capacity()), (1, 10_000));
         let on_disk: usize = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())

@@ -267,6 +267,11 @@ impl LazyMount {
         self.cache.stats()
     }
 
+    /// The mount's live counters, readable after it is gone (for node-wide totals).
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Stops building backing files, lets the requests being answered finish (bounded; a fetch
     /// that fails is not retried any more), detaches the mount, ends its FUSE connection (any
     /// reader still inside gets ENOTCONN, never a hang) and joins the worker threads.

@@ -190,6 +190,36 @@ impl Stats {
     }
 }
 
+impl StatsSnapshot {
+    /// Adds `other`'s counters to these (the slowest fetch is the slower of the two): the
+    /// totals of several mounts.
+    pub fn accumulate(&mut self, other: &StatsSnapshot) {
+        self.read_requests += other.read_requests;
+        self.read_bytes += other.read_bytes;
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.cache_corrupt += other.cache_corrupt;
+        self.inflight_waits += other.inflight_waits;
+        self.range_requests += other.range_requests;
+        self.fetched_bytes += other.fetched_bytes;
+        self.fetched_chunks += other.fetched_chunks;
+        self.fetched_content_bytes += other.fetched_content_bytes;
+        self.fetch_retries += other.fetch_retries;
+        self.fetch_errors += other.fetch_errors;
+        self.fetch_micros_total += other.fetch_micros_total;
+        self.fetch_micros_max = self.fetch_micros_max.max(other.fetch_micros_max);
+        self.prefetched_chunks += other.prefetched_chunks;
+        self.prefetched_content_bytes += other.prefetched_content_bytes;
+        self.file_opens += other.file_opens;
+        self.passthrough_opens += other.passthrough_opens;
+        self.passthrough_refused += other.passthrough_refused;
+        self.materialized_files += other.materialized_files;
+        self.materialized_bytes += other.materialized_bytes;
+        self.handles_open += other.handles_open;
+        self.passthrough_handles_open += other.passthrough_handles_open;
+    }
+}
+
 impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let avg_ms = if self.range_requests > 0 {
@@ -227,5 +257,41 @@ impl std::fmt::Display for StatsSnapshot {
             self.materialized_files,
             self.materialized_bytes,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accumulating_adds_counters_and_keeps_the_slowest_fetch() {
+        let a = Stats::default();
+        a.read(10);
+        a.range_request(100, 2, 300, Duration::from_micros(7));
+        let b = Stats::default();
+        b.read(5);
+        b.cache_hit();
+        b.range_request(50, 1, 60, Duration::from_micros(3));
+        b.prefetched(1, 60);
+        let mut total = a.snapshot();
+        total.accumulate(&b.snapshot());
+        assert_eq!(
+            (total.read_requests, total.read_bytes, total.cache_hits),
+            (2, 15, 1)
+        );
+        assert_eq!(
+            (
+                total.range_requests,
+                total.fetched_bytes,
+                total.fetched_chunks
+            ),
+            (2, 150, 3)
+        );
+        assert_eq!((total.fetch_micros_total, total.fetch_micros_max), (10, 7));
+        assert_eq!(
+            (total.prefetched_chunks, total.prefetched_content_bytes),
+            (1, 60)
+        );
     }
 }

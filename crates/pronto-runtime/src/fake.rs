@@ -3,14 +3,16 @@
 //!
 //! A fake container's "process" is an in-process HTTP/1.1 server on a loopback port: `connect`
 //! into the container's namespace reaches it, so readiness probes and proxied requests work as
-//! on the real host. Every call is recorded ([`FakeHost::events`]); what still exists is in
+//! on the real host. The app prints `instance ID: METHOD PATH` for each request to the output
+//! pipe it was created with, as a real function prints to its stdout. Every call is recorded ([`FakeHost::events`]); what still exists is in
 //! [`FakeHost::leftovers`]. Knobs make starts fail, stall, never become ready or die.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,7 +72,12 @@ struct FakeContainer {
     cgroups_path: String,
     /// The app's address and its accept loop, once started.
     app: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The write end of its output pipe, while the "process" lives.
+    output: Option<Output>,
 }
+
+/// A fake container's stdout and stderr.
+type Output = Arc<Mutex<std::fs::File>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -84,7 +91,13 @@ struct State {
 
 impl State {
     /// A new live container, not started; returns its pid.
-    fn add_container(&mut self, id: &str, netns: PathBuf, cgroups_path: String) -> i32 {
+    fn add_container(
+        &mut self,
+        id: &str,
+        netns: PathBuf,
+        cgroups_path: String,
+        output: Option<Output>,
+    ) -> i32 {
         self.next_pid += 1;
         let pid = self.next_pid;
         self.containers.insert(
@@ -96,6 +109,7 @@ impl State {
                 oom: false,
                 cgroups_path,
                 app: None,
+                output,
             },
         );
         pid
@@ -148,6 +162,7 @@ impl FakeHost {
         if let Some(c) = self.state().containers.get_mut(id) {
             c.alive = false;
             c.oom |= oom;
+            c.output = None;
             if let Some((_, task)) = c.app.take() {
                 task.abort();
             }
@@ -157,7 +172,7 @@ impl FakeHost {
     /// A container left by "a previous daemon": known to the runtime, not to the node.
     pub fn plant_container(&self, id: &str) {
         self.state()
-            .add_container(id, PathBuf::new(), String::new());
+            .add_container(id, PathBuf::new(), String::new(), None);
     }
 }
 
@@ -249,19 +264,27 @@ impl Host for FakeHost {
         }
     }
 
-    async fn create_container(&self, id: &str, bundle: &Path, log: &Path) -> Result<i32, OciError> {
+    async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        output: OwnedFd,
+    ) -> Result<i32, OciError> {
         let (netns, cgroups_path) =
             bundle_netns(bundle).map_err(|e| failed("create", id, e.to_string()))?;
+        let mut output = std::fs::File::from(output);
         let mut s = self.state();
         s.events.push(HostEvent::CreateContainer(id.to_string()));
         if let Some(msg) = s.behaviour.fail_create.clone() {
-            let _ = std::fs::write(log, format!("{msg}\n"));
+            // As runc does: its error on its stderr, which is the output pipe.
+            let _ = writeln!(output, "{msg}");
             return Err(failed("create", id, msg));
         }
         if s.containers.contains_key(id) {
             return Err(failed("create", id, "container exists"));
         }
-        Ok(s.add_container(id, netns, cgroups_path))
+        let output = Arc::new(Mutex::new(output));
+        Ok(s.add_container(id, netns, cgroups_path, Some(output)))
     }
 
     async fn start_container(&self, id: &str) -> Result<(), OciError> {
@@ -271,6 +294,11 @@ impl Host for FakeHost {
             s.behaviour.clone()
         };
         tokio::time::sleep(behaviour.start_delay).await;
+        let output = self
+            .state()
+            .containers
+            .get(id)
+            .and_then(|c| c.output.clone());
         let app = if behaviour.never_ready || behaviour.exit_on_start {
             None
         } else {
@@ -278,7 +306,7 @@ impl Host for FakeHost {
                 .await
                 .map_err(|e| failed("start", id, e.to_string()))?;
             let addr = listener.local_addr().expect("bound");
-            Some((addr, tokio::spawn(serve(listener, id.to_string()))))
+            Some((addr, tokio::spawn(serve(listener, id.to_string(), output))))
         };
         let mut s = self.state();
         let Some(c) = s.containers.get_mut(id) else {
@@ -287,6 +315,7 @@ impl Host for FakeHost {
         c.app = app;
         if behaviour.exit_on_start {
             c.alive = false;
+            c.output = None;
         }
         Ok(())
     }
@@ -322,20 +351,22 @@ impl Host for FakeHost {
 }
 
 /// The fake app: answers every request `200 instance ID: METHOD PATH`, keeping the connection
-/// alive as HTTP/1.1 does.
-async fn serve(listener: TcpListener, id: String) {
+/// alive as HTTP/1.1 does, and prints the same line to its output.
+async fn serve(listener: TcpListener, id: String, output: Option<Output>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let id = id.clone();
-        tokio::spawn(async move {
-            let _ = answer(stream, &id).await;
+        let (id, output) = (id.clone(), output.clone());
+        // In the set: aborting the app aborts its connections, and their hold on the output.
+        connections.spawn(async move {
+            let _ = answer(stream, &id, output).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, id: &str) -> io::Result<()> {
+async fn answer(mut stream: TcpStream, id: &str, output: Option<Output>) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -379,6 +410,10 @@ async fn answer(mut stream: TcpStream, id: &str) -> io::Result<()> {
             parts.next().unwrap_or_default(),
         );
         let body = format!("instance {id}: {method} {path}");
+        if let Some(out) = &output {
+            // A pipe write; small, and the daemon's pump drains it.
+            let _ = writeln!(out.lock().expect("output poisoned"), "{body}");
+        }
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()

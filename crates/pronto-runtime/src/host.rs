@@ -7,6 +7,7 @@
 
 use std::fmt::Debug;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -42,9 +43,16 @@ pub trait Host: Send + Sync + Debug {
     /// A TCP connection to `127.0.0.1:port` inside the namespace at `netns`.
     async fn connect(&self, netns: &Path, port: u16) -> io::Result<TcpStream>;
 
-    /// Creates container `id` from the bundle in `bundle` (its stdout and stderr to `log`);
-    /// returns the pid of its init process.
-    async fn create_container(&self, id: &str, bundle: &Path, log: &Path) -> Result<i32, OciError>;
+    /// Creates container `id` from the bundle in `bundle`, its stdout and stderr both `output`
+    /// (the write end of the instance's output pipe: the caller keeps no copy, so the pipe ends
+    /// when the container's processes and the runtime are gone); returns the pid of its init
+    /// process.
+    async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        output: OwnedFd,
+    ) -> Result<i32, OciError>;
 
     async fn start_container(&self, id: &str) -> Result<(), OciError>;
 
@@ -106,8 +114,13 @@ impl Host for LinuxHost {
         netns::connect(netns.to_owned(), port).await
     }
 
-    async fn create_container(&self, id: &str, bundle: &Path, log: &Path) -> Result<i32, OciError> {
-        self.oci.create(id, bundle, log).await
+    async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        output: OwnedFd,
+    ) -> Result<i32, OciError> {
+        self.oci.create(id, bundle, output).await
     }
 
     async fn start_container(&self, id: &str) -> Result<(), OciError> {

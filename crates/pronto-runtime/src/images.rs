@@ -33,6 +33,20 @@ impl ImageStore {
         self.root.join(digest.hex())
     }
 
+    /// The node has `digest` unpacked.
+    pub fn has(&self, digest: &Digest) -> bool {
+        is_complete(&self.path_of(digest))
+    }
+
+    /// Answers the registry's auth challenge for `image`'s repository now, if no credential is
+    /// at hand ([`RegistryClient::authorize_pull`]).
+    pub async fn authorize(
+        &self,
+        image: &ResolvedImage,
+    ) -> Result<(), pronto_image::registry::RegistryError> {
+        self.client.authorize_pull(&image.pinned).await
+    }
+
     /// The unpacked tree of `image`, pulling it first if this node does not have it.
     /// Returns the path and whether this call pulled it.
     pub async fn ensure(&self, image: &ResolvedImage) -> Result<(PathBuf, bool), PullError> {

@@ -17,6 +17,7 @@ use crate::layout::InstanceLayout;
 use crate::lazy::SharedMount;
 use crate::node::NodeInner;
 use crate::oci::OciError;
+use crate::output::{LogPump, LogRecord, RequestTag};
 
 /// How many bytes of an instance's log go into an error message.
 const LOG_TAIL_BYTES: usize = 2048;
@@ -63,16 +64,22 @@ impl RootfsSource {
     }
 }
 
-/// Where a cold start's time went, each measured from the start call.
+/// Where a cold start's time went, each measured from the start call; each mark is at or
+/// after the one before.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartTimings {
+    /// The registry's credentials for the image's repository were at hand: answered now if
+    /// this start needs the registry (a pull, a new lazy mount) and none was cached.
+    pub auth_done: Duration,
     /// The image was on local disk (pulled and unpacked by this start if `image_pulled`).
     pub image_ready: Duration,
     pub image_pulled: bool,
     pub rootfs: RootfsSource,
     /// The lazy mount was made for this start and prefetches an access trace.
     pub prefetched: bool,
+    /// Overlay, network namespace, bundle and output pipe made: the OCI runtime comes next.
+    pub setup_done: Duration,
     /// The container's process was started.
     pub container_started: Duration,
     /// Its port answered HTTP.
@@ -131,6 +138,9 @@ pub struct Instance {
     pub(crate) stopped: AtomicBool,
     /// The lazily loaded lower dir, held until the overlay above it is gone.
     pub(crate) lazy: Mutex<Option<Arc<SharedMount>>>,
+    /// Pumps the container's output into its log; finished at stop.
+    pub(crate) pump: Mutex<Option<LogPump>>,
+    pub(crate) request_tag: RequestTag,
 }
 
 impl Instance {
@@ -174,15 +184,33 @@ impl Instance {
     pub fn log_tail(&self) -> String {
         tail(&self.layout.log)
     }
+
+    /// The tag of the lines the container prints: for instances that serve one request at a
+    /// time, the request in flight ([`RequestTag::begin`], [`RequestTag::end`]).
+    pub fn request_tag(&self) -> &RequestTag {
+        &self.request_tag
+    }
 }
 
-/// The last part of a container's output, for error messages.
+/// The last part of a container's output, for error messages: the messages of its last
+/// lines, without their stamps.
 pub(crate) fn tail(log: &std::path::Path) -> String {
     let Ok(bytes) = std::fs::read(log) else {
         return "(no output)".into();
     };
-    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
-    let text = String::from_utf8_lossy(&bytes[start..]).trim().to_string();
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = Vec::new();
+    let mut len = 0;
+    for line in text.lines().rev() {
+        let message = LogRecord::parse(line).map_or(line, |r| r.message);
+        len += message.len() + 1;
+        if len > LOG_TAIL_BYTES && !lines.is_empty() {
+            break;
+        }
+        lines.push(message);
+    }
+    lines.reverse();
+    let text = lines.join("\n").trim().to_string();
     if text.is_empty() {
         "(no output)".into()
     } else {

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use pronto_artifact::{fetch_artifact, ArtifactError};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, RegistryClient};
+use pronto_lazyfs::stats::Stats;
 use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};
 use tracing::{info, warn};
 
@@ -34,12 +35,55 @@ pub enum LazyError {
     },
 }
 
+/// The counters of every mount the store has made: those still mounted, read live, plus the
+/// final counts of those gone, so that node-wide totals only ever grow.
+#[derive(Debug, Default)]
+struct StatsBook {
+    inner: Mutex<StatsBookInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsBookInner {
+    gone: StatsSnapshot,
+    live: HashMap<u64, Arc<Stats>>,
+}
+
+impl StatsBook {
+    fn add(&self, n: u64, stats: Arc<Stats>) {
+        self.lock().live.insert(n, stats);
+    }
+
+    /// Mount `n` is gone: its last counts join the totals of the gone.
+    fn retire(&self, n: u64) {
+        let mut book = self.lock();
+        if let Some(stats) = book.live.remove(&n) {
+            book.gone.accumulate(&stats.snapshot());
+        }
+    }
+
+    fn totals(&self) -> StatsSnapshot {
+        let book = self.lock();
+        let mut total = book.gone;
+        for stats in book.live.values() {
+            total.accumulate(&stats.snapshot());
+        }
+        total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsBookInner> {
+        self.inner.lock().expect("stats book poisoned")
+    }
+}
+
 /// A mounted image; the mount lives as long as any instance holds this.
 #[derive(Debug)]
 pub struct SharedMount {
     pub digest: Digest,
     path: PathBuf,
     mount: Mutex<Option<LazyMount>>,
+    /// Its number in the store (`lazy/<digest>-<n>`) and the store's counters.
+    n: u64,
+    book: Arc<StatsBook>,
 }
 
 impl SharedMount {
@@ -76,6 +120,7 @@ impl Drop for SharedMount {
                 Err(e) => warn!(image = %self.digest, error = %e, "unmounting lazy rootfs"),
             }
         }
+        self.book.retire(self.n);
         if let Err(e) = std::fs::remove_dir(&self.path) {
             warn!(path = %self.path.display(), error = %e, "removing lazy mount point");
         }
@@ -118,6 +163,7 @@ pub struct LazyStore {
     /// images are not held up.
     mounts: Mutex<HashMap<Digest, Arc<MountSlot>>>,
     next: AtomicU64,
+    book: Arc<StatsBook>,
 }
 
 impl LazyStore {
@@ -137,6 +183,7 @@ impl LazyStore {
             fetch_rt: FetchRuntime::new()?,
             mounts: Mutex::default(),
             next: AtomicU64::new(0),
+            book: Arc::default(),
         })
     }
 
@@ -194,10 +241,13 @@ impl LazyStore {
             Some(t) if mount.prefetch(t) > 0 => Acquired::Prefetching,
             _ => Acquired::Recording,
         };
+        self.book.add(n, mount.stats_handle());
         let shared = Arc::new(SharedMount {
             digest: image.manifest_digest.clone(),
             path,
             mount: Mutex::new(Some(mount)),
+            n,
+            book: self.book.clone(),
         });
         *held = Arc::downgrade(&shared);
         Ok((shared, acquired))
@@ -239,6 +289,15 @@ impl LazyStore {
         removed
     }
 
+    /// `digest` is mounted (or being mounted): an acquire would share that mount.
+    pub fn has_mount(&self, digest: &Digest) -> bool {
+        self.mounts
+            .lock()
+            .expect("mounts lock poisoned")
+            .get(digest)
+            .is_some_and(|slot| slot.is_live())
+    }
+
     /// Counters of every live mount.
     pub async fn stats(&self) -> Vec<(Digest, StatsSnapshot)> {
         let mut out = Vec::new();
@@ -250,6 +309,12 @@ impl LazyStore {
             }
         }
         out
+    }
+
+    /// The counters of every mount this store has made, added up: those unmounted since
+    /// included, so each total only grows (Prometheus counters).
+    pub fn totals(&self) -> StatsSnapshot {
+        self.book.totals()
     }
 
     fn slots(&self) -> Vec<Arc<MountSlot>> {

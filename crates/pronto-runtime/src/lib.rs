@@ -12,6 +12,8 @@
 //! - [`bundle`]: `config.json` from the image config and the function's settings.
 //! - [`netns`]: named network namespaces and sockets opened inside them.
 //! - [`oci`]: calls to the OCI runtime binary.
+//! - [`output`]: the container's stdout and stderr through a pipe, stamped line by line
+//!   (time, instance, request) into its log file.
 //! - [`host`]: the seam between instances and the machine ([`Host`]: overlay mounts, network
 //!   namespaces, the OCI runtime, process liveness, OOM), the real [`LinuxHost`], and with
 //!   feature `fake` a recording `fake::FakeHost` for tests without root.
@@ -37,6 +39,7 @@ pub mod lazy;
 pub mod netns;
 pub mod node;
 pub mod oci;
+pub mod output;
 mod procfs;
 mod start;
 mod teardown;

@@ -1,5 +1,6 @@
 //! Calls to the OCI runtime binary (`runc`; `crun` takes the same verbs and flags).
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -79,17 +80,10 @@ impl OciRuntime {
     }
 
     /// `create`: sets the container up, its process waiting to exec. The process's stdout and
-    /// stderr are `log` (inherited through the runtime). Returns the init process's pid.
-    pub async fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<i32, OciError> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| OciError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
-        let err_file = log_file.try_clone().map_err(|source| OciError::Spawn {
+    /// stderr are `output` (inherited through the runtime, which passes its own stdio through
+    /// when there is no terminal). Returns the init process's pid.
+    pub async fn create(&self, id: &str, bundle: &Path, output: OwnedFd) -> Result<i32, OciError> {
+        let err_file = output.try_clone().map_err(|source| OciError::Spawn {
             bin: self.bin.clone(),
             source,
         })?;
@@ -101,12 +95,14 @@ impl OciRuntime {
             .arg("--pid-file")
             .arg(bundle.join("pid"))
             .arg(id)
-            .stdout(log_file)
+            .stdout(output)
             .stderr(err_file);
         let status = cmd.status().await.map_err(|source| OciError::Spawn {
             bin: self.bin.clone(),
             source,
         })?;
+        // Our copies of the output pipe's write end go now: only the container keeps one.
+        drop(cmd);
         if status.success() {
             let path = bundle.join("pid");
             let pid_err = |source| OciError::Pid {

@@ -16,10 +16,13 @@ use crate::instance::{tail, Instance, InstanceSpec, RootfsSource, StartError, St
 use crate::layout::InstanceLayout;
 use crate::lazy::{Acquired, SharedMount};
 use crate::node::Node;
+use crate::output::{LogPump, RequestTag};
 use crate::teardown::{release, teardown};
 
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed start waits for the container's last output lines.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 fn setup(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Setup { step, source }
@@ -45,24 +48,51 @@ impl Node {
             .map_err(setup("creating the instance directory"))?;
 
         let mut lazy = None;
-        match self.start_in(&spec, &layout, started, &mut lazy).await {
-            Ok(s) => Ok(Instance {
-                id: layout.id.clone(),
-                function: spec.function,
-                port: spec.port,
-                timings: s.timings,
-                layout,
-                netns_path: s.netns_path,
-                pid: s.pid,
-                node: n.clone(),
-                stopped: AtomicBool::new(false),
-                lazy: Mutex::new(lazy),
-            }),
+        let mut pump = None;
+        let mut tag = RequestTag::default();
+        match self
+            .start_in(&spec, &layout, started, &mut lazy, (&mut pump, &mut tag))
+            .await
+        {
+            Ok(s) => {
+                tracing::info!(
+                    function = %spec.function,
+                    instance = %layout.id,
+                    image = %spec.image.manifest_digest,
+                    rootfs = s.timings.rootfs.as_str(),
+                    ms = s.timings.app_ready.as_millis() as u64,
+                    "instance started"
+                );
+                Ok(Instance {
+                    id: layout.id.clone(),
+                    function: spec.function,
+                    port: spec.port,
+                    timings: s.timings,
+                    layout,
+                    netns_path: s.netns_path,
+                    pid: s.pid,
+                    node: n.clone(),
+                    stopped: AtomicBool::new(false),
+                    lazy: Mutex::new(lazy),
+                    pump: Mutex::new(pump),
+                    request_tag: tag,
+                })
+            }
             Err(e) => {
+                tracing::warn!(
+                    function = %spec.function,
+                    instance = %layout.id,
+                    image = %spec.image.manifest_digest,
+                    error = %e,
+                    "instance failed to start"
+                );
                 if let Err(te) = teardown(n.host.as_ref(), &layout).await {
-                    tracing::error!(error = %te, "teardown after a failed start");
+                    tracing::error!(instance = %layout.id, error = %te, "teardown after a failed start");
                 }
                 release(lazy).await;
+                if let Some(mut pump) = pump {
+                    pump.finish(OUTPUT_DRAIN).await;
+                }
                 Err(e)
             }
         }
@@ -74,8 +104,24 @@ impl Node {
         &self,
         spec: &InstanceSpec,
         lazy: &mut Option<Arc<SharedMount>>,
+        timings: &mut StartTimings,
+        started: Instant,
     ) -> Result<(PathBuf, RootfsSource, bool), StartError> {
         let n = &self.inner;
+        // Registry authentication, timed apart from the transfers, when this start will talk
+        // to the registry. A failure here is left for the transfer to report.
+        let digest = &spec.image.manifest_digest;
+        let needs_registry = if spec.accelerated {
+            !n.lazy.has_mount(digest)
+        } else {
+            !n.images.has(digest)
+        };
+        if needs_registry {
+            if let Err(e) = n.images.authorize(&spec.image).await {
+                tracing::debug!(image = %spec.image.pinned, error = %e, "registry authentication");
+            }
+        }
+        timings.auth_done = started.elapsed();
         if spec.accelerated {
             match n.lazy.acquire(&spec.image, spec.prefetch.as_deref()).await {
                 Ok((mount, acquired)) => {
@@ -113,10 +159,12 @@ impl Node {
         l: &InstanceLayout,
         started: Instant,
         lazy: &mut Option<Arc<SharedMount>>,
+        (pump, tag): (&mut Option<LogPump>, &mut RequestTag),
     ) -> Result<Started, StartError> {
         let host = self.inner.host.as_ref();
         let mut timings = StartTimings::default();
-        let (lower, rootfs_source, prefetched) = self.lower_dir(spec, lazy).await?;
+        let (lower, rootfs_source, prefetched) =
+            self.lower_dir(spec, lazy, &mut timings, started).await?;
         timings.image_ready = started.elapsed();
         timings.prefetched = prefetched;
         timings.image_pulled = rootfs_source == RootfsSource::Pulled;
@@ -157,18 +205,38 @@ impl Node {
         if let Some(dir) = l.log.parent() {
             std::fs::create_dir_all(dir).map_err(setup("creating the log directory"))?;
         }
-        let runtime_err = |source| StartError::Runtime {
-            source,
-            log_tail: tail(&l.log),
+        let (p, t, output) =
+            LogPump::start(&l.log, &l.id).map_err(setup("opening the output pipe"))?;
+        *tag = t;
+        let pump = pump.insert(p);
+        timings.setup_done = started.elapsed();
+        let created = host.create_container(&l.id, &l.dir, output).await;
+        let created = match created {
+            Ok(pid) => host.start_container(&l.id).await.map(|()| pid),
+            Err(e) => Err(e),
         };
-        let pid = host
-            .create_container(&l.id, &l.dir, &l.log)
-            .await
-            .map_err(runtime_err)?;
-        host.start_container(&l.id).await.map_err(runtime_err)?;
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(source) => {
+                // The runtime has exited: what it and the container printed is in the pipe.
+                pump.finish(OUTPUT_DRAIN).await;
+                return Err(StartError::Runtime {
+                    source,
+                    log_tail: tail(&l.log),
+                });
+            }
+        };
         timings.container_started = started.elapsed();
 
-        wait_ready(host, spec, l, pid, &netns_path, started + spec.init_timeout).await?;
+        let deadline = started + spec.init_timeout;
+        if let Err(mut e) = wait_ready(host, spec, l, pid, &netns_path, deadline).await {
+            if let StartError::Exited { log_tail, .. } = &mut e {
+                // It died: its last lines are on their way through the pipe.
+                pump.finish(OUTPUT_DRAIN).await;
+                *log_tail = tail(&l.log);
+            }
+            return Err(e);
+        }
         timings.app_ready = started.elapsed();
         Ok(Started {
             pid,

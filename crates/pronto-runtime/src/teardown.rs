@@ -67,9 +67,19 @@ impl Instance {
         let result = teardown(self.node.host.as_ref(), &self.layout).await;
         let lazy = self.lazy.lock().expect("instance lock poisoned").take();
         release(lazy).await;
+        // The container is gone, so is the pipe's last writer: its last lines reach the log.
+        let pump = self.pump.lock().expect("instance lock poisoned").take();
+        if let Some(mut pump) = pump {
+            if !pump.finish(PUMP_FINISH).await {
+                tracing::warn!(instance = %self.id, "the output pipe is still open after teardown");
+            }
+        }
         result
     }
 }
+
+/// How long a stop waits for the instance's last output lines.
+const PUMP_FINISH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Undoes every step of a start, in reverse: the container (and its cgroup), the overlay, the
 /// network namespace, and — only if all of those are gone — the directory.

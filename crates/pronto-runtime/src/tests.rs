@@ -52,6 +52,14 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
     let instance = env.node.start(spec(&env, "hello")).await.unwrap();
     assert!(instance.is_running());
     assert_eq!(instance.timings.rootfs, RootfsSource::Local);
+    let t = instance.timings;
+    assert!(
+        t.auth_done <= t.image_ready
+            && t.image_ready <= t.setup_done
+            && t.setup_done <= t.container_started
+            && t.container_started <= t.app_ready,
+        "{t:?}"
+    );
     let (id, netns) = (instance.id.clone(), format!("pronto-{}", instance.id));
     let rootfs = env
         .config
@@ -209,4 +217,56 @@ async fn opening_the_node_again_cleans_up_what_a_crashed_daemon_left() {
         env.host.leftovers()
     );
     assert_eq!(instance_dirs(&env), 0);
+}
+
+/// One request to `instance` through its "network namespace".
+async fn get(instance: &crate::Instance, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = instance.connect().await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn output_lines_are_stamped_with_the_instance_and_the_request_it_serves() {
+    use crate::output::LogRecord;
+    let env = env().await;
+    let instance = env.node.start(spec(&env, "talk")).await.unwrap();
+    instance.request_tag().begin("req-1").await;
+    get(&instance, "/one").await;
+    instance.request_tag().end("req-1").await;
+    get(&instance, "/two").await;
+    let log = instance.log_path();
+    let id = instance.id.clone();
+    // Stopping waits for the pipe's last lines.
+    instance.stop().await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(String, Option<String>, String)> = text
+        .lines()
+        .filter_map(LogRecord::parse)
+        .filter(|r| !r.message.ends_with(": GET /")) // readiness probes
+        .map(|r| {
+            (
+                r.instance.to_string(),
+                r.request_id.map(str::to_string),
+                r.message.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                id.clone(),
+                Some("req-1".into()),
+                format!("instance {id}: GET /one")
+            ),
+            (id.clone(), None, format!("instance {id}: GET /two")),
+        ],
+        "{text}"
+    );
 }

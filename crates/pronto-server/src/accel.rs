@@ -20,6 +20,7 @@ use pronto_image::{Digest, RegistryClient};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::images::{ImageError, Images};
+use crate::metrics::Metrics;
 use crate::model::{AccelerationInfo, AccelerationStatus, AccelerationType, PinnedImage};
 use crate::store::{ListQuery, Store, StoreError};
 
@@ -57,6 +58,7 @@ pub struct Accelerator {
     limit: Semaphore,
     jobs: Mutex<HashMap<Digest, Arc<OnceCell<JobResult>>>>,
     tasks: tokio_util::task::TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Accelerator {
@@ -72,6 +74,7 @@ impl Accelerator {
         store: Store,
         options: ConvertOptions,
         max_concurrent: usize,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Accelerator {
             registry,
@@ -81,6 +84,7 @@ impl Accelerator {
             limit: Semaphore::new(max_concurrent.max(1)),
             jobs: Mutex::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            metrics,
         })
     }
 
@@ -135,7 +139,12 @@ impl Accelerator {
             .or_default()
             .clone();
         let result = cell
-            .get_or_init(|| async { self.convert(&image).await.map_err(Arc::new) })
+            .get_or_init(|| async {
+                let started = Instant::now();
+                let result = self.convert(&image).await.map_err(Arc::new);
+                self.metrics.conversion(result.is_ok(), started.elapsed());
+                result
+            })
             .await
             .clone();
         {

@@ -9,6 +9,7 @@
 //! - [`invoke`]: the invoke listener: auth, routing to a function, [`pool`] and [`proxy`].
 //! - [`pool`]: instances per function: warm reuse, cold starts, idle reclaim.
 //! - [`proxy`]: streams one request to an instance and its response back.
+//! - [`metrics`]: what `/metrics` exports (Prometheus/OpenMetrics text).
 //!
 //! [`Server::new`] opens the data directory; [`Server::start`] (or [`Server::start_on`] with
 //! listeners already bound) serves both listeners and returns a [`RunningServer`]; [`serve`]
@@ -19,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod images;
 pub mod invoke;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod proxy;
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub max_conversions: usize,
     /// Bound of the node chunk cache (contents of lazily loaded rootfs), in bytes.
     pub chunk_cache_bytes: u64,
+    /// Serve `/metrics` on the control listener without the API token.
+    pub metrics_public: bool,
 }
 
 impl ServerConfig {
@@ -82,6 +86,7 @@ impl ServerConfig {
             accelerate: true,
             max_conversions: 1,
             chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+            metrics_public: false,
         }
     }
 }
@@ -139,6 +144,12 @@ pub struct AppState {
     pub accel: std::sync::Arc<accel::Accelerator>,
     /// Whether acceleration jobs run (see [`ServerConfig::accelerate`]).
     pub accelerate: bool,
+    /// Counted as things happen.
+    pub metrics: std::sync::Arc<metrics::Metrics>,
+    /// What a scrape of `/metrics` encodes.
+    pub exporter: std::sync::Arc<metrics::Exporter>,
+    /// Cancelled when the server stops: long-lived responses (followed logs) end then.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
@@ -198,12 +209,14 @@ impl Server {
         let mut convert = pronto_convert::ConvertOptions::new(config.data_dir.join("convert"));
         convert.memo = Some(config.data_dir.join("chunk-memo.db"));
         let images = std::sync::Arc::new(images::Images::new(config.registry.clone()));
+        let metrics = std::sync::Arc::new(metrics::Metrics::default());
         let accel = accel::Accelerator::new(
             config.registry.clone(),
             images.clone(),
             store.clone(),
             convert,
             config.max_conversions,
+            metrics.clone(),
         );
         if config.accelerate {
             let resumed = accel.resume().await?;
@@ -211,12 +224,17 @@ impl Server {
                 tracing::info!(resumed, "resumed acceleration jobs");
             }
         }
+        let pool = pool::Pool::new(node, store.clone(), metrics.clone());
+        let exporter = std::sync::Arc::new(metrics::Exporter::new(&metrics, pool.clone()));
         let state = AppState {
             accel,
             accelerate: config.accelerate,
-            store: store.clone(),
+            store,
             registry: config.registry.clone(),
-            pool: pool::Pool::new(node, store),
+            pool,
+            metrics,
+            exporter,
+            shutdown: CancellationToken::new(),
             token: token.clone(),
             images,
             max_instances: config.max_instances,
@@ -266,9 +284,13 @@ impl Server {
         };
         let control_addr = local("control", &control)?;
         let invoke_addr = local("invoke", &invoke)?;
-        let cancel = CancellationToken::new();
+        let cancel = self.state.shutdown.clone();
         let mut tasks = JoinSet::new();
-        let control_router = api::control_router(self.state.clone(), self.token.clone());
+        let control_router = api::control_router(
+            self.state.clone(),
+            self.token.clone(),
+            self.config.metrics_public,
+        );
         for (listener, tcp, router) in [
             ("control", control, control_router),
             ("invoke", invoke, self.invoke),

@@ -24,6 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use pronto_runtime::{AccessTrace, Instance, InstanceSpec, Node, StartError, StartTimings};
 use tokio::sync::Notify;
 
+use crate::metrics::{FunctionLabels, Metrics};
 use crate::store::Store;
 
 pub type ProxyBody = axum::body::Body;
@@ -81,6 +82,8 @@ struct FunctionInstances {
     draining: Vec<Slot>,
     /// Cold starts under way (they count against `max_instances`).
     starting: usize,
+    /// Requests waiting for room.
+    queued: usize,
     /// Woken whenever a slot frees up or a start ends.
     changed: Arc<Notify>,
 }
@@ -93,6 +96,28 @@ pub struct Pool {
     functions: Mutex<HashMap<String, FunctionInstances>>,
     /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
     teardowns: tokio_util::task::TaskTracker,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+/// One function's instances by state, and its queue, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionLoad {
+    pub function: String,
+    pub starting: usize,
+    /// Serving no request.
+    pub idle: usize,
+    /// Serving at least one.
+    pub busy: usize,
+    /// Of an older revision, finishing their requests.
+    pub draining: usize,
+    /// Requests waiting for room.
+    pub queued: usize,
 }
 
 /// One request's claim on an instance; dropping it releases the claim.
@@ -102,9 +127,15 @@ pub struct Lease {
     pub instance: Arc<Instance>,
     /// The cold start this request caused, if it did.
     pub cold_start: Option<StartTimings>,
+    /// When that cold start began (the instance's start was called).
+    pub cold_start_began: Option<Instant>,
+    /// How long the request waited for room (zero if it found some at once).
+    pub queued: Duration,
     connection: Option<SendRequest<ProxyBody>>,
     /// Set when the exchange finished cleanly, so the connection may be reused.
     reusable: bool,
+    /// The request the instance's output lines are tagged with while this lease lasts.
+    output_tag: Option<String>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -117,13 +148,35 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Pool {
-    pub fn new(node: Node, store: Store) -> Arc<Pool> {
+    pub fn new(node: Node, store: Store, metrics: Arc<Metrics>) -> Arc<Pool> {
         Arc::new(Pool {
             node,
             store,
             functions: Mutex::default(),
             teardowns: tokio_util::task::TaskTracker::new(),
+            metrics,
         })
+    }
+
+    /// Every function's instances by state and its queue (functions the pool has seen).
+    pub fn load(&self) -> Vec<FunctionLoad> {
+        let all = self.functions.lock().expect("pool lock poisoned");
+        let mut out: Vec<FunctionLoad> = all
+            .iter()
+            .map(|(name, f)| {
+                let busy = f.slots.iter().filter(|s| s.in_flight > 0).count();
+                FunctionLoad {
+                    function: name.clone(),
+                    starting: f.starting,
+                    idle: f.slots.len() - busy,
+                    busy,
+                    draining: f.draining.len(),
+                    queued: f.queued,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.function.cmp(&b.function));
+        out
     }
 
     pub fn node(&self) -> &Node {
@@ -132,8 +185,28 @@ impl Pool {
 
     /// An instance of `spec`'s revision with room for one more request.
     pub async fn acquire(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
-        let deadline = Instant::now() + spec.timeout;
+        let arrived = Instant::now();
+        let deadline = arrived + spec.timeout;
+        // Set while this request waits in the queue; counts it out (and its wait) when it
+        // leaves, whichever way (served, refused, or its caller gone).
+        let mut queued: Option<Queued> = None;
         loop {
+            // Made before room is looked for: a `Notified` sees the `notify_waiters` calls made
+            // after its creation, so a release between the look (under the lock) and the wait
+            // cannot be missed, which would leave the request waiting out its whole timeout
+            // beside a free instance. (Made after the lock, as before, a release in between —
+            // a short window, but one that included spawning teardowns — was lost.)
+            let changed = self
+                .functions
+                .lock()
+                .expect("pool lock poisoned")
+                .entry(spec.name().to_string())
+                .or_default()
+                .changed
+                .clone();
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let mut retired = Vec::new();
             let wait;
             {
@@ -164,39 +237,56 @@ impl Pool {
                         function: spec.name().to_string(),
                         instance: slot.instance.clone(),
                         cold_start: None,
+                        cold_start_began: None,
+                        queued: queued
+                            .as_ref()
+                            .map_or(Duration::ZERO, |q| q.since.elapsed()),
                         connection: slot.connections.pop(),
                         reusable: false,
+                        output_tag: None,
                     };
                     drop(all);
+                    drop(queued);
                     self.stop_all(retired);
                     return Ok(lease);
                 }
                 if f.slots.len() + f.starting < spec.max_instances {
                     f.starting += 1;
-                    wait = None;
+                    wait = false;
                 } else {
-                    wait = Some(f.changed.clone());
+                    if queued.is_none() {
+                        f.queued += 1;
+                        queued = Some(Queued {
+                            pool: self.clone(),
+                            function: spec.name().to_string(),
+                            since: Instant::now(),
+                        });
+                    }
+                    wait = true;
                 }
             }
             self.stop_all(retired);
-            match wait {
-                None => return self.cold_start(spec).await,
-                Some(changed) => {
-                    let notified = changed.notified();
-                    let now = Instant::now();
-                    if now >= deadline
-                        || tokio::time::timeout(deadline - now, notified)
-                            .await
-                            .is_err()
-                    {
-                        let instances = self.instances_of(spec.name());
-                        return Err(AcquireError::Busy {
-                            function: spec.name().to_string(),
-                            instances,
-                            waited: spec.timeout,
-                        });
-                    }
-                }
+            if !wait {
+                let waited = queued
+                    .as_ref()
+                    .map_or(Duration::ZERO, |q| q.since.elapsed());
+                drop(queued);
+                let mut lease = self.cold_start(spec).await?;
+                lease.queued = waited;
+                return Ok(lease);
+            }
+            let now = Instant::now();
+            if now >= deadline
+                || tokio::time::timeout(deadline - now, notified.as_mut())
+                    .await
+                    .is_err()
+            {
+                let instances = self.instances_of(spec.name());
+                return Err(AcquireError::Busy {
+                    function: spec.name().to_string(),
+                    instances,
+                    waited: spec.timeout,
+                });
             }
         }
     }
@@ -249,6 +339,7 @@ impl Pool {
     }
 
     async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+        let began = Instant::now();
         let prefetch = self.access_trace(spec).await;
         let result = self
             .node
@@ -264,10 +355,16 @@ impl Pool {
         let instance = match result {
             Ok(i) => Arc::new(i),
             Err(source) => {
+                self.metrics
+                    .cold_start_failures
+                    .get_or_create(&FunctionLabels {
+                        function: spec.name().to_string(),
+                    })
+                    .inc();
                 return Err(AcquireError::Start {
                     function: spec.name().to_string(),
                     source,
-                })
+                });
             }
         };
         let slot = Slot {
@@ -288,8 +385,11 @@ impl Pool {
             function: spec.name().to_string(),
             instance,
             cold_start: Some(timings),
+            cold_start_began: Some(began),
+            queued: Duration::ZERO,
             connection: None,
             reusable: false,
+            output_tag: None,
         })
     }
 
@@ -391,7 +491,7 @@ impl Pool {
             .collect();
         for i in all {
             if let Err(e) = i.stop().await {
-                tracing::error!(error = %e, "teardown at shutdown");
+                tracing::error!(function = %i.function, instance = %i.id, error = %e, "teardown at shutdown");
             }
         }
         self.teardowns.close();
@@ -468,12 +568,50 @@ impl Lease {
     pub fn mark_reusable(&mut self) {
         self.reusable = true;
     }
+
+    /// Tags what the instance prints with `request_id` until the lease ends: only for an
+    /// instance serving this one request (`instanceConcurrency` 1).
+    pub async fn tag_output(&mut self, request_id: &str) {
+        self.instance.request_tag().begin(request_id).await;
+        self.output_tag = Some(request_id.to_string());
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if let Some(id) = self.output_tag.take() {
+            // Once the lines the request printed are read (a short, bounded wait).
+            let tag = self.instance.request_tag().clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { tag.end(&id).await });
+            }
+        }
         let pool = self.pool.clone();
         pool.release(self);
+    }
+}
+
+/// A request in a function's queue; leaving it (drop) counts it out and records its wait.
+struct Queued {
+    pool: Arc<Pool>,
+    function: String,
+    since: Instant,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(f) = self
+            .pool
+            .functions
+            .lock()
+            .expect("pool lock poisoned")
+            .get_mut(&self.function)
+        {
+            f.queued = f.queued.saturating_sub(1);
+        }
+        self.pool
+            .metrics
+            .queue_wait(&self.function, self.since.elapsed());
     }
 }
 
@@ -490,8 +628,13 @@ impl Pool {
     fn stop_all(&self, instances: Vec<Arc<Instance>>) {
         for i in instances {
             self.teardowns.spawn(async move {
-                if let Err(e) = i.stop().await {
-                    tracing::error!(error = %e, "instance teardown");
+                match i.stop().await {
+                    Ok(()) => {
+                        tracing::debug!(function = %i.function, instance = %i.id, "instance stopped")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %i.function, instance = %i.id, error = %e, "instance teardown")
+                    }
                 }
             });
         }

@@ -9,7 +9,8 @@ use pronto_image::{ClientOptions, RegistryClient};
 use pronto_runtime::fake::{FakeHost, HostEvent};
 use pronto_runtime::{InstanceSpec, Node, NodeConfig};
 
-use super::{AcquireError, Lease, Pool, RunSpec};
+use super::{AcquireError, FunctionLoad, Lease, Pool, RunSpec};
+use crate::metrics::{Exporter, Metrics};
 use crate::store::Store;
 
 struct Env {
@@ -17,6 +18,7 @@ struct Env {
     host: Arc<FakeHost>,
     pool: Arc<Pool>,
     instance: InstanceSpec,
+    metrics: Arc<Metrics>,
 }
 
 async fn env() -> Env {
@@ -36,11 +38,13 @@ async fn env() -> Env {
     // The image is "already on the node": no registry is asked.
     let instance = pronto_runtime::fake::local_spec(&node, "f");
     let store = Store::open(dir.path()).unwrap();
+    let metrics = Arc::new(Metrics::default());
     Env {
         _dir: dir,
         host,
-        pool: Pool::new(node, store),
+        pool: Pool::new(node, store, metrics.clone()),
         instance,
+        metrics,
     }
 }
 
@@ -351,5 +355,158 @@ async fn a_lease_carries_requests_to_its_instance_over_a_reused_connection() {
         );
         lease.mark_reusable();
     }
+    env.finish().await;
+}
+
+/// The value of the sample `name{labels}` in a scrape (counters, gauges, histogram counts).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+fn scrape(env: &Env) -> prometheus_parse::Scrape {
+    let text = Exporter::new(&env.metrics, env.pool.clone()).encode();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn instances_by_state_and_the_queue_are_exported() {
+    let env = env().await;
+    let spec = env.spec(1, 2);
+    let load = |env: &Env| env.pool.load().into_iter().next().unwrap_or_default();
+    let state = |s: &prometheus_parse::Scrape, state: &str| {
+        sample(
+            s,
+            "pronto_instances",
+            &[("function", "f"), ("state", state)],
+        )
+    };
+
+    // Starting: counted while the container starts.
+    env.host
+        .configure(|b| b.start_delay = Duration::from_millis(300));
+    let (pool, s2) = (env.pool.clone(), spec.clone());
+    let first = tokio::spawn(async move { pool.acquire(&s2).await });
+    until("a start under way", || load(&env).starting == 1).await;
+    assert_eq!(state(&scrape(&env), "starting"), Some(1.0));
+    let a = first.await.unwrap().unwrap();
+    env.host.configure(|b| b.start_delay = Duration::ZERO);
+    let b = env.pool.acquire(&spec).await.unwrap();
+    drop(b);
+    assert_eq!(
+        load(&env),
+        FunctionLoad {
+            function: "f".into(),
+            idle: 1,
+            busy: 1,
+            ..FunctionLoad::default()
+        }
+    );
+    let s = scrape(&env);
+    assert_eq!(
+        ["starting", "idle", "busy", "draining"].map(|st| state(&s, st)),
+        [Some(0.0), Some(1.0), Some(1.0), Some(0.0)]
+    );
+
+    // Both busy at maxInstances: the next two requests queue.
+    let c = env.pool.acquire(&spec).await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, spec) = (env.pool.clone(), spec.clone());
+            tokio::spawn(async move { pool.acquire(&spec).await })
+        })
+        .collect();
+    until("two requests queued", || load(&env).queued == 2).await;
+    let s = scrape(&env);
+    assert_eq!(
+        sample(&s, "pronto_queue_length", &[("function", "f")]),
+        Some(2.0)
+    );
+    assert_eq!(state(&s, "busy"), Some(2.0));
+    assert_eq!(
+        sample(&s, "pronto_queue_wait_seconds", &[("function", "f")]),
+        None,
+        "no wait has ended yet"
+    );
+    // One release serves one waiter; the other stays queued.
+    drop(a);
+    until("one waiter served", || load(&env).queued == 1).await;
+    drop(c);
+    let mut served = Vec::new();
+    for w in waiters {
+        served.push(
+            tokio::time::timeout(Duration::from_secs(2), w)
+                .await
+                .expect("served")
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(served
+        .iter()
+        .all(|l| l.queued > Duration::ZERO && l.cold_start.is_none()));
+    let s = scrape(&env);
+    assert_eq!(
+        sample(&s, "pronto_queue_length", &[("function", "f")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&s, "pronto_queue_wait_seconds", &[("function", "f")]),
+        Some(2.0),
+        "both waits observed"
+    );
+
+    // A new revision: the old busy instances drain.
+    let mut r2 = spec.clone();
+    r2.revision = "r2".into();
+    let new = env.pool.acquire(&r2).await.unwrap();
+    let s = scrape(&env);
+    assert_eq!(
+        ["starting", "idle", "busy", "draining"].map(|st| state(&s, st)),
+        [Some(0.0), Some(0.0), Some(1.0), Some(2.0)]
+    );
+    drop(served);
+    drop(new);
+    env.pool.settle().await;
+    assert_eq!(state(&scrape(&env), "draining"), Some(0.0));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_failed_cold_start_is_counted() {
+    let env = env().await;
+    let spec = env.spec(1, 1);
+    env.host.configure(|b| b.fail_create = Some("no".into()));
+    for _ in 0..2 {
+        env.pool.acquire(&spec).await.unwrap_err();
+    }
+    assert_eq!(
+        sample(
+            &scrape(&env),
+            "pronto_cold_start_failures_total",
+            &[("function", "f")]
+        ),
+        Some(2.0)
+    );
     env.finish().await;
 }

@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -15,7 +15,9 @@ use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming};
 
 use crate::api::ApiError;
+use crate::metrics::{ColdStartLabels, Metrics, PhaseLabels};
 use crate::pool::{Lease, Pool, RunSpec};
+use pronto_runtime::RootfsSource;
 
 /// The header a cold start's response carries: where its time went, in milliseconds.
 pub const COLD_START_HEADER: &str = "x-pronto-cold-start";
@@ -33,19 +35,49 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// When an invocation passed the invoke handler's steps, before the pool: the start of a cold
+/// start's breakdown.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The request reached the invoke handler.
+    pub arrived: Instant,
+    /// Its function was read from the store and the caller's token checked.
+    pub looked_up: Instant,
+    /// The function's image was at hand (rebuilt from what was kept; resolved against the
+    /// registry only for functions stored before images were kept).
+    pub resolved: Instant,
+}
+
 /// Sends `req` (already stripped of the `/invoke/NAME` prefix: `path_and_query` is what the
-/// function sees) to an instance of `spec`.
+/// function sees) to an instance of `spec`. `marks` say when the request arrived and passed
+/// the handler's steps: a cold start's breakdown covers the time from arrival to first byte.
 pub async fn forward(
     pool: &Arc<Pool>,
+    metrics: &Metrics,
     spec: &RunSpec,
     req: Request<Body>,
     path_and_query: &str,
+    marks: Arrival,
 ) -> Response<Body> {
     let started = Instant::now();
     let mut lease = match pool.acquire(spec).await {
         Ok(l) => l,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no instance for the request");
+            return ApiError::from(e).into_response();
+        }
     };
+    tracing::Span::current().record("instance", lease.instance.id.as_str());
+    if spec.concurrency == 1 {
+        // The instance serves only this request: what it prints is this request's.
+        if let Some(id) = req
+            .headers()
+            .get(crate::invoke::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            lease.tag_output(id).await;
+        }
+    }
     let (parts, body) = req.into_parts();
     let mut out = Request::builder().method(parts.method).uri(path_and_query);
     let headers = out.headers_mut().expect("fresh builder");
@@ -80,6 +112,7 @@ pub async fn forward(
                 }
             };
             drop(lease);
+            tracing::warn!(error = %e, "the function failed the request");
             pool.recycle(spec.name(), &instance.id);
             return with_instance(e.into_response(), &instance.id);
         }
@@ -92,10 +125,11 @@ pub async fn forward(
                 function: spec.name().to_string(),
                 timeout: spec.timeout,
             };
+            tracing::warn!(error = %e, "the function timed out; its instance is recycled");
             return with_instance(e.into_response(), &id);
         }
     };
-    let first_byte = started.elapsed();
+    let first_byte = Instant::now();
     let (parts, body) = response.into_parts();
     let mut builder = Response::builder().status(parts.status);
     let headers = builder.headers_mut().expect("fresh builder");
@@ -104,21 +138,18 @@ pub async fn forward(
         HeaderName::from_static(INSTANCE_HEADER),
         HeaderValue::from_str(&lease.instance.id).expect("hex id"),
     );
-    if let Some(t) = lease.cold_start {
+    if let Some(b) = Breakdown::of(&lease, marks, first_byte) {
         pool.keep_access_trace(&lease, spec);
-        let value = format!(
-            "imageReady={};containerStarted={};appReady={};firstByte={};imagePulled={};rootfs={};prefetch={}",
-            t.image_ready.as_millis(),
-            t.container_started.as_millis(),
-            t.app_ready.as_millis(),
-            first_byte.as_millis(),
-            t.image_pulled,
-            t.rootfs.as_str(),
-            t.prefetched
+        b.record(metrics, spec.name());
+        tracing::info!(
+            rootfs = b.rootfs,
+            ms = b.total().as_millis() as u64,
+            breakdown = %b.header(),
+            "cold start"
         );
         headers.insert(
             HeaderName::from_static(COLD_START_HEADER),
-            HeaderValue::from_str(&value).expect("ascii"),
+            HeaderValue::from_str(&b.header()).expect("ascii"),
         );
     }
     if http_body::Body::is_end_stream(&body) {
@@ -131,6 +162,128 @@ pub async fn forward(
             lease: Some(lease),
         }))
         .expect("valid response parts")
+}
+
+/// Where a cold start's time went, from the request's arrival to the first byte of the
+/// response, in consecutive phases: they add up to the total by construction.
+///
+/// | phase | from the end of the one before to |
+/// |---|---|
+/// | `lookup` | the function read and the caller's token checked (from arrival) |
+/// | `resolve` | the function's image at hand |
+/// | `queue` | the cold start begins: waiting for room among `maxInstances`, the stored access trace read |
+/// | `auth` | registry credentials for the image's repository at hand (answered now if the start needs the registry and none was cached) |
+/// | `pull`, `mount` or `local` | the rootfs's lower dir ready: a full pull (download, unpack), a lazy mount (artifact, index, FUSE, prefetch started), or the image already on the node |
+/// | `setup` | overlay, network namespace, bundle, output pipe made |
+/// | `start` | the OCI runtime's `create` and `start` done |
+/// | `ready` | the function's port answered HTTP |
+/// | `response` | the function's response headers arrived (connection, request, the function's own work) |
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breakdown {
+    /// (name, duration), in order.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// `pulled`, `lazy`, `lazy+prefetch` or `local`.
+    pub rootfs: &'static str,
+    pub image_pulled: bool,
+    pub prefetched: bool,
+}
+
+impl Breakdown {
+    /// The breakdown of `lease`'s cold start, if it made one; `first_byte` is when the
+    /// response headers came back.
+    fn of(lease: &Lease, marks: Arrival, first_byte: Instant) -> Option<Self> {
+        let t = lease.cold_start?;
+        let began = lease.cold_start_began?;
+        let rootfs_phase = match t.rootfs {
+            RootfsSource::Pulled => "pull",
+            RootfsSource::Lazy => "mount",
+            RootfsSource::Local => "local",
+        };
+        let points = [
+            ("lookup", marks.looked_up),
+            ("resolve", marks.resolved),
+            ("queue", began),
+            ("auth", began + t.auth_done),
+            (rootfs_phase, began + t.image_ready),
+            ("setup", began + t.setup_done),
+            ("start", began + t.container_started),
+            ("ready", began + t.app_ready),
+            ("response", first_byte),
+        ];
+        let mut phases = Vec::with_capacity(points.len());
+        let mut at = marks.arrived;
+        for (name, end) in points {
+            // Marks only grow; clocks of different steps are the same monotonic clock.
+            let end = end.max(at);
+            phases.push((name, end - at));
+            at = end;
+        }
+        Some(Breakdown {
+            phases,
+            rootfs: match (t.rootfs, t.prefetched) {
+                (RootfsSource::Lazy, true) => "lazy+prefetch",
+                (r, _) => r.as_str(),
+            },
+            image_pulled: t.image_pulled,
+            prefetched: t.prefetched,
+        })
+    }
+
+    pub fn total(&self) -> Duration {
+        self.phases.iter().map(|(_, d)| *d).sum()
+    }
+
+    /// `total=..;lookup=..;...;response=..;imageReady=..;containerStarted=..;appReady=..;
+    /// firstByte=..;imagePulled=..;rootfs=..;prefetch=..`: whole milliseconds, first each
+    /// phase's own, then the cumulative marks since arrival (`firstByte` is the total). Each
+    /// phase is the difference of its rounded marks, so the phases add up to `total` exactly.
+    pub fn header(&self) -> String {
+        let ms = |d: Duration| d.as_millis();
+        let mut phases = String::new();
+        let mut marks = String::new();
+        let (mut at, mut at_ms) = (Duration::ZERO, 0);
+        for (i, (name, d)) in self.phases.iter().enumerate() {
+            at += *d;
+            let end_ms = ms(at);
+            phases.push_str(&format!(";{name}={}", end_ms - at_ms));
+            at_ms = end_ms;
+            // The older cumulative fields: after the rootfs, start, ready and response phases.
+            let mark = match (i, *name) {
+                (4, _) => "imageReady",
+                (_, "start") => "containerStarted",
+                (_, "ready") => "appReady",
+                (_, "response") => "firstByte",
+                _ => continue,
+            };
+            marks.push_str(&format!(";{mark}={end_ms}"));
+        }
+        let rootfs = self.rootfs.split('+').next().unwrap_or(self.rootfs);
+        format!(
+            "total={at_ms}{phases}{marks};imagePulled={};rootfs={rootfs};prefetch={}",
+            self.image_pulled, self.prefetched
+        )
+    }
+
+    fn record(&self, metrics: &Metrics, function: &str) {
+        let labels = ColdStartLabels {
+            function: function.to_string(),
+            rootfs: self.rootfs.to_string(),
+        };
+        metrics.cold_starts.get_or_create(&labels).inc();
+        metrics
+            .cold_start_seconds
+            .get_or_create(&labels)
+            .observe(self.total().as_secs_f64());
+        for (phase, d) in &self.phases {
+            metrics
+                .cold_start_phase_seconds
+                .get_or_create(&PhaseLabels {
+                    function: function.to_string(),
+                    phase: phase.to_string(),
+                })
+                .observe(d.as_secs_f64());
+        }
+    }
 }
 
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
@@ -195,5 +348,40 @@ impl http_body::Body for LeasedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_names_every_phase_and_they_add_up_to_the_total() {
+        let micros = |u| Duration::from_micros(u);
+        let b = Breakdown {
+            phases: vec![
+                ("lookup", micros(600)),
+                ("resolve", micros(600)),
+                ("queue", micros(2_600)),
+                ("auth", micros(1_400)),
+                ("pull", micros(900_700)),
+                ("setup", micros(600)),
+                ("start", micros(40_600)),
+                ("ready", micros(10_600)),
+                ("response", micros(5_600)),
+            ],
+            rootfs: "pulled",
+            image_pulled: true,
+            prefetched: false,
+        };
+        assert_eq!(b.total(), micros(963_300));
+        assert_eq!(
+            b.header(),
+            // Marks 0.6, 1.2, 3.8, 5.2, 905.9, 906.5, 947.1, 957.7, 963.3 ms, truncated; each
+            // phase the difference of two of them.
+            "total=963;lookup=0;resolve=1;queue=2;auth=2;pull=900;setup=1;start=41;ready=10;\
+             response=6;imageReady=905;containerStarted=947;appReady=957;firstByte=963;\
+             imagePulled=true;rootfs=pulled;prefetch=false"
+        );
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, FUNCTIONS};
+use common::{metric, Env, FUNCTIONS};
 use pronto_image::pull;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -213,6 +213,42 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     );
     let mounts = pronto_lazyfs::mounts_under(&env.data_dir()).unwrap();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
+    // The conversion, the lazy cold start and what the mount read are on /metrics.
+    let m = env.scrape().await;
+    let lazy = [("function", "lazy"), ("rootfs", "lazy")];
+    assert_eq!(
+        metric(&m, "pronto_conversions_total", &[("result", "ready")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "pronto_conversion_duration_seconds",
+            &[("result", "ready")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "pronto_cold_starts_total", &lazy), Some(1.0));
+    assert_eq!(
+        metric(&m, "pronto_cold_start_duration_seconds", &lazy),
+        Some(1.0)
+    );
+    let read = metric(&m, "pronto_lazyfs_read_bytes_total", &[]).unwrap();
+    assert!(read >= big.len() as f64, "{read}");
+    let fetched = metric(&m, "pronto_lazyfs_fetched_content_bytes_total", &[]).unwrap();
+    assert!(fetched >= big.len() as f64, "{fetched}");
+    assert!(metric(&m, "pronto_lazyfs_range_requests_total", &[]).unwrap() >= 1.0);
+    assert!(metric(&m, "pronto_lazyfs_cache_misses_total", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        metric(&m, "pronto_lazyfs_fetch_errors_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "pronto_lazyfs_prefetched_chunks_total", &[]),
+        Some(0.0)
+    );
+    let cached = metric(&m, "pronto_chunk_cache_bytes", &[]).unwrap();
+    assert!(cached >= big.len() as f64, "{cached}");
 
     // The next cold start on a node without the mount or the chunks prefetches that trace.
     env.restart_clearing(&env.data_dir().join("node/chunks"))
@@ -224,6 +260,15 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
         "{timing}"
     );
     assert_eq!(r.text().await.unwrap(), "served lazily\n");
+    let before = env.scrape().await;
+    let prefetched = [("function", "lazy"), ("rootfs", "lazy+prefetch")];
+    assert_eq!(
+        metric(&before, "pronto_cold_starts_total", &prefetched),
+        Some(1.0)
+    );
+    let chunks = metric(&before, "pronto_lazyfs_prefetched_chunks_total", &[]).unwrap();
+    // Some of the trace, perhaps not all yet (the program's own reads may come first).
+    assert!(chunks >= 1.0 && chunks <= trace.len() as f64, "{chunks}");
 
     // Deleting the function tears down its instance and, with it, the mount.
     let r = env
@@ -235,6 +280,16 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
             .unwrap()
             .is_empty()
         {
+            // The mount is gone; its counts stay in the totals (counters never go down).
+            let after = env.scrape().await;
+            for name in [
+                "pronto_lazyfs_read_requests_total",
+                "pronto_lazyfs_fetched_chunks_total",
+                "pronto_lazyfs_prefetched_chunks_total",
+            ] {
+                let (b, a) = (metric(&before, name, &[]), metric(&after, name, &[]));
+                assert!(a >= b && b > Some(0.0), "{name}: {b:?} then {a:?}");
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

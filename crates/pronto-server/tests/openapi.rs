@@ -194,6 +194,22 @@ async fn every_documented_response_is_served_as_documented() {
         case(
             M::GET,
             logs,
+            "/2023-03-30/functions/f/logs?since=2024-05-01T12:00:00Z&requestId=r-1&instanceId=0a1b",
+            true,
+            None,
+            200,
+        ),
+        case(
+            M::GET,
+            logs,
+            "/2023-03-30/functions/f/logs?since=10m",
+            true,
+            None,
+            400,
+        ),
+        case(
+            M::GET,
+            logs,
             "/2023-03-30/functions/f/logs",
             false,
             None,
@@ -207,6 +223,8 @@ async fn every_documented_response_is_served_as_documented() {
             None,
             404,
         ),
+        case(M::GET, "/metrics", "/metrics", true, None, 200),
+        case(M::GET, "/metrics", "/metrics", false, None, 401),
         case(M::DELETE, one, "/2023-03-30/functions/f", false, None, 401),
         case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 204),
         case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 404),
@@ -235,9 +253,16 @@ async fn every_documented_response_is_served_as_documented() {
         let response = deref(&doc, &op["responses"][r.status.as_str()]);
         match response.get("content") {
             Some(content) => {
-                let schema = &content["application/json"]["schema"];
-                let errs = errors(&doc, schema, &r.body);
-                assert!(errs.is_empty(), "{what}: {}\n{errs:#?}", r.body);
+                // The media type served is the one documented, and the body matches its schema.
+                let served = r.headers["content-type"].to_str().unwrap();
+                let (media, spec) = content
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .find(|(m, _)| served.starts_with(m.as_str()))
+                    .unwrap_or_else(|| panic!("{what}: {served} is not documented"));
+                let errs = errors(&doc, &spec["schema"], &r.body);
+                assert!(errs.is_empty(), "{what} ({media}): {}\n{errs:#?}", r.body);
             }
             None => assert_eq!(r.body, Value::Null, "{what}: documented without a body"),
         }

@@ -10,6 +10,7 @@ mod function_get;
 mod function_list;
 mod function_logs;
 mod function_update;
+mod metrics;
 mod view;
 
 use axum::body::Bytes;
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
+pub use metrics::METRICS_PATH;
 pub use view::{ContainerConfigView, FunctionView, ListFunctionsOutput};
 
 use crate::auth::{self, ApiToken};
@@ -48,6 +50,7 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/2023-03-30/functions/{functionName}/logs",
             get(function_logs::function_logs),
         ),
+        (METRICS_PATH, get(metrics::get_metrics)),
     ]
 }
 
@@ -56,16 +59,22 @@ pub fn route_paths() -> Vec<&'static str> {
     route_table().into_iter().map(|(p, _)| p).collect()
 }
 
-/// The control router: every request, unknown paths included, needs the bearer token.
-pub fn control_router(state: AppState, token: ApiToken) -> Router {
-    let mut router = Router::new();
+/// The control router: every request, unknown paths included, needs the bearer token, but
+/// `/metrics` when `metrics_public` (the operator's choice: Prometheus scrapes without it).
+pub fn control_router(state: AppState, token: ApiToken, metrics_public: bool) -> Router {
+    let (mut router, mut open) = (Router::new(), Router::new());
     for (path, methods) in route_table() {
-        router = router.route(path, methods);
+        if metrics_public && path == METRICS_PATH {
+            open = open.route(path, methods);
+        } else {
+            router = router.route(path, methods);
+        }
     }
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(token, auth::require_token))
+        .merge(open)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

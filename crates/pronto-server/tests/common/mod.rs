@@ -13,7 +13,11 @@ pub const FUNCTIONS: &str = "/2023-03-30/functions";
 
 pub struct Env {
     pub registry: TestRegistry,
+    /// The test's own client (pushes, checks).
     pub client: RegistryClient,
+    /// Each server start gets a new client with these (an empty token cache, as a new
+    /// daemon has).
+    pub client_options: ClientOptions,
     pub data: tempfile::TempDir,
     pub server: Option<RunningServer>,
     pub http: reqwest::Client,
@@ -21,7 +25,8 @@ pub struct Env {
     tweak: fn(&mut ServerConfig),
 }
 
-/// A response: status, headers, and the body as JSON (`Null` when empty).
+/// A response: status, headers, and the body as JSON (`Null` when empty; a string when the
+/// response is not JSON).
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
@@ -36,8 +41,16 @@ impl Env {
 
     /// A server whose config `tweak` changed (e.g. a short idle timeout).
     pub async fn start_with(tweak: fn(&mut ServerConfig)) -> Env {
-        let registry = TestRegistry::start();
-        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        Self::start_on(TestRegistry::start(), ClientOptions::default(), tweak).await
+    }
+
+    /// A server speaking to `registry` with `options` (credentials).
+    pub async fn start_on(
+        registry: TestRegistry,
+        options: ClientOptions,
+        tweak: fn(&mut ServerConfig),
+    ) -> Env {
+        let client = RegistryClient::new(options.clone()).unwrap();
         let data = tempfile::Builder::new()
             .prefix("pronto-server-test-")
             .tempdir()
@@ -45,6 +58,7 @@ impl Env {
         let mut env = Env {
             registry,
             client,
+            client_options: options,
             data,
             server: None,
             http: reqwest::Client::new(),
@@ -60,7 +74,8 @@ impl Env {
     }
 
     pub fn config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(self.data_dir(), self.client.clone());
+        let client = RegistryClient::new(self.client_options.clone()).unwrap();
+        let mut config = ServerConfig::new(self.data_dir(), client);
         config.control_addr = "127.0.0.1:0".parse().unwrap();
         config.invoke_addr = "127.0.0.1:0".parse().unwrap();
         (self.tweak)(&mut config);
@@ -169,9 +184,15 @@ impl Env {
 pub async fn reply(resp: reqwest::Response) -> Reply {
     let status = resp.status();
     let headers = resp.headers().clone();
+    let json = headers
+        .get("content-type")
+        .is_none_or(|v| v.to_str().unwrap_or("").starts_with("application/json"));
     let bytes = resp.bytes().await.unwrap();
     let body = if bytes.is_empty() {
         Value::Null
+    } else if !json {
+        // Text (metrics, followed logs): kept as a string.
+        Value::String(String::from_utf8(bytes.to_vec()).unwrap())
     } else {
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {bytes:?}"))
@@ -224,4 +245,61 @@ impl Drop for Env {
         })
         .join();
     }
+}
+
+impl Env {
+    /// `GET /metrics` with the token, parsed by a Prometheus text parser.
+    pub async fn scrape(&self) -> prometheus_parse::Scrape {
+        let r = self
+            .http
+            .get(self.url("/metrics"))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()["content-type"],
+            pronto_server::metrics::CONTENT_TYPE
+        );
+        parse_metrics(&r.text().await.unwrap())
+    }
+}
+
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    assert!(
+        text.ends_with("# EOF\n"),
+        "an OpenMetrics exposition ends with # EOF"
+    );
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The value of sample `name` whose labels include `labels`: a counter's or gauge's value, a
+/// histogram's count (its `+Inf` bucket). `None` if there is no such sample.
+pub fn metric(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name}{labels:?} names {} samples",
+        found.len()
+    );
+    found.first().copied()
 }
