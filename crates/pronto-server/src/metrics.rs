@@ -277,7 +277,7 @@ impl Collector for NodeCollector {
 
         let lazy = self.pool.node().lazy();
         let s = lazy.totals();
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "pronto_lazyfs_read_requests",
                 "FUSE reads answered by lazy rootfs mounts",
@@ -347,6 +347,26 @@ impl Collector for NodeCollector {
                 "pronto_lazyfs_prefetched_content_bytes",
                 "Content bytes of the prefetched chunks",
                 s.prefetched_content_bytes,
+            ),
+            (
+                "pronto_lazyfs_file_opens",
+                "Regular files opened through lazy mounts",
+                s.file_opens,
+            ),
+            (
+                "pronto_lazyfs_passthrough_opens",
+                "Of those, opened with FUSE passthrough (reads bypass the daemon)",
+                s.passthrough_opens,
+            ),
+            (
+                "pronto_lazyfs_passthrough_refused",
+                "Opens whose backing file the kernel refused (served by the daemon instead)",
+                s.passthrough_refused,
+            ),
+            (
+                "pronto_lazyfs_backing_files_built",
+                "Backing files built from the node cache for passthrough",
+                s.materialized_files,
             ),
             (
                 "pronto_chunk_cache_evictions",
