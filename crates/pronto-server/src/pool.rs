@@ -96,6 +96,10 @@ pub struct Pool {
     functions: Mutex<HashMap<String, FunctionInstances>>,
     /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
     teardowns: tokio_util::task::TaskTracker,
+    /// Cold starts under way, each in a task of its own: a request that goes away (client
+    /// disconnect, timeout) must not cut a start short, which would leave its container,
+    /// mounts and namespace behind. Shutdown waits for them before it stops the instances.
+    starts: tokio_util::task::TaskTracker,
     metrics: Arc<Metrics>,
 }
 
@@ -154,6 +158,7 @@ impl Pool {
             store,
             functions: Mutex::default(),
             teardowns: tokio_util::task::TaskTracker::new(),
+            starts: tokio_util::task::TaskTracker::new(),
             metrics,
         })
     }
@@ -338,7 +343,22 @@ impl Pool {
         });
     }
 
+    /// Starts an instance for `spec` in a task of its own and waits for it. If the caller goes
+    /// away meanwhile, the start still completes: its lease is then dropped with the task's
+    /// output, which releases the new instance as an idle one (used by the next request,
+    /// reclaimed by the reaper, stopped at shutdown).
     async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+        let (this, spec) = (self.clone(), spec.clone());
+        let task = self
+            .starts
+            .spawn(async move { this.start_instance(&spec).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    async fn start_instance(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
         let began = Instant::now();
         let prefetch = self.access_trace(spec).await;
         let result = self
@@ -480,8 +500,11 @@ impl Pool {
         self.teardowns.reopen();
     }
 
-    /// Stops every instance and waits for the teardowns (graceful shutdown).
+    /// Waits for the cold starts under way, then stops every instance and waits for the
+    /// teardowns (graceful shutdown). Starts are bounded by their initialization timeout.
     pub async fn shutdown(&self) {
+        self.starts.close();
+        self.starts.wait().await;
         let all: Vec<Arc<Instance>> = self
             .functions
             .lock()

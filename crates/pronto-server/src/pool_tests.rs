@@ -510,3 +510,43 @@ async fn a_failed_cold_start_is_counted() {
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_request_that_goes_away_during_its_cold_start_leaves_a_usable_instance_not_a_leak() {
+    let env = env().await;
+    env.host
+        .configure(|b| b.start_delay = Duration::from_millis(200));
+    let spec = env.spec(1, 1);
+    let (pool, spec2) = (env.pool.clone(), spec.clone());
+    let request = tokio::spawn(async move { pool.acquire(&spec2).await.map(|l| id(&l)) });
+    // The client disconnects while the container is starting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+
+    // The start completes anyway, and its instance serves the next request warm.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while env.host.running().is_empty() {
+        assert!(Instant::now() < deadline, "the start was cut short");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = env.pool.acquire(&spec).await.unwrap();
+    assert!(next.cold_start.is_none(), "the started instance is reused");
+    assert_eq!(env.starts(), 1);
+    drop(next);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_start_under_way_and_stops_its_instance() {
+    let env = env().await;
+    env.host
+        .configure(|b| b.start_delay = Duration::from_millis(200));
+    let spec = env.spec(1, 1);
+    let (pool, spec2) = (env.pool.clone(), spec.clone());
+    let request = tokio::spawn(async move { pool.acquire(&spec2).await.map(|l| id(&l)) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    request.abort();
+    // Shutdown right away: the start is still under way.
+    env.finish().await;
+}
