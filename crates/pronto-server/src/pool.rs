@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1::SendRequest;
 use pronto_runtime::{AccessTrace, Instance, InstanceSpec, Node, StartError, StartTimings};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::metrics::{FunctionLabels, Metrics};
 use crate::store::Store;
@@ -349,9 +350,10 @@ impl Pool {
     /// reclaimed by the reaper, stopped at shutdown).
     async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
         let (this, spec) = (self.clone(), spec.clone());
-        let task = self
-            .starts
-            .spawn(async move { this.start_instance(&spec).await });
+        // In the request's span: the start's log lines carry its function and request id.
+        let task = self.starts.spawn(
+            async move { this.start_instance(&spec).await }.instrument(tracing::Span::current()),
+        );
         match task.await {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
