@@ -147,11 +147,15 @@ async fn the_phases_add_up_to_the_cold_start_the_client_measured_with_basic_auth
     let pull_ms = phases.iter().find(|(k, _)| k == "pull").unwrap().1;
     assert!(pull_ms > 0, "{header}");
 
-    // After another restart the image is on the node: no registry, so no auth, and the rootfs
-    // phase is `local`.
+    // After another restart the image is on the node: no registry (it is stopped: a start that
+    // asked it anything would fail), so no auth round trip, and the rootfs phase is `local`.
+    // The auth phase still holds the start's first local steps (instance dir, state file):
+    // bounded, not zero, on a loaded machine.
     env.restart().await;
+    env.registry.stop();
     let (header, took) = cold(&env, "private").await;
     let phases = check(&header, took, "local", 5.0);
-    assert_eq!(phases[3], ("auth".to_string(), 0), "{header}");
+    assert_eq!(phases[3].0, "auth", "{header}");
+    assert!(phases[3].1 <= 20, "{header}");
     assert!(header.contains("rootfs=local"), "{header}");
 }
