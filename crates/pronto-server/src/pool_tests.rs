@@ -360,20 +360,9 @@ async fn a_lease_carries_requests_to_its_instance_over_a_reused_connection() {
 
 /// The value of the sample `name{labels}` in a scrape (counters, gauges, histogram counts).
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => buckets
-                .iter()
-                .find(|b| b.less_than.is_infinite())
-                .map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
+    pronto_testkit::metrics::matching(scrape, name, labels)
+        .next()
+        .map(pronto_testkit::metrics::value)
 }
 
 fn scrape(env: &Env) -> prometheus_parse::Scrape {
@@ -511,18 +500,23 @@ async fn a_failed_cold_start_is_counted() {
     env.finish().await;
 }
 
-#[tokio::test]
-async fn a_request_that_goes_away_during_its_cold_start_leaves_a_usable_instance_not_a_leak() {
-    let env = env().await;
+/// A request that cold-starts an instance (taking 200 ms) and goes away 50 ms in, as a client
+/// that disconnects does.
+async fn abandon_a_cold_start(env: &Env, spec: &RunSpec) {
     env.host
         .configure(|b| b.start_delay = Duration::from_millis(200));
-    let spec = env.spec(1, 1);
-    let (pool, spec2) = (env.pool.clone(), spec.clone());
-    let request = tokio::spawn(async move { pool.acquire(&spec2).await.map(|l| id(&l)) });
-    // The client disconnects while the container is starting.
+    let (pool, spec) = (env.pool.clone(), spec.clone());
+    let request = tokio::spawn(async move { pool.acquire(&spec).await.map(|l| id(&l)) });
     tokio::time::sleep(Duration::from_millis(50)).await;
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
+}
+
+#[tokio::test]
+async fn a_request_that_goes_away_during_its_cold_start_leaves_a_usable_instance_not_a_leak() {
+    let env = env().await;
+    let spec = env.spec(1, 1);
+    abandon_a_cold_start(&env, &spec).await;
 
     // The start completes anyway, and its instance serves the next request warm.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -540,13 +534,7 @@ async fn a_request_that_goes_away_during_its_cold_start_leaves_a_usable_instance
 #[tokio::test]
 async fn shutdown_waits_for_a_start_under_way_and_stops_its_instance() {
     let env = env().await;
-    env.host
-        .configure(|b| b.start_delay = Duration::from_millis(200));
-    let spec = env.spec(1, 1);
-    let (pool, spec2) = (env.pool.clone(), spec.clone());
-    let request = tokio::spawn(async move { pool.acquire(&spec2).await.map(|l| id(&l)) });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    request.abort();
+    abandon_a_cold_start(&env, &env.spec(1, 1)).await;
     // Shutdown right away: the start is still under way.
     env.finish().await;
 }

@@ -7,6 +7,7 @@
 
 pub mod fixtures;
 pub mod image;
+pub mod metrics;
 pub mod registry;
 pub mod token_server;
 pub mod tree;

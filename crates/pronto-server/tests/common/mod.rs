@@ -281,20 +281,8 @@ pub fn metric(
     name: &str,
     labels: &[(&str, &str)],
 ) -> Option<f64> {
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => buckets
-                .iter()
-                .find(|b| b.less_than.is_infinite())
-                .map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
+    let found: Vec<f64> = pronto_testkit::metrics::matching(scrape, name, labels)
+        .map(pronto_testkit::metrics::value)
         .collect();
     assert!(
         found.len() <= 1,
