@@ -176,6 +176,19 @@ impl Accelerator {
                 ..AccelerationInfo::default()
             },
         };
+        // Versions published while it prepared run the same image: they get the result too.
+        let digest_text = digest.to_string();
+        match self
+            .store
+            .record_version_acceleration(&function, &digest_text, &info)
+            .await
+        {
+            Ok(0) => {}
+            Ok(versions) => tracing::info!(function, versions, "acceleration recorded in versions"),
+            Err(e) => {
+                tracing::error!(function, error = %e, "recording the acceleration result in versions")
+            }
+        }
         let recorded = self
             .store
             .update_function(&function, move |f| {
@@ -184,6 +197,9 @@ impl Accelerator {
                         == AccelerationType::Default;
                 if current {
                     f.acceleration = Some(info);
+                    // An update waiting for its acceleration goes live now, ready or not (a
+                    // failed conversion must not hold a release back: it runs pulled).
+                    f.serving = None;
                 }
             })
             .await;

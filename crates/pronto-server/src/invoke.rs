@@ -1,7 +1,9 @@
-//! The invoke listener: `ANY /invoke/{function}/{path...}`, or any path with the header form
-//! `x-fc-invocation-target: 2016-08-15/proxy/{service}/{function}` of Function Compute's curl
-//! examples. The function sees `/{path...}` (or the request path unchanged, in the header form)
-//! with the query string.
+//! The invoke listener: `ANY /invoke/{function}[.{qualifier}]/{path...}`, or any path with the
+//! header form `x-fc-invocation-target: 2016-08-15/proxy/{service}[.{qualifier}]/{function}` of
+//! Function Compute's curl examples. The function sees `/{path...}` (or the request path
+//! unchanged, in the header form) with the query string. The qualifier (`LATEST`, a version, an
+//! alias) comes from the path, else the `x-fc-qualifier` header, else is `LATEST`; the response
+//! says which version served in `x-pronto-version` (`LATEST` or the number).
 //!
 //! Every invocation has a request id: the caller's `x-fc-request-id` if it sent a usable one,
 //! else a new UUID (v4). The function gets it in `x-fc-request-id`, the response (errors
@@ -9,27 +11,27 @@
 //! `request_id` field of the `invoke` span (with `function`, the image's digest `image` and,
 //! once chosen, `instance`).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use pronto_image::pull::ResolvedImage;
-use pronto_runtime::bundle::ProcessOverrides;
-use pronto_runtime::InstanceSpec;
 use tracing::Instrument;
 
 use crate::api::ApiError;
-use crate::model::{AccelerationStatus, AuthType, Function};
-use crate::pool::RunSpec;
+use crate::model::AuthType;
+use crate::releases::{self, Target};
 use crate::{auth, proxy, AppState};
 
 pub const TARGET_HEADER: &str = "x-fc-invocation-target";
 /// The request id header (Function Compute's name).
 pub const REQUEST_ID_HEADER: &str = "x-fc-request-id";
+/// The qualifier header (Function Compute's name).
+pub const QUALIFIER_HEADER: &str = "x-fc-qualifier";
+/// The response header naming the version that served (`LATEST` or its number).
+pub const VERSION_HEADER: &str = "x-pronto-version";
 /// The longest caller-supplied request id kept; a longer (or otherwise unusable) one is
 /// replaced by a generated id.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -51,28 +53,60 @@ pub fn invoke_router(state: AppState) -> Router {
     Router::new().fallback(invoke).with_state(state)
 }
 
-/// (function, path and query the function sees) for a request, or None if it names none.
-fn target(req: &Request) -> Option<(String, String)> {
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Destination {
+    function: String,
+    /// From the path (`NAME.QUALIFIER`) or the `x-fc-qualifier` header; `None`: `LATEST`.
+    qualifier: Option<String>,
+    /// What the function sees.
+    path_and_query: String,
+}
+
+/// Where `req` goes, or None if it names no function.
+fn target(req: &Request) -> Option<Destination> {
     let query = req
         .uri()
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    if let Some(t) = req
+    let header_qualifier = req
+        .headers()
+        .get(QUALIFIER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|q| !q.is_empty())
+        .map(str::to_string);
+    let (function, qualifier, path_and_query) = if let Some(t) = req
         .headers()
         .get(TARGET_HEADER)
         .and_then(|v| v.to_str().ok())
     {
-        // 2016-08-15/proxy/{service}/{function}
-        let function = t.trim_end_matches('/').rsplit('/').next()?.to_string();
-        return Some((function, format!("{}{query}", req.uri().path())));
-    }
-    let rest = req.uri().path().strip_prefix("/invoke/")?;
-    let (function, path) = match rest.split_once('/') {
-        Some((f, p)) => (f, format!("/{p}")),
-        None => (rest, "/".to_string()),
+        // 2016-08-15/proxy/{service}[.{qualifier}]/{function}
+        let mut parts = t.trim_end_matches('/').rsplit('/');
+        let function = parts.next()?.to_string();
+        let qualifier = parts
+            .next()
+            .and_then(|service| service.split_once('.'))
+            .map(|(_, q)| q.to_string());
+        (function, qualifier, format!("{}{query}", req.uri().path()))
+    } else {
+        let rest = req.uri().path().strip_prefix("/invoke/")?;
+        let (named, path) = match rest.split_once('/') {
+            Some((f, p)) => (f, format!("/{p}")),
+            None => (rest, "/".to_string()),
+        };
+        // Function names have no '.', so the first one starts the qualifier.
+        let (function, qualifier) = match named.split_once('.') {
+            Some((f, q)) => (f, Some(q.to_string())),
+            None => (named, None),
+        };
+        (function.to_string(), qualifier, format!("{path}{query}"))
     };
-    (!function.is_empty()).then(|| (function.to_string(), format!("{path}{query}")))
+    (!function.is_empty()).then_some(Destination {
+        function,
+        qualifier: qualifier.or(header_qualifier),
+        path_and_query,
+    })
 }
 
 async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
@@ -80,7 +114,7 @@ async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
     let id = request_id(req.headers());
     let value = HeaderValue::from_str(&id).expect("visible ASCII");
     req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
-    let function = target(&req).map_or_else(String::new, |(f, _)| f);
+    let function = target(&req).map_or_else(String::new, |d| d.function);
     let span = tracing::info_span!(
         "invoke",
         function = %function,
@@ -94,34 +128,46 @@ async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
 }
 
 async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Response {
-    let Some((name, path_and_query)) = target(&req) else {
+    let Some(destination) = target(&req) else {
         let r = ApiError::NoInvocationTarget.into_response();
         state.metrics.invocation("", r.status().as_u16());
         return r;
     };
-    let function = match state.store.get_function(&name).await {
-        Ok(f) => f,
+    let name = destination.function.clone();
+    let target = match releases::resolve(&state, &name, destination.qualifier.as_deref()).await {
+        Ok(t) => t,
         Err(e) => {
-            let r = ApiError::from(e).into_response();
+            let r = e.into_response();
             state.metrics.invocation("", r.status().as_u16());
             return r;
         }
     };
-    let response = invoke_function(&state, function, req, path_and_query, arrived).await;
+    let version = target.version.clone();
+    let mut response =
+        invoke_function(&state, target, req, destination.path_and_query, arrived).await;
     let status = response.status().as_u16();
     state.metrics.invocation(&name, status);
-    tracing::debug!(status, ms = arrived.elapsed().as_millis() as u64, "invoked");
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        response.headers_mut().insert(VERSION_HEADER, v);
+    }
+    tracing::debug!(
+        status,
+        version,
+        ms = arrived.elapsed().as_millis() as u64,
+        "invoked"
+    );
     response
 }
 
-/// Invokes `function`, which exists.
+/// Invokes the configuration `target`, which exists.
 async fn invoke_function(
     state: &AppState,
-    function: Function,
+    target: Target,
     req: Request,
     path_and_query: String,
     arrived: Instant,
 ) -> Response {
+    let function = &target.config;
     let name = function.spec.function_name.clone();
     if function.spec.auth_type != AuthType::Anonymous {
         if let Err(reason) = auth::check(&state.token, req.headers().get(header::AUTHORIZATION)) {
@@ -149,7 +195,7 @@ async fn invoke_function(
         looked_up,
         resolved: Instant::now(),
     };
-    let spec = run_spec(&function, image, state.max_instances);
+    let spec = releases::run_spec(&target, image, state);
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, Body::new(body));
     proxy::forward(
@@ -161,40 +207,6 @@ async fn invoke_function(
         marks,
     )
     .await
-}
-
-fn run_spec(f: &Function, image: Arc<ResolvedImage>, max_instances: usize) -> RunSpec {
-    let s = &f.spec;
-    let c = &s.custom_container_config;
-    RunSpec {
-        // Any change of the function (image, command, env, limits) bumps the modified time.
-        revision: format!(
-            "{}@{}",
-            f.function_id,
-            f.last_modified_time.unix_timestamp_nanos()
-        ),
-        instance: InstanceSpec {
-            function: s.function_name.clone(),
-            image,
-            overrides: ProcessOverrides {
-                command: (!c.command.is_empty()).then(|| c.command.clone()),
-                args: (!c.args.is_empty()).then(|| c.args.clone()),
-                env: s.environment_variables.clone().into_iter().collect(),
-            },
-            port: c.port,
-            memory_mb: u64::from(s.memory_size),
-            cpu: s.cpu,
-            init_timeout: Duration::from_secs(u64::from(s.initialization_timeout)),
-            accelerated: f
-                .acceleration
-                .as_ref()
-                .is_some_and(|a| a.status == AccelerationStatus::Ready),
-            prefetch: None,
-        },
-        timeout: Duration::from_secs(u64::from(s.timeout)),
-        concurrency: s.instance_concurrency as usize,
-        max_instances,
-    }
 }
 
 #[cfg(test)]

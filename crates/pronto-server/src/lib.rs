@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod proxy;
+pub mod releases;
 pub mod store;
 
 use std::future::Future;
@@ -44,6 +45,8 @@ pub use store::Store;
 /// Where `pronto serve` listens for invocations unless told otherwise.
 pub const DEFAULT_INVOKE_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9000);
+/// How often provisioned instances are checked (a dead one is replaced within this).
+pub const PROVISION_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where `pronto serve` listens for the control API unless told otherwise.
 pub const DEFAULT_CONTROL_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9001);
@@ -70,6 +73,26 @@ pub struct ServerConfig {
     pub chunk_cache_bytes: u64,
     /// Serve `/metrics` on the control listener without the API token.
     pub metrics_public: bool,
+    /// The node's memory for instances (MiB): the sum of `memorySize` of live instances stays
+    /// within it.
+    pub memory_budget_mb: u64,
+    /// Cold starts of one function under way at once.
+    pub max_concurrent_starts: usize,
+}
+
+/// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
+/// what instances may use unless `--memory-budget` says otherwise.
+pub fn default_memory_budget_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(4 << 20);
+    let total_mb = total_kb / 1024;
+    total_mb.saturating_sub((total_mb / 8).max(512))
 }
 
 impl ServerConfig {
@@ -87,6 +110,8 @@ impl ServerConfig {
             max_conversions: 1,
             chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
             metrics_public: false,
+            memory_budget_mb: default_memory_budget_mb(),
+            max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
         }
     }
 }
@@ -140,7 +165,9 @@ pub struct AppState {
     pub token: ApiToken,
     /// Pins images at create/update and rebuilds them from what was kept.
     pub images: std::sync::Arc<images::Images>,
+    /// Defaults of the functions' `maxInstances` and `idleTimeout`.
     pub max_instances: usize,
+    pub idle_timeout: std::time::Duration,
     pub accel: std::sync::Arc<accel::Accelerator>,
     /// Whether acceleration jobs run (see [`ServerConfig::accelerate`]).
     pub accelerate: bool,
@@ -150,6 +177,8 @@ pub struct AppState {
     pub exporter: std::sync::Arc<metrics::Exporter>,
     /// Cancelled when the server stops: long-lived responses (followed logs) end then.
     pub shutdown: CancellationToken,
+    /// Wakes the provisioner (provision configs, aliases or versions changed).
+    pub provision_kick: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -224,7 +253,15 @@ impl Server {
                 tracing::info!(resumed, "resumed acceleration jobs");
             }
         }
-        let pool = pool::Pool::new(node, store.clone(), metrics.clone());
+        let pool = pool::Pool::new(
+            node,
+            store.clone(),
+            metrics.clone(),
+            pool::PoolLimits {
+                memory_budget_mb: config.memory_budget_mb,
+                max_concurrent_starts: config.max_concurrent_starts.max(1),
+            },
+        );
         let exporter = std::sync::Arc::new(metrics::Exporter::new(&metrics, pool.clone()));
         let state = AppState {
             accel,
@@ -235,9 +272,11 @@ impl Server {
             metrics,
             exporter,
             shutdown: CancellationToken::new(),
+            provision_kick: std::sync::Arc::default(),
             token: token.clone(),
             images,
             max_instances: config.max_instances,
+            idle_timeout: config.idle_timeout,
         };
         let invoke = invoke::invoke_router(state.clone());
         Ok(Server {
@@ -312,20 +351,28 @@ impl Server {
                 (listener, result)
             });
         }
-        let (pool, idle) = (self.state.pool.clone(), self.config.idle_timeout);
+        let pool = self.state.pool.clone();
         let reaper_cancel = cancel.clone();
+        // Often enough that an instance outlives its idle timeout by at most a quarter of the
+        // server's default one.
+        let tick = (self.config.idle_timeout / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
         tokio::spawn(async move {
-            let tick = (idle / 4).clamp(
-                std::time::Duration::from_millis(100),
-                std::time::Duration::from_secs(5),
-            );
             loop {
                 tokio::select! {
                     _ = reaper_cancel.cancelled() => break,
-                    _ = tokio::time::sleep(tick) => pool.reap(idle),
+                    _ = tokio::time::sleep(tick) => pool.reap(),
                 }
             }
         });
+        tokio::spawn(releases::provisioner(
+            self.state.clone(),
+            PROVISION_PERIOD,
+            self.state.provision_kick.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(%control_addr, %invoke_addr, data_dir = %self.config.data_dir.display(),
             "pronto serving");
         Ok(RunningServer {

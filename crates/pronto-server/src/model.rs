@@ -31,6 +31,14 @@ pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
 pub const INSTANCE_CONCURRENCY_MAX: u32 = 200;
 pub const DEFAULT_INITIALIZATION_TIMEOUT: u32 = 30;
 pub const INITIALIZATION_TIMEOUT_MAX: u32 = 600;
+/// Bounds of `maxInstances` (a Pronto field: instances of one function on this node).
+pub const MAX_INSTANCES_MAX: u32 = 1000;
+/// Bounds of `idleTimeout` (a Pronto field: seconds an idle instance is kept).
+pub const IDLE_TIMEOUT_MAX: u32 = 86400;
+/// `LATEST`: the function's current configuration, as opposed to a published version.
+pub const LATEST: &str = "LATEST";
+/// Aliases and versions a function may have (Function Compute's limits are of this order).
+pub const ALIAS_NAME_MAX: usize = 128;
 pub const FUNCTION_NAME_MAX: usize = 64;
 /// Function Compute's limit.
 pub const DESCRIPTION_MAX: usize = 256;
@@ -107,6 +115,15 @@ pub struct FunctionSpec {
     /// Seconds an instance has to answer on its port after start.
     pub initialization_timeout: u32,
     pub auth_type: AuthType,
+    /// Instances of this function at once on this node (all its versions together, those
+    /// still finishing requests of an older configuration included). `None` in rows stored
+    /// before the field existed: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Seconds an instance serving no request is kept before it is stopped (scale to zero);
+    /// provisioned instances are never stopped for idleness. `None`: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
 }
 
 /// The image a function runs, pinned at create/update time (tags move; this does not).
@@ -186,6 +203,124 @@ pub struct Function {
     /// UTC, millisecond precision (what the store keeps).
     pub created_time: OffsetDateTime,
     pub last_modified_time: OffsetDateTime,
+    /// While an update's acceleration is `Preparing`: the configuration from before the update,
+    /// which keeps serving `LATEST` until the new one is `Ready` (or `Failed`), so that no cold
+    /// start takes the slow path because of a release. `None`: this configuration serves.
+    pub serving: Option<Box<Function>>,
+}
+
+impl Function {
+    /// The configuration that serves `LATEST` now.
+    pub fn live(&self) -> &Function {
+        self.serving.as_deref().unwrap_or(self)
+    }
+
+    /// True while an update waits for its acceleration before it serves.
+    pub fn update_in_progress(&self) -> bool {
+        self.serving.is_some()
+    }
+}
+
+/// A published version: an immutable snapshot of the function's configuration (spec, pinned
+/// image, acceleration artifact; its access trace is kept per image with the function).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub version_id: u32,
+    pub description: String,
+    /// When it was published.
+    pub created_time: OffsetDateTime,
+    /// The configuration, as `LATEST` had it (its `last_modified_time` is that of `LATEST`
+    /// then); `serving` is always `None`.
+    pub function: Function,
+}
+
+/// A name for a version, optionally sending a share of the traffic to a second one (a canary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alias {
+    pub alias_name: String,
+    pub version_id: u32,
+    /// The second version and the share of invocations it gets (0 to 1).
+    pub additional_version: Option<(u32, f64)>,
+    pub description: String,
+    pub created_time: OffsetDateTime,
+    pub last_modified_time: OffsetDateTime,
+}
+
+impl Alias {
+    /// The version an invocation goes to, given a uniform sample `u` in [0, 1).
+    pub fn pick(&self, u: f64) -> u32 {
+        match self.additional_version {
+            Some((v, weight)) if u < weight => v,
+            _ => self.version_id,
+        }
+    }
+}
+
+/// How many instances of a qualifier (`LATEST`, an alias or a version) are kept started and warm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionConfig {
+    pub function_name: String,
+    pub qualifier: String,
+    pub target: u32,
+}
+
+/// What a qualifier names: `LATEST`, a version number, or an alias (`[A-Za-z_][A-Za-z0-9_-]*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Qualifier {
+    Latest,
+    Version(u32),
+    Alias(String),
+}
+
+impl Qualifier {
+    pub fn parse(s: &str) -> Result<Qualifier, ValidationError> {
+        if s == LATEST {
+            return Ok(Qualifier::Latest);
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u32>() {
+                Ok(v) if v > 0 => Ok(Qualifier::Version(v)),
+                _ => Err(ValidationError::new(
+                    "qualifier",
+                    format!("version must be a number from 1, got {s:?}"),
+                )),
+            };
+        }
+        check_alias_name("qualifier", s)?;
+        Ok(Qualifier::Alias(s.to_string()))
+    }
+}
+
+impl fmt::Display for Qualifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Qualifier::Latest => f.write_str(LATEST),
+            Qualifier::Version(v) => write!(f, "{v}"),
+            Qualifier::Alias(a) => f.write_str(a),
+        }
+    }
+}
+
+/// Alias names: `[A-Za-z_][A-Za-z0-9_-]*`, at most 128 characters, not `LATEST` (a version's
+/// digits would be taken for a version).
+pub fn check_alias_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= ALIAS_NAME_MAX
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        && name != LATEST;
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "an alias must be 1 to {ALIAS_NAME_MAX} characters of [A-Za-z0-9_-] starting                  with a letter or underscore, and not LATEST; got {name:?}"
+            ),
+        ))
+    }
 }
 
 /// Now, in UTC, truncated to milliseconds so that a stored and reloaded time compares equal.
@@ -221,6 +356,8 @@ pub struct FunctionInput {
     pub environment_variables: Option<BTreeMap<String, String>>,
     pub initialization_timeout: Option<i64>,
     pub auth_type: Option<String>,
+    pub max_instances: Option<i64>,
+    pub idle_timeout: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -258,6 +395,8 @@ pub struct FunctionPatch {
     pub environment_variables: Option<BTreeMap<String, String>>,
     pub initialization_timeout: Option<u32>,
     pub auth_type: Option<AuthType>,
+    pub max_instances: Option<u32>,
+    pub idle_timeout: Option<u32>,
 }
 
 impl FunctionInput {
@@ -399,7 +538,17 @@ impl FunctionInput {
                 )),
             })
             .transpose()?;
+        let max_instances = self
+            .max_instances
+            .map(|m| in_range("maxInstances", m, 1, MAX_INSTANCES_MAX.into()))
+            .transpose()?;
+        let idle_timeout = self
+            .idle_timeout
+            .map(|t| in_range("idleTimeout", t, 1, IDLE_TIMEOUT_MAX.into()))
+            .transpose()?;
         Ok(FunctionPatch {
+            max_instances,
+            idle_timeout,
             function_name: self.function_name,
             description: self.description,
             image,
@@ -448,6 +597,8 @@ impl FunctionPatch {
             environment_variables: BTreeMap::new(),
             initialization_timeout: DEFAULT_INITIALIZATION_TIMEOUT,
             auth_type: AuthType::Function,
+            max_instances: None,
+            idle_timeout: None,
         };
         self.apply_to(&mut spec);
         Ok((spec, image.reference))
@@ -478,6 +629,12 @@ impl FunctionPatch {
             self.initialization_timeout,
         );
         set(&mut spec.auth_type, self.auth_type);
+        if self.max_instances.is_some() {
+            spec.max_instances = self.max_instances;
+        }
+        if self.idle_timeout.is_some() {
+            spec.idle_timeout = self.idle_timeout;
+        }
     }
 }
 

@@ -1,12 +1,27 @@
 //! The instance pool: which instance serves a request, when to cold-start another, when to
 //! reclaim one.
 //!
-//! Per function the pool keeps the instances of its current *revision* (a new image or setting
-//! makes a new revision; older instances serve no new request and are stopped). A request takes
-//! an instance with fewer than `instanceConcurrency` requests in flight; if none has room and
-//! fewer than `max_instances` exist, it cold-starts one; otherwise it waits (bounded by the
-//! function timeout). Instances idle longer than the idle timeout are stopped by [`Pool::reap`]
-//! (scale to zero); dead ones (crashed, OOM-killed) are dropped and reported.
+//! Per function the pool keeps instances by *track*: `LATEST` and each published version
+//! (aliases resolve to versions before they get here). Each track has a current *revision* (a
+//! new configuration of `LATEST` makes a new one; a version's never changes); instances of an
+//! older revision serve no new request and stop once their requests end ("draining").
+//!
+//! A request takes, among its track's instances with fewer than `instanceConcurrency` requests
+//! in flight, a provisioned one first, then the least busy. If none has room it either waits
+//! for an instance already starting (when the starts under way have room for every request
+//! waiting: a burst of 100 requests at `instanceConcurrency` 10 starts 10 instances, not 100)
+//! or starts one, if the function's `maxInstances` (all tracks, draining and starting
+//! instances included: an update never doubles it), the bound on its concurrent starts and the
+//! node's memory budget (the sum of `memorySize` of every live instance) allow. To make room it
+//! stops idle on-demand instances: of the function's other tracks for `maxInstances`, of any
+//! function (least recently used first) for memory. Otherwise it waits until its deadline (the
+//! function's timeout), then gets [`AcquireError::Busy`] (429).
+//!
+//! Provisioned instances ([`Pool::provision`], called by the server's provisioner every second
+//! with the targets of the stored provision configs) are started without a request, never
+//! stopped for idleness, replaced when they die, and taken before on-demand ones. Instances idle
+//! longer than their function's idle timeout are stopped by [`Pool::reap`] (scale to zero);
+//! dead ones (crashed, OOM-killed) are dropped and reported.
 //!
 //! Connections to an instance are HTTP/1.1 keep-alive connections made inside its network
 //! namespace and reused across requests.
@@ -17,6 +32,7 @@
 //! prefetch it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,19 +51,68 @@ pub type ProxyBody = axum::body::Body;
 pub struct RunSpec {
     /// Changes whenever anything that affects instances changes (image, command, env, limits).
     pub revision: String,
+    /// The configuration's track: `LATEST` or a version number.
+    pub track: String,
     /// What each instance runs; its `prefetch` is filled in by each cold start.
     pub instance: InstanceSpec,
-    /// Bounds a request: the wait for an instance plus the wait for response headers.
+    /// Bounds the wait for an instance, and then the wait for the response headers.
     pub timeout: Duration,
     /// Requests one instance serves at once.
     pub concurrency: usize,
+    /// Instances of the function at once, every track together.
     pub max_instances: usize,
+    /// An on-demand instance serving nothing for this long is stopped.
+    pub idle_timeout: Duration,
 }
 
 impl RunSpec {
     /// The function's name.
     pub fn name(&self) -> &str {
         &self.instance.function
+    }
+}
+
+/// Node-wide bounds of the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// The sum of `memorySize` of live instances (starting, serving, draining, stopping) never
+    /// exceeds this (MiB).
+    pub memory_budget_mb: u64,
+    /// Cold starts of one function under way at once.
+    pub max_concurrent_starts: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            memory_budget_mb: u64::MAX,
+            max_concurrent_starts: 8,
+        }
+    }
+}
+
+/// Why a request found no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReason {
+    /// Every instance allowed by `maxInstances` is busy (or starting).
+    MaxInstances { max: usize },
+    /// The node's memory budget has no room for another instance.
+    Memory { budget_mb: u64, needed_mb: u64 },
+}
+
+impl std::fmt::Display for BusyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusyReason::MaxInstances { max } => write!(f, "its maxInstances ({max}) are all busy"),
+            BusyReason::Memory {
+                budget_mb,
+                needed_mb,
+            } => write!(
+                f,
+                "the node's memory budget ({budget_mb} MB) has no room for another instance of \
+                 {needed_mb} MB"
+            ),
+        }
     }
 }
 
@@ -59,34 +124,177 @@ pub enum AcquireError {
         #[source]
         source: StartError,
     },
-    #[error("function {function}: all {instances} instances are busy and none freed up within {waited:?}")]
+    #[error("function {function}: {reason}, and no instance had room within {waited:?}")]
     Busy {
         function: String,
-        instances: usize,
+        reason: BusyReason,
         waited: Duration,
     },
 }
 
 struct Slot {
     instance: Arc<Instance>,
+    track: String,
+    revision: String,
+    /// The provision config (qualifier) this instance is kept warm for, if any.
+    provisioned: Option<String>,
+    memory_mb: u64,
+    idle_timeout: Duration,
     in_flight: usize,
     last_used: Instant,
     /// Idle keep-alive connections.
     connections: Vec<SendRequest<ProxyBody>>,
 }
 
+/// A cold start under way.
+struct Starting {
+    id: u64,
+    track: String,
+    revision: String,
+    memory_mb: u64,
+    /// Started for a request, which takes the first place in the new instance.
+    for_request: bool,
+}
+
 #[derive(Default)]
 struct FunctionInstances {
-    revision: String,
+    /// The current revision of each track, as last seen.
+    revisions: HashMap<String, String>,
     slots: Vec<Slot>,
     /// Instances of an older revision still finishing requests; stopped when the last ends.
     draining: Vec<Slot>,
     /// Cold starts under way (they count against `max_instances`).
-    starting: usize,
-    /// Requests waiting for room.
-    queued: usize,
-    /// Woken whenever a slot frees up or a start ends.
+    starting: Vec<Starting>,
+    /// Requests waiting for room, per track.
+    queued: HashMap<String, usize>,
+    /// Instances being torn down, and their memory: alive until their teardown ends, so they
+    /// still count against `maxInstances` and the memory budget.
+    stopping: usize,
+    stopping_mb: u64,
+    /// Woken whenever a slot frees up, a start ends or memory is freed.
     changed: Arc<Notify>,
+}
+
+impl FunctionInstances {
+    fn instances(&self) -> usize {
+        self.slots.len() + self.draining.len() + self.starting.len() + self.stopping
+    }
+
+    fn memory_mb(&self) -> u64 {
+        self.slots
+            .iter()
+            .chain(&self.draining)
+            .map(|s| s.memory_mb)
+            .chain(self.starting.iter().map(|s| s.memory_mb))
+            .sum::<u64>()
+            + self.stopping_mb
+    }
+
+    /// Hands `slot` to `retired` to be stopped; it counts as stopping until its teardown ends
+    /// ([`Pool::stop_all`]).
+    fn stop(&mut self, slot: Slot, retired: &mut Vec<Slot>) {
+        self.stopping += 1;
+        self.stopping_mb += slot.memory_mb;
+        retired.push(slot);
+    }
+
+    /// Moves the slots of `track` not of `revision` (every slot of the track if `None`) out of
+    /// service: idle ones into `retired` (to stop), busy ones to draining.
+    fn retire_track(&mut self, track: &str, revision: Option<&str>, retired: &mut Vec<Slot>) {
+        let (old, keep): (Vec<Slot>, Vec<Slot>) = self
+            .slots
+            .drain(..)
+            .partition(|s| s.track == track && revision != Some(s.revision.as_str()));
+        self.slots = keep;
+        for s in old {
+            if s.in_flight == 0 {
+                self.stop(s, retired);
+            } else {
+                self.draining.push(s);
+            }
+        }
+    }
+
+    /// Stops the idle on-demand instance used longest ago, not of `except_track`; false if
+    /// there is none.
+    fn stop_idle(&mut self, except_track: &str, retired: &mut Vec<Slot>) -> bool {
+        let Some(i) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.in_flight == 0 && s.provisioned.is_none() && s.track != except_track)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let slot = self.slots.swap_remove(i);
+        self.stop(slot, retired);
+        true
+    }
+}
+
+#[derive(Default)]
+struct State {
+    functions: HashMap<String, FunctionInstances>,
+}
+
+impl State {
+    fn memory_used_mb(&self) -> u64 {
+        self.functions
+            .values()
+            .map(FunctionInstances::memory_mb)
+            .sum::<u64>()
+    }
+
+    /// True if `needed_mb` more fits in `budget_mb` now. If not, stops idle on-demand instances
+    /// of any function, least recently used first, enough for it to fit once they are gone
+    /// (the caller waits for that), or none if even that would not suffice.
+    fn memory_room(&mut self, needed_mb: u64, budget_mb: u64, retired: &mut Vec<Slot>) -> bool {
+        let used = self.memory_used_mb();
+        if used.saturating_add(needed_mb) <= budget_mb {
+            return true;
+        }
+        let mut idle: Vec<(Instant, String, String, u64)> = self
+            .functions
+            .iter()
+            .flat_map(|(name, f)| {
+                f.slots
+                    .iter()
+                    .filter(|s| s.in_flight == 0 && s.provisioned.is_none())
+                    .map(|s| {
+                        (
+                            s.last_used,
+                            name.clone(),
+                            s.instance.id.clone(),
+                            s.memory_mb,
+                        )
+                    })
+            })
+            .collect();
+        idle.sort();
+        let mut freed = 0u64;
+        let mut victims = Vec::new();
+        for (_, name, id, mb) in idle {
+            if used.saturating_sub(freed).saturating_add(needed_mb) <= budget_mb {
+                break;
+            }
+            freed += mb;
+            victims.push((name, id));
+        }
+        if used.saturating_sub(freed).saturating_add(needed_mb) > budget_mb {
+            return false;
+        }
+        for (name, id) in victims {
+            if let Some(f) = self.functions.get_mut(&name) {
+                if let Some(i) = f.slots.iter().position(|s| s.instance.id == id) {
+                    let slot = f.slots.swap_remove(i);
+                    f.stop(slot, retired);
+                }
+            }
+        }
+        false
+    }
 }
 
 /// All functions' instances on this node.
@@ -94,7 +302,11 @@ pub struct Pool {
     node: Node,
     /// Where access traces are kept.
     store: Store,
-    functions: Mutex<HashMap<String, FunctionInstances>>,
+    state: Arc<Mutex<State>>,
+    limits: PoolLimits,
+    next_start: AtomicU64,
+    /// Set by shutdown: the provisioner starts nothing more.
+    stopping: AtomicBool,
     /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
     teardowns: tokio_util::task::TaskTracker,
     /// Cold starts under way, each in a task of its own: a request that goes away (client
@@ -123,6 +335,8 @@ pub struct FunctionLoad {
     pub draining: usize,
     /// Requests waiting for room.
     pub queued: usize,
+    /// Of `idle` and `busy`, those kept warm by a provision config.
+    pub provisioned: usize,
 }
 
 /// One request's claim on an instance; dropping it releases the claim.
@@ -152,37 +366,77 @@ impl std::fmt::Debug for Lease {
     }
 }
 
+/// What a request does next, decided under the lock.
+enum Step {
+    Take(Lease),
+    Start(u64),
+    Wait(BusyReason),
+}
+
+/// One provision config's wish, resolved: keep `target` instances of `spec` warm.
+#[derive(Debug, Clone)]
+pub struct Provision {
+    /// The provision config's qualifier (`LATEST`, an alias or a version).
+    pub qualifier: String,
+    pub spec: RunSpec,
+    pub target: usize,
+}
+
 impl Pool {
-    pub fn new(node: Node, store: Store, metrics: Arc<Metrics>) -> Arc<Pool> {
+    pub fn new(node: Node, store: Store, metrics: Arc<Metrics>, limits: PoolLimits) -> Arc<Pool> {
         Arc::new(Pool {
             node,
             store,
-            functions: Mutex::default(),
+            state: Arc::default(),
+            limits,
+            next_start: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
             teardowns: tokio_util::task::TaskTracker::new(),
             starts: tokio_util::task::TaskTracker::new(),
             metrics,
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("pool lock poisoned")
+    }
+
     /// Every function's instances by state and its queue (functions the pool has seen).
     pub fn load(&self) -> Vec<FunctionLoad> {
-        let all = self.functions.lock().expect("pool lock poisoned");
-        let mut out: Vec<FunctionLoad> = all
+        let st = self.lock();
+        let mut out: Vec<FunctionLoad> = st
+            .functions
             .iter()
             .map(|(name, f)| {
                 let busy = f.slots.iter().filter(|s| s.in_flight > 0).count();
                 FunctionLoad {
                     function: name.clone(),
-                    starting: f.starting,
+                    starting: f.starting.len(),
                     idle: f.slots.len() - busy,
                     busy,
                     draining: f.draining.len(),
-                    queued: f.queued,
+                    queued: f.queued.values().sum(),
+                    provisioned: f.slots.iter().filter(|s| s.provisioned.is_some()).count(),
                 }
             })
             .collect();
         out.sort_by(|a, b| a.function.cmp(&b.function));
         out
+    }
+
+    /// MiB of `memorySize` the live instances hold, and the budget.
+    pub fn memory(&self) -> (u64, u64) {
+        (self.lock().memory_used_mb(), self.limits.memory_budget_mb)
+    }
+
+    /// Running instances kept warm for `function`'s provision config `qualifier`.
+    pub fn provisioned(&self, function: &str, qualifier: &str) -> usize {
+        self.lock().functions.get(function).map_or(0, |f| {
+            f.slots
+                .iter()
+                .filter(|s| s.provisioned.as_deref() == Some(qualifier) && s.instance.is_running())
+                .count()
+        })
     }
 
     pub fn node(&self) -> &Node {
@@ -200,12 +454,10 @@ impl Pool {
             // Made before room is looked for: a `Notified` sees the `notify_waiters` calls made
             // after its creation, so a release between the look (under the lock) and the wait
             // cannot be missed, which would leave the request waiting out its whole timeout
-            // beside a free instance. (Made after the lock, as before, a release in between —
-            // a short window, but one that included spawning teardowns — was lost.)
+            // beside a free instance.
             let changed = self
-                .functions
                 .lock()
-                .expect("pool lock poisoned")
+                .functions
                 .entry(spec.name().to_string())
                 .or_default()
                 .changed
@@ -214,87 +466,153 @@ impl Pool {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let mut retired = Vec::new();
-            let wait;
-            {
-                let mut all = self.functions.lock().expect("pool lock poisoned");
-                let f = all.entry(spec.name().to_string()).or_default();
-                if f.revision != spec.revision {
-                    f.retire_slots(&mut retired);
-                    f.revision = spec.revision.clone();
-                }
-                // Drop instances that died since their last request.
-                let (alive, dead): (Vec<Slot>, Vec<Slot>) =
-                    f.slots.drain(..).partition(|s| s.instance.is_running());
-                f.slots = alive;
-                for s in dead {
-                    report_death(&s.instance);
-                    retired.push(s.instance);
-                }
-                if let Some(slot) = f
-                    .slots
-                    .iter_mut()
-                    .filter(|s| s.in_flight < spec.concurrency)
-                    .min_by_key(|s| s.in_flight)
-                {
-                    slot.in_flight += 1;
-                    slot.last_used = Instant::now();
-                    let lease = Lease {
-                        pool: self.clone(),
-                        function: spec.name().to_string(),
-                        instance: slot.instance.clone(),
-                        cold_start: None,
-                        cold_start_began: None,
-                        queued: queued
-                            .as_ref()
-                            .map_or(Duration::ZERO, |q| q.since.elapsed()),
-                        connection: slot.connections.pop(),
-                        reusable: false,
-                        output_tag: None,
-                    };
-                    drop(all);
+            let step = self.step(spec, &mut queued, &mut retired);
+            self.stop_all(retired);
+            let reason = match step {
+                Step::Take(lease) => return Ok(lease),
+                Step::Start(start) => {
+                    let waited = queued
+                        .as_ref()
+                        .map_or(Duration::ZERO, |q| q.since.elapsed());
                     drop(queued);
-                    self.stop_all(retired);
+                    let mut lease = self.cold_start(spec, start).await?;
+                    lease.queued = waited;
                     return Ok(lease);
                 }
-                if f.slots.len() + f.starting < spec.max_instances {
-                    f.starting += 1;
-                    wait = false;
-                } else {
-                    if queued.is_none() {
-                        f.queued += 1;
-                        queued = Some(Queued {
-                            pool: self.clone(),
-                            function: spec.name().to_string(),
-                            since: Instant::now(),
-                        });
-                    }
-                    wait = true;
-                }
-            }
-            self.stop_all(retired);
-            if !wait {
-                let waited = queued
-                    .as_ref()
-                    .map_or(Duration::ZERO, |q| q.since.elapsed());
-                drop(queued);
-                let mut lease = self.cold_start(spec).await?;
-                lease.queued = waited;
-                return Ok(lease);
-            }
+                Step::Wait(reason) => reason,
+            };
             let now = Instant::now();
             if now >= deadline
                 || tokio::time::timeout(deadline - now, notified.as_mut())
                     .await
                     .is_err()
             {
-                let instances = self.instances_of(spec.name());
                 return Err(AcquireError::Busy {
                     function: spec.name().to_string(),
-                    instances,
+                    reason,
                     waited: spec.timeout,
                 });
             }
         }
+    }
+
+    /// Under the lock: take room, start an instance, or wait (queued).
+    fn step(
+        self: &Arc<Self>,
+        spec: &RunSpec,
+        queued: &mut Option<Queued>,
+        retired: &mut Vec<Slot>,
+    ) -> Step {
+        let mut st = self.lock();
+        let f = st.functions.entry(spec.name().to_string()).or_default();
+        if f.revisions.get(&spec.track) != Some(&spec.revision) {
+            f.retire_track(&spec.track, Some(&spec.revision), retired);
+            f.revisions
+                .insert(spec.track.clone(), spec.revision.clone());
+        }
+        drop_dead(f, retired);
+        if let Some(slot) = f
+            .slots
+            .iter_mut()
+            .filter(|s| {
+                s.track == spec.track
+                    && s.revision == spec.revision
+                    && s.in_flight < spec.concurrency
+            })
+            .min_by_key(|s| (s.provisioned.is_none(), s.in_flight))
+        {
+            slot.in_flight += 1;
+            slot.last_used = Instant::now();
+            return Step::Take(Lease {
+                pool: self.clone(),
+                function: spec.name().to_string(),
+                instance: slot.instance.clone(),
+                cold_start: None,
+                cold_start_began: None,
+                queued: queued
+                    .as_ref()
+                    .map_or(Duration::ZERO, |q| q.since.elapsed()),
+                connection: slot.connections.pop(),
+                reusable: false,
+                output_tag: None,
+            });
+        }
+        // Room the starts under way will bring, beyond their own requests, against the requests
+        // already waiting for it: while it suffices, wait for them instead of starting more.
+        let coming: usize = f
+            .starting
+            .iter()
+            .filter(|s| s.track == spec.track && s.revision == spec.revision)
+            .map(|s| spec.concurrency - usize::from(s.for_request))
+            .sum();
+        let waiting_before_me = f
+            .queued
+            .get(&spec.track)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(usize::from(queued.is_some()));
+        let reason = if coming > waiting_before_me {
+            BusyReason::MaxInstances {
+                max: spec.max_instances,
+            }
+        } else {
+            match self.room_for_start(&mut st, spec, retired) {
+                Ok(()) => {
+                    let id = self.next_start.fetch_add(1, Ordering::Relaxed);
+                    let f = st.functions.get_mut(spec.name()).expect("entry made above");
+                    f.starting.push(Starting {
+                        id,
+                        track: spec.track.clone(),
+                        revision: spec.revision.clone(),
+                        memory_mb: spec.instance.memory_mb,
+                        for_request: true,
+                    });
+                    return Step::Start(id);
+                }
+                Err(reason) => reason,
+            }
+        };
+        if queued.is_none() {
+            let f = st.functions.get_mut(spec.name()).expect("entry made above");
+            *f.queued.entry(spec.track.clone()).or_default() += 1;
+            *queued = Some(Queued {
+                pool: self.clone(),
+                function: spec.name().to_string(),
+                track: spec.track.clone(),
+                since: Instant::now(),
+            });
+        }
+        Step::Wait(reason)
+    }
+
+    /// Whether one more instance of `spec` may start now. If stopping idle instances would
+    /// make room, they are stopped, and the caller waits for their teardowns to end.
+    fn room_for_start(
+        &self,
+        st: &mut State,
+        spec: &RunSpec,
+        retired: &mut Vec<Slot>,
+    ) -> Result<(), BusyReason> {
+        let max = BusyReason::MaxInstances {
+            max: spec.max_instances,
+        };
+        let f = st.functions.get_mut(spec.name()).expect("entry made");
+        if f.starting.len() >= self.limits.max_concurrent_starts {
+            return Err(max);
+        }
+        if f.instances() >= spec.max_instances {
+            // An idle instance of another version gives way (once its teardown ends).
+            f.stop_idle(&spec.track, retired);
+            return Err(max);
+        }
+        let (needed, budget) = (spec.instance.memory_mb, self.limits.memory_budget_mb);
+        if !st.memory_room(needed, budget, retired) {
+            return Err(BusyReason::Memory {
+                budget_mb: budget,
+                needed_mb: needed,
+            });
+        }
+        Ok(())
     }
 
     /// The access trace stored for `spec`'s function and image, if it runs accelerated.
@@ -348,19 +666,31 @@ impl Pool {
     /// away meanwhile, the start still completes: its lease is then dropped with the task's
     /// output, which releases the new instance as an idle one (used by the next request,
     /// reclaimed by the reaper, stopped at shutdown).
-    async fn cold_start(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+    async fn cold_start(
+        self: &Arc<Self>,
+        spec: &RunSpec,
+        start: u64,
+    ) -> Result<Lease, AcquireError> {
         let (this, spec) = (self.clone(), spec.clone());
         // In the request's span: the start's log lines carry its function and request id.
         let task = self.starts.spawn(
-            async move { this.start_instance(&spec).await }.instrument(tracing::Span::current()),
+            async move { this.start_instance(&spec, start, None).await }
+                .instrument(tracing::Span::current()),
         );
         match task.await {
-            Ok(result) => result,
+            Ok(result) => result.map(|l| l.expect("a request's start returns its lease")),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 
-    async fn start_instance(self: &Arc<Self>, spec: &RunSpec) -> Result<Lease, AcquireError> {
+    /// Runs start `start` (registered in the function's `starting`): for a request (returns
+    /// its lease on the new instance) or, with `provisioned`, to keep warm (returns `None`).
+    async fn start_instance(
+        self: &Arc<Self>,
+        spec: &RunSpec,
+        start: u64,
+        provisioned: Option<String>,
+    ) -> Result<Option<Lease>, AcquireError> {
         let began = Instant::now();
         let prefetch = self.access_trace(spec).await;
         let result = self
@@ -370,13 +700,16 @@ impl Pool {
                 ..spec.instance.clone()
             })
             .await;
-        let mut all = self.functions.lock().expect("pool lock poisoned");
-        let f = all.entry(spec.name().to_string()).or_default();
-        f.starting = f.starting.saturating_sub(1);
+        let mut st = self.lock();
+        let f = st.functions.entry(spec.name().to_string()).or_default();
+        f.starting.retain(|s| s.id != start);
         f.changed.notify_waiters();
         let instance = match result {
             Ok(i) => Arc::new(i),
             Err(source) => {
+                drop(st);
+                // Memory was freed: other functions' waiters may start now.
+                self.notify_all();
                 self.metrics
                     .cold_start_failures
                     .get_or_create(&FunctionLabels {
@@ -389,20 +722,36 @@ impl Pool {
                 });
             }
         };
+        let for_request = provisioned.is_none();
         let slot = Slot {
             instance: instance.clone(),
-            in_flight: 1,
+            track: spec.track.clone(),
+            revision: spec.revision.clone(),
+            provisioned,
+            memory_mb: spec.instance.memory_mb,
+            idle_timeout: spec.idle_timeout,
+            in_flight: usize::from(for_request),
             last_used: Instant::now(),
             connections: Vec::new(),
         };
-        if f.revision == spec.revision {
+        let current = f.revisions.get(&spec.track) == Some(&spec.revision);
+        if current {
             f.slots.push(slot);
-        } else {
+        } else if for_request {
             // The function changed while this instance started: it serves this one request.
             f.draining.push(slot);
+        } else {
+            let mut retired = Vec::new();
+            f.stop(slot, &mut retired);
+            drop(st);
+            self.stop_all(retired);
+            return Ok(None);
+        }
+        if !for_request {
+            return Ok(None);
         }
         let timings = instance.timings;
-        Ok(Lease {
+        Ok(Some(Lease {
             pool: self.clone(),
             function: spec.name().to_string(),
             instance,
@@ -412,84 +761,177 @@ impl Pool {
             connection: None,
             reusable: false,
             output_tag: None,
-        })
+        }))
     }
 
-    fn instances_of(&self, function: &str) -> usize {
-        self.functions
-            .lock()
-            .expect("pool lock poisoned")
-            .get(function)
-            .map_or(0, |f| f.slots.len())
+    /// Keeps the provisioned instances as `wanted` says (every provision config of every
+    /// function, resolved): dead ones are replaced, missing ones started (as far as
+    /// `maxInstances` and memory allow; the next call tries again), surplus ones and those of
+    /// configs no longer wanted become on-demand (reclaimed when idle).
+    pub fn provision(self: &Arc<Self>, wanted: &[Provision]) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut retired = Vec::new();
+        let mut starts = Vec::new();
+        {
+            let mut st = self.lock();
+            let keys: std::collections::HashSet<(&str, &str)> = wanted
+                .iter()
+                .map(|p| (p.spec.name(), p.qualifier.as_str()))
+                .collect();
+            for (name, f) in st.functions.iter_mut() {
+                drop_dead(f, &mut retired);
+                for s in &mut f.slots {
+                    let keep = s.provisioned.as_deref().is_some_and(|q| {
+                        keys.contains(&(name.as_str(), q))
+                            && f.revisions.get(&s.track) == Some(&s.revision)
+                    });
+                    if !keep && s.provisioned.take().is_some() {
+                        s.last_used = Instant::now();
+                    }
+                }
+            }
+            for p in wanted {
+                let spec = &p.spec;
+                let f = st.functions.entry(spec.name().to_string()).or_default();
+                if f.revisions.get(&spec.track) != Some(&spec.revision) {
+                    f.retire_track(&spec.track, Some(&spec.revision), &mut retired);
+                    f.revisions
+                        .insert(spec.track.clone(), spec.revision.clone());
+                }
+                let mine = |s: &Slot| {
+                    s.provisioned.as_deref() == Some(p.qualifier.as_str())
+                        && s.track == spec.track
+                        && s.revision == spec.revision
+                };
+                let mut have = f.slots.iter().filter(|s| mine(s)).count();
+                // Surplus: back to on-demand.
+                for s in f.slots.iter_mut().filter(|s| mine(s)).skip(p.target) {
+                    s.provisioned = None;
+                    s.last_used = Instant::now();
+                }
+                // Idle on-demand instances of the same revision are adopted first.
+                for s in f.slots.iter_mut().filter(|s| {
+                    s.provisioned.is_none() && s.track == spec.track && s.revision == spec.revision
+                }) {
+                    if have >= p.target {
+                        break;
+                    }
+                    s.provisioned = Some(p.qualifier.clone());
+                    have += 1;
+                }
+                let already_starting = starts
+                    .iter()
+                    .filter(|(_, q, _): &&(RunSpec, String, u64)| {
+                        q == &p.qualifier && p.spec.name() == spec.name()
+                    })
+                    .count();
+                let pending = f
+                    .starting
+                    .iter()
+                    .filter(|s| {
+                        !s.for_request && s.track == spec.track && s.revision == spec.revision
+                    })
+                    .count();
+                let missing = p.target.saturating_sub(have + pending + already_starting);
+                for _ in 0..missing {
+                    if self.room_for_start(&mut st, spec, &mut retired).is_err() {
+                        break;
+                    }
+                    let id = self.next_start.fetch_add(1, Ordering::Relaxed);
+                    let f = st.functions.get_mut(spec.name()).expect("entry made");
+                    f.starting.push(Starting {
+                        id,
+                        track: spec.track.clone(),
+                        revision: spec.revision.clone(),
+                        memory_mb: spec.instance.memory_mb,
+                        for_request: false,
+                    });
+                    starts.push((spec.clone(), p.qualifier.clone(), id));
+                }
+            }
+        }
+        self.stop_all(retired);
+        for (spec, qualifier, id) in starts {
+            let this = self.clone();
+            self.starts.spawn(async move {
+                if let Err(e) = this.start_instance(&spec, id, Some(qualifier.clone())).await {
+                    tracing::warn!(function = %spec.name(), %qualifier, error = %e, "starting a provisioned instance");
+                }
+            });
+        }
     }
 
     /// Takes `instance` out of service and stops it now, busy or not (it hung or broke).
     pub fn recycle(&self, function: &str, instance_id: &str) {
         let mut retired = Vec::new();
-        if let Some(f) = self
-            .functions
-            .lock()
-            .expect("pool lock poisoned")
-            .get_mut(function)
-        {
+        if let Some(f) = self.lock().functions.get_mut(function) {
+            let mut gone = Vec::new();
             for list in [&mut f.slots, &mut f.draining] {
-                list.retain(|s| {
-                    let keep = s.instance.id != instance_id;
-                    if !keep {
-                        retired.push(s.instance.clone());
-                    }
-                    keep
-                });
+                let (out, keep): (Vec<Slot>, Vec<Slot>) =
+                    list.drain(..).partition(|s| s.instance.id == instance_id);
+                *list = keep;
+                gone.extend(out);
+            }
+            for s in gone {
+                f.stop(s, &mut retired);
             }
             f.changed.notify_waiters();
         }
         self.stop_all(retired);
     }
 
-    /// Takes every instance of `function` out of service (it was deleted or updated): idle ones
-    /// stop now, busy ones when their requests end.
+    /// Takes every instance of `function` out of service (it was deleted): idle ones stop now,
+    /// busy ones when their requests end.
     pub fn retire(&self, function: &str) {
         let mut retired = Vec::new();
-        if let Some(f) = self
-            .functions
-            .lock()
-            .expect("pool lock poisoned")
-            .get_mut(function)
-        {
-            f.retire_slots(&mut retired);
-            f.revision.clear();
+        if let Some(f) = self.lock().functions.get_mut(function) {
+            let tracks: Vec<String> = f.slots.iter().map(|s| s.track.clone()).collect();
+            for t in tracks {
+                f.retire_track(&t, None, &mut retired);
+            }
+            f.revisions.clear();
         }
         self.stop_all(retired);
     }
 
-    /// Stops idle instances older than `idle_timeout` and drops dead ones.
-    pub fn reap(&self, idle_timeout: Duration) {
+    /// Takes the instances of one track of `function` out of service (`LATEST` changed, or a
+    /// version was deleted).
+    pub fn retire_track(&self, function: &str, track: &str) {
         let mut retired = Vec::new();
-        let now = Instant::now();
-        for f in self
-            .functions
-            .lock()
-            .expect("pool lock poisoned")
-            .values_mut()
-        {
-            f.draining.retain(|s| {
-                let dead = !s.instance.is_running();
-                if dead {
-                    retired.push(s.instance.clone());
-                }
-                !dead
+        if let Some(f) = self.lock().functions.get_mut(function) {
+            f.retire_track(track, None, &mut retired);
+            f.revisions.remove(track);
+        }
+        self.stop_all(retired);
+    }
+
+    /// Stops on-demand instances idle longer than their idle timeout and drops dead ones.
+    pub fn reap(&self) {
+        self.reap_at(Instant::now());
+    }
+
+    /// [`Pool::reap`] as if it were `now`.
+    fn reap_at(&self, now: Instant) {
+        let mut retired = Vec::new();
+        for f in self.lock().functions.values_mut() {
+            let (dead, alive): (Vec<Slot>, Vec<Slot>) =
+                f.draining.drain(..).partition(|s| !s.instance.is_running());
+            f.draining = alive;
+            for s in dead {
+                f.stop(s, &mut retired);
+            }
+            drop_dead(f, &mut retired);
+            let (idle, keep): (Vec<Slot>, Vec<Slot>) = f.slots.drain(..).partition(|s| {
+                s.provisioned.is_none()
+                    && s.in_flight == 0
+                    && now.saturating_duration_since(s.last_used) >= s.idle_timeout
             });
-            f.slots.retain(|s| {
-                let dead = !s.instance.is_running();
-                if dead {
-                    report_death(&s.instance);
-                }
-                let idle = s.in_flight == 0 && now.duration_since(s.last_used) >= idle_timeout;
-                if dead || idle {
-                    retired.push(s.instance.clone());
-                }
-                !(dead || idle)
-            });
+            f.slots = keep;
+            for s in idle {
+                f.stop(s, &mut retired);
+            }
         }
         self.stop_all(retired);
     }
@@ -505,12 +947,12 @@ impl Pool {
     /// Waits for the cold starts under way, then stops every instance and waits for the
     /// teardowns (graceful shutdown). Starts are bounded by their initialization timeout.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.starts.close();
         self.starts.wait().await;
         let all: Vec<Arc<Instance>> = self
-            .functions
             .lock()
-            .expect("pool lock poisoned")
+            .functions
             .drain()
             .flat_map(|(_, f)| f.slots.into_iter().chain(f.draining).map(|s| s.instance))
             .collect();
@@ -524,10 +966,10 @@ impl Pool {
     }
 
     fn release(&self, lease: &mut Lease) {
-        let mut finished = None;
+        let mut finished = Vec::new();
         {
-            let mut all = self.functions.lock().expect("pool lock poisoned");
-            let Some(f) = all.get_mut(&lease.function) else {
+            let mut st = self.lock();
+            let Some(f) = st.functions.get_mut(&lease.function) else {
                 return;
             };
             f.changed.notify_waiters();
@@ -544,26 +986,57 @@ impl Pool {
                 let slot = &mut f.draining[i];
                 slot.in_flight = slot.in_flight.saturating_sub(1);
                 if slot.in_flight == 0 {
-                    finished = Some(f.draining.swap_remove(i).instance);
+                    let slot = f.draining.swap_remove(i);
+                    f.stop(slot, &mut finished);
                 }
             }
         }
-        if let Some(i) = finished {
-            self.stop_all(vec![i]);
+        self.stop_all(finished);
+    }
+
+    /// Wakes every waiting request (memory was freed: any function may start now).
+    fn notify_all(&self) {
+        for f in self.lock().functions.values() {
+            f.changed.notify_waiters();
+        }
+    }
+
+    /// Stops instances handed over by [`FunctionInstances::stop`] in the background; each
+    /// counts as stopping (instances, memory) until its teardown ends, then waiting requests
+    /// of every function are woken (memory is node-wide).
+    fn stop_all(&self, slots: Vec<Slot>) {
+        for s in slots {
+            let (i, mb, state) = (s.instance, s.memory_mb, self.state.clone());
+            self.teardowns.spawn(async move {
+                match i.stop().await {
+                    Ok(()) => {
+                        tracing::debug!(function = %i.function, instance = %i.id, "instance stopped")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %i.function, instance = %i.id, error = %e, "instance teardown")
+                    }
+                }
+                let mut st = state.lock().expect("pool lock poisoned");
+                if let Some(f) = st.functions.get_mut(&i.function) {
+                    f.stopping = f.stopping.saturating_sub(1);
+                    f.stopping_mb = f.stopping_mb.saturating_sub(mb);
+                }
+                for f in st.functions.values() {
+                    f.changed.notify_waiters();
+                }
+            });
         }
     }
 }
 
-impl FunctionInstances {
-    /// Moves every slot out of service: idle ones into `retired` (to stop), busy ones to draining.
-    fn retire_slots(&mut self, retired: &mut Vec<Arc<Instance>>) {
-        for s in self.slots.drain(..) {
-            if s.in_flight == 0 {
-                retired.push(s.instance);
-            } else {
-                self.draining.push(s);
-            }
-        }
+/// Moves `f`'s dead instances (crashed, OOM-killed) into `retired`, reporting each.
+fn drop_dead(f: &mut FunctionInstances, retired: &mut Vec<Slot>) {
+    let (dead, alive): (Vec<Slot>, Vec<Slot>) =
+        f.slots.drain(..).partition(|s| !s.instance.is_running());
+    f.slots = alive;
+    for s in dead {
+        report_death(&s.instance);
+        f.stop(s, retired);
     }
 }
 
@@ -620,19 +1093,16 @@ impl Drop for Lease {
 struct Queued {
     pool: Arc<Pool>,
     function: String,
+    track: String,
     since: Instant,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if let Some(f) = self
-            .pool
-            .functions
-            .lock()
-            .expect("pool lock poisoned")
-            .get_mut(&self.function)
-        {
-            f.queued = f.queued.saturating_sub(1);
+        if let Some(f) = self.pool.lock().functions.get_mut(&self.function) {
+            if let Some(n) = f.queued.get_mut(&self.track) {
+                *n = n.saturating_sub(1);
+            }
         }
         self.pool
             .metrics
@@ -645,24 +1115,6 @@ fn report_death(instance: &Instance) {
         tracing::warn!(function = %instance.function, instance = %instance.id, "instance was OOM-killed (memory limit)");
     } else {
         tracing::warn!(function = %instance.function, instance = %instance.id, log = %instance.log_tail(), "instance exited");
-    }
-}
-
-impl Pool {
-    /// Stops instances in the background; teardown errors are logged.
-    fn stop_all(&self, instances: Vec<Arc<Instance>>) {
-        for i in instances {
-            self.teardowns.spawn(async move {
-                match i.stop().await {
-                    Ok(()) => {
-                        tracing::debug!(function = %i.function, instance = %i.id, "instance stopped")
-                    }
-                    Err(e) => {
-                        tracing::error!(function = %i.function, instance = %i.id, error = %e, "instance teardown")
-                    }
-                }
-            });
-        }
     }
 }
 

@@ -9,9 +9,12 @@ use pronto_image::{ClientOptions, RegistryClient};
 use pronto_runtime::fake::{FakeHost, HostEvent};
 use pronto_runtime::{InstanceSpec, Node, NodeConfig};
 
-use super::{AcquireError, FunctionLoad, Lease, Pool, RunSpec};
+use super::{AcquireError, BusyReason, FunctionLoad, Lease, Pool, PoolLimits, RunSpec};
 use crate::metrics::{Exporter, Metrics};
 use crate::store::Store;
+
+/// The test functions' idle timeout.
+const IDLE: Duration = Duration::from_secs(60);
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -22,6 +25,10 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(PoolLimits::default()).await
+}
+
+async fn env_with(limits: PoolLimits) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(FakeHost::new());
     let (node, _) = Node::open_on(
@@ -42,7 +49,7 @@ async fn env() -> Env {
     Env {
         _dir: dir,
         host,
-        pool: Pool::new(node, store, metrics.clone()),
+        pool: Pool::new(node, store, metrics.clone(), limits),
         instance,
         metrics,
     }
@@ -52,11 +59,21 @@ impl Env {
     fn spec(&self, concurrency: usize, max_instances: usize) -> RunSpec {
         RunSpec {
             revision: "r1".into(),
+            track: "LATEST".into(),
+            idle_timeout: IDLE,
             instance: self.instance.clone(),
             timeout: Duration::from_secs(5),
             concurrency,
             max_instances,
         }
+    }
+
+    /// The spec of another function, `name`, with `memory_mb`.
+    fn other(&self, name: &str, memory_mb: u64) -> RunSpec {
+        let mut spec = self.spec(1, 10);
+        spec.instance = pronto_runtime::fake::local_spec(self.pool.node(), name);
+        spec.instance.memory_mb = memory_mb;
+        spec
     }
 
     fn starts(&self) -> usize {
@@ -150,7 +167,9 @@ async fn a_request_that_never_gets_room_fails_busy_after_its_timeout() {
     let e = env.pool.acquire(&spec).await.unwrap_err();
     let waited = started.elapsed();
     match e {
-        AcquireError::Busy { instances, .. } => assert_eq!(instances, 1),
+        AcquireError::Busy { reason, .. } => {
+            assert_eq!(reason, BusyReason::MaxInstances { max: 1 })
+        }
         other => panic!("unexpected {other}"),
     }
     assert!(waited >= Duration::from_millis(150), "{waited:?}");
@@ -201,11 +220,11 @@ async fn idle_instances_are_reclaimed_and_busy_ones_are_not() {
     let (busy_id, idle_id) = (id(&busy), id(&idle));
     drop(idle);
 
-    env.pool.reap(Duration::from_secs(3600));
+    env.pool.reap();
     env.pool.settle().await;
     assert_eq!(env.host.running().len(), 2, "not idle long enough");
 
-    env.pool.reap(Duration::ZERO);
+    env.pool.reap_at(Instant::now() + IDLE);
     env.pool.settle().await;
     let running = env.host.running();
     assert!(running.contains(&busy_id) && !running.contains(&idle_id));
@@ -213,7 +232,7 @@ async fn idle_instances_are_reclaimed_and_busy_ones_are_not() {
 
     // Scale to zero once the last request ends.
     drop(busy);
-    env.pool.reap(Duration::ZERO);
+    env.pool.reap_at(Instant::now() + IDLE);
     env.pool.settle().await;
     assert!(env.host.leftovers().is_empty());
     // The next request cold-starts again.
@@ -258,7 +277,7 @@ async fn a_dead_instance_is_dropped_torn_down_and_replaced() {
     let replacement = id(&l);
     drop(l);
     env.host.kill(&replacement, false);
-    env.pool.reap(Duration::from_secs(3600));
+    env.pool.reap();
     env.pool.settle().await;
     assert!(env.host.leftovers().is_empty());
     env.finish().await;
@@ -370,6 +389,11 @@ fn scrape(env: &Env) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
+/// The load of the first function the pool knows.
+fn load(env: &Env) -> FunctionLoad {
+    env.pool.load().into_iter().next().unwrap_or_default()
+}
+
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !f() {
@@ -382,7 +406,6 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 async fn instances_by_state_and_the_queue_are_exported() {
     let env = env().await;
     let spec = env.spec(1, 2);
-    let load = |env: &Env| env.pool.load().into_iter().next().unwrap_or_default();
     let state = |s: &prometheus_parse::Scrape, state: &str| {
         sample(
             s,
@@ -465,19 +488,34 @@ async fn instances_by_state_and_the_queue_are_exported() {
         "both waits observed"
     );
 
-    // A new revision: the old busy instances drain.
+    // A new revision: the old busy instances drain, and they still count against
+    // maxInstances (2): the new revision's first request waits for them.
     let mut r2 = spec.clone();
     r2.revision = "r2".into();
-    let new = env.pool.acquire(&r2).await.unwrap();
+    let new = tokio::spawn({
+        let (pool, r2) = (env.pool.clone(), r2.clone());
+        async move { pool.acquire(&r2).await }
+    });
+    until("the new revision waits", || load(&env).queued == 1).await;
     let s = scrape(&env);
     assert_eq!(
         ["starting", "idle", "busy", "draining"].map(|st| state(&s, st)),
-        [Some(0.0), Some(0.0), Some(1.0), Some(2.0)]
+        [Some(0.0), Some(0.0), Some(0.0), Some(2.0)]
     );
     drop(served);
+    let new = tokio::time::timeout(Duration::from_secs(2), new)
+        .await
+        .expect("served once the old ones drained")
+        .unwrap()
+        .unwrap();
+    assert!(new.cold_start.is_some());
+    let s = scrape(&env);
+    assert_eq!(
+        ["busy", "draining"].map(|st| state(&s, st)),
+        [Some(1.0), Some(0.0)]
+    );
     drop(new);
     env.pool.settle().await;
-    assert_eq!(state(&scrape(&env), "draining"), Some(0.0));
     env.finish().await;
 }
 
@@ -536,5 +574,186 @@ async fn shutdown_waits_for_a_start_under_way_and_stops_its_instance() {
     let env = env().await;
     abandon_a_cold_start(&env, &env.spec(1, 1)).await;
     // Shutdown right away: the start is still under way.
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_burst_starts_only_the_instances_it_needs() {
+    let env = env().await;
+    env.host
+        .configure(|b| b.start_delay = Duration::from_millis(150));
+    // 100 requests at once, 10 per instance, up to 50 instances: 10 starts suffice.
+    let spec = env.spec(10, 50);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (pool, spec) = (env.pool.clone(), spec.clone());
+            tokio::spawn(async move { pool.acquire(&spec).await })
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(env.starts(), 10, "a start per 10 requests, not per request");
+    let mut per_instance = std::collections::HashMap::new();
+    for l in &leases {
+        *per_instance.entry(id(l)).or_insert(0) += 1;
+    }
+    assert!(per_instance.values().all(|&n| n == 10), "{per_instance:?}");
+    drop(leases);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_one_function_are_bounded() {
+    let env = env_with(PoolLimits {
+        max_concurrent_starts: 2,
+        ..PoolLimits::default()
+    })
+    .await;
+    env.host
+        .configure(|b| b.start_delay = Duration::from_millis(200));
+    let spec = env.spec(1, 10);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (pool, spec) = (env.pool.clone(), spec.clone());
+            tokio::spawn(async move { pool.acquire(&spec).await })
+        })
+        .collect();
+    until("two starts under way", || load(&env).starting == 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(load(&env).starting, 2, "never more than two at once");
+    assert_eq!(load(&env).queued, 4);
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        env.starts(),
+        6,
+        "each request got its own instance in the end"
+    );
+    drop(leases);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_memory_budget_stops_idle_instances_of_other_functions_or_refuses() {
+    // Room for two 512 MB instances on the node.
+    let env = env_with(PoolLimits {
+        memory_budget_mb: 1024,
+        ..PoolLimits::default()
+    })
+    .await;
+    let (f, g, h) = (
+        env.other("f", 512),
+        env.other("g", 512),
+        env.other("h", 512),
+    );
+    let f_lease = env.pool.acquire(&f).await.unwrap();
+    let f_id = id(&f_lease);
+    drop(f_lease);
+    let g_lease = env.pool.acquire(&g).await.unwrap();
+    assert_eq!(env.pool.memory(), (1024, 1024));
+
+    // h needs room: f's idle instance gives way (once torn down), g's busy one does not.
+    let h_lease = env.pool.acquire(&h).await.unwrap();
+    assert!(h_lease.cold_start.is_some());
+    env.pool.settle().await;
+    assert!(
+        !env.host.running().contains(&f_id),
+        "f's idle instance stopped"
+    );
+    assert_eq!(env.pool.memory(), (1024, 1024));
+
+    // Everything busy: f waits until its deadline, then is refused for memory.
+    let mut f_short = f.clone();
+    f_short.timeout = Duration::from_millis(200);
+    match env.pool.acquire(&f_short).await.unwrap_err() {
+        AcquireError::Busy { reason, .. } => assert_eq!(
+            reason,
+            BusyReason::Memory {
+                budget_mb: 1024,
+                needed_mb: 512
+            }
+        ),
+        e => panic!("unexpected {e}"),
+    }
+    drop((g_lease, h_lease));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn versions_have_their_own_instances_within_one_maximum() {
+    let env = env().await;
+    let latest = env.spec(1, 2);
+    let mut v1 = latest.clone();
+    (v1.track, v1.revision) = ("1".into(), "v1".into());
+    let a = env.pool.acquire(&latest).await.unwrap();
+    let b = env.pool.acquire(&v1).await.unwrap();
+    assert_ne!(id(&a), id(&b), "each track runs its own configuration");
+    let (a_id, b_id) = (id(&a), id(&b));
+    drop(b);
+    // At the maximum (2), LATEST needs another: v1's idle instance gives way.
+    let c = env.pool.acquire(&latest).await.unwrap();
+    assert!(c.cold_start.is_some());
+    env.pool.settle().await;
+    let running = env.host.running();
+    assert!(running.contains(&a_id) && !running.contains(&b_id));
+    assert_eq!(running.len(), 2, "never more than maxInstances");
+    drop((a, c));
+    env.finish().await;
+}
+
+fn provision(spec: &RunSpec, target: usize) -> super::Provision {
+    super::Provision {
+        qualifier: "LATEST".into(),
+        spec: spec.clone(),
+        target,
+    }
+}
+
+#[tokio::test]
+async fn provisioned_instances_start_unasked_serve_first_come_back_and_are_never_reaped() {
+    let env = env().await;
+    let spec = env.spec(1, 4);
+    env.pool.provision(&[provision(&spec, 2)]);
+    until("two provisioned instances", || {
+        env.pool.provisioned("f", "LATEST") == 2
+    })
+    .await;
+    assert_eq!(env.starts(), 2);
+    // They take the traffic: no cold start while they have room.
+    let a = env.pool.acquire(&spec).await.unwrap();
+    let b = env.pool.acquire(&spec).await.unwrap();
+    assert!(a.cold_start.is_none() && b.cold_start.is_none());
+    // A third request goes on demand.
+    let c = env.pool.acquire(&spec).await.unwrap();
+    assert!(c.cold_start.is_some());
+    let (a_id, c_id) = (id(&a), id(&c));
+    drop((a, b, c));
+
+    // Idle for ever: the on-demand one goes, the provisioned ones stay.
+    env.pool.reap_at(Instant::now() + IDLE * 10);
+    env.pool.settle().await;
+    let running = env.host.running();
+    assert!(!running.contains(&c_id));
+    assert_eq!(running.len(), 2);
+
+    // A provisioned instance dies: the next pass replaces it.
+    env.host.kill(&a_id, false);
+    env.pool.provision(&[provision(&spec, 2)]);
+    until("replaced", || {
+        env.pool.provisioned("f", "LATEST") == 2 && !env.host.running().contains(&a_id)
+    })
+    .await;
+    assert_eq!(env.host.running().len(), 2);
+
+    // Target lowered to 0: they become on-demand and are reaped when idle.
+    env.pool.provision(&[]);
+    assert_eq!(env.pool.provisioned("f", "LATEST"), 0);
+    env.pool.reap_at(Instant::now() + IDLE * 10);
+    env.pool.settle().await;
+    assert!(env.host.running().is_empty());
     env.finish().await;
 }

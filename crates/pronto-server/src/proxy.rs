@@ -59,7 +59,6 @@ pub async fn forward(
     path_and_query: &str,
     marks: Arrival,
 ) -> Response<Body> {
-    let started = Instant::now();
     let mut lease = match pool.acquire(spec).await {
         Ok(l) => l,
         Err(e) => {
@@ -86,8 +85,9 @@ pub async fn forward(
     headers.remove("x-fc-invocation-target");
     let out = out.body(body).expect("valid request parts");
 
-    let remaining = spec.timeout.saturating_sub(started.elapsed());
-    let sent = tokio::time::timeout(remaining, async {
+    // The function's timeout bounds its own work, from the moment it has the request; the
+    // wait for an instance had its own bound (the same length), past which the caller got 429.
+    let sent = tokio::time::timeout(spec.timeout, async {
         let conn = lease.connection().await?;
         conn.send_request(out).await.map_err(std::io::Error::other)
     })

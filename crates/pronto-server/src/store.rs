@@ -19,7 +19,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::{format_time, AccelerationInfo, Function, FunctionSpec, KeptImage, PinnedImage};
+use crate::model::{
+    format_time, AccelerationInfo, AccelerationStatus, Alias, Function, FunctionSpec, KeptImage,
+    PinnedImage, ProvisionConfig, Version,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pronto.db";
@@ -52,7 +55,48 @@ const MIGRATIONS: &[&str] = &[
     // resolved against the registry once (NULL for rows written before).
     "ALTER TABLE functions ADD COLUMN image_manifest BLOB;
     ALTER TABLE functions ADD COLUMN image_config BLOB;",
+    // 4: releases. `function_configs` holds configurations other than LATEST's own row:
+    // published versions (1, 2, ...; numbers never reused, hence `next_version`) and, as
+    // version 0, the configuration that keeps serving LATEST while an update's acceleration
+    // prepares. Aliases name versions; provision configs keep instances of a qualifier warm.
+    "ALTER TABLE functions ADD COLUMN next_version INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE function_configs (
+        function_id TEXT NOT NULL REFERENCES functions (id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        image_ref TEXT NOT NULL,
+        image_digest TEXT NOT NULL,
+        acceleration TEXT,
+        image_manifest BLOB,
+        image_config BLOB,
+        config_time TEXT NOT NULL,
+        created_time TEXT NOT NULL,
+        PRIMARY KEY (function_id, version)
+    ) STRICT;
+    CREATE INDEX function_configs_image_digest ON function_configs (image_digest);
+    CREATE TABLE aliases (
+        function_id TEXT NOT NULL REFERENCES functions (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        additional_version INTEGER,
+        additional_weight REAL,
+        description TEXT NOT NULL,
+        created_time TEXT NOT NULL,
+        updated_time TEXT NOT NULL,
+        PRIMARY KEY (function_id, name)
+    ) STRICT;
+    CREATE TABLE provision_configs (
+        function_id TEXT NOT NULL REFERENCES functions (id) ON DELETE CASCADE,
+        qualifier TEXT NOT NULL,
+        target INTEGER NOT NULL,
+        updated_time TEXT NOT NULL,
+        PRIMARY KEY (function_id, qualifier)
+    ) STRICT;",
 ];
+
+/// `function_configs.version` of the configuration still serving LATEST during an update.
+const SERVING: i64 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,6 +128,20 @@ pub enum StoreError {
     NotFound(String),
     #[error("function {from} cannot be renamed to {to}")]
     Rename { from: String, to: String },
+    #[error("function {function} has no version {version}")]
+    VersionNotFound { function: String, version: u32 },
+    #[error("function {function} has no alias {alias}")]
+    AliasNotFound { function: String, alias: String },
+    #[error("function {function} already has an alias {alias}")]
+    AliasAlreadyExists { function: String, alias: String },
+    #[error("version {version} of function {function} is used by alias {alias}; point the alias elsewhere first")]
+    VersionInUse {
+        function: String,
+        version: u32,
+        alias: String,
+    },
+    #[error("function {function} has no provision config for qualifier {qualifier}")]
+    ProvisionConfigNotFound { function: String, qualifier: String },
     #[error("stored function {name} is corrupt: {reason}")]
     Corrupt { name: String, reason: String },
     #[error("{op}: {source}")]
@@ -237,8 +295,14 @@ impl Store {
             let rows = stmt
                 .query_map(params![q.prefix, q.after, limit], Columns::read)
                 .map_err(query("list functions"))?;
-            rows.map(|r| r.map_err(query("list functions"))?.into_function())
-                .collect()
+            let mut functions = rows
+                .map(|r| r.map_err(query("list functions"))?.into_function())
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            for f in &mut functions {
+                f.serving = config(c, &f.function_id, SERVING)?.map(|(_, _, f)| Box::new(f));
+            }
+            Ok(functions)
         })
         .await
     }
@@ -280,6 +344,19 @@ impl Store {
                 ],
             )
             .map_err(query("update function"))?;
+            match &function.serving {
+                Some(serving) => {
+                    let created = format_time(serving.last_modified_time);
+                    put_config(&tx, serving, SERVING, "", &created)?
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM function_configs WHERE function_id = ?1 AND version = ?2",
+                        params![function.function_id, SERVING],
+                    )
+                    .map_err(query("update function"))?;
+                }
+            }
             tx.commit().map_err(query("commit update"))?;
             Ok(function)
         })
@@ -326,13 +403,18 @@ impl Store {
                 )
                 .map_err(query("store access trace"))?;
             if exists {
+                // Traces of images the function no longer runs go; those of its versions (or
+                // of the configuration still serving during an update) stay.
                 tx.execute(
-                    "DELETE FROM access_traces WHERE function_name = ?1",
+                    "DELETE FROM access_traces WHERE function_name = ?1
+                       AND image_digest NOT IN (
+                         SELECT c.image_digest FROM function_configs c
+                         JOIN functions f ON f.id = c.function_id WHERE f.name = ?1)",
                     [&function],
                 )
                 .map_err(query("store access trace"))?;
                 tx.execute(
-                    "INSERT INTO access_traces (function_name, image_digest, chunks, recorded_time)
+                    "INSERT OR REPLACE INTO access_traces (function_name, image_digest, chunks, recorded_time)
                      VALUES (?1, ?2, ?3, ?4)",
                     rusqlite::params![
                         function,
@@ -344,6 +426,395 @@ impl Store {
                 .map_err(query("store access trace"))?;
             }
             tx.commit().map_err(query("store access trace"))
+        })
+        .await
+    }
+
+    /// Publishes `LATEST`'s configuration (the one its user set, even if an update is still
+    /// preparing) as the next version.
+    pub async fn publish_version(
+        &self,
+        name: &str,
+        description: String,
+    ) -> Result<Version, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("publish version"))?;
+            let mut function = get(&tx, &name)?;
+            function.serving = None;
+            let next: i64 = tx
+                .query_row(
+                    "SELECT next_version FROM functions WHERE id = ?1",
+                    [&function.function_id],
+                    |r| r.get(0),
+                )
+                .map_err(query("publish version"))?;
+            let version_id = u32::try_from(next).map_err(|_| StoreError::Corrupt {
+                name: name.clone(),
+                reason: format!("next version {next}"),
+            })?;
+            let created = crate::model::now();
+            put_config(&tx, &function, next, &description, &format_time(created))?;
+            tx.execute(
+                "UPDATE functions SET next_version = ?2 WHERE id = ?1",
+                params![function.function_id, next + 1],
+            )
+            .map_err(query("publish version"))?;
+            tx.commit().map_err(query("publish version"))?;
+            Ok(Version {
+                version_id,
+                description,
+                created_time: created,
+                function,
+            })
+        })
+        .await
+    }
+
+    /// One published version.
+    pub async fn get_version(&self, name: &str, version: u32) -> Result<Version, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let id = function_id(c, &name)?;
+            let (description, created, function) =
+                config(c, &id, i64::from(version))?.ok_or_else(|| StoreError::VersionNotFound {
+                    function: name.clone(),
+                    version,
+                })?;
+            Ok(Version {
+                version_id: version,
+                description,
+                created_time: parse_time(&name, &created)?,
+                function,
+            })
+        })
+        .await
+    }
+
+    /// Published versions, newest first (`backward`) or oldest first, after version `after`
+    /// in that order, at most `limit`.
+    pub async fn list_versions(
+        &self,
+        name: &str,
+        backward: bool,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<Version>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let id = function_id(c, &name)?;
+            let sql = if backward {
+                "SELECT version FROM function_configs WHERE function_id = ?1 AND version > 0
+                   AND (?2 IS NULL OR version < ?2) ORDER BY version DESC LIMIT ?3"
+            } else {
+                "SELECT version FROM function_configs WHERE function_id = ?1 AND version > 0
+                   AND (?2 IS NULL OR version > ?2) ORDER BY version ASC LIMIT ?3"
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let versions: Vec<i64> = c
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_map(params![id, after, limit], |r| r.get(0))?
+                        .collect()
+                })
+                .map_err(query("list versions"))?;
+            let mut out = Vec::with_capacity(versions.len());
+            for v in versions {
+                if let Some((description, created, function)) = config(c, &id, v)? {
+                    out.push(Version {
+                        version_id: v as u32,
+                        description,
+                        created_time: parse_time(&name, &created)?,
+                        function,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a version; refused while an alias points to it.
+    pub async fn delete_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("delete version"))?;
+            let id = function_id(&tx, &name)?;
+            let alias: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM aliases WHERE function_id = ?1
+                       AND (version = ?2 OR additional_version = ?2) ORDER BY name LIMIT 1",
+                    params![id, version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(query("delete version"))?;
+            if let Some(alias) = alias {
+                return Err(StoreError::VersionInUse {
+                    function: name,
+                    version,
+                    alias,
+                });
+            }
+            let n = tx
+                .execute(
+                    "DELETE FROM function_configs WHERE function_id = ?1 AND version = ?2",
+                    params![id, version],
+                )
+                .map_err(query("delete version"))?;
+            if n == 0 {
+                return Err(StoreError::VersionNotFound {
+                    function: name,
+                    version,
+                });
+            }
+            tx.execute(
+                "DELETE FROM provision_configs WHERE function_id = ?1 AND qualifier = ?2",
+                params![id, version.to_string()],
+            )
+            .map_err(query("delete version"))?;
+            tx.commit().map_err(query("delete version"))
+        })
+        .await
+    }
+
+    /// Records a finished conversion of `image_digest` in the published versions of `name`
+    /// that run it and are still `Preparing` (versions published before it finished).
+    pub async fn record_version_acceleration(
+        &self,
+        name: &str,
+        image_digest: &str,
+        info: &AccelerationInfo,
+    ) -> Result<usize, StoreError> {
+        let (name, digest) = (name.to_string(), image_digest.to_string());
+        let json = serde_json::to_string(info).map_err(|e| StoreError::Corrupt {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("record acceleration"))?;
+            let Ok(id) = function_id(&tx, &name) else {
+                return Ok(0);
+            };
+            let rows: Vec<(i64, Option<String>)> = tx
+                .prepare(
+                    "SELECT version, acceleration FROM function_configs
+                     WHERE function_id = ?1 AND version > 0 AND image_digest = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![id, digest], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .map_err(query("record acceleration"))?;
+            let mut n = 0;
+            for (version, acceleration) in rows {
+                let preparing = acceleration
+                    .and_then(|a| serde_json::from_str::<AccelerationInfo>(&a).ok())
+                    .is_some_and(|a| a.status == AccelerationStatus::Preparing);
+                if preparing {
+                    tx.execute(
+                        "UPDATE function_configs SET acceleration = ?3
+                         WHERE function_id = ?1 AND version = ?2",
+                        params![id, version, json],
+                    )
+                    .map_err(query("record acceleration"))?;
+                    n += 1;
+                }
+            }
+            tx.commit().map_err(query("record acceleration"))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Creates (`create`) or replaces an alias; its versions must exist.
+    pub async fn put_alias(
+        &self,
+        name: &str,
+        alias: Alias,
+        create: bool,
+    ) -> Result<Alias, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("store alias"))?;
+            let id = function_id(&tx, &name)?;
+            for v in
+                std::iter::once(alias.version_id).chain(alias.additional_version.map(|(v, _)| v))
+            {
+                if config(&tx, &id, i64::from(v))?.is_none() {
+                    return Err(StoreError::VersionNotFound {
+                        function: name,
+                        version: v,
+                    });
+                }
+            }
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM aliases WHERE function_id = ?1 AND name = ?2",
+                    params![id, alias.alias_name],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(query("store alias"))?
+                .is_some();
+            if create && exists {
+                return Err(StoreError::AliasAlreadyExists {
+                    function: name,
+                    alias: alias.alias_name,
+                });
+            }
+            if !create && !exists {
+                return Err(StoreError::AliasNotFound {
+                    function: name,
+                    alias: alias.alias_name,
+                });
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO aliases
+                   (function_id, name, version, additional_version, additional_weight,
+                    description, created_time, updated_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    alias.alias_name,
+                    alias.version_id,
+                    alias.additional_version.map(|(v, _)| v),
+                    alias.additional_version.map(|(_, w)| w),
+                    alias.description,
+                    format_time(alias.created_time),
+                    format_time(alias.last_modified_time)
+                ],
+            )
+            .map_err(query("store alias"))?;
+            tx.commit().map_err(query("store alias"))?;
+            Ok(alias)
+        })
+        .await
+    }
+
+    pub async fn get_alias(&self, name: &str, alias: &str) -> Result<Alias, StoreError> {
+        let (name, alias) = (name.to_string(), alias.to_string());
+        self.with_conn(move |c| {
+            let id = function_id(c, &name)?;
+            c.query_row(
+                &format!(
+                    "SELECT {ALIAS_COLUMNS} FROM aliases WHERE function_id = ?1 AND name = ?2"
+                ),
+                params![id, alias],
+                |r| read_alias(&name, r),
+            )
+            .optional()
+            .map_err(query("get alias"))?
+            .ok_or_else(|| StoreError::AliasNotFound {
+                function: name.clone(),
+                alias,
+            })?
+        })
+        .await
+    }
+
+    /// Aliases by name, after `after`, at most `limit`.
+    pub async fn list_aliases(
+        &self,
+        name: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Alias>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let id = function_id(c, &name)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {ALIAS_COLUMNS} FROM aliases WHERE function_id = ?1
+                       AND (?2 IS NULL OR name > ?2) ORDER BY name LIMIT ?3"
+                ))
+                .map_err(query("list aliases"))?;
+            let rows = stmt
+                .query_map(params![id, after, limit], |r| read_alias(&name, r))
+                .map_err(query("list aliases"))?;
+            rows.map(|r| r.map_err(query("list aliases"))?).collect()
+        })
+        .await
+    }
+
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<(), StoreError> {
+        let (name, alias) = (name.to_string(), alias.to_string());
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(query("delete alias"))?;
+            let id = function_id(&tx, &name)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM aliases WHERE function_id = ?1 AND name = ?2",
+                    params![id, alias],
+                )
+                .map_err(query("delete alias"))?;
+            if n == 0 {
+                return Err(StoreError::AliasNotFound {
+                    function: name,
+                    alias,
+                });
+            }
+            tx.execute(
+                "DELETE FROM provision_configs WHERE function_id = ?1 AND qualifier = ?2",
+                params![id, alias],
+            )
+            .map_err(query("delete alias"))?;
+            tx.commit().map_err(query("delete alias"))
+        })
+        .await
+    }
+
+    /// Sets how many instances of `qualifier` are kept warm (0 removes the config).
+    pub async fn put_provision_config(&self, p: ProvisionConfig) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let id = function_id(c, &p.function_name)?;
+            if p.target == 0 {
+                c.execute(
+                    "DELETE FROM provision_configs WHERE function_id = ?1 AND qualifier = ?2",
+                    params![id, p.qualifier],
+                )
+            } else {
+                c.execute(
+                    "INSERT OR REPLACE INTO provision_configs (function_id, qualifier, target, updated_time)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id, p.qualifier, p.target, format_time(crate::model::now())],
+                )
+            }
+            .map_err(query("store provision config"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Provision configs: of one function, or of all (by function name, then qualifier).
+    pub async fn provision_configs(
+        &self,
+        function: Option<&str>,
+    ) -> Result<Vec<ProvisionConfig>, StoreError> {
+        let function = function.map(str::to_string);
+        self.with_conn(move |c| {
+            if let Some(name) = &function {
+                function_id(c, name)?;
+            }
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT f.name, p.qualifier, p.target FROM provision_configs p
+                     JOIN functions f ON f.id = p.function_id
+                     WHERE ?1 IS NULL OR f.name = ?1 ORDER BY f.name, p.qualifier",
+                )
+                .map_err(query("list provision configs"))?;
+            let rows = stmt
+                .query_map(params![function], |r| {
+                    Ok(ProvisionConfig {
+                        function_name: r.get(0)?,
+                        qualifier: r.get(1)?,
+                        target: r.get(2)?,
+                    })
+                })
+                .map_err(query("list provision configs"))?;
+            rows.map(|r| r.map_err(query("list provision configs")))
+                .collect()
         })
         .await
     }
@@ -411,16 +882,138 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 fn get(c: &Connection, name: &str) -> Result<Function, StoreError> {
-    c.prepare_cached(
-        "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time, updated_time,
-                image_manifest, image_config
-         FROM functions WHERE name = ?1",
-    )
-    .and_then(|mut s| s.query_row([name], Columns::read).optional())
-    .map_err(query("get function"))?
-    .ok_or_else(|| StoreError::NotFound(name.to_string()))?
-    .into_function()
+    let mut f = c
+        .prepare_cached(
+            "SELECT name, id, spec, image_ref, image_digest, acceleration, created_time,
+                    updated_time, image_manifest, image_config
+             FROM functions WHERE name = ?1",
+        )
+        .and_then(|mut s| s.query_row([name], Columns::read).optional())
+        .map_err(query("get function"))?
+        .ok_or_else(|| StoreError::NotFound(name.to_string()))?
+        .into_function()?;
+    f.serving = config(c, &f.function_id, SERVING)?.map(|(_, _, f)| Box::new(f));
+    Ok(f)
 }
+
+/// The configuration row `version` of a function (by id): (description, created, config).
+fn config(
+    c: &Connection,
+    function_id: &str,
+    version: i64,
+) -> Result<Option<(String, String, Function)>, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT f.name, f.id, c.spec, c.image_ref, c.image_digest, c.acceleration,
+                    f.created_time, c.config_time, c.image_manifest, c.image_config,
+                    c.description, c.created_time
+             FROM function_configs c JOIN functions f ON f.id = c.function_id
+             WHERE c.function_id = ?1 AND c.version = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![function_id, version], |r| {
+                Ok((
+                    Columns::read(r)?,
+                    r.get::<_, String>(10)?,
+                    r.get::<_, String>(11)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(query("get function configuration"))?;
+    row.map(|(cols, description, created)| Ok((description, created, cols.into_function()?)))
+        .transpose()
+}
+
+/// Writes `f`'s configuration as row `version` of its function (replacing it).
+fn put_config(
+    c: &Connection,
+    f: &Function,
+    version: i64,
+    description: &str,
+    created: &str,
+) -> Result<(), StoreError> {
+    let row = Columns::of(f)?;
+    c.execute(
+        "INSERT OR REPLACE INTO function_configs
+           (function_id, version, description, spec, image_ref, image_digest, acceleration,
+            image_manifest, image_config, config_time, created_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            f.function_id,
+            version,
+            description,
+            row.spec,
+            row.image_ref,
+            row.image_digest,
+            row.acceleration,
+            row.image_manifest,
+            row.image_config,
+            row.updated_time,
+            created
+        ],
+    )
+    .map_err(query("store function configuration"))?;
+    Ok(())
+}
+
+fn function_id(c: &Connection, name: &str) -> Result<String, StoreError> {
+    c.query_row("SELECT id FROM functions WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(query("look up function"))?
+    .ok_or_else(|| StoreError::NotFound(name.to_string()))
+}
+
+fn parse_time(name: &str, s: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| StoreError::Corrupt {
+        name: name.to_string(),
+        reason: format!("time {s:?}: {e}"),
+    })
+}
+
+fn read_alias(function: &str, r: &Row<'_>) -> rusqlite::Result<Result<Alias, StoreError>> {
+    let (name, version, extra, weight, description, created, updated): (
+        String,
+        i64,
+        Option<i64>,
+        Option<f64>,
+        String,
+        String,
+        String,
+    ) = (
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    );
+    Ok((|| {
+        let version_id = |v: i64| {
+            u32::try_from(v).map_err(|_| StoreError::Corrupt {
+                name: function.to_string(),
+                reason: format!("alias {name}: version {v}"),
+            })
+        };
+        Ok(Alias {
+            version_id: version_id(version)?,
+            additional_version: match (extra, weight) {
+                (Some(v), Some(w)) => Some((version_id(v)?, w)),
+                _ => None,
+            },
+            description,
+            created_time: parse_time(function, &created)?,
+            last_modified_time: parse_time(function, &updated)?,
+            alias_name: name,
+        })
+    })())
+}
+
+const ALIAS_COLUMNS: &str =
+    "name, version, additional_version, additional_weight, description, created_time, updated_time";
 
 /// A `functions` row as text, both ways.
 struct Columns {
@@ -524,6 +1117,7 @@ impl Columns {
             acceleration,
             created_time: time(&self.created_time)?,
             last_modified_time: time(&self.updated_time)?,
+            serving: None,
         })
     }
 }
@@ -562,6 +1156,7 @@ mod tests {
             acceleration: None,
             created_time: crate::model::now(),
             last_modified_time: crate::model::now(),
+            serving: None,
         }
     }
 
@@ -569,7 +1164,10 @@ mod tests {
     async fn crud_round_trip_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            MIGRATIONS.len() as i64
+        );
         let f = function("hello");
         store.create_function(f.clone()).await.unwrap();
         assert_eq!(store.get_function("hello").await.unwrap(), f);
@@ -762,7 +1360,10 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            MIGRATIONS.len() as i64
+        );
         let old = store.get_function("old").await.unwrap();
         assert_eq!(old.image.kept, None);
         assert_eq!(old.image.manifest_digest.to_string(), DIGEST);

@@ -51,6 +51,9 @@ pub enum ApiError {
     MethodNotAllowed { method: Method, path: String },
     #[error(transparent)]
     Store(StoreError),
+    /// A version, alias or provision config missing or in the way.
+    #[error(transparent)]
+    Release(StoreError),
 
     // Invocations.
     #[error("invoke a function at /invoke/{{functionName}}/{{path}} or with the x-fc-invocation-target header")]
@@ -100,6 +103,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(name) => ApiError::FunctionNotFound(name),
             StoreError::AlreadyExists(name) => ApiError::FunctionAlreadyExists(name),
+            e @ (StoreError::VersionNotFound { .. }
+            | StoreError::AliasNotFound { .. }
+            | StoreError::AliasAlreadyExists { .. }
+            | StoreError::VersionInUse { .. }
+            | StoreError::ProvisionConfigNotFound { .. }) => ApiError::Release(e),
             e => ApiError::Store(e),
         }
     }
@@ -119,6 +127,12 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Release(e) => match e {
+                StoreError::AliasAlreadyExists { .. } | StoreError::VersionInUse { .. } => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::NOT_FOUND,
+            },
             ApiError::NoInvocationTarget => StatusCode::NOT_FOUND,
             ApiError::Acquire(e) => match **e {
                 AcquireError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -149,6 +163,13 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "NotFound",
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Store(_) => "InternalError",
+            ApiError::Release(e) => match e {
+                StoreError::VersionNotFound { .. } => "VersionNotFound",
+                StoreError::AliasNotFound { .. } => "AliasNotFound",
+                StoreError::AliasAlreadyExists { .. } => "AliasAlreadyExists",
+                StoreError::VersionInUse { .. } => "VersionInUse",
+                _ => "ProvisionConfigNotFound",
+            },
             ApiError::NoInvocationTarget => "NotFound",
             ApiError::ImageUnavailable { .. } => "ImagePullFailed",
             ApiError::Acquire(e) => match **e {

@@ -29,6 +29,7 @@ pub(super) async fn create_function(
         acceleration,
         created_time: t,
         last_modified_time: t,
+        serving: None,
     };
     state.store.create_function(function.clone()).await?;
     if function.acceleration.is_some() && state.accelerate {

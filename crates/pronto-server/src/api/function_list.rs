@@ -6,12 +6,9 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{ApiError, FunctionView, ListFunctionsOutput};
+use super::{parse_limit, ApiError, FunctionView, ListFunctionsOutput};
 use crate::store::ListQuery;
 use crate::AppState;
-
-pub const DEFAULT_LIMIT: usize = 20;
-pub const MAX_LIMIT: usize = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,17 +27,7 @@ pub(super) async fn list_functions(
         name: "query",
         message: r.body_text().to_lowercase(),
     })?;
-    let limit = match &params.limit {
-        None => DEFAULT_LIMIT,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::Query {
-                name: "limit",
-                message: format!("must be an integer between 1 and {MAX_LIMIT}, got {s:?}"),
-            })?,
-    };
+    let limit = parse_limit(params.limit.as_deref())?;
     // One more than asked tells whether there is a next page.
     let mut functions = state
         .store

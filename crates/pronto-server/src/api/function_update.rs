@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::{function_name, ApiError, FunctionView, JsonBody};
 use crate::accel::Accelerator;
-use crate::model::{now, AccelerationStatus, FunctionInput};
+use crate::model::{now, AccelerationStatus, FunctionInput, LATEST};
 use crate::AppState;
 
 pub(super) async fn update_function(
@@ -35,9 +35,11 @@ pub(super) async fn update_function(
         Some(image) => Some(state.images.pin(&image.reference).await?),
         None => None,
     };
+    let accelerate = state.accelerate;
     let function = state
         .store
         .update_function(&name, move |f| {
+            let live = f.live().clone();
             let was = f.spec.custom_container_config.acceleration_type;
             patch.apply_to(&mut f.spec);
             let now_type = f.spec.custom_container_config.acceleration_type;
@@ -52,6 +54,11 @@ pub(super) async fn update_function(
                 f.acceleration = Accelerator::initial_status(now_type);
             }
             f.last_modified_time = now();
+            // While the new configuration's acceleration prepares, the one before keeps
+            // serving (see `releases`); otherwise the new one serves now.
+            let preparing =
+                f.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing);
+            f.serving = (preparing && accelerate).then(|| Box::new(live));
         })
         .await?;
     if function.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
@@ -59,8 +66,11 @@ pub(super) async fn update_function(
     {
         state.accel.submit(name.clone(), function.image.clone());
     }
-    // Instances of the old settings take no new requests; idle ones stop now.
-    state.pool.retire(&name);
+    if !function.update_in_progress() {
+        // Instances of the old settings take no new requests; idle ones stop now.
+        state.pool.retire_track(&name, LATEST);
+    }
+    state.provision_kick.notify_one();
     tracing::info!(function = %name, image = %function.image.reference, "updated function");
     Ok(Json(FunctionView::from(&function)))
 }

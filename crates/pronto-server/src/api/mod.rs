@@ -1,8 +1,10 @@
 //! The control API: Function Compute 3.0-style REST over JSON, every route behind the API token.
 //!
-//! One file per handler (`function_*.rs`); [`route_table`] is the single list of routes, used to
-//! build the router and by the test that checks every route against `openapi.yaml`.
+//! One file per function handler (`function_*.rs`), one per release resource (`versions.rs`,
+//! `aliases.rs`, `provision.rs`); [`route_table`] is the single list of routes, used to build
+//! the router and by the test that checks every route against `openapi.yaml`.
 
+mod aliases;
 mod error;
 mod function_create;
 mod function_delete;
@@ -11,20 +13,25 @@ mod function_list;
 mod function_logs;
 mod function_update;
 mod metrics;
+mod provision;
+mod versions;
 mod view;
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request};
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{middleware, Router};
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
 pub use metrics::METRICS_PATH;
-pub use view::{ContainerConfigView, FunctionView, ListFunctionsOutput};
+pub use view::{
+    AliasView, ContainerConfigView, FunctionView, ListAliasesOutput, ListFunctionsOutput,
+    ListProvisionConfigsOutput, ListVersionsOutput, ProvisionConfigView, VersionView,
+};
 
 use crate::auth::{self, ApiToken};
 use crate::model::ValidationError;
@@ -49,6 +56,34 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/2023-03-30/functions/{functionName}/logs",
             get(function_logs::function_logs),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/versions",
+            post(versions::publish_version).get(versions::list_versions),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/versions/{versionId}",
+            delete(versions::delete_version),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/aliases",
+            post(aliases::create_alias).get(aliases::list_aliases),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/aliases/{aliasName}",
+            get(aliases::get_alias)
+                .put(aliases::update_alias)
+                .delete(aliases::delete_alias),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/provision-config",
+            get(provision::get_provision_config)
+                .put(provision::put_provision_config)
+                .delete(provision::delete_provision_config),
+        ),
+        (
+            "/2023-03-30/provision-configs",
+            get(provision::list_provision_configs),
         ),
         (METRICS_PATH, get(metrics::get_metrics)),
     ]
@@ -107,20 +142,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 status: r.status(),
                 message: r.body_text().to_lowercase(),
             })?;
-        // Parsed to a Value first: syntax errors are told apart from wrong fields, and errors
-        // from a Value carry no line/column, which mean little to an API client.
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(ValidationError::new("request body", "must be a JSON object").into());
-        }
-        serde_path_to_error::deserialize(value)
-            .map(JsonBody)
-            .map_err(|e| {
-                let field = e.path().to_string();
-                ValidationError::new(field, e.into_inner().to_string()).into()
-            })
+        parse_object(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON object into `T`, errors naming the field.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Parsed to a Value first: syntax errors are told apart from wrong fields, and errors
+    // from a Value carry no line/column, which mean little to an API client.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ValidationError::new("request body", "must be a JSON object").into());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        ValidationError::new(field, e.into_inner().to_string()).into()
+    })
 }
 
 /// The `{functionName}` path segment.
@@ -129,4 +167,55 @@ fn function_name(path: Result<Path<String>, PathRejection>) -> Result<String, Ap
         status: r.status(),
         message: r.body_text().to_lowercase(),
     })
+}
+
+/// Like [`JsonBody`], but an empty body counts as `{}` (bodies whose fields are all optional).
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::Body {
+                status: r.status(),
+                message: r.body_text().to_lowercase(),
+            })?;
+        let bytes: &[u8] = if bytes.trim_ascii().is_empty() {
+            b"{}"
+        } else {
+            &bytes
+        };
+        parse_object(bytes).map(OptionalJsonBody)
+    }
+}
+
+/// The `{functionName}` and second path segment (a version or an alias).
+fn path_params(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    path.map(|Path(p)| p).map_err(|r| ApiError::Body {
+        status: r.status(),
+        message: r.body_text().to_lowercase(),
+    })
+}
+
+/// Page sizes of every list.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 100;
+
+/// The `limit` query parameter: 1 to 100, default 20.
+fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::Query {
+                name: "limit",
+                message: format!("must be an integer between 1 and {MAX_LIMIT}, got {s:?}"),
+            }),
+    }
 }

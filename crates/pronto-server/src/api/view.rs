@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{format_time, AccelerationInfo, AccelerationType, AuthType, Function, RUNTIME};
+use crate::model::{
+    format_time, AccelerationInfo, AccelerationType, Alias, AuthType, Function, Version, RUNTIME,
+};
 
 /// A function as the API shows it: the spec with defaults, plus what the server decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +24,20 @@ pub struct FunctionView {
     pub environment_variables: BTreeMap<String, String>,
     pub initialization_timeout: u32,
     pub auth_type: AuthType,
+    /// Pronto: instances at once on this node, all versions together (absent: the server's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Pronto: seconds an idle on-demand instance is kept (absent: the server's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
+    /// Always `Active` (Function Compute's field).
+    pub state: String,
+    /// `InProgress` while the last update waits for its acceleration (the configuration from
+    /// before keeps serving `LATEST`), else `Successful`.
+    pub last_update_status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_status_reason: Option<String>,
     /// Where the conversion stands; absent for `accelerationType: None` (see `accel.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration_info: Option<AccelerationInfo>,
@@ -75,9 +91,115 @@ impl From<&Function> for FunctionView {
             environment_variables: s.environment_variables.clone(),
             initialization_timeout: s.initialization_timeout,
             auth_type: s.auth_type,
+            max_instances: s.max_instances,
+            idle_timeout: s.idle_timeout,
+            state: "Active".to_string(),
+            last_update_status: if f.update_in_progress() {
+                "InProgress"
+            } else {
+                "Successful"
+            }
+            .to_string(),
+            last_update_status_reason: f.update_in_progress().then(|| {
+                "the new configuration serves once its acceleration is Ready (or Failed); \
+                 until then the previous one serves LATEST"
+                    .to_string()
+            }),
             acceleration_info: f.acceleration.clone(),
             created_time: format_time(f.created_time),
             last_modified_time: format_time(f.last_modified_time),
         }
     }
+}
+
+/// A published version (Function Compute's `Version`, plus what it runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub version_id: String,
+    pub description: String,
+    pub created_time: String,
+    /// When `LATEST` last changed before it was published.
+    pub last_modified_time: String,
+    /// The pinned image the version runs.
+    pub resolved_image_uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration_info: Option<AccelerationInfo>,
+}
+
+impl From<&Version> for VersionView {
+    fn from(v: &Version) -> VersionView {
+        VersionView {
+            version_id: v.version_id.to_string(),
+            description: v.description.clone(),
+            created_time: format_time(v.created_time),
+            last_modified_time: format_time(v.function.last_modified_time),
+            resolved_image_uri: v.function.image.reference.to_string(),
+            acceleration_info: v.function.acceleration.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListVersionsOutput {
+    pub versions: Vec<VersionView>,
+    /// `BACKWARD` (newest first, the default) or `FORWARD`.
+    pub direction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasView {
+    pub alias_name: String,
+    pub version_id: String,
+    /// At most one entry: the second version and the share of invocations it gets (0 to 1).
+    pub additional_version_weight: BTreeMap<String, f64>,
+    pub description: String,
+    pub created_time: String,
+    pub last_modified_time: String,
+}
+
+impl From<&Alias> for AliasView {
+    fn from(a: &Alias) -> AliasView {
+        AliasView {
+            alias_name: a.alias_name.clone(),
+            version_id: a.version_id.to_string(),
+            additional_version_weight: a
+                .additional_version
+                .iter()
+                .map(|(v, w)| (v.to_string(), *w))
+                .collect(),
+            description: a.description.clone(),
+            created_time: format_time(a.created_time),
+            last_modified_time: format_time(a.last_modified_time),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListAliasesOutput {
+    pub aliases: Vec<AliasView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionConfigView {
+    pub function_name: String,
+    pub qualifier: String,
+    /// Instances to keep started.
+    pub target: u32,
+    /// Provisioned instances running now.
+    pub current: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListProvisionConfigsOutput {
+    pub provision_configs: Vec<ProvisionConfigView>,
 }
