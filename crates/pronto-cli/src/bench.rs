@@ -1,3 +1,5 @@
+//! `pronto bench load ...`: an HTTP load generator, in `load.rs`.
+//!
 //! `pronto bench coldstart ...`: the cold-start benchmark, `bench/coldstart/run.sh`, run from the
 //! copy of the bench scripts built into this binary, so that an installed `pronto` needs no
 //! source checkout. The scripts are written to a fresh temporary directory (removed afterwards,
@@ -21,6 +23,12 @@ pub enum BenchCommand {
     /// registry in a network namespace behind a shaped veth, and times cold starts of
     /// `pronto serve` (this binary). Takes tens of minutes; see bench/README.md.
     Coldstart(ColdstartArgs),
+    /// HTTP load against one URL: throughput, latency percentiles, status and error counts,
+    /// cold starts (x-pronto-cold-start), responses by a header's value.
+    ///
+    /// N workers with one keep-alive connection each, closed loop (or open loop with --rate),
+    /// for --duration or --requests. Exits 1 on any failed request with --fail-on-error.
+    Load(crate::load::LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,6 +109,7 @@ const RUN_SH: &str = "bench/coldstart/run.sh";
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Coldstart(args) => coldstart(&args).await,
+        BenchCommand::Load(args) => crate::load::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod image;
+mod load;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +34,7 @@ enum Command {
     Function(client::FunctionCommand),
     /// Invoke a function (prints the body; the status and cold-start timing go to stderr).
     Invoke(client::InvokeArgs),
-    /// Benchmarks built into the binary: `bench coldstart` (see bench/README.md).
+    /// Benchmarks built into the binary: `bench coldstart`, `bench load` (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Show what a function's instances wrote to stdout/stderr (each line: time, instance,
