@@ -27,6 +27,7 @@ async fn crud_round_trip() {
                 "memorySize": 1024, "cpu": 1.5, "timeout": 300, "instanceConcurrency": 10,
                 "environmentVariables": {"GREETING": "hi", "_X1": ""},
                 "initializationTimeout": 45, "authType": "anonymous",
+                "maxInstances": 3, "idleTimeout": 120,
             }),
         )
         .await;
@@ -48,6 +49,8 @@ async fn crud_round_trip() {
             "memorySize": 1024, "cpu": 1.5, "timeout": 300, "instanceConcurrency": 10,
             "environmentVariables": {"GREETING": "hi", "_X1": ""},
             "initializationTimeout": 45, "authType": "anonymous",
+            "maxInstances": 3, "idleTimeout": 120,
+            "state": "Active", "lastUpdateStatus": "Successful",
             "createdTime": t, "lastModifiedTime": t,
         })
     );
