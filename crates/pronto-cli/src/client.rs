@@ -1,4 +1,5 @@
-//! `pronto function|invoke|logs`: HTTP clients of a running `pronto serve`.
+//! `pronto function|version|alias|provision|invoke|logs`: HTTP clients of a running
+//! `pronto serve`.
 
 use std::path::PathBuf;
 
@@ -61,7 +62,12 @@ pub enum FunctionCommand {
     /// Change some fields of a function (only those given).
     Update(FunctionFields),
     /// Show a function, with its pinned image digest.
-    Get { name: String },
+    Get {
+        name: String,
+        /// `LATEST` (the default), a version number or an alias: show what it names.
+        #[arg(long)]
+        qualifier: Option<String>,
+    },
     /// List functions.
     List {
         #[arg(long)]
@@ -110,6 +116,14 @@ pub struct FunctionFields {
     /// Let anyone invoke it without the API token.
     #[arg(long)]
     pub anonymous: bool,
+    /// Instances of this function at once on the node, all versions together (default: the
+    /// server's `--max-instances`).
+    #[arg(long)]
+    pub max_instances: Option<i64>,
+    /// Seconds an idle on-demand instance is kept before it is stopped (default: the
+    /// server's `--idle-timeout`).
+    #[arg(long)]
+    pub idle_timeout: Option<i64>,
 }
 
 impl FunctionFields {
@@ -170,6 +184,8 @@ impl FunctionFields {
             "initializationTimeout",
             self.initialization_timeout.map(Value::from),
         );
+        put(obj, "maxInstances", self.max_instances.map(Value::from));
+        put(obj, "idleTimeout", self.idle_timeout.map(Value::from));
         if self.anonymous {
             obj.insert("authType".into(), "anonymous".into());
         }
@@ -199,17 +215,58 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().build().expect("http client")
 }
 
-/// Sends a control-API request; prints the JSON answer or fails with the server's message.
-async fn call(
+/// A control-API request the server answered with an error status. Kept typed so a caller
+/// can tell, say, a missing alias (`code` `AliasNotFound`) from a failure.
+#[derive(Debug)]
+pub(crate) struct ApiRefusal {
+    method: reqwest::Method,
+    path: String,
+    status: reqwest::StatusCode,
+    /// The error body's `code` (`FunctionNotFound`, `VersionInUse`, ...), if it had one.
+    pub code: Option<String>,
+    message: String,
+}
+
+impl std::fmt::Display for ApiRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ApiRefusal {
+            method,
+            path,
+            status,
+            message,
+            ..
+        } = self;
+        write!(f, "{method} {path}: {status}: {message}")
+    }
+}
+
+impl std::error::Error for ApiRefusal {}
+
+/// Sends a control-API request; returns the JSON answer or fails with the server's message.
+pub(crate) async fn call(
     ep: &Endpoint,
     method: reqwest::Method,
     path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    call_with_query(ep, method, path, &[], body).await
+}
+
+/// [`call`] with query parameters (encoded by reqwest, so any value is safe).
+pub(crate) async fn call_with_query(
+    ep: &Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path}", ep.api.trim_end_matches('/'));
     let mut req = http()
         .request(method.clone(), &url)
         .bearer_auth(ep.token()?);
+    if !query.is_empty() {
+        req = req.query(query);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -220,11 +277,20 @@ async fn call(
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        bail!("{method} {path}: {status}: {msg}");
+        let parsed = serde_json::from_str::<Value>(&text).ok();
+        let field = |k: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v[k].as_str().map(str::to_string))
+        };
+        return Err(ApiRefusal {
+            method,
+            path: path.to_string(),
+            status,
+            code: field("code"),
+            message: field("message").unwrap_or(text),
+        }
+        .into());
     }
     Ok(if text.is_empty() {
         Value::Null
@@ -233,7 +299,29 @@ async fn call(
     })
 }
 
-const FUNCTIONS: &str = "/2023-03-30/functions";
+/// Every page of a list (`GET path`, following `nextToken`) as one answer: `key` holds the
+/// items of all pages, the other fields (e.g. `direction`) are the last page's.
+pub(crate) async fn list_all(ep: &Endpoint, path: &str, key: &str) -> anyhow::Result<Value> {
+    let mut out = call(ep, reqwest::Method::GET, path, None).await?;
+    let mut items = out[key].as_array().cloned().unwrap_or_default();
+    while let Some(token) = out["nextToken"].as_str().map(str::to_string) {
+        let query = [("nextToken", token)];
+        out = call_with_query(ep, reqwest::Method::GET, path, &query, None).await?;
+        items.extend(out[key].as_array().cloned().unwrap_or_default());
+    }
+    if let Some(o) = out.as_object_mut() {
+        o.remove("nextToken");
+        o.insert(key.to_string(), Value::Array(items));
+    }
+    Ok(out)
+}
+
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub(crate) const FUNCTIONS: &str = "/2023-03-30/functions";
 
 pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()> {
     let out = match cmd {
@@ -258,11 +346,13 @@ pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()>
             )
             .await?
         }
-        FunctionCommand::Get { name } => {
-            call(
+        FunctionCommand::Get { name, qualifier } => {
+            let query: Vec<_> = qualifier.map(|q| ("qualifier", q)).into_iter().collect();
+            call_with_query(
                 ep,
                 reqwest::Method::GET,
                 &format!("{FUNCTIONS}/{name}"),
+                &query,
                 None,
             )
             .await?
@@ -283,8 +373,7 @@ pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()>
             return Ok(());
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    print_json(&out)
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +391,10 @@ pub struct InvokeArgs {
     /// Extra header `Name: value`, repeatable.
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
+    /// What to invoke: `LATEST` (the default), a version number or an alias (sent as
+    /// `x-fc-qualifier`).
+    #[arg(long)]
+    pub qualifier: Option<String>,
 }
 
 pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
@@ -337,6 +430,9 @@ pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("-H {h:?}: expected 'Name: value'"))?;
         req = req.header(k.trim(), v.trim());
     }
+    if let Some(q) = &a.qualifier {
+        req = req.header(pronto_server::invoke::QUALIFIER_HEADER, q);
+    }
     if let Some(b) = body {
         req = req.body(b);
     }
@@ -351,16 +447,26 @@ pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
         .get("x-pronto-cold-start")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Absent when the request failed before a version was chosen (e.g. no such alias).
+    let version = resp
+        .headers()
+        .get(pronto_server::invoke::VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("version {v}, "))
+        .unwrap_or_default();
     let bytes = resp.bytes().await?;
     let elapsed = started.elapsed();
     use std::io::Write;
     std::io::stdout().write_all(&bytes)?;
     match cold {
         Some(c) => eprintln!(
-            "[{status}] cold start in {:.0} ms ({c})",
+            "[{status}] {version}cold start in {:.0} ms ({c})",
             elapsed.as_secs_f64() * 1e3
         ),
-        None => eprintln!("[{status}] warm, {:.1} ms", elapsed.as_secs_f64() * 1e3),
+        None => eprintln!(
+            "[{status}] {version}warm, {:.1} ms",
+            elapsed.as_secs_f64() * 1e3
+        ),
     }
     if !status.is_success() {
         bail!("invocation failed with {status}");
@@ -388,6 +494,23 @@ pub struct LogsArgs {
     pub request_id: Option<String>,
 }
 
+/// A duration as `90s`, `10m`, `2h`, `1d`, or plain seconds (`600`).
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration (30s, 10m, 2h, 1d)"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86400),
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    secs.map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
 /// `--since`: a duration back from now (`90s`, `10m`, `2h`, `1d`), or an RFC 3339 time;
 /// either way an RFC 3339 time for the API.
 fn parse_since(s: &str) -> Result<String, String> {
@@ -395,18 +518,12 @@ fn parse_since(s: &str) -> Result<String, String> {
     if time::OffsetDateTime::parse(s, &Rfc3339).is_ok() {
         return Ok(s.to_string());
     }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n.parse().map_err(|_| {
-        format!("{s:?}: expected a duration (30s, 10m, 2h, 1d) or an RFC 3339 time")
-    })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
-    };
-    let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(secs);
+    let back = parse_duration(s)
+        .map_err(|e| format!("{e}; or an RFC 3339 time"))
+        .and_then(|d| time::Duration::try_from(d).map_err(|e| e.to_string()))?;
+    let at = time::OffsetDateTime::now_utc()
+        .checked_sub(back)
+        .ok_or_else(|| format!("{s:?}: too long ago"))?;
     at.format(&Rfc3339).map_err(|e| e.to_string())
 }
 
@@ -458,4 +575,47 @@ pub async fn logs(ep: &Endpoint, a: LogsArgs) -> anyhow::Result<()> {
         None => println!("{}", serde_json::to_string_pretty(&v)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{parse_duration, parse_since};
+
+    #[test]
+    fn durations_take_a_unit_or_plain_seconds() {
+        assert_eq!(parse_duration("600"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(
+            parse_duration("5w").unwrap_err(),
+            "\"5w\": the unit must be s, m, h or d"
+        );
+        assert_eq!(
+            parse_duration("soon").unwrap_err(),
+            "\"soon\": expected a duration (30s, 10m, 2h, 1d)"
+        );
+        assert_eq!(
+            parse_duration("99999999999999999999d").unwrap_err(),
+            "\"99999999999999999999d\": expected a duration (30s, 10m, 2h, 1d)"
+        );
+        assert_eq!(
+            parse_duration("999999999999999999d").unwrap_err(),
+            "\"999999999999999999d\": too long"
+        );
+    }
+
+    #[test]
+    fn since_is_a_time_or_a_duration_back() {
+        let t = "2024-05-01T10:00:00Z";
+        assert_eq!(parse_since(t).as_deref(), Ok(t));
+        assert!(parse_since("10m").is_ok());
+        assert_eq!(
+            parse_since("yesterday").unwrap_err(),
+            "\"yesterday\": expected a duration (30s, 10m, 2h, 1d); or an RFC 3339 time"
+        );
+    }
 }

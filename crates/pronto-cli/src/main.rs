@@ -5,7 +5,9 @@ mod bench;
 mod client;
 mod image;
 mod load;
+mod release;
 mod serve;
+mod versions;
 
 use clap::{Parser, Subcommand};
 
@@ -32,7 +34,20 @@ enum Command {
     /// Create, show, change and delete functions.
     #[command(subcommand)]
     Function(client::FunctionCommand),
-    /// Invoke a function (prints the body; the status and cold-start timing go to stderr).
+    /// Publish, list and delete a function's versions (immutable snapshots of LATEST).
+    #[command(subcommand)]
+    Version(versions::VersionCommand),
+    /// Create, show, change and delete aliases (a name for a version, maybe with a canary).
+    #[command(subcommand)]
+    Alias(versions::AliasCommand),
+    /// Keep instances of a qualifier (LATEST, a version, an alias) started and warm.
+    #[command(subcommand)]
+    Provision(versions::ProvisionCommand),
+    /// Release in one go: update the image, wait for its acceleration, publish a version and
+    /// move an alias onto it (entirely, or a share with --weight).
+    Release(release::ReleaseArgs),
+    /// Invoke a function (prints the body; the status, the version that served and the
+    /// cold-start timing go to stderr).
     Invoke(client::InvokeArgs),
     /// Benchmarks built into the binary: `bench coldstart`, `bench load` (see bench/README.md).
     #[command(subcommand)]
@@ -99,6 +114,10 @@ fn main() -> std::process::ExitCode {
             Command::Image(cmd) => image::run(cmd).await,
             Command::Serve(args) => serve::run(args, &cli.endpoint).await,
             Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
+            Command::Version(cmd) => versions::version(&cli.endpoint, cmd).await,
+            Command::Alias(cmd) => versions::alias(&cli.endpoint, cmd).await,
+            Command::Provision(cmd) => versions::provision(&cli.endpoint, cmd).await,
+            Command::Release(args) => release::release(&cli.endpoint, args).await,
             Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
             Command::Logs(args) => client::logs(&cli.endpoint, args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
