@@ -21,12 +21,23 @@ pub struct ServeArgs {
     /// OCI runtime: runc (default) or crun.
     #[arg(long, env = "PRONTO_RUNTIME", default_value = "runc")]
     runtime: String,
-    /// Seconds an instance may sit idle before it is stopped.
+    /// Seconds an on-demand instance may sit idle before it is stopped, for functions that do
+    /// not set `idleTimeout`.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
-    /// Instances one function may have at once.
+    /// Instances one function may have at once, for functions that do not set `maxInstances`.
     #[arg(long, default_value_t = 10)]
     max_instances: usize,
+    /// Memory for instances on this node: the sum of `memorySize` of live instances stays
+    /// within it (idle ones are stopped to make room, else requests wait, then get 429);
+    /// suffixes K, M and G accepted [default: the node's memory less 1/8, at least 512M, for
+    /// the system and the daemon]
+    #[arg(long, value_parser = crate::image::parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Cold starts of one function under way at once (a burst waits for them rather than
+    /// starting a container per request).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_starts: u32,
     /// Bound of the node chunk cache (contents of lazily loaded root filesystems, in
     /// DATA_DIR/node/chunks); suffixes K, M and G accepted.
     #[arg(long, default_value = "10G", value_parser = crate::image::parse_bytes)]
@@ -49,6 +60,10 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.runtime_bin = args.runtime;
     config.idle_timeout = Duration::from_secs(args.idle_timeout);
     config.max_instances = args.max_instances;
+    if let Some(bytes) = args.memory_budget {
+        config.memory_budget_mb = bytes >> 20;
+    }
+    config.max_concurrent_starts = args.max_concurrent_starts as usize;
     config.chunk_cache_bytes = args.chunk_cache_size;
     config.metrics_public = args.metrics_public;
     let shutdown = async {

@@ -173,7 +173,7 @@ async fn concurrency_shares_an_instance_and_the_maximum_makes_requests_wait_or_4
     env.create(
         "tight",
         &image,
-        json!({"memorySize": 128, "maxInstances": 1, "timeout": 2}),
+        json!({"memorySize": 128, "maxInstances": 1, "timeout": 3}),
     )
     .await;
     assert_eq!(
@@ -187,7 +187,7 @@ async fn concurrency_shares_an_instance_and_the_maximum_makes_requests_wait_or_4
                 tokio::time::sleep(Duration::from_millis(100 * i)).await;
                 let r = env
                     .http
-                    .get(url(env, "tight", "/cgi-bin/slow?1.5"))
+                    .get(url(env, "tight", "/cgi-bin/slow?2"))
                     .bearer_auth(env.token())
                     .send()
                     .await
