@@ -5,8 +5,10 @@
 //!
 //! A function row keeps its spec as JSON (the source of truth) beside the columns that are
 //! queried or that change on their own schedule: the name (primary key), the pinned image,
-//! times, and the acceleration status (NULL for `accelerationType: None`). Versions and aliases
-//! will get their own tables, keyed by `functions.id`, in a later migration.
+//! times, and the acceleration status (NULL for `accelerationType: None`). Published versions
+//! (and the configuration still serving during an update, as version 0) are rows of
+//! `function_configs` with the same columns; aliases and provision configs have their own
+//! tables; all are keyed by `functions.id` and go with the function.
 //!
 //! Schema changes are append-only [`MIGRATIONS`]; `schema_version` records how many ran. A
 //! database from a newer Pronto is refused rather than guessed at.
