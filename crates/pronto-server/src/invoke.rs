@@ -21,7 +21,7 @@ use axum::Router;
 use tracing::Instrument;
 
 use crate::api::ApiError;
-use crate::model::AuthType;
+use crate::model::{AuthType, LATEST};
 use crate::releases::{self, Target};
 use crate::{auth, proxy, AppState};
 
@@ -130,7 +130,7 @@ async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
 async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Response {
     let Some(destination) = target(&req) else {
         let r = ApiError::NoInvocationTarget.into_response();
-        state.metrics.invocation("", r.status().as_u16());
+        state.metrics.invocation("", LATEST, r.status().as_u16());
         return r;
     };
     let name = destination.function.clone();
@@ -138,7 +138,7 @@ async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Respon
         Ok(t) => t,
         Err(e) => {
             let r = e.into_response();
-            state.metrics.invocation("", r.status().as_u16());
+            state.metrics.invocation("", LATEST, r.status().as_u16());
             return r;
         }
     };
@@ -146,7 +146,7 @@ async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Respon
     let mut response =
         invoke_function(&state, target, req, destination.path_and_query, arrived).await;
     let status = response.status().as_u16();
-    state.metrics.invocation(&name, status);
+    state.metrics.invocation(&name, &version, status);
     if let Ok(v) = HeaderValue::from_str(&version) {
         response.headers_mut().insert(VERSION_HEADER, v);
     }

@@ -28,14 +28,12 @@ use crate::pool::Pool;
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The qualifier of every invocation until versions and aliases exist.
-pub const LATEST: &str = "LATEST";
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvocationLabels {
     /// Empty when the request named no existing function.
     pub function: String,
-    /// The version or alias invoked (`LATEST` for now).
+    /// The version that served: `LATEST` or a version number (an alias's invocations count
+    /// under the version it picked).
     pub qualifier: String,
     /// The HTTP status of the response (the function's, or Pronto's error).
     pub status: String,
@@ -120,11 +118,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn invocation(&self, function: &str, status: u16) {
+    /// One invocation answered with `status`; `version` is what served it (`LATEST` or a
+    /// version number; `LATEST` when none was found).
+    pub fn invocation(&self, function: &str, version: &str, status: u16) {
         self.invocations
             .get_or_create(&InvocationLabels {
                 function: function.to_string(),
-                qualifier: LATEST.to_string(),
+                qualifier: version.to_string(),
                 status: status.to_string(),
             })
             .inc();

@@ -441,6 +441,18 @@ async fn alias_weights_split_the_traffic_and_versions_keep_their_image() {
     assert_eq!(counts.values().sum::<usize>(), 1000);
     // Binomial(1000, 0.1): mean 100, sd 9.49; 99% two-sided bound ±2.576 sd.
     assert!((76..=124).contains(&canary), "{counts:?}");
+    // The metrics count invocations by the version that served.
+    let scrape = env.scrape().await;
+    let served = |v: &str| {
+        common::metric(
+            &scrape,
+            "pronto_invocations_total",
+            &[("function", "canary"), ("qualifier", v), ("status", "200")],
+        )
+    };
+    // (Each version was also invoked once on its own above.)
+    assert_eq!(served("2"), Some((canary + 1) as f64));
+    assert_eq!(served("1"), Some((1000 - canary + 1) as f64));
 
     // A version an alias uses cannot be deleted; the error names the alias.
     let r = env
