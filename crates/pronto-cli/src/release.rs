@@ -37,8 +37,8 @@ pub struct ReleaseArgs {
     /// new version and any split ends.
     #[arg(long, value_parser = parse_canary_weight)]
     pub weight: Option<f64>,
-    /// Wait for an access trace of the new image before publishing (the API does not expose
-    /// traces yet: a note is printed and the release goes on).
+    /// Before publishing, wait until the new image's access trace is recorded (by its first
+    /// accelerated cold start: invoke LATEST meanwhile), so the version's cold starts prefetch.
     #[arg(long)]
     pub wait_trace: bool,
     /// Release even when the acceleration failed (the version's cold starts then pull the
@@ -81,9 +81,8 @@ pub async fn release(ep: &Endpoint, args: ReleaseArgs) -> anyhow::Result<()> {
 
     let function = wait_until_served(ep, &args, &progress).await?;
 
-    if args.wait_trace {
-        // Not invented here: the server has no trace endpoint to wait on yet.
-        progress.note("--wait-trace: the API does not expose access traces yet; not waiting");
+    if args.wait_trace && function.acceleration_info.is_some() {
+        wait_for_trace(ep, &args, &progress).await?;
     }
 
     let step = progress.step(format!("publishing {name}"));
@@ -147,6 +146,35 @@ pub async fn release(ep: &Endpoint, args: ReleaseArgs) -> anyhow::Result<()> {
         serde_json::from_value(out.clone()).context("reading the switched alias")?;
     step.done(describe(&switched));
     print_json(&out)
+}
+
+/// Polls the function until `accessTrace` appears, within what is left of `--timeout`.
+async fn wait_for_trace(
+    ep: &Endpoint,
+    args: &ReleaseArgs,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let name = &args.name;
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let step = progress.step(format!(
+        "waiting for an access trace (recorded by the first accelerated cold start of {name})"
+    ));
+    loop {
+        let f = call(ep, Method::GET, &format!("{FUNCTIONS}/{name}"), None).await?;
+        let f: FunctionView = serde_json::from_value(f).context("reading the function")?;
+        if let Some(t) = f.access_trace {
+            step.done(format!("{} chunks", t.chunks));
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no access trace for {name} within {:?}: invoke it once (a cold start of the \
+                 accelerated image records one), or release without --wait-trace",
+                args.timeout
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Where `LATEST`'s last update stands.

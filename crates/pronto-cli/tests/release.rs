@@ -201,7 +201,6 @@ async fn versions_aliases_provision_and_a_release_through_the_cli() {
         &image2,
         "--timeout",
         "120s",
-        "--wait-trace",
     ]);
     let progress = String::from_utf8_lossy(&out.stderr).into_owned();
     let a = json_of(out);
@@ -211,7 +210,6 @@ async fn versions_aliases_provision_and_a_release_through_the_cli() {
         format!("updating web to {image2}: updated"),
         "waiting for acceleration".into(),
         ": Ready\n".into(),
-        "note: --wait-trace".into(),
         "publishing web: version 3".into(),
         "switching alias prod: version 3".into(),
     ] {
@@ -243,8 +241,25 @@ async fn versions_aliases_provision_and_a_release_through_the_cli() {
     assert!(status.contains("version 3"), "{status}");
 
     // A canary of what LATEST has: version 4 gets 20%, prod stays on 3.
-    let out = daemon.cli(&["release", "web", "--alias", "prod", "--weight", "0.2"]);
+    // The invocation above was version 3's first (accelerated) cold start: it recorded the
+    // image's access trace, which --wait-trace waits for.
+    let out = daemon.cli(&[
+        "release",
+        "web",
+        "--alias",
+        "prod",
+        "--weight",
+        "0.2",
+        "--wait-trace",
+        "--timeout",
+        "60s",
+    ]);
     let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        progress.contains("waiting for an access trace"),
+        "{progress}"
+    );
+    assert!(progress.contains(" chunks\n"), "{progress}");
     let a = json_of(out);
     assert!(
         progress.contains("switching alias prod: version 3, 20% to version 4\n"),

@@ -203,10 +203,21 @@ pub struct Function {
     /// UTC, millisecond precision (what the store keeps).
     pub created_time: OffsetDateTime,
     pub last_modified_time: OffsetDateTime,
+    /// The access trace recorded for this configuration's image, if any (what the next cold
+    /// starts on a node without the image prefetch).
+    pub trace: Option<TraceSummary>,
     /// While an update's acceleration is `Preparing`: the configuration from before the update,
     /// which keeps serving `LATEST` until the new one is `Ready` (or `Failed`), so that no cold
     /// start takes the slow path because of a release. `None`: this configuration serves.
     pub serving: Option<Box<Function>>,
+}
+
+/// What is known of a stored access trace without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Chunks the first cold start read, in order.
+    pub chunks: u64,
+    pub recorded_time: OffsetDateTime,
 }
 
 impl Function {

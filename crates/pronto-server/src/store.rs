@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::model::{
     format_time, AccelerationInfo, AccelerationStatus, Alias, Function, FunctionSpec, KeptImage,
-    PinnedImage, ProvisionConfig, Version,
+    PinnedImage, ProvisionConfig, TraceSummary, Version,
 };
 
 /// The database file inside the data directory.
@@ -303,6 +303,7 @@ impl Store {
             drop(stmt);
             for f in &mut functions {
                 f.serving = config(c, &f.function_id, SERVING)?.map(|(_, _, f)| Box::new(f));
+                fill_trace(c, f)?;
             }
             Ok(functions)
         })
@@ -895,7 +896,37 @@ fn get(c: &Connection, name: &str) -> Result<Function, StoreError> {
         .ok_or_else(|| StoreError::NotFound(name.to_string()))?
         .into_function()?;
     f.serving = config(c, &f.function_id, SERVING)?.map(|(_, _, f)| Box::new(f));
+    fill_trace(c, &mut f)?;
     Ok(f)
+}
+
+/// Sets `f.trace` (and its serving configuration's) from `access_traces`.
+fn fill_trace(c: &Connection, f: &mut Function) -> Result<(), StoreError> {
+    let name = f.spec.function_name.clone();
+    let summary = |digest: String| -> Result<Option<TraceSummary>, StoreError> {
+        let row: Option<(i64, String)> = c
+            .prepare_cached(
+                "SELECT length(chunks) / 32, recorded_time FROM access_traces
+                 WHERE function_name = ?1 AND image_digest = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![name, digest], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(query("read access trace"))?;
+        row.map(|(chunks, t)| {
+            Ok(TraceSummary {
+                chunks: chunks.max(0) as u64,
+                recorded_time: parse_time(&name, &t)?,
+            })
+        })
+        .transpose()
+    };
+    f.trace = summary(f.image.manifest_digest.to_string())?;
+    if let Some(serving) = &mut f.serving {
+        serving.trace = summary(serving.image.manifest_digest.to_string())?;
+    }
+    Ok(())
 }
 
 /// The configuration row `version` of a function (by id): (description, created, config).
@@ -923,8 +954,12 @@ fn config(
             .optional()
         })
         .map_err(query("get function configuration"))?;
-    row.map(|(cols, description, created)| Ok((description, created, cols.into_function()?)))
-        .transpose()
+    row.map(|(cols, description, created)| {
+        let mut f = cols.into_function()?;
+        fill_trace(c, &mut f)?;
+        Ok((description, created, f))
+    })
+    .transpose()
 }
 
 /// Writes `f`'s configuration as row `version` of its function (replacing it).
@@ -1120,6 +1155,7 @@ impl Columns {
             created_time: time(&self.created_time)?,
             last_modified_time: time(&self.updated_time)?,
             serving: None,
+            trace: None,
         })
     }
 }
@@ -1159,6 +1195,7 @@ mod tests {
             created_time: crate::model::now(),
             last_modified_time: crate::model::now(),
             serving: None,
+            trace: None,
         }
     }
 

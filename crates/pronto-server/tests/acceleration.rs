@@ -198,6 +198,16 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     }
     let trace =
         pronto_runtime::AccessTrace::from_bytes(&trace.expect("a trace is stored")).unwrap();
+    // GetFunction says so (what `pronto release --wait-trace` waits for).
+    let got = env
+        .call(Method::GET, "/2023-03-30/functions/lazy", None)
+        .await;
+    assert_eq!(
+        got.body["accessTrace"]["chunks"],
+        json!(trace.len()),
+        "{}",
+        got.body
+    );
     // At least busybox's chunks and index.html's; big.bin was not read before the answer.
     assert!(trace.len() >= 2, "{trace:?}");
     let big_first = pronto_format::chunk_digest(&big[..pronto_format::DEFAULT_CHUNK_SIZE as usize]);

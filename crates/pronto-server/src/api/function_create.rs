@@ -30,6 +30,7 @@ pub(super) async fn create_function(
         created_time: t,
         last_modified_time: t,
         serving: None,
+        trace: None,
     };
     state.store.create_function(function.clone()).await?;
     if function.acceleration.is_some() && state.accelerate {

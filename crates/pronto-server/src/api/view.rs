@@ -41,8 +41,20 @@ pub struct FunctionView {
     /// Where the conversion stands; absent for `accelerationType: None` (see `accel.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration_info: Option<AccelerationInfo>,
+    /// Pronto: the access trace recorded by the image's first accelerated cold start (what
+    /// later cold starts prefetch); absent until one is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_trace: Option<AccessTraceView>,
     pub created_time: String,
     pub last_modified_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessTraceView {
+    /// Chunks the first cold start read.
+    pub chunks: u64,
+    pub recorded_time: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +118,10 @@ impl From<&Function> for FunctionView {
                     .to_string()
             }),
             acceleration_info: f.acceleration.clone(),
+            access_trace: f.trace.map(|t| AccessTraceView {
+                chunks: t.chunks,
+                recorded_time: format_time(t.recorded_time),
+            }),
             created_time: format_time(f.created_time),
             last_modified_time: format_time(f.last_modified_time),
         }
