@@ -12,7 +12,8 @@
 //! waiting: a burst of 100 requests at `instanceConcurrency` 10 starts 10 instances, not 100)
 //! or starts one, if the function's `maxInstances` (all tracks, draining and starting
 //! instances included: an update never doubles it), the bound on its concurrent starts and the
-//! node's memory budget (the sum of `memorySize` of every live instance) allow. To make room it
+//! node's memory budget (the sum of `memorySize` of every live instance) allow. Waiting
+//! requests are served first come, first served. To make room it
 //! stops idle on-demand instances: of the function's other tracks for `maxInstances`, of any
 //! function (least recently used first) for memory. Otherwise it waits until its deadline (the
 //! function's timeout), then gets [`AcquireError::Busy`] (429).
@@ -165,8 +166,10 @@ struct FunctionInstances {
     draining: Vec<Slot>,
     /// Cold starts under way (they count against `max_instances`).
     starting: Vec<Starting>,
-    /// Requests waiting for room, per track.
-    queued: HashMap<String, usize>,
+    /// Requests waiting for room, per track: their tickets, oldest first. Room goes to the
+    /// oldest (first come, first served: the tail latency of a saturated function is its queue,
+    /// not the luck of whichever waiter the runtime wakes first).
+    queued: HashMap<String, std::collections::BTreeSet<u64>>,
     /// Instances being torn down, and their memory: alive until their teardown ends, so they
     /// still count against `maxInstances` and the memory budget.
     stopping: usize,
@@ -305,6 +308,8 @@ pub struct Pool {
     state: Arc<Mutex<State>>,
     limits: PoolLimits,
     next_start: AtomicU64,
+    /// Tickets of waiting requests (their order in line).
+    next_ticket: AtomicU64,
     /// Set by shutdown: the provisioner starts nothing more.
     stopping: AtomicBool,
     /// Teardowns under way; shutdown waits for them (a teardown cut short leaks its mount).
@@ -390,6 +395,7 @@ impl Pool {
             state: Arc::default(),
             limits,
             next_start: AtomicU64::new(1),
+            next_ticket: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             teardowns: tokio_util::task::TaskTracker::new(),
             starts: tokio_util::task::TaskTracker::new(),
@@ -415,7 +421,7 @@ impl Pool {
                     idle: f.slots.len() - busy,
                     busy,
                     draining: f.draining.len(),
-                    queued: f.queued.values().sum(),
+                    queued: f.queued.values().map(|q| q.len()).sum(),
                     provisioned: f.slots.iter().filter(|s| s.provisioned.is_some()).count(),
                 }
             })
@@ -511,7 +517,20 @@ impl Pool {
                 .insert(spec.track.clone(), spec.revision.clone());
         }
         drop_dead(f, retired);
-        if let Some(slot) = f
+        let line = f.queued.get(&spec.track);
+        let mine = queued.as_ref().map(|q| q.ticket);
+        // Requests that came before this one and are still waiting.
+        let waiting_before_me = line.map_or(0, |l| match mine {
+            Some(t) => l.range(..t).count(),
+            None => l.len(),
+        });
+        let free_places: usize = f
+            .slots
+            .iter()
+            .filter(|s| s.track == spec.track && s.revision == spec.revision)
+            .map(|s| spec.concurrency.saturating_sub(s.in_flight))
+            .sum();
+        let slot = f
             .slots
             .iter_mut()
             .filter(|s| {
@@ -519,8 +538,8 @@ impl Pool {
                     && s.revision == spec.revision
                     && s.in_flight < spec.concurrency
             })
-            .min_by_key(|s| (s.provisioned.is_none(), s.in_flight))
-        {
+            .min_by_key(|s| (s.provisioned.is_none(), s.in_flight));
+        if let Some(slot) = slot.filter(|_| waiting_before_me == 0) {
             slot.in_flight += 1;
             slot.last_used = Instant::now();
             return Step::Take(Lease {
@@ -537,20 +556,15 @@ impl Pool {
                 output_tag: None,
             });
         }
-        // Room the starts under way will bring, beyond their own requests, against the requests
-        // already waiting for it: while it suffices, wait for them instead of starting more.
-        let coming: usize = f
-            .starting
-            .iter()
-            .filter(|s| s.track == spec.track && s.revision == spec.revision)
-            .map(|s| spec.concurrency - usize::from(s.for_request))
-            .sum();
-        let waiting_before_me = f
-            .queued
-            .get(&spec.track)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(usize::from(queued.is_some()));
+        // Room that is free now (for those ahead in line) or that the starts under way will
+        // bring beyond their own requests, against the requests ahead of this one: while it
+        // suffices, wait for it instead of starting more.
+        let coming: usize = free_places
+            + f.starting
+                .iter()
+                .filter(|s| s.track == spec.track && s.revision == spec.revision)
+                .map(|s| spec.concurrency - usize::from(s.for_request))
+                .sum::<usize>();
         let reason = if coming > waiting_before_me {
             BusyReason::MaxInstances {
                 max: spec.max_instances,
@@ -573,12 +587,17 @@ impl Pool {
             }
         };
         if queued.is_none() {
+            let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
             let f = st.functions.get_mut(spec.name()).expect("entry made above");
-            *f.queued.entry(spec.track.clone()).or_default() += 1;
+            f.queued
+                .entry(spec.track.clone())
+                .or_default()
+                .insert(ticket);
             *queued = Some(Queued {
                 pool: self.clone(),
                 function: spec.name().to_string(),
                 track: spec.track.clone(),
+                ticket,
                 since: Instant::now(),
             });
         }
@@ -1094,14 +1113,20 @@ struct Queued {
     pool: Arc<Pool>,
     function: String,
     track: String,
+    /// Its place in line.
+    ticket: u64,
     since: Instant,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
         if let Some(f) = self.pool.lock().functions.get_mut(&self.function) {
-            if let Some(n) = f.queued.get_mut(&self.track) {
-                *n = n.saturating_sub(1);
+            if let Some(line) = f.queued.get_mut(&self.track) {
+                line.remove(&self.ticket);
+                // The next in line may take room that was left for this one.
+                if !line.is_empty() {
+                    f.changed.notify_waiters();
+                }
             }
         }
         self.pool

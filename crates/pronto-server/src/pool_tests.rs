@@ -757,3 +757,47 @@ async fn provisioned_instances_start_unasked_serve_first_come_back_and_are_never
     assert!(env.host.running().is_empty());
     env.finish().await;
 }
+
+#[tokio::test]
+async fn waiting_requests_are_served_first_come_first_served() {
+    let env = env().await;
+    let spec = env.spec(1, 1);
+    let held = env.pool.acquire(&spec).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..5 {
+        let (pool, spec, order) = (env.pool.clone(), spec.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let lease = pool.acquire(&spec).await.unwrap();
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(lease);
+        }));
+        until("queued in order", || load(&env).queued == i + 1).await;
+    }
+    // A newcomer does not jump the line either.
+    let late = {
+        let (pool, spec, order) = (env.pool.clone(), spec.clone(), order.clone());
+        tokio::spawn(async move {
+            let lease = pool.acquire(&spec).await.unwrap();
+            order.lock().unwrap().push(99);
+            drop(lease);
+        })
+    };
+    until("the newcomer waits too", || load(&env).queued == 6).await;
+    drop(held);
+    // The place just freed belongs to the first in line, not to a request that arrives now
+    // (before the woken waiter runs).
+    use futures_util::FutureExt;
+    assert!(
+        env.pool.acquire(&spec).now_or_never().is_none(),
+        "a newcomer took the place of a waiting request"
+    );
+    for w in waiters {
+        w.await.unwrap();
+    }
+    late.await.unwrap();
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 99]);
+    assert_eq!(env.starts(), 1);
+    env.finish().await;
+}
