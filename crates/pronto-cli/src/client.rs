@@ -86,11 +86,13 @@ pub struct FunctionFields {
     pub file: Option<PathBuf>,
     #[arg(long)]
     pub image: Option<String>,
-    /// The command (replaces the image ENTRYPOINT); repeat for each argument.
-    #[arg(long = "command")]
+    /// The command (replaces the image ENTRYPOINT); repeat for each argument (values may start
+    /// with `-`: `--command /bin/sh --command -c`).
+    #[arg(long = "command", allow_hyphen_values = true)]
     pub command: Vec<String>,
-    /// Arguments (replace the image CMD); repeat for each.
-    #[arg(long = "arg")]
+    /// Arguments (replace the image CMD); repeat for each (values may start with `-`:
+    /// `--arg -c`).
+    #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
     #[arg(long)]
     pub port: Option<u16>,
@@ -606,6 +608,29 @@ mod tests {
             parse_duration("999999999999999999d").unwrap_err(),
             "\"999999999999999999d\": too long"
         );
+    }
+
+    #[test]
+    fn command_and_args_take_values_that_start_with_a_dash() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fields: super::FunctionFields,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--command",
+            "/bin/sh",
+            "--command",
+            "-c",
+            "--arg",
+            "-v",
+            "--arg=--port=1",
+        ])
+        .unwrap();
+        assert_eq!(cli.fields.command, ["/bin/sh", "-c"]);
+        assert_eq!(cli.fields.args, ["-v", "--port=1"]);
     }
 
     #[test]

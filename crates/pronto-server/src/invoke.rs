@@ -137,6 +137,14 @@ async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Respon
     let target = match releases::resolve(&state, &name, destination.qualifier.as_deref()).await {
         Ok(t) => t,
         Err(e) => {
+            // Without the token, "no such function" would tell names apart from those that
+            // exist (which answer 401): it is 401 too.
+            let e = match auth::check(&state.token, req.headers().get(header::AUTHORIZATION)) {
+                Err(reason) if e.status() == axum::http::StatusCode::NOT_FOUND => {
+                    ApiError::Unauthorized(reason)
+                }
+                _ => e,
+            };
             let r = e.into_response();
             state.metrics.invocation("", LATEST, r.status().as_u16());
             return r;

@@ -42,6 +42,9 @@ pub const ALIAS_NAME_MAX: usize = 128;
 pub const FUNCTION_NAME_MAX: usize = 64;
 /// Function Compute's limit.
 pub const DESCRIPTION_MAX: usize = 256;
+/// The environment's bytes (`NAME=VALUE` each): well below what `execve` takes (one string at
+/// most 128 KiB, all of them a quarter of the stack limit), so an accepted function can start.
+pub const ENVIRONMENT_MAX_BYTES: usize = 64 << 10;
 
 /// A request field that failed validation; shown as `FIELD: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -512,6 +515,16 @@ impl FunctionInput {
             .map(|c| in_range("instanceConcurrency", c, 1, INSTANCE_CONCURRENCY_MAX.into()))
             .transpose()?;
         if let Some(env) = &self.environment_variables {
+            let total: usize = env.iter().map(|(k, v)| k.len() + 1 + v.len()).sum();
+            if total > ENVIRONMENT_MAX_BYTES {
+                return Err(ValidationError::new(
+                    "environmentVariables",
+                    format!(
+                        "must total at most {ENVIRONMENT_MAX_BYTES} bytes (NAME=VALUE each), got \
+                         {total}"
+                    ),
+                ));
+            }
             for (k, v) in env {
                 if !is_env_name(k) {
                     return Err(ValidationError::new(
@@ -851,6 +864,10 @@ mod tests {
             (
                 json!({"environmentVariables": {"X": "a\u{0}"}}),
                 "environmentVariables.X: must not contain NUL",
+            ),
+            (
+                json!({"environmentVariables": {"BIG": "x".repeat(64 << 10)}}),
+                "environmentVariables: must total at most 65536 bytes (NAME=VALUE each), got 65540",
             ),
             (
                 json!({"initializationTimeout": 601}),

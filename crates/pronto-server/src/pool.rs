@@ -125,6 +125,16 @@ pub enum AcquireError {
         #[source]
         source: StartError,
     },
+    #[error(
+        "function {function}: its last {failures} starts failed; the next is tried in \
+         {retry_in:?} (last failure: {last})"
+    )]
+    BackingOff {
+        function: String,
+        failures: u32,
+        retry_in: Duration,
+        last: String,
+    },
     #[error("function {function}: {reason}, and no instance had room within {waited:?}")]
     Busy {
         function: String,
@@ -147,6 +157,21 @@ struct Slot {
     connections: Vec<SendRequest<ProxyBody>>,
 }
 
+/// A track's run of failed starts.
+struct StartFailures {
+    count: u32,
+    last_at: Instant,
+    last: String,
+}
+
+/// How long a track that failed `count` starts in a row waits before the next: 250 ms,
+/// doubling, at most 30 s. A function that crashes at start costs a few containers, not one
+/// per request.
+fn start_backoff(count: u32) -> Duration {
+    let ms = 250u64.saturating_mul(1 << count.saturating_sub(1).min(7));
+    Duration::from_millis(ms).min(Duration::from_secs(30))
+}
+
 /// A cold start under way.
 struct Starting {
     id: u64,
@@ -166,6 +191,9 @@ struct FunctionInstances {
     draining: Vec<Slot>,
     /// Cold starts under way (they count against `max_instances`).
     starting: Vec<Starting>,
+    /// Consecutive failed starts per track (reset by a successful one): while the backoff after
+    /// the last runs, requests that would start an instance fail at once instead.
+    start_failures: HashMap<String, StartFailures>,
     /// Requests waiting for room, per track: their tickets, oldest first. Room goes to the
     /// oldest (first come, first served: the tail latency of a saturated function is its queue,
     /// not the luck of whichever waiter the runtime wakes first).
@@ -376,6 +404,8 @@ enum Step {
     Take(Lease),
     Start(u64),
     Wait(BusyReason),
+    /// The track's starts keep failing: answered at once, no container started.
+    Fail(AcquireError),
 }
 
 /// One provision config's wish, resolved: keep `target` instances of `spec` warm.
@@ -486,6 +516,7 @@ impl Pool {
                     return Ok(lease);
                 }
                 Step::Wait(reason) => reason,
+                Step::Fail(e) => return Err(e),
             };
             let now = Instant::now();
             if now >= deadline
@@ -565,10 +596,21 @@ impl Pool {
                 .filter(|s| s.track == spec.track && s.revision == spec.revision)
                 .map(|s| spec.concurrency - usize::from(s.for_request))
                 .sum::<usize>();
+        let backing_off = f.start_failures.get(&spec.track).and_then(|fail| {
+            let retry_in = start_backoff(fail.count).checked_sub(fail.last_at.elapsed())?;
+            Some(AcquireError::BackingOff {
+                function: spec.name().to_string(),
+                failures: fail.count,
+                retry_in,
+                last: fail.last.clone(),
+            })
+        });
         let reason = if coming > waiting_before_me {
             BusyReason::MaxInstances {
                 max: spec.max_instances,
             }
+        } else if let Some(e) = backing_off {
+            return Step::Fail(e);
         } else {
             match self.room_for_start(&mut st, spec, retired) {
                 Ok(()) => {
@@ -726,6 +768,17 @@ impl Pool {
         let instance = match result {
             Ok(i) => Arc::new(i),
             Err(source) => {
+                let fail = f
+                    .start_failures
+                    .entry(spec.track.clone())
+                    .or_insert(StartFailures {
+                        count: 0,
+                        last_at: Instant::now(),
+                        last: String::new(),
+                    });
+                fail.count += 1;
+                fail.last_at = Instant::now();
+                fail.last = source.to_string();
                 drop(st);
                 // Memory was freed: other functions' waiters may start now.
                 self.notify_all();
@@ -741,6 +794,7 @@ impl Pool {
                 });
             }
         };
+        f.start_failures.remove(&spec.track);
         let for_request = provisioned.is_none();
         let slot = Slot {
             instance: instance.clone(),
@@ -853,7 +907,15 @@ impl Pool {
                         !s.for_request && s.track == spec.track && s.revision == spec.revision
                     })
                     .count();
-                let missing = p.target.saturating_sub(have + pending + already_starting);
+                let backing_off = f
+                    .start_failures
+                    .get(&spec.track)
+                    .is_some_and(|x| x.last_at.elapsed() < start_backoff(x.count));
+                let missing = if backing_off {
+                    0
+                } else {
+                    p.target.saturating_sub(have + pending + already_starting)
+                };
                 for _ in 0..missing {
                     if self.room_for_start(&mut st, spec, &mut retired).is_err() {
                         break;
@@ -1084,6 +1146,17 @@ impl Lease {
     /// The exchange completed: the connection may carry the next request.
     pub fn mark_reusable(&mut self) {
         self.reusable = true;
+    }
+
+    /// Ends the lease and takes its instance out of service (it overran its timeout).
+    pub fn recycle(self) {
+        let (pool, function, id) = (
+            self.pool.clone(),
+            self.function.clone(),
+            self.instance.id.clone(),
+        );
+        drop(self);
+        pool.recycle(&function, &id);
     }
 
     /// Tags what the instance prints with `request_id` until the lease ends: only for an

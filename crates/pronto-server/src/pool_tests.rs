@@ -253,8 +253,17 @@ async fn a_failed_start_is_reported_and_frees_its_place() {
     assert!(e.to_string().contains("exec format error"), "{e}");
     assert!(env.host.leftovers().is_empty());
 
-    // The failed start no longer counts against maxInstances = 1.
+    // Right after, requests fail at once, starting nothing (backoff: 250 ms after one failure).
     env.host.configure(|b| b.fail_create = None);
+    let e = env.pool.acquire(&spec).await.unwrap_err();
+    assert!(
+        matches!(e, AcquireError::BackingOff { failures: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("exec format error"), "{e}");
+    assert_eq!(env.starts(), 1);
+    // The failed start no longer counts against maxInstances = 1.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let l = env.pool.acquire(&spec).await.unwrap();
     assert!(l.cold_start.is_some());
     drop(l);
@@ -524,9 +533,10 @@ async fn a_failed_cold_start_is_counted() {
     let env = env().await;
     let spec = env.spec(1, 1);
     env.host.configure(|b| b.fail_create = Some("no".into()));
-    for _ in 0..2 {
-        env.pool.acquire(&spec).await.unwrap_err();
-    }
+    env.pool.acquire(&spec).await.unwrap_err();
+    // After the first failure's backoff (250 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.pool.acquire(&spec).await.unwrap_err();
     assert_eq!(
         sample(
             &scrape(&env),
@@ -799,5 +809,37 @@ async fn waiting_requests_are_served_first_come_first_served() {
     late.await.unwrap();
     assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 99]);
     assert_eq!(env.starts(), 1);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_function_that_fails_to_start_backs_off_instead_of_starting_per_request() {
+    let env = env().await;
+    env.host
+        .configure(|b| b.fail_create = Some("exec format error".into()));
+    let spec = env.spec(1, 50);
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (pool, spec) = (env.pool.clone(), spec.clone());
+            tokio::spawn(async move { pool.acquire(&spec).await })
+        })
+        .collect();
+    let mut backed_off = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(AcquireError::BackingOff { .. }) => backed_off += 1,
+            Err(AcquireError::Start { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let starts = env.starts();
+    assert!(starts <= 8, "30 requests started {starts} containers");
+    assert_eq!(backed_off, 30 - starts);
+    // The backoff doubles with each failure in a row, up to 30 s.
+    let backoff = |n| super::start_backoff(n).as_millis();
+    assert_eq!(
+        [1, 2, 3, 8, 9, 100].map(backoff),
+        [250, 500, 1000, 30000, 30000, 30000]
+    );
     env.finish().await;
 }

@@ -4,6 +4,7 @@
 //! (RFC 9110 §7.6.1) and Pronto's own credentials, which never reach the function. Bodies are
 //! streamed both ways: memory stays flat whatever their size.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -87,7 +88,8 @@ pub async fn forward(
 
     // The function's timeout bounds its own work, from the moment it has the request; the
     // wait for an instance had its own bound (the same length), past which the caller got 429.
-    let sent = tokio::time::timeout(spec.timeout, async {
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let sent = tokio::time::timeout_at(deadline, async {
         let conn = lease.connection().await?;
         conn.send_request(out).await.map_err(std::io::Error::other)
     })
@@ -160,6 +162,8 @@ pub async fn forward(
         .body(Body::new(LeasedBody {
             inner: body,
             lease: Some(lease),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout: spec.timeout,
         }))
         .expect("valid response parts")
 }
@@ -317,17 +321,36 @@ fn with_instance(mut r: Response<Body>, id: &str) -> Response<Body> {
 struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
+    /// The function's timeout bounds the whole response, a streamed body too: past it the body
+    /// ends in an error (the client sees a cut response) and the instance is recycled.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
 }
+
+/// A response body cut at the function's timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the function's response did not complete within its timeout of {0:?}")]
+struct BodyTimeout(Duration);
 
 impl http_body::Body for LeasedBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.lease.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
+            if let Some(lease) = self.lease.take() {
+                tracing::warn!(function = %lease.function, instance = %lease.instance.id,
+                    timeout = ?self.timeout, "response body cut at the function's timeout; instance recycled");
+                lease.recycle();
+            }
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.timeout)))));
+        }
+        let polled = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| e.into());
         match &polled {
             Poll::Ready(None) => {
                 if let Some(mut lease) = self.lease.take() {

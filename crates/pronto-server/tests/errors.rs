@@ -132,6 +132,24 @@ async fn malformed_json_is_400() {
             "MalformedJSON",
             "request body is not valid JSON: EOF while parsing a value at line 1 column 0",
         );
+        // A key given twice is refused, not "the last one wins", nested ones too.
+        let r = env
+            .call_raw(
+                method.clone(),
+                path,
+                Some(&bearer),
+                Some(
+                    br#"{"memorySize": 128, "customContainerConfig": {"port": 1, "port": 2}}"#
+                        .to_vec(),
+                ),
+            )
+            .await;
+        assert_error(
+            &r,
+            StatusCode::BAD_REQUEST,
+            "MalformedJSON",
+            "request body is not valid JSON: duplicate key \"port\" at line 1 column 67",
+        );
         let r = env
             .call_raw(method, path, Some(&bearer), Some(b"[1, 2]".to_vec()))
             .await;

@@ -20,7 +20,7 @@ const COUNT: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nw
 const HANG: &str = "#!/bin/sh\nsleep 1000\n";
 const HOG: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nawk 'BEGIN { s = \"x\"; while (length(s) < 800000000) s = s s }'\n";
 /// A raw HTTP handler for `nc -ll -e`: `/hog` allocates past any limit instead of answering.
-const NC_HANDLER: &str = "#!/bin/sh\nread -r method path proto\ncase \"$path\" in\n  /hog) awk 'BEGIN { s = \"x\"; while (length(s) < 800000000) s = s s }' ;;\n  *) printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n' ;;\nesac\n";
+const NC_HANDLER: &str = "#!/bin/sh\nread -r method path proto\ncase \"$path\" in\n  /hog) awk 'BEGIN { s = \"x\"; while (length(s) < 800000000) s = s s }' ;;\n  /drip) printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nfirst\\n'; sleep 6; echo second ;;\n  *) printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n' ;;\nesac\n";
 const WHOAMI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"pids=$(ls /proc | grep -c '^[0-9]') version=$VERSION host=$(hostname)\"\n";
 
 /// These tests are about invocations: no conversions competing for the CPU.
@@ -449,8 +449,27 @@ async fn failures_are_reported_and_nothing_leaks() {
     .await;
     let mut seen = vec![instance_of(&next)];
 
-    // Out of memory: the request fails and says why.
     let nc = ["/bin/nc", "-ll", "-p", "9000", "-e", "/www/handler"];
+    // A response whose body outlasts the timeout is cut there (headers came in time).
+    env.create(
+        "drip",
+        &image,
+        json!({"timeout": 2, "customContainerConfig": {"image": image, "command": nc}}),
+    )
+    .await;
+    assert_eq!(get(&env, "drip", "/").await.text().await.unwrap(), "ok\n");
+    let started = std::time::Instant::now();
+    let r = get(&env, "drip", "/drip").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await;
+    assert!(body.is_err(), "the body was not cut: {body:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "cut after {took:?}, timeout 2 s"
+    );
+
+    // Out of memory: the request fails and says why.
     env.create(
         "hog",
         &image,
@@ -497,11 +516,21 @@ async fn failures_are_reported_and_nothing_leaks() {
     assert_eq!(r.status(), StatusCode::OK);
     seen.push(instance_of(&r));
 
-    // Unknown function.
+    // Unknown function: 404 with the token; without it 401, as for one that exists (names
+    // cannot be probed).
     assert_eq!(
         get(&env, "nosuch", "/").await.status(),
         StatusCode::NOT_FOUND
     );
+    for function in ["nosuch", "slow"] {
+        let r = env
+            .http
+            .get(invoke_url(&env, function, "/index.html"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{function}");
+    }
 
     // Graceful stop tears every instance down.
     let data = env.data_dir();

@@ -136,7 +136,9 @@ impl ApiError {
             ApiError::NoInvocationTarget => StatusCode::NOT_FOUND,
             ApiError::Acquire(e) => match **e {
                 AcquireError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-                AcquireError::Start { .. } => StatusCode::BAD_GATEWAY,
+                AcquireError::Start { .. } | AcquireError::BackingOff { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
             },
             ApiError::ImageUnavailable { .. }
             | ApiError::OutOfMemory { .. }
@@ -174,7 +176,9 @@ impl ApiError {
             ApiError::ImageUnavailable { .. } => "ImagePullFailed",
             ApiError::Acquire(e) => match **e {
                 AcquireError::Busy { .. } => "ResourceThrottled",
-                AcquireError::Start { .. } => "FunctionNotStarted",
+                AcquireError::Start { .. } | AcquireError::BackingOff { .. } => {
+                    "FunctionNotStarted"
+                }
             },
             ApiError::OutOfMemory { .. } | ApiError::FunctionFailed { .. } => "FunctionFailed",
             ApiError::FunctionTimeout { .. } => "FunctionTimeout",
