@@ -1,6 +1,7 @@
 //! `pronto image ...`
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use pronto_image::pull::{self, PullProgress};
 use pronto_image::unpack::LayerStats;
 use pronto_image::{Reference, RegistryClient};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -22,6 +24,10 @@ pub enum ImageCommand {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Bound of the image's uncompressed layers, all together (a decompression bomb
+        /// stops there, and nothing is left); suffixes K, M and G accepted.
+        #[arg(long, default_value = "32G", value_parser = parse_bytes)]
+        max_unpacked_size: u64,
     },
     /// Print an image's pinned digest, layers, sizes and config as JSON.
     Inspect { reference: String },
@@ -174,14 +180,30 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             reference,
             dir,
             json,
+            max_unpacked_size,
         } => {
-            let image = resolve(&client, &reference).await?;
+            // SIGINT/SIGTERM cancel the unpack: it removes its staging and download
+            // directories before it returns, then the process exits as the signal would have.
+            let (cancel, signalled) = cancel_on_signal()?;
+            let image = tokio::select! {
+                image = resolve(&client, &reference) => image?,
+                () = cancel.cancelled() => exit_on_signal(&signalled, &dir),
+            };
             let bar = Arc::new(BarProgress::new(
                 image.layers_size(),
                 image.manifest.layers.len(),
             ));
-            let summary = pull::unpack_image(&client, &image, &dir, bar.clone())
-                .await
+            let options = pull::UnpackOptions {
+                max_unpacked_bytes: max_unpacked_size,
+                cancel: cancel.clone(),
+            };
+            let result =
+                pull::unpack_image_with(&client, &image, &dir, bar.clone(), &options).await;
+            if let Err(pull::PullError::Cancelled) = result {
+                bar.bar.finish_and_clear();
+                exit_on_signal(&signalled, &dir);
+            }
+            let summary = result
                 .with_context(|| format!("unpacking {} into {}", image.pinned, dir.display()))?;
             bar.bar.finish_and_clear();
             if json {
@@ -207,6 +229,42 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A token cancelled at the first SIGINT or SIGTERM, and which one it was.
+fn cancel_on_signal() -> anyhow::Result<(CancellationToken, Arc<AtomicI32>)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (cancel, signalled) = (CancellationToken::new(), Arc::new(AtomicI32::new(0)));
+    let (c, s) = (cancel.clone(), signalled.clone());
+    tokio::spawn(async move {
+        let number = tokio::select! {
+            _ = term.recv() => SIGTERM,
+            _ = int.recv() => SIGINT,
+        };
+        s.store(number, Ordering::SeqCst);
+        c.cancel();
+    });
+    Ok((cancel, signalled))
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Exits as a shell reports a process ended by `signalled` (128 + its number: 130, 143).
+fn exit_on_signal(signalled: &AtomicI32, dir: &std::path::Path) -> ! {
+    let number = signalled.load(Ordering::SeqCst);
+    let name = if number == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    eprintln!(
+        "pronto: {name}: unpack into {} stopped, temporary files removed",
+        dir.display()
+    );
+    std::process::exit(128 + number)
 }
 
 #[derive(clap::Args)]

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// DATA_DIR/node/chunks); suffixes K, M and G accepted.
     #[arg(long, default_value = "10G", value_parser = crate::image::parse_bytes)]
     chunk_cache_size: u64,
+    /// Bound of an image's uncompressed layers (all together) when a cold start pulls it or a
+    /// conversion reads it: a decompression bomb stops there; suffixes K, M and G accepted.
+    #[arg(long, default_value = "32G", value_parser = crate::image::parse_bytes)]
+    max_unpacked_size: u64,
     /// Serve /metrics on the control address without the API token (for a Prometheus that
     /// has no token); the rest of the API still needs it.
     #[arg(long)]
@@ -65,6 +69,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     }
     config.max_concurrent_starts = args.max_concurrent_starts as usize;
     config.chunk_cache_bytes = args.chunk_cache_size;
+    config.max_unpacked_bytes = args.max_unpacked_size;
     config.metrics_public = args.metrics_public;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};

@@ -206,3 +206,75 @@ async fn convert_then_mount_reads_lazily_and_ctrl_c_unmounts() {
         "{err}"
     );
 }
+
+/// SIGTERM or SIGINT in the middle of `pronto image unpack`: it stops, removes its staging and
+/// download directories, and exits as the signal would have (143, 130).
+#[tokio::test]
+async fn unpack_cleans_up_on_sigterm_and_sigint() {
+    use pronto_testkit::fixtures::noise;
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/big:v1");
+    // Big enough that the unpack takes a good part of a second.
+    let mut image = ImageBuilder::new();
+    for seed in 0..3 {
+        image = image.layer(Layer::plain().file(format!("blob{seed}"), noise(48 << 20, seed)));
+    }
+    image.push(&client, &reference).await.unwrap();
+    for (signal, status) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("root");
+        let child = Command::new(env!("CARGO_BIN_EXE_pronto"))
+            .args([
+                "image",
+                "unpack",
+                &reference.to_string(),
+                dir.to_str().unwrap(),
+            ])
+            .env("HOME", "/nonexistent")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signal as soon as the unpack has begun.
+        let started = std::time::Instant::now();
+        loop {
+            let begun = std::fs::read_dir(work.path()).unwrap().flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".root.partial-")
+            });
+            if begun {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the unpack never began"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "signal {signal}: {stderr}");
+        let name = if signal == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT"
+        };
+        assert!(
+            stderr.contains(&format!(
+                "pronto: {name}: unpack into {} stopped, temporary files removed",
+                dir.display()
+            )),
+            "{stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(work.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind after {name}: {left:?}");
+    }
+}

@@ -54,6 +54,41 @@ pub struct ConvertOptions {
     pub work_dir: PathBuf,
     /// The chunk memo (SQLite file); `None` dedups within the image only.
     pub memo: Option<PathBuf>,
+    /// Bound of the source image's uncompressed layers
+    /// ([`pull::UnpackOptions::max_unpacked_bytes`]). File contents are chunked, deduplicated
+    /// and never written whole, so a bomb of zeros costs the converter little disk, but all of
+    /// it is still inflated and hashed: without a bound, a 436 KB layer of 12 GiB of zeros is
+    /// minutes of CPU.
+    pub max_unpacked_bytes: u64,
+}
+
+/// The prefix of a conversion's scratch directory in [`ConvertOptions::work_dir`].
+pub const SCRATCH_PREFIX: &str = "pronto-convert-";
+
+/// Removes the scratch directories that conversions killed mid-way (`kill -9`) left in
+/// `work_dir`: directories named [`SCRATCH_PREFIX`] + tempfile's 6 alphanumerics, nothing else.
+/// Call it only when no conversion can be running there (a server's start). Returns what was
+/// removed.
+pub fn remove_stale_scratch(work_dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(work_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if ours && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
 }
 
 impl ConvertOptions {
@@ -64,6 +99,7 @@ impl ConvertOptions {
             pack_target: 32 << 20,
             work_dir,
             memo: None,
+            max_unpacked_bytes: pull::DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
@@ -159,7 +195,7 @@ pub async fn convert(
     };
     std::fs::create_dir_all(&opts.work_dir).map_err(io("creating", &opts.work_dir))?;
     let scratch = tempfile::Builder::new()
-        .prefix("pronto-convert-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(&opts.work_dir)
         .map_err(io("creating scratch dir in", &opts.work_dir))?;
     let layers: Vec<Digest> = image
@@ -219,10 +255,20 @@ pub async fn convert(
         Arc::new(skip),
     );
     let results = sink.results();
-    let unpacked =
-        pull::unpack_image_to_sink(client, image, &rootfs, Arc::new(NoProgress), Box::new(sink))
-            .await
-            .map_err(|e| ConvertError::Unpack(Box::new(e)))?;
+    let unpack_options = pull::UnpackOptions {
+        max_unpacked_bytes: opts.max_unpacked_bytes,
+        ..Default::default()
+    };
+    let unpacked = pull::unpack_image_to_sink(
+        client,
+        image,
+        &rootfs,
+        Arc::new(NoProgress),
+        Box::new(sink),
+        &unpack_options,
+    )
+    .await
+    .map_err(|e| ConvertError::Unpack(Box::new(e)))?;
     let streamed = tokio::task::spawn_blocking(move || results.finish())
         .await
         .expect("stream task panicked")

@@ -430,3 +430,97 @@ async fn a_failed_upload_tags_nothing_and_teaches_the_memo_nothing() {
     assert_eq!(report.reused_chunks, 0, "{report:?}");
     verify(&client(), &direct, work.path()).await.unwrap();
 }
+
+/// An image listing the same layer twice (same digest) converts and verifies.
+#[tokio::test]
+async fn the_same_layer_listed_twice_converts_and_verifies() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let repeated = Layer::gzip()
+        .file("etc/stamp", b"repeated layer")
+        .file("usr/lib/big", noise(3 * CHUNK as usize, 11));
+    let image = ImageBuilder::new()
+        .layer(repeated.clone())
+        .layer(Layer::zstd().file("etc/stamp", b"middle").whiteout("usr"))
+        .layer(repeated);
+    let (_, resolved) = push(&registry, image, "twice:v1").await;
+    assert_eq!(
+        resolved.manifest.layers[0].digest,
+        resolved.manifest.layers[2].digest
+    );
+    let report = convert(&client(), &resolved, &memo_options(work.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.file_bytes,
+        3 * CHUNK as u64 + b"repeated layer".len() as u64
+    );
+    let v = verify(&client(), &resolved, work.path()).await.unwrap();
+    assert_eq!(v.index_digest, report.index_digest);
+    // Converted again with the memo: both places of the layer are taken from it.
+    let again = convert(&client(), &resolved, &memo_options(work.path()))
+        .await
+        .unwrap();
+    assert_eq!(again.index_digest, report.index_digest);
+}
+
+/// The converter reads the layers through the same bound: a bomb stops at it, naming the layer,
+/// and the scratch directory is removed.
+#[tokio::test]
+async fn a_decompression_bomb_stops_the_conversion_at_the_limit() {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let image = ImageBuilder::new().layer(Layer::zstd().file("zeros", vec![0u8; 8 << 20]));
+    let (_, resolved) = push(&registry, image, "bomb:v1").await;
+    let mut o = options(work.path());
+    o.max_unpacked_bytes = 1 << 20;
+    let e = convert(&client(), &resolved, &o).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "unpacking the source image: layer 0 ({}): uncompressed size exceeds the limit of \
+             1048576 bytes (0 bytes unpacked from the layers before this one)",
+            resolved.manifest.layers[0].digest
+        )
+    );
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
+/// What a killed conversion left (`pronto-convert-XXXXXX`) is removed; nothing else is.
+#[test]
+fn stale_scratch_is_removed_and_nothing_else() {
+    let work = tempfile::tempdir().unwrap();
+    for dir in [
+        "pronto-convert-Ab3dE9/rootfs/usr",
+        "pronto-convert-zz9ZZ0/packs",
+        "pronto-convert-keep-me/x",
+        "pronto-verify-Ab3dE9/x",
+        "other/x",
+    ] {
+        std::fs::create_dir_all(work.path().join(dir)).unwrap();
+    }
+    std::fs::write(work.path().join("pronto-convert-file00"), b"a file").unwrap();
+    let mut removed = pronto_convert::remove_stale_scratch(work.path()).unwrap();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            work.path().join("pronto-convert-Ab3dE9"),
+            work.path().join("pronto-convert-zz9ZZ0")
+        ]
+    );
+    let mut left: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "other",
+            "pronto-convert-file00",
+            "pronto-convert-keep-me",
+            "pronto-verify-Ab3dE9"
+        ]
+    );
+}

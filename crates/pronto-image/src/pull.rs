@@ -4,12 +4,14 @@
 //! The tree is built in a hidden sibling staging directory and renamed into place only when every
 //! layer has been applied, so a failure leaves no partial root filesystem behind.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::manifest::{Compression, ImageManifest, ManifestError, ManifestKind, Platform};
@@ -19,6 +21,81 @@ use crate::unpack::{decompressed_reader, ContentSink, LayerStats, UnpackError, U
 
 /// Layers downloaded at once.
 const DOWNLOAD_CONCURRENCY: usize = 4;
+
+/// The largest image config accepted, in bytes. Real configs are kilobytes (the biggest, with
+/// long histories, some hundreds); the whole config is held in memory and parsed, so an
+/// unbounded one is a memory bomb (a 400 MB config once cost the daemon ~800 MB). Checked on the
+/// descriptor's size before the download; the download then stops at the declared size.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// The default bound of an image's uncompressed layers ([`UnpackOptions::max_unpacked_bytes`]):
+/// 32 GiB. The largest images in real use are CUDA and ML images (NVIDIA's NGC PyTorch images
+/// unpack to about 20 GB, `pytorch/pytorch` devel images to 15–20 GB); 32 GiB leaves them room
+/// while a decompression bomb (a 436 KB zstd layer inflates to 12 GiB) is stopped. A node with
+/// less disk should set it lower (`pronto serve --max-unpacked-size`).
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 32 << 30;
+
+/// Bounds and cancellation of one unpack.
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// Bound of the uncompressed bytes of all the image's layers together (each layer's tar
+    /// stream as it is read, plus the holes of sparse files; a layer listed twice counts
+    /// twice). There is no separate per-layer bound: one layer may legitimately be almost the
+    /// whole image (a model copied in one step), so each layer is bounded by what the image has
+    /// left, and the error names the layer that went over.
+    pub max_unpacked_bytes: u64,
+    /// Cancelling it stops the unpack ([`PullError::Cancelled`]); its temporary directories are
+    /// removed before the call returns.
+    pub cancel: CancellationToken,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> UnpackOptions {
+        UnpackOptions {
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Whether `name` (a file name in a target's parent directory) is one of the temporary
+/// directories an unpack makes beside its target: `.<target>.partial-XXXXXX` (the tree being
+/// built) or `.<target>.blobs-XXXXXX` (the downloaded layers). A process killed mid-unpack
+/// leaves them; see [`remove_stale_temp_dirs`].
+pub fn is_unpack_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    // tempfile's suffix: 6 alphanumerics.
+    let suffix_ok = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    [".partial-", ".blobs-"].iter().any(|marker| {
+        rest.rsplit_once(marker)
+            .is_some_and(|(target, suffix)| !target.is_empty() && suffix_ok(suffix))
+    })
+}
+
+/// Removes the temporary directories (see [`is_unpack_temp_name`]) that unpacks killed
+/// mid-way left in `dir`; only directories with those names, nothing else. Call it only when
+/// no unpack into `dir` can be running. Returns what was removed.
+pub fn remove_stale_temp_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let is_dir = entry.file_type()?.is_dir();
+        let name = entry.file_name();
+        if is_dir && name.to_str().is_some_and(is_unpack_temp_name) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -32,6 +109,10 @@ pub enum PullError {
     },
     #[error("image {reference}: index entry {digest} is not an image manifest")]
     NestedIndex { reference: String, digest: Digest },
+    #[error("image config {digest} declares {size} bytes, more than the limit of {MAX_CONFIG_BYTES} bytes")]
+    ConfigTooLarge { digest: Digest, size: u64 },
+    #[error("unpack cancelled")]
+    Cancelled,
     #[error("image config {digest} is not valid JSON: {source}")]
     Config {
         digest: Digest,
@@ -205,6 +286,13 @@ pub async fn resolve_for(
         }
     };
     let compressions = manifest.layer_compressions().map_err(manifest_err)?;
+    if manifest.config.size > MAX_CONFIG_BYTES {
+        return Err(PullError::ConfigTooLarge {
+            digest: manifest.config.digest.clone(),
+            size: manifest.config.size,
+        });
+    }
+    // The download stops at the declared size (a longer body is a size mismatch).
     let config_bytes = client
         .fetch_blob(
             reference,
@@ -249,6 +337,7 @@ impl PullProgress for NoProgress {}
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UnpackSummary {
     pub layers: usize,
+    /// Bytes downloaded: the compressed layers, each distinct blob once.
     pub compressed_bytes: u64,
     pub file_bytes: u64,
     pub entries: u64,
@@ -271,26 +360,50 @@ mod duration_secs {
 
 /// Downloads and unpacks `image` into `target`, which must not exist or be an empty directory.
 /// On any error nothing is left at `target` (and no staging or download files beside it).
+/// Bounded by [`DEFAULT_MAX_UNPACKED_BYTES`]; see [`unpack_image_with`].
 pub async fn unpack_image(
     client: &RegistryClient,
     image: &ResolvedImage,
     target: &Path,
     progress: Arc<dyn PullProgress>,
 ) -> Result<UnpackSummary, PullError> {
-    unpack(client, image, target, progress, None).await
+    unpack(
+        client,
+        image,
+        target,
+        progress,
+        None,
+        &UnpackOptions::default(),
+    )
+    .await
 }
 
-/// [`unpack_image`], with regular-file contents handed to `sink` instead of written: the tree
-/// gets every node and its metadata, and files their length but no data (see [`ContentSink`]).
+/// [`unpack_image`] with other bounds, or cancellable.
+pub async fn unpack_image_with(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    target: &Path,
+    progress: Arc<dyn PullProgress>,
+    options: &UnpackOptions,
+) -> Result<UnpackSummary, PullError> {
+    unpack(client, image, target, progress, None, options).await
+}
+
+/// [`unpack_image_with`], with regular-file contents handed to `sink` instead of written: the
+/// tree gets every node and its metadata, and files their length but no data (see
+/// [`ContentSink`]).
 pub async fn unpack_image_to_sink(
     client: &RegistryClient,
     image: &ResolvedImage,
     target: &Path,
     progress: Arc<dyn PullProgress>,
     sink: Box<dyn ContentSink>,
+    options: &UnpackOptions,
 ) -> Result<UnpackSummary, PullError> {
-    unpack(client, image, target, progress, Some(sink)).await
+    unpack(client, image, target, progress, Some(sink), options).await
 }
+
+type Download = tokio::task::JoinHandle<Result<PathBuf, RegistryError>>;
 
 async fn unpack(
     client: &RegistryClient,
@@ -298,6 +411,7 @@ async fn unpack(
     target: &Path,
     progress: Arc<dyn PullProgress>,
     sink: Option<Box<dyn ContentSink>>,
+    options: &UnpackOptions,
 ) -> Result<UnpackSummary, PullError> {
     let started = Instant::now();
     let target_err = |reason: String| PullError::Target {
@@ -329,6 +443,7 @@ async fn unpack(
         move |source| PullError::Io { op, path, source }
     };
     // Both live beside the target, on the same filesystem, so the final rename is atomic.
+    // (Their names are what `is_unpack_temp_name` recognizes.)
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{name}.partial-"))
         .tempdir_in(&parent)
@@ -341,9 +456,22 @@ async fn unpack(
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("setting mode of", staging.path()))?;
 
+    // One download per distinct blob: an image may list the same layer twice (an identical
+    // build step), and both places would share one file in `blobs`.
+    let layers = &image.manifest.layers;
     let semaphore = Arc::new(tokio::sync::Semaphore::new(DOWNLOAD_CONCURRENCY));
-    let mut downloads = Vec::new();
-    for layer in &image.manifest.layers {
+    let mut downloads: Vec<Option<Download>> = Vec::new();
+    let mut slot_of: HashMap<&Digest, usize> = HashMap::new();
+    // Per layer, its download; per download, the last layer that uses it (which removes it).
+    let mut layer_slot = Vec::with_capacity(layers.len());
+    let mut last_use: Vec<usize> = Vec::new();
+    let mut download_bytes = 0;
+    for (index, layer) in layers.iter().enumerate() {
+        if let Some(&slot) = slot_of.get(&layer.digest) {
+            layer_slot.push(slot);
+            last_use[slot] = index;
+            continue;
+        }
         let (client, reference, layer, progress) = (
             client.clone(),
             image.pinned.clone(),
@@ -352,7 +480,11 @@ async fn unpack(
         );
         let path = blobs.path().join(layer.digest.hex());
         let semaphore = semaphore.clone();
-        downloads.push(tokio::spawn(async move {
+        download_bytes += layer.size;
+        slot_of.insert(&layers[index].digest, downloads.len());
+        layer_slot.push(downloads.len());
+        last_use.push(index);
+        downloads.push(Some(tokio::spawn(async move {
             let _permit = semaphore
                 .acquire_owned()
                 .await
@@ -363,43 +495,82 @@ async fn unpack(
                 })
                 .await
                 .map(|()| path)
-        }));
+        })));
     }
+    let mut paths: Vec<Option<PathBuf>> = vec![None; downloads.len()];
     // Abort the remaining downloads however this function ends.
-    let abort = AbortOnDrop(downloads.iter().map(|d| d.abort_handle()).collect());
+    let abort = AbortOnDrop(
+        downloads
+            .iter()
+            .flatten()
+            .map(|d| d.abort_handle())
+            .collect(),
+    );
 
-    let mut unpacker = Unpacker::new(staging.path()).map_err(|source| PullError::Unpack {
-        index: 0,
-        digest: image.manifest_digest.clone(),
-        source,
-    })?;
+    let mut unpacker = Unpacker::new(staging.path())
+        .map_err(|source| PullError::Unpack {
+            index: 0,
+            digest: image.manifest_digest.clone(),
+            source,
+        })?
+        .with_size_limit(options.max_unpacked_bytes)
+        .with_cancel(options.cancel.clone());
     if let Some(sink) = sink {
         unpacker = unpacker.with_content_sink(sink);
     }
     let mut summary = UnpackSummary {
-        layers: image.manifest.layers.len(),
-        compressed_bytes: image.layers_size(),
+        layers: layers.len(),
+        compressed_bytes: download_bytes,
         ..Default::default()
     };
-    for (index, download) in downloads.into_iter().enumerate() {
-        let path = download.await.expect("download task panicked")?;
+    for (index, &slot) in layer_slot.iter().enumerate() {
+        let path = match &paths[slot] {
+            Some(path) => path.clone(),
+            None => {
+                let download = downloads[slot].take().expect("each download awaited once");
+                let path = tokio::select! {
+                    biased;
+                    () = options.cancel.cancelled() => {
+                        stop_downloads(&mut downloads).await;
+                        return Err(PullError::Cancelled);
+                    }
+                    r = download => r.expect("download task panicked")?,
+                };
+                paths[slot] = Some(path.clone());
+                path
+            }
+        };
+        let last = last_use[slot] == index;
         let compression = image.compressions[index];
-        let digest = image.manifest.layers[index].digest.clone();
+        let digest = layers[index].digest.clone();
+        // Not raced with the cancellation: the unpacker sees it at its next read and stops,
+        // and the staging directory is removed only once nothing writes into it.
         let (returned, stats) = tokio::task::spawn_blocking(move || {
             let stats = std::fs::File::open(&path)
                 .map_err(UnpackError::ReadTar)
                 .and_then(|f| unpacker.apply_layer(decompressed_reader(f, compression)));
-            let _ = std::fs::remove_file(&path);
+            if last {
+                let _ = std::fs::remove_file(&path);
+            }
             (unpacker, stats)
         })
         .await
         .expect("unpack task panicked");
         unpacker = returned;
-        let stats = stats.map_err(|source| PullError::Unpack {
-            index,
-            digest,
-            source,
-        })?;
+        let stats = match stats {
+            Ok(stats) => stats,
+            Err(UnpackError::Cancelled) => {
+                stop_downloads(&mut downloads).await;
+                return Err(PullError::Cancelled);
+            }
+            Err(source) => {
+                return Err(PullError::Unpack {
+                    index,
+                    digest,
+                    source,
+                })
+            }
+        };
         summary.file_bytes += stats.file_bytes;
         summary.entries += stats.entries;
         summary.whiteouts += stats.whiteouts;
@@ -411,7 +582,7 @@ async fn unpack(
         .await
         .expect("finish task panicked")
         .map_err(|source| PullError::Unpack {
-            index: image.manifest.layers.len().saturating_sub(1),
+            index: layers.len().saturating_sub(1),
             digest: image.manifest_digest.clone(),
             source,
         })?;
@@ -424,6 +595,19 @@ async fn unpack(
     let _ = staging.keep();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Aborts the downloads not yet awaited and waits until each has stopped, so that none writes
+/// into the download directory while it is removed.
+async fn stop_downloads(downloads: &mut [Option<Download>]) {
+    for d in downloads.iter().flatten() {
+        d.abort();
+    }
+    for d in downloads.iter_mut() {
+        if let Some(d) = d.take() {
+            let _ = d.await;
+        }
+    }
 }
 
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
@@ -460,6 +644,31 @@ mod tests {
         format!("127.0.0.1:5000/a/b@{}", Digest::of(manifest))
             .parse()
             .unwrap()
+    }
+
+    #[test]
+    fn temp_names_are_those_an_unpack_makes() {
+        let hex = "ab".repeat(32);
+        for yes in [
+            format!(".{hex}.partial-Ab3dE9"),
+            format!(".{hex}.blobs-x7YzQ2"),
+            ".rootfs.partial-000000".to_string(),
+            ".a.b.blobs-ZZZZZZ".to_string(),
+        ] {
+            assert!(is_unpack_temp_name(&yes), "{yes}");
+        }
+        for no in [
+            hex.clone(),
+            format!("{hex}.partial-Ab3dE9"), // no leading dot
+            ".partial-Ab3dE9".to_string(),   // no target name
+            ".x.partial-Ab3dE".to_string(),  // suffix too short
+            ".x.partial-Ab3dE9x".to_string(),
+            ".x.partial-Ab3d.9".to_string(),
+            ".x.blobs".to_string(),
+            ".cache".to_string(),
+        ] {
+            assert!(!is_unpack_temp_name(&no), "{no}");
+        }
     }
 
     #[test]

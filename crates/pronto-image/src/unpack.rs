@@ -13,6 +13,7 @@
 //! followed (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), so an entry replaces a symlink instead of
 //! writing through it.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -23,6 +24,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
+use tokio_util::sync::CancellationToken;
 
 use crate::manifest::Compression;
 
@@ -52,6 +54,15 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// The uncompressed layers (tar streams, and the holes of sparse files) went over
+    /// [`Unpacker::with_size_limit`]: a decompression bomb, or an image larger than allowed.
+    #[error(
+        "uncompressed size exceeds the limit of {limit} bytes \
+         ({before} bytes unpacked from the layers before this one)"
+    )]
+    TooLarge { limit: u64, before: u64 },
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// What one layer did to the tree.
@@ -86,6 +97,68 @@ pub struct Unpacker {
     origins: HashMap<u64, FileOrigin>,
     /// Where file contents go instead of the files, if set.
     sink: Option<Sink>,
+    /// Bound of the uncompressed bytes read over all layers (see [`Unpacker::with_size_limit`]).
+    max_bytes: u64,
+    /// Uncompressed bytes read so far, over all layers.
+    read_bytes: u64,
+    /// Stops the unpack at its next read.
+    cancel: Option<CancellationToken>,
+}
+
+/// Why [`Metered`] stopped the reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Limit,
+    Cancelled,
+}
+
+/// The read budget of one layer, shared by its reader and the entry loop.
+struct Budget {
+    used: Cell<u64>,
+    limit: u64,
+    stop: Cell<Option<Stop>>,
+    cancel: Option<CancellationToken>,
+}
+
+impl Budget {
+    /// Counts `n` more uncompressed bytes; false (and the stop recorded) once over the limit.
+    fn charge(&self, n: u64) -> bool {
+        let used = self.used.get().saturating_add(n);
+        self.used.set(used);
+        if used > self.limit {
+            self.stop.set(Some(Stop::Limit));
+            return false;
+        }
+        true
+    }
+
+    fn cancelled(&self) -> bool {
+        let cancelled = self.cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        if cancelled {
+            self.stop.set(Some(Stop::Cancelled));
+        }
+        cancelled
+    }
+}
+
+/// The layer's decompressed stream, counted as the tar reader reads it: a bomb stops after at
+/// most the limit (plus one read), however small it was compressed.
+struct Metered<'a, R> {
+    inner: R,
+    budget: &'a Budget,
+}
+
+impl<R: Read> Read for Metered<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.budget.cancelled() {
+            return Err(io::Error::other("unpack cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        if !self.budget.charge(n as u64) {
+            return Err(io::Error::other("uncompressed size over the limit"));
+        }
+        Ok(n)
+    }
 }
 
 struct Sink(Box<dyn ContentSink>);
@@ -181,7 +254,31 @@ impl Unpacker {
             layer: 0,
             origins: HashMap::new(),
             sink: None,
+            max_bytes: u64::MAX,
+            read_bytes: 0,
+            cancel: None,
         })
+    }
+
+    /// Bounds the uncompressed bytes read over all the layers this unpacker applies: the tar
+    /// streams as read, plus the holes of sparse entries (which the tar reader expands into
+    /// zeros without reading them). A layer that goes over fails with
+    /// [`UnpackError::TooLarge`] after at most `max_bytes` (and one read) were read.
+    pub fn with_size_limit(mut self, max_bytes: u64) -> Unpacker {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Stops the layer being applied at its next read once `cancel` is cancelled
+    /// ([`UnpackError::Cancelled`]); what was written stays for the caller to remove.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Unpacker {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Uncompressed bytes read so far, over all layers.
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.read_bytes
     }
 
     /// Hands regular-file contents to `sink` instead of writing them (see [`ContentSink`]).
@@ -192,6 +289,38 @@ impl Unpacker {
 
     /// Applies one uncompressed layer tar.
     pub fn apply_layer(&mut self, reader: impl Read) -> Result<LayerStats, UnpackError> {
+        let before = self.read_bytes;
+        let budget = Budget {
+            used: Cell::new(before),
+            limit: self.max_bytes,
+            stop: Cell::new(None),
+            cancel: self.cancel.clone(),
+        };
+        let result = self.apply_entries(
+            Metered {
+                inner: reader,
+                budget: &budget,
+            },
+            &budget,
+        );
+        self.read_bytes = budget.used.get().min(self.max_bytes);
+        // The reader's error reaches us wrapped by the tar reader (or as a write error): name
+        // the real cause.
+        match budget.stop.get() {
+            Some(Stop::Limit) => Err(UnpackError::TooLarge {
+                limit: self.max_bytes,
+                before,
+            }),
+            Some(Stop::Cancelled) => Err(UnpackError::Cancelled),
+            None => result,
+        }
+    }
+
+    fn apply_entries(
+        &mut self,
+        reader: impl Read,
+        budget: &Budget,
+    ) -> Result<LayerStats, UnpackError> {
         let mut archive = tar::Archive::new(reader);
         let mut stats = LayerStats::default();
         // Paths this layer made (entries and the parents made for them): an opaque marker
@@ -200,6 +329,20 @@ impl Unpacker {
         for entry in archive.entries().map_err(UnpackError::ReadTar)? {
             let mut entry = entry.map_err(UnpackError::ReadTar)?;
             stats.entries += 1;
+            if budget.cancelled() {
+                return Err(UnpackError::Cancelled);
+            }
+            if entry.header().entry_type().is_gnu_sparse() {
+                // The holes are zeros the tar reader makes up: bytes of the layer that were
+                // never in the stream. (`size` is the file's, `entry_size` what is stored.)
+                let stored = entry.header().entry_size().unwrap_or(0);
+                if !budget.charge(entry.size().saturating_sub(stored)) {
+                    return Err(UnpackError::TooLarge {
+                        limit: budget.limit,
+                        before: 0,
+                    });
+                }
+            }
             let path = EntryPath::parse(&entry.path_bytes())?;
             let Some(name) = path.components.last() else {
                 // The root itself ("./"): take its metadata.
@@ -876,5 +1019,67 @@ mod tests {
             "refusing tar entry \"/etc/passwd\": absolute path"
         );
         assert!(EntryPath::parse(b"./").unwrap().components.is_empty());
+    }
+
+    /// A GNU sparse entry of 8 MiB that stores 512 bytes: the holes count against the limit
+    /// (the tar reader makes up their zeros without reading them), so a 2 KiB tar cannot
+    /// make the unpacker write gigabytes.
+    #[test]
+    fn the_holes_of_a_sparse_entry_count_against_the_limit() {
+        let real_size = 8u64 << 20;
+        let mut header = tar::Header::new_gnu();
+        header.set_path("sparse").unwrap();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(512);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(&[7u8; 512]);
+        tar.extend_from_slice(&[0u8; 1024]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path()).unwrap().with_size_limit(1 << 20);
+        let e = unpacker.apply_layer(&tar[..]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "uncompressed size exceeds the limit of 1048576 bytes \
+             (0 bytes unpacked from the layers before this one)"
+        );
+        let written = std::fs::metadata(dir.path().join("sparse")).map_or(0, |m| m.len());
+        assert_eq!(written, 0, "nothing of it was written");
+
+        // Within a large enough limit it unpacks (as zeros and the stored block).
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path()).unwrap().with_size_limit(16 << 20);
+        unpacker.apply_layer(&tar[..]).unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("sparse")).unwrap().len(),
+            real_size
+        );
+    }
+
+    #[test]
+    fn a_cancelled_unpacker_stops_at_its_next_read() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4096);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "f", &[1u8; 4096][..])
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path()).unwrap().with_cancel(cancel);
+        let e = unpacker.apply_layer(&tar[..]).unwrap_err();
+        assert!(matches!(e, UnpackError::Cancelled), "{e:?}");
     }
 }

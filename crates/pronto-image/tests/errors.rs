@@ -272,3 +272,126 @@ async fn target_that_is_not_empty_is_refused_and_kept() {
         .unwrap();
     assert_eq!(std::fs::read(empty.join("d")).unwrap(), b"d");
 }
+
+/// A config blob over the cap (8 MiB) is refused by its descriptor's size, before a byte of it
+/// is downloaded (a 400 MB config once raised the daemon's RSS to ~1 GB).
+#[tokio::test]
+async fn config_over_the_cap_is_refused_before_download() {
+    let registry = TestRegistry::start();
+    let cap = 8usize << 20;
+    let head =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"pad":""#;
+    let mut config = head.to_vec();
+    config.resize(cap + 1 - 2, b'x');
+    config.extend_from_slice(b"\"}");
+    assert_eq!(config.len(), cap + 1);
+    serde_json::from_slice::<serde_json::Value>(&config).unwrap();
+    push_with_layer_type(&registry, "bigcfg", manifest::OCI_LAYER_GZIP, &config).await;
+    let msg = failing_pull(&registry, "odd:bigcfg").await.to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "image config {} declares {} bytes, more than the limit of {cap} bytes",
+            Digest::of(&config),
+            cap + 1
+        )
+    );
+    // Just under the cap is fine.
+    config.truncate(cap - 2);
+    config.extend_from_slice(b"\"}");
+    push_with_layer_type(&registry, "okcfg", manifest::OCI_LAYER_GZIP, &config).await;
+    let work = tempfile::tempdir().unwrap();
+    common::pronto_unpack(
+        &common::client(),
+        &registry.reference("odd:okcfg"),
+        &work.path().join("rootfs"),
+    )
+    .await
+    .unwrap();
+}
+
+/// Runs a pull with `options` into `work/rootfs`; asserts it failed and left nothing in `work`.
+async fn failing_pull_with(
+    registry: &TestRegistry,
+    repo_tag: &str,
+    options: &pronto_image::pull::UnpackOptions,
+) -> PullError {
+    let client = common::client();
+    let work = tempfile::tempdir().unwrap();
+    let image = pronto_image::pull::resolve(&client, &registry.reference(repo_tag))
+        .await
+        .unwrap();
+    let err = pronto_image::pull::unpack_image_with(
+        &client,
+        &image,
+        &work.path().join("rootfs"),
+        std::sync::Arc::new(pronto_image::pull::NoProgress),
+        options,
+    )
+    .await
+    .expect_err("the pull must fail");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind after {err}: {left:?}");
+    err
+}
+
+/// A decompression bomb (a small zstd layer of zeros) stops at the limit on uncompressed
+/// bytes, with an error naming the layer and the limit, and leaves nothing; the limit holds
+/// for the layers together too.
+#[tokio::test]
+async fn a_decompression_bomb_stops_at_the_unpacked_size_limit() {
+    let registry = TestRegistry::start();
+    let client = common::client();
+    let limit = 1u64 << 20;
+    let bomb = ImageBuilder::new()
+        .layer(Layer::gzip().file("small", b"fine"))
+        .layer(Layer::zstd().file("zeros", vec![0u8; 8 << 20]))
+        .push(&client, &registry.reference("bomb:v1"))
+        .await
+        .unwrap();
+    assert!(bomb.manifest.layers[1].size < 64 << 10, "a bomb is small");
+    let options = pronto_image::pull::UnpackOptions {
+        max_unpacked_bytes: limit,
+        ..Default::default()
+    };
+    let err = failing_pull_with(&registry, "bomb:v1", &options).await;
+    // Before it, layer 0's tar as read: a header, a data block and the first zero block (the
+    // reader stops at the end-of-archive marker).
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "layer 1 ({}): uncompressed size exceeds the limit of {limit} bytes \
+             (1536 bytes unpacked from the layers before this one)",
+            bomb.manifest.layers[1].digest
+        )
+    );
+    // Layers each under the limit, together over it: the layer that crossed it is named.
+    let split = ImageBuilder::new()
+        .layer(Layer::zstd().file("a", vec![0u8; 700 << 10]))
+        .layer(Layer::zstd().file("b", vec![1u8; 700 << 10]))
+        .push(&client, &registry.reference("split:v1"))
+        .await
+        .unwrap();
+    let err = failing_pull_with(&registry, "split:v1", &options).await;
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "layer 1 ({}): uncompressed size exceeds the limit of {limit} bytes (",
+            split.manifest.layers[1].digest
+        )),
+        "{msg}"
+    );
+    // The default bound lets both through.
+    let work = tempfile::tempdir().unwrap();
+    common::pronto_unpack(
+        &client,
+        &registry.reference("bomb:v1"),
+        &work.path().join("r"),
+    )
+    .await
+    .unwrap();
+}

@@ -398,6 +398,7 @@ async fn a_content_sink_gets_the_bytes_and_the_tree_everything_else() {
         &sparse,
         std::sync::Arc::new(pronto_image::pull::NoProgress),
         Box::new(recorder.clone()),
+        &pronto_image::pull::UnpackOptions::default(),
     )
     .await
     .unwrap();
@@ -434,4 +435,39 @@ async fn a_content_sink_gets_the_bytes_and_the_tree_everything_else() {
         "tool (and its alias), empty, replaced, twice"
     );
     assert_eq!(got[&(1, b"twice".to_vec())].1, b"second entry wins");
+}
+
+/// The same layer listed twice (same digest; a build with an identical `RUN` step makes this):
+/// downloaded once, applied at both places, as umoci does.
+#[tokio::test]
+async fn the_same_layer_listed_twice() {
+    let registry = TestRegistry::start();
+    let repeated = Layer::gzip()
+        .file("etc/stamp", b"repeated layer")
+        .file("big", noise(300_000, 9));
+    let image = ImageBuilder::new()
+        .layer(repeated.clone())
+        .layer(
+            Layer::gzip()
+                .file("etc/stamp", b"middle layer")
+                .whiteout("big"),
+        )
+        .layer(repeated);
+    let client = common::client();
+    let pushed = image
+        .clone()
+        .push(&client, &registry.reference("twice-probe:v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed.manifest.layers[0].digest,
+        pushed.manifest.layers[2].digest
+    );
+    let (tree, _work) = assert_matches_umoci(&registry, image, "twice").await;
+    // The top copy is applied over the middle layer: its file is back, its stamp on top.
+    assert_eq!(tree.0[&b"big"[..]].size, 300_000);
+    assert_eq!(
+        tree.0[&b"etc/stamp"[..]].size,
+        b"repeated layer".len() as u64
+    );
 }

@@ -14,16 +14,29 @@ use tokio::sync::OnceCell;
 pub struct ImageStore {
     root: PathBuf,
     client: RegistryClient,
+    /// Bound of an image's uncompressed layers (see [`pull::UnpackOptions`]).
+    max_unpacked_bytes: u64,
     /// One cell per digest: concurrent cold starts of the same image wait for one unpack.
     in_flight: Mutex<HashMap<Digest, Arc<OnceCell<PathBuf>>>>,
 }
 
 impl ImageStore {
-    pub fn new(root: PathBuf, client: RegistryClient) -> std::io::Result<ImageStore> {
+    /// The store in `root`. What unpacks killed mid-way (the daemon's `kill -9`) left there,
+    /// their staging and download directories, is removed: call it only when no other process
+    /// unpacks into `root`.
+    pub fn new(
+        root: PathBuf,
+        client: RegistryClient,
+        max_unpacked_bytes: u64,
+    ) -> std::io::Result<ImageStore> {
         std::fs::create_dir_all(&root)?;
+        for path in pull::remove_stale_temp_dirs(&root)? {
+            tracing::warn!(path = %path.display(), "removed what an interrupted image pull left");
+        }
         Ok(ImageStore {
             root,
             client,
+            max_unpacked_bytes,
             in_flight: Mutex::default(),
         })
     }
@@ -65,7 +78,18 @@ impl ImageStore {
         let result = cell
             .get_or_try_init(|| async {
                 if !is_complete(&path) {
-                    pull::unpack_image(&self.client, image, &path, Arc::new(NoProgress)).await?;
+                    let options = pull::UnpackOptions {
+                        max_unpacked_bytes: self.max_unpacked_bytes,
+                        ..Default::default()
+                    };
+                    pull::unpack_image_with(
+                        &self.client,
+                        image,
+                        &path,
+                        Arc::new(NoProgress),
+                        &options,
+                    )
+                    .await?;
                     pulled = true;
                 }
                 Ok::<_, PullError>(path.clone())

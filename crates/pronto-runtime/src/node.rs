@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub registry: RegistryClient,
     /// Bound of the node chunk cache (lazily loaded rootfs contents), in bytes.
     pub chunk_cache_bytes: u64,
+    /// Bound of an image's uncompressed layers on the full-pull path, in bytes
+    /// ([`pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES`] by default).
+    pub max_unpacked_bytes: u64,
 }
 
 /// The default bound of the node chunk cache: 10 GiB.
@@ -69,7 +72,12 @@ impl Node {
             config.chunk_cache_bytes,
             config.registry.clone(),
         )?;
-        let images = ImageStore::new(config.data_dir.join("images"), config.registry)?;
+        // Also removes what pulls of a killed daemon left.
+        let images = ImageStore::new(
+            config.data_dir.join("images"),
+            config.registry,
+            config.max_unpacked_bytes,
+        )?;
         let node = Node {
             inner: Arc::new(NodeInner {
                 data_dir: config.data_dir,

@@ -25,6 +25,7 @@ async fn env() -> Env {
         runtime_bin: "unused".into(),
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: 1 << 20,
+        max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
     };
     let (node, cleaned) = Node::open_on(config.clone(), host.clone()).await.unwrap();
     assert_eq!(cleaned, 0);
@@ -217,6 +218,47 @@ async fn opening_the_node_again_cleans_up_what_a_crashed_daemon_left() {
         env.host.leftovers()
     );
     assert_eq!(instance_dirs(&env), 0);
+}
+
+/// A pull killed mid-way (`kill -9`) leaves its staging and download directories beside the
+/// image it was making; the next open removes them, and nothing else.
+#[tokio::test]
+async fn opening_the_node_removes_the_temporary_directories_of_a_killed_pull() {
+    let env = env().await;
+    let images = env.config.data_dir.join("images");
+    let hex = "ab".repeat(32);
+    let plant = |rel: &str| {
+        let p = images.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+    };
+    // What a killed pull leaves (tempfile's suffixes: 6 random alphanumerics).
+    plant(&format!(".{hex}.partial-Ab3dE9/usr/bin/tool"));
+    plant(&format!(".{hex}.blobs-x7YzQ2/{hex}"));
+    // Everything else stays: a complete image, and names Pronto does not make this way.
+    plant(&format!("{hex}/etc/os-release"));
+    plant(".cache/keep");
+    plant("notes.partial-Ab3dE9/keep");
+    plant(".x.partial-file-not-dir");
+    let (_node, cleaned) = Node::open_on(env.config.clone(), env.host.clone())
+        .await
+        .unwrap();
+    assert_eq!(cleaned, 0, "no instance was left");
+    let mut left: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ".cache",
+            ".x.partial-file-not-dir",
+            hex.as_str(),
+            "notes.partial-Ab3dE9"
+        ]
+    );
+    assert!(images.join(&hex).join("etc/os-release").is_file());
 }
 
 /// One request to `instance` through its "network namespace".

@@ -49,6 +49,7 @@ async fn fixture() -> Fixture {
         runtime_bin: "runc".into(),
         registry: client,
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+        max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
     })
     .await
     .unwrap();
@@ -73,6 +74,7 @@ impl Drop for Fixture {
                 runtime_bin: "runc".into(),
                 registry: RegistryClient::new(ClientOptions::default()).unwrap(),
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+                max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
             }))
             .map(drop)
         })
@@ -280,6 +282,7 @@ async fn a_new_node_cleans_up_after_a_crashed_one() {
         runtime_bin: "runc".into(),
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+        max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
     })
     .await
     .unwrap();

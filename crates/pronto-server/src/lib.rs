@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub memory_budget_mb: u64,
     /// Cold starts of one function under way at once.
     pub max_concurrent_starts: usize,
+    /// Bound of an image's uncompressed layers, in bytes: on the full-pull path of cold starts
+    /// and in conversions (`pronto serve --max-unpacked-size`).
+    pub max_unpacked_bytes: u64,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -112,6 +115,7 @@ impl ServerConfig {
             metrics_public: false,
             memory_budget_mb: default_memory_budget_mb(),
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
+            max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
@@ -226,6 +230,7 @@ impl Server {
             runtime_bin: config.runtime_bin.clone(),
             registry: config.registry.clone(),
             chunk_cache_bytes: config.chunk_cache_bytes,
+            max_unpacked_bytes: config.max_unpacked_bytes,
         })
         .await
         .map_err(|source| ServerError::Node {
@@ -237,6 +242,18 @@ impl Server {
         }
         let mut convert = pronto_convert::ConvertOptions::new(config.data_dir.join("convert"));
         convert.memo = Some(config.data_dir.join("chunk-memo.db"));
+        convert.max_unpacked_bytes = config.max_unpacked_bytes;
+        // Scratch of conversions a killed daemon left (no conversion runs yet: jobs resume below).
+        match pronto_convert::remove_stale_scratch(&convert.work_dir) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::warn!(path = %path.display(), "removed what an interrupted conversion left");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %convert.work_dir.display(), "cleaning stale conversion scratch")
+            }
+        }
         let images = std::sync::Arc::new(images::Images::new(config.registry.clone()));
         let metrics = std::sync::Arc::new(metrics::Metrics::default());
         let accel = accel::Accelerator::new(

@@ -37,6 +37,7 @@ async fn env_with(limits: PoolLimits) -> Env {
             runtime_bin: "unused".into(),
             registry: RegistryClient::new(ClientOptions::default()).unwrap(),
             chunk_cache_bytes: 1 << 20,
+            max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         },
         host.clone(),
     )
