@@ -23,7 +23,11 @@
 //! the function's next write gets `EPIPE` (or `SIGPIPE`, which ends it) instead of blocking
 //! forever; the next daemon's crash cleanup tears the instance down anyway. While the daemon
 //! lives, a function that prints faster than the disk takes its lines blocks on the full pipe,
-//! as it would on a slow terminal. Rotation and size caps are not done here.
+//! as it would on a slow terminal.
+//!
+//! Bounded on disk ([`LogLimits`]): an instance's file is rotated when it reaches 8 MiB (to
+//! `<id>.log.1`, replacing the previous one), so one instance keeps at most 16 MiB; and when a
+//! pump starts, the function's oldest log files go until the function's logs fit in 64 MiB.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -40,6 +44,25 @@ use tokio::task::JoinHandle;
 
 /// Longest line kept whole, in bytes; longer ones are cut.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// How much log a function keeps on the node.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// An instance's file is rotated (to `<id>.log.1`) when it reaches this.
+    pub file_bytes: u64,
+    /// A function's log directory is pruned, oldest files first, to this when an instance
+    /// starts.
+    pub function_bytes: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            file_bytes: 8 << 20,
+            function_bytes: 64 << 20,
+        }
+    }
+}
 
 /// The request field of a line printed outside any (known) request.
 pub const NO_REQUEST: &str = "-";
@@ -169,16 +192,34 @@ impl LogPump {
     /// its lines take, and the write end to give the container. Lines go to `log` (created,
     /// appended to).
     pub(crate) fn start(log: &Path, instance: &str) -> io::Result<(LogPump, RequestTag, OwnedFd)> {
+        Self::start_with(log, instance, LogLimits::default())
+    }
+
+    /// [`LogPump::start`] with other bounds.
+    pub(crate) fn start_with(
+        log: &Path,
+        instance: &str,
+        limits: LogLimits,
+    ) -> io::Result<(LogPump, RequestTag, OwnedFd)> {
+        if let Some(dir) = log.parent() {
+            prune(dir, limits.function_bytes);
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
+        let sink = LogFile {
+            written: file.metadata().map_or(0, |m| m.len()),
+            file,
+            path: log.to_path_buf(),
+            limit: limits.file_bytes,
+        };
         // Close-on-exec on both ends: only the runtime's child gets the write end (as its
         // stdout and stderr), no other process the daemon starts meanwhile.
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let tag = RequestTag::with_pipe(read.try_clone()?);
         let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
-        let task = tokio::spawn(pump(receiver, file, instance.to_string(), tag.clone()));
+        let task = tokio::spawn(pump(receiver, sink, instance.to_string(), tag.clone()));
         Ok((LogPump { task: Some(task) }, tag, write))
     }
 
@@ -198,9 +239,88 @@ impl LogPump {
     }
 }
 
+/// An instance's log file, rotated at its limit.
+struct LogFile {
+    file: File,
+    path: std::path::PathBuf,
+    written: u64,
+    limit: u64,
+}
+
+impl LogFile {
+    /// Appends whole lines, rotating between two lines when the next would pass the limit.
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // As many whole lines as fit (at least one).
+            let room = self.limit.saturating_sub(self.written) as usize;
+            let mut cut = 0;
+            for (i, _) in rest.iter().enumerate().filter(|(_, &b)| b == b'\n') {
+                if i + 1 > room && cut > 0 {
+                    break;
+                }
+                cut = i + 1;
+                if cut >= room {
+                    break;
+                }
+            }
+            if cut == 0 {
+                cut = rest.len();
+            }
+            if self.written > 0 && self.written + cut as u64 > self.limit {
+                self.rotate()?;
+                continue;
+            }
+            self.file.write_all(&rest[..cut])?;
+            self.written += cut as u64;
+            rest = &rest[cut..];
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
+/// Deletes the oldest files of a function's log directory until the rest fit in `limit`.
+fn prune(dir: &Path, limit: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            m.is_file()
+                .then(|| Some((m.modified().ok()?, m.len(), e.path())))
+                .flatten()
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    for (_, len, path) in files {
+        if total <= limit {
+            break;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => total -= len,
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "pruning logs"),
+        }
+    }
+}
+
 async fn pump(
     mut receiver: tokio::net::unix::pipe::Receiver,
-    mut file: File,
+    mut file: LogFile,
     instance: String,
     tag: RequestTag,
 ) {
@@ -350,5 +470,48 @@ mod tests {
             (r.instance, r.request_id, r.message),
             ("id", None, "a b  c")
         );
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_instance_log_rotates_and_a_function_keeps_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        // An older instance's log, to be pruned first.
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, vec![b'x'; 3000]).unwrap();
+        let limits = LogLimits {
+            file_bytes: 1000,
+            function_bytes: 2500,
+        };
+        let log = dir.path().join("i.log");
+        let (mut pump, _tag, write) = LogPump::start_with(&log, "abc123", limits).unwrap();
+        assert!(
+            !old.exists(),
+            "over the function's bound: the oldest file went"
+        );
+        let mut w = File::from(write);
+        for i in 0..200 {
+            writeln!(w, "line {i}").unwrap();
+        }
+        drop(w);
+        assert!(pump.finish(Duration::from_secs(5)).await);
+        let now = std::fs::read_to_string(&log).unwrap();
+        let rotated = std::fs::read_to_string(dir.path().join("i.log.1")).unwrap();
+        assert!(
+            now.len() <= 1000 && rotated.len() <= 1000,
+            "{} {}",
+            now.len(),
+            rotated.len()
+        );
+        assert!(now.ends_with("line 199\n"), "the newest lines are kept");
+        // Rotated whole lines, in order: the rotated file ends where the current one begins.
+        let last_rotated = rotated.lines().last().unwrap();
+        let first_now = now.lines().next().unwrap();
+        let n = |l: &str| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap();
+        assert_eq!(n(last_rotated) + 1, n(first_now));
     }
 }

@@ -82,14 +82,22 @@ impl Filter {
     /// The log files to read in `dir`: one instance's, or all.
     fn files(&self, dir: &Path) -> Vec<PathBuf> {
         if let Some(i) = &self.instance {
-            let p = dir.join(format!("{i}.log"));
-            return if p.is_file() { vec![p] } else { Vec::new() };
+            // The rotated part first: it holds the older lines.
+            return [format!("{i}.log.1"), format!("{i}.log")]
+                .into_iter()
+                .map(|n| dir.join(n))
+                .filter(|p| p.is_file())
+                .collect();
         }
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".log") || name.ends_with(".log.1")
+            })
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         files.sort();
