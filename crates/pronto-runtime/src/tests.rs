@@ -25,6 +25,7 @@ async fn env() -> Env {
         runtime_bin: "unused".into(),
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: 1 << 20,
+        isolation: Default::default(),
     };
     let (node, cleaned) = Node::open_on(config.clone(), host.clone()).await.unwrap();
     assert_eq!(cleaned, 0);

@@ -64,6 +64,7 @@ async fn open_node(data: &Path) -> Node {
         runtime_bin: "runc".into(),
         registry: client(),
         chunk_cache_bytes: 1 << 30,
+        isolation: Default::default(),
     })
     .await
     .unwrap();

@@ -40,6 +40,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiToken;
+/// The node switches `pronto serve` sets (`--seccomp`).
+pub use pronto_runtime::{Isolation, SeccompMode};
 pub use store::Store;
 
 /// Where `pronto serve` listens for invocations unless told otherwise.
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub memory_budget_mb: u64,
     /// Cold starts of one function under way at once.
     pub max_concurrent_starts: usize,
+    /// How containers are confined (seccomp profile); confined by default.
+    pub isolation: pronto_runtime::Isolation,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -112,6 +116,7 @@ impl ServerConfig {
             metrics_public: false,
             memory_budget_mb: default_memory_budget_mb(),
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
+            isolation: pronto_runtime::Isolation::default(),
         }
     }
 }
@@ -226,6 +231,7 @@ impl Server {
             runtime_bin: config.runtime_bin.clone(),
             registry: config.registry.clone(),
             chunk_cache_bytes: config.chunk_cache_bytes,
+            isolation: config.isolation,
         })
         .await
         .map_err(|source| ServerError::Node {

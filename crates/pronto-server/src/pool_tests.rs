@@ -37,6 +37,7 @@ async fn env_with(limits: PoolLimits) -> Env {
             runtime_bin: "unused".into(),
             registry: RegistryClient::new(ClientOptions::default()).unwrap(),
             chunk_cache_bytes: 1 << 20,
+            isolation: Default::default(),
         },
         host.clone(),
     )

@@ -240,6 +240,7 @@ impl Drop for Env {
                 runtime_bin: "runc".into(),
                 registry,
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+                isolation: Default::default(),
             }))
             .map(drop)
         })
