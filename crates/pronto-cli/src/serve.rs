@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// has no token); the rest of the API still needs it.
     #[arg(long)]
     metrics_public: bool,
+    /// The containers' seccomp filter: `default` is Docker's default profile (no `unshare`,
+    /// `mount`, `setns`, `bpf`, namespace flags to `clone`, ...), `unconfined` none.
+    #[arg(long, env = "PRONTO_SECCOMP", default_value = "default")]
+    seccomp: pronto_server::SeccompMode,
     /// Log lines on stderr as text (colours only on a terminal, none with NO_COLOR) or one
     /// JSON object each; PRONTO_LOG sets the level (e.g. info, pronto_server=debug).
     #[arg(long, env = "PRONTO_LOG_FORMAT", value_enum, default_value_t = crate::LogFormat::Text)]
@@ -71,6 +75,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.chunk_cache_bytes = args.chunk_cache_size;
     config.max_unpacked_bytes = args.max_unpacked_size;
     config.metrics_public = args.metrics_public;
+    config.isolation.seccomp = args.seccomp;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

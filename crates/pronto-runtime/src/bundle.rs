@@ -3,10 +3,14 @@
 //! Starts from `oci-spec`'s default, which is `runc spec`'s: the runtime's default capability
 //! set only (`CAP_AUDIT_WRITE`, `CAP_KILL`, `CAP_NET_BIND_SERVICE`), `noNewPrivileges`, masked
 //! and read-only kernel paths, a private `/dev`. On top: the process from the image config and
-//! the function, the namespaces (network = the one Pronto made), and cgroup limits.
+//! the function, the namespaces (network = the one Pronto made), cgroup limits, and the
+//! seccomp filter (Docker's default profile, [`crate::seccomp`], unless the node is
+//! `unconfined`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use crate::seccomp::{self, SeccompError, SeccompMode};
 
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
@@ -25,6 +29,8 @@ pub enum BundleError {
     User { user: String, reason: String },
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the function says about its process; `None`s fall back to the image config.
@@ -156,6 +162,7 @@ pub struct BundleParams<'a> {
     pub cgroups_path: &'a str,
     pub memory_bytes: i64,
     pub cpu: f64,
+    pub seccomp: SeccompMode,
 }
 
 pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
@@ -232,14 +239,23 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .pids(LinuxPidsBuilder::default().limit(4096i64).build()?)
         .build()?;
     let default_linux = spec.linux().clone().expect("default spec has linux");
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(std::path::PathBuf::from(p.cgroups_path))
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
-        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
-        .build()?;
-    spec.set_linux(Some(linux));
+        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default());
+    if p.seccomp == SeccompMode::Default {
+        let bounding = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().clone())
+            .unwrap_or_default();
+        let target = seccomp::Target::host(&bounding)?;
+        linux = linux.seccomp(seccomp::default_profile(&target)?);
+    }
+    spec.set_linux(Some(linux.build()?));
     Ok(spec)
 }
 
@@ -326,6 +342,7 @@ mod tests {
             cgroups_path: "/pronto-i1",
             memory_bytes: 256 << 20,
             cpu: 0.5,
+            seccomp: SeccompMode::Default,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -354,5 +371,13 @@ mod tests {
         assert!(v["linux"]["maskedPaths"]
             .as_array()
             .is_some_and(|m| !m.is_empty()));
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let allowed: Vec<&str> = v["linux"]["seccomp"]["syscalls"][0]["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert!(allowed.contains(&"read") && !allowed.contains(&"unshare"));
     }
 }

@@ -10,6 +10,7 @@
 //! - [`images`]: the node's unpacked-image store (one unpack per digest, concurrent callers share it).
 //! - [`lazy`]: lazily loaded lower dirs, one FUSE mount per accelerated image, shared.
 //! - [`bundle`]: `config.json` from the image config and the function's settings.
+//! - [`seccomp`]: the containers' seccomp filter, Docker's default profile translated.
 //! - [`netns`]: named network namespaces and sockets opened inside them.
 //! - [`oci`]: calls to the OCI runtime binary.
 //! - [`output`]: the container's stdout and stderr through a pipe, stamped line by line
@@ -41,6 +42,7 @@ pub mod node;
 pub mod oci;
 pub mod output;
 mod procfs;
+pub mod seccomp;
 mod start;
 mod teardown;
 #[cfg(test)]
@@ -50,5 +52,6 @@ pub use pronto_lazyfs::AccessTrace;
 
 pub use host::{Host, LinuxHost};
 pub use instance::{Instance, InstanceSpec, RootfsSource, StartError, StartTimings};
-pub use node::{Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
+pub use node::{Isolation, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
+pub use seccomp::SeccompMode;
 pub use teardown::{TeardownError, TeardownFailure};

@@ -17,6 +17,7 @@ use crate::images::ImageStore;
 use crate::layout;
 use crate::lazy::LazyStore;
 use crate::oci::OciRuntime;
+use crate::seccomp::SeccompMode;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -29,6 +30,17 @@ pub struct NodeConfig {
     /// Bound of an image's uncompressed layers on the full-pull path, in bytes
     /// ([`pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES`] by default).
     pub max_unpacked_bytes: u64,
+    /// How the node's containers are confined beyond namespaces and cgroups.
+    pub isolation: Isolation,
+}
+
+/// How a node's containers are confined beyond namespaces, cgroups and the runtime's default
+/// capabilities. The default is the confined one; each part has a switch per node
+/// (`pronto serve --seccomp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// The seccomp filter: Docker's default profile, or none.
+    pub seccomp: SeccompMode,
 }
 
 /// The default bound of the node chunk cache: 10 GiB.
@@ -40,6 +52,7 @@ pub(crate) struct NodeInner {
     pub(crate) images: ImageStore,
     pub(crate) lazy: LazyStore,
     pub(crate) host: Arc<dyn Host>,
+    pub(crate) isolation: Isolation,
 }
 
 /// The instances of one node. Cheap to clone.
@@ -84,6 +97,7 @@ impl Node {
                 images,
                 lazy,
                 host,
+                isolation: config.isolation,
             }),
         };
         let cleaned = node.cleanup_stale().await;

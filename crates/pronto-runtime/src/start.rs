@@ -195,6 +195,7 @@ impl Node {
             cgroups_path: &l.cgroups_path,
             memory_bytes: (spec.memory_mb as i64) << 20,
             cpu: spec.cpu,
+            seccomp: self.inner.isolation.seccomp,
         })?;
         std::fs::write(
             l.config_json(),

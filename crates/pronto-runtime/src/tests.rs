@@ -26,6 +26,7 @@ async fn env() -> Env {
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: 1 << 20,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        isolation: Default::default(),
     };
     let (node, cleaned) = Node::open_on(config.clone(), host.clone()).await.unwrap();
     assert_eq!(cleaned, 0);

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use pronto_image::{pull, ClientOptions, RegistryClient};
 use pronto_runtime::bundle::ProcessOverrides;
-use pronto_runtime::{InstanceSpec, Node, NodeConfig, StartError};
+use pronto_runtime::{InstanceSpec, Isolation, Node, NodeConfig, SeccompMode, StartError};
 use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CGI_INFO: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"pids=$(ls /proc | grep -c '^[0-9]')\"\necho \"host=$(hostname)\"\necho \"user=$(id -u)\"\necho \"greeting=$GREETING\"\n";
+/// What confines the CGI's process: its seccomp mode, its user namespace's map, whether it may
+/// make a user namespace of its own, the owner of a file the image gives to uid 1000, and
+/// whether it can write its `/tmp`.
+const CGI_CONFINEMENT: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\ngrep '^Seccomp:' /proc/self/status | tr -d '\\t '\necho \"uid_map=$(tr -s ' ' < /proc/self/uid_map)\"\nif busybox unshare -U true 2>/tmp/unshare.err; then echo unshare=allowed; else echo \"unshare=refused $(cat /tmp/unshare.err)\"; fi\necho \"owner=$(busybox stat -c %u:%g /www/owned)\"\necho x > /tmp/written && echo tmp=writable\n";
 const CGI_HOG: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nawk 'BEGIN { s = \"x\"; while (length(s) < 400000000) s = s s }' && echo survived\n";
 
 struct Fixture {
@@ -23,6 +27,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Isolation::default()).await
+}
+
+async fn fixture_with(isolation: Isolation) -> Fixture {
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("fn/httpd:v1");
@@ -35,7 +43,11 @@ async fn fixture() -> Fixture {
                 .file("www/cgi-bin/info", CGI_INFO)
                 .mode(0o755)
                 .file("www/cgi-bin/hog", CGI_HOG)
-                .mode(0o755),
+                .mode(0o755)
+                .file("www/cgi-bin/confinement", CGI_CONFINEMENT)
+                .mode(0o755)
+                .file("www/owned", b"the image gives this file to uid 1000\n")
+                .owner(1000, 1000),
         )
         .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
         .env("GREETING=from-image")
@@ -50,6 +62,7 @@ async fn fixture() -> Fixture {
         registry: client,
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        isolation,
     })
     .await
     .unwrap();
@@ -75,6 +88,7 @@ impl Drop for Fixture {
                 registry: RegistryClient::new(ClientOptions::default()).unwrap(),
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+                isolation: Default::default(),
             }))
             .map(drop)
         })
@@ -206,6 +220,48 @@ async fn serves_isolated_and_leaves_nothing_behind() {
     assert_gone(f.data.path(), &id2, pid2);
 }
 
+/// The lines of the confinement CGI, as `key=value` or `Key:value`.
+async fn confinement(instance: &pronto_runtime::Instance) -> String {
+    let out = get(instance, "/cgi-bin/confinement").await;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or(&out).to_string();
+    assert!(
+        body.contains("tmp=writable"),
+        "the function writes its /tmp: {out}"
+    );
+    assert!(
+        body.contains("owner=1000:1000"),
+        "files keep the image's owners: {out}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn functions_run_under_the_default_seccomp_profile() {
+    let f = fixture().await;
+    let instance = f.node.start(spec(&f)).await.unwrap();
+    let c = confinement(&instance).await;
+    assert!(c.contains("Seccomp:2\n"), "filtered: {c}");
+    assert!(
+        c.contains("unshare=refused") && c.contains("Operation not permitted"),
+        "no user namespace of its own (EPERM): {c}"
+    );
+    let (id, pid) = (instance.id.clone(), instance.pid());
+    instance.stop().await.unwrap();
+    assert_gone(f.data.path(), &id, pid);
+}
+
+#[tokio::test]
+async fn an_unconfined_node_sets_no_seccomp_filter() {
+    let f = fixture_with(Isolation {
+        seccomp: SeccompMode::Unconfined,
+    })
+    .await;
+    let instance = f.node.start(spec(&f)).await.unwrap();
+    let c = confinement(&instance).await;
+    assert!(c.contains("Seccomp:0\n"), "no filter: {c}");
+    instance.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_limit_kills_the_hog() {
     let f = fixture().await;
@@ -283,6 +339,7 @@ async fn a_new_node_cleans_up_after_a_crashed_one() {
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        isolation: Default::default(),
     })
     .await
     .unwrap();

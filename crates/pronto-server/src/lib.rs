@@ -40,6 +40,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiToken;
+/// The node switches `pronto serve` sets (`--seccomp`).
+pub use pronto_runtime::{Isolation, SeccompMode};
 pub use store::Store;
 
 /// Where `pronto serve` listens for invocations unless told otherwise.
@@ -81,6 +83,8 @@ pub struct ServerConfig {
     /// Bound of an image's uncompressed layers, in bytes: on the full-pull path of cold starts
     /// and in conversions (`pronto serve --max-unpacked-size`).
     pub max_unpacked_bytes: u64,
+    /// How containers are confined (seccomp profile); confined by default.
+    pub isolation: pronto_runtime::Isolation,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -116,6 +120,7 @@ impl ServerConfig {
             memory_budget_mb: default_memory_budget_mb(),
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
             max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+            isolation: pronto_runtime::Isolation::default(),
         }
     }
 }
@@ -231,6 +236,7 @@ impl Server {
             registry: config.registry.clone(),
             chunk_cache_bytes: config.chunk_cache_bytes,
             max_unpacked_bytes: config.max_unpacked_bytes,
+            isolation: config.isolation,
         })
         .await
         .map_err(|source| ServerError::Node {

@@ -241,6 +241,7 @@ impl Drop for Env {
                 registry,
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+                isolation: Default::default(),
             }))
             .map(drop)
         })
