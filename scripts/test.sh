@@ -2,7 +2,8 @@
 # The test suite: installs what it needs, then runs every test of the workspace. Run as root
 # (the tests create device nodes, set owners and xattrs, start real registries, run containers
 # with runc in network namespaces and cgroups). Fails if the tests left namespaces, mounts or
-# containers behind (network namespaces, instance overlays, lazy rootfs FUSE mounts).
+# containers behind (network namespaces, instance overlays and disks with their loop devices,
+# lazy rootfs FUSE mounts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -19,7 +20,9 @@ export TMPDIR=$suite_tmp
 
 leftovers() {
   { ip netns list 2>/dev/null | grep -o '^pronto-[0-9a-f]*' || true
-    grep -E ' - (overlay|fuse) ' /proc/self/mountinfo | awk '{print $5}' | grep -F "$suite_tmp/" || true
+    grep -E ' - (overlay|fuse|ext4) ' /proc/self/mountinfo | awk '{print $5}' | grep -F "$suite_tmp/" || true
+    # Instance disks: loop devices backed by a file of this run's.
+    cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -F "$suite_tmp/" | sed 's/^/loop:/' || true
   } | sort
 }
 before=$(leftovers)

@@ -27,6 +27,8 @@ use crate::{InstanceSpec, Node};
 /// One call the fake saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEvent {
+    MountDisk(PathBuf),
+    UnmountDisk(PathBuf),
     MountOverlay(PathBuf),
     Unmount(PathBuf),
     CreateNetns(String),
@@ -223,6 +225,27 @@ impl Host for FakeHost {
     fn unmount(&self, target: &Path) -> io::Result<()> {
         let mut s = self.state();
         s.events.push(HostEvent::Unmount(target.to_owned()));
+        s.mounts.remove(target);
+        Ok(())
+    }
+
+    fn mount_disk(&self, image: &Path, _bytes: u64, target: &Path) -> io::Result<()> {
+        let mut s = self.state();
+        s.events.push(HostEvent::MountDisk(target.to_owned()));
+        std::fs::File::create_new(image)?;
+        std::fs::create_dir_all(target)?;
+        if !s.mounts.insert(target.to_owned()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "mounted twice",
+            ));
+        }
+        Ok(())
+    }
+
+    fn unmount_disk(&self, _image: &Path, target: &Path) -> io::Result<()> {
+        let mut s = self.state();
+        s.events.push(HostEvent::UnmountDisk(target.to_owned()));
         s.mounts.remove(target);
         Ok(())
     }
@@ -466,6 +489,7 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         overrides: Default::default(),
         port: 9000,
         memory_mb: 128,
+        disk_mb: 512,
         cpu: 0.5,
         init_timeout: Duration::from_secs(5),
         accelerated: false,

@@ -34,6 +34,14 @@ pub trait Host: Send + Sync + Debug {
     /// Detaches whatever is mounted at `target`; nothing mounted there is not an error.
     fn unmount(&self, target: &Path) -> io::Result<()>;
 
+    /// Makes a filesystem of `bytes` in the (new, sparse) file `image` and mounts it at
+    /// `target`: an instance's writable layer, bounded (`diskSize`).
+    fn mount_disk(&self, image: &Path, bytes: u64, target: &Path) -> io::Result<()>;
+
+    /// Unmounts `target` (if mounted) and releases what backs `image`; neither existing is not
+    /// an error.
+    fn unmount_disk(&self, image: &Path, target: &Path) -> io::Result<()>;
+
     /// Creates network namespace `name` with its loopback up; returns its path.
     fn create_netns(&self, name: &str) -> io::Result<PathBuf>;
 
@@ -100,6 +108,14 @@ impl Host for LinuxHost {
             return Ok(());
         }
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH).map_err(io::Error::from)
+    }
+
+    fn mount_disk(&self, image: &Path, bytes: u64, target: &Path) -> io::Result<()> {
+        crate::disk::mount(image, bytes, target)
+    }
+
+    fn unmount_disk(&self, image: &Path, target: &Path) -> io::Result<()> {
+        crate::disk::unmount(image, target)
     }
 
     fn create_netns(&self, name: &str) -> io::Result<PathBuf> {

@@ -31,6 +31,8 @@ pub struct InstanceSpec {
     pub overrides: ProcessOverrides,
     pub port: u16,
     pub memory_mb: u64,
+    /// Bound of the instance's writable layer (`diskSize`), MiB.
+    pub disk_mb: u64,
     pub cpu: f64,
     pub init_timeout: Duration,
     /// The image has an accelerated artifact: mount it lazily instead of pulling (falls back

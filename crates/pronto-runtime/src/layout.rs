@@ -2,7 +2,8 @@
 //! from its id in one place.
 //!
 //! - `instances/<id>/`: `state.json` (written first, so a crash at any later step can be
-//!   undone), `config.json` (the bundle), `upper/`, `work/`, `rootfs/` (the overlay mount
+//!   undone), `config.json` (the bundle), `disk.img` mounted at `disk/` (the writable layer,
+//!   bounded: `disk/upper/`, `disk/work/`), `rootfs/` (the overlay mount
 //!   point), the runtime's `pid` and `runtime.log`;
 //! - `logs/<function>/<id>.log`: the container's stdout+stderr, kept after teardown;
 //! - network namespace `pronto-<id>`, cgroup `/pronto-<id>`, container `<id>`.
@@ -95,12 +96,22 @@ impl InstanceLayout {
         self.dir.join("rootfs")
     }
 
+    /// The file holding the instance's disk (its writable layer's filesystem).
+    pub fn disk_image(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+
+    /// Where that disk is mounted; the overlay's upper and work directories are on it.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
+
     pub fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
+        self.disk().join("upper")
     }
 
     pub fn work(&self) -> PathBuf {
-        self.dir.join("work")
+        self.disk().join("work")
     }
 
     pub fn config_json(&self) -> PathBuf {

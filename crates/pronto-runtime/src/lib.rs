@@ -30,6 +30,7 @@
 
 pub mod bundle;
 mod cleanup;
+mod disk;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod host;

@@ -170,6 +170,8 @@ impl Node {
         timings.image_pulled = rootfs_source == RootfsSource::Pulled;
         timings.rootfs = rootfs_source;
 
+        host.mount_disk(&l.disk_image(), spec.disk_mb << 20, &l.disk())
+            .map_err(setup("making the instance's disk"))?;
         let (rootfs, upper, work) = (l.rootfs(), l.upper(), l.work());
         for dir in [&upper, &work, &rootfs] {
             std::fs::create_dir(dir).map_err(setup("creating overlay directories"))?;

@@ -82,7 +82,8 @@ impl Instance {
 const PUMP_FINISH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Undoes every step of a start, in reverse: the container (and its cgroup), the overlay, the
-/// network namespace, and — only if all of those are gone — the directory.
+/// instance's disk, the network namespace, and — only if all of those are gone — the
+/// directory.
 pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), TeardownError> {
     let mut failures = Vec::new();
     if let Err(e) = host.delete_container(&l.id).await {
@@ -92,6 +93,12 @@ pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), 
     if let Err(source) = host.unmount(&rootfs) {
         failures.push(TeardownFailure::Unmount {
             path: rootfs,
+            source,
+        });
+    } else if let Err(source) = host.unmount_disk(&l.disk_image(), &l.disk()) {
+        // Only once the overlay above it is gone.
+        failures.push(TeardownFailure::Unmount {
+            path: l.disk(),
             source,
         });
     }

@@ -69,9 +69,11 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
         .join("instances")
         .join(&id)
         .join("rootfs");
+    let disk = rootfs.with_file_name("disk");
     assert_eq!(
         env.host.events(),
         vec![
+            HostEvent::MountDisk(disk.clone()),
             HostEvent::MountOverlay(rootfs.clone()),
             HostEvent::CreateNetns(netns.clone()),
             HostEvent::CreateContainer(id.clone()),
@@ -106,10 +108,11 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
     instance.stop().await.unwrap();
     assert!(!instance.is_running());
     assert_eq!(
-        env.host.events()[4..],
+        env.host.events()[5..],
         [
             HostEvent::DeleteContainer(id.clone()),
             HostEvent::Unmount(rootfs),
+            HostEvent::UnmountDisk(disk),
             HostEvent::DeleteNetns(netns),
         ]
     );
@@ -121,7 +124,7 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
     assert_eq!(instance_dirs(&env), 0);
     // Stopping twice does nothing more.
     instance.stop().await.unwrap();
-    assert_eq!(env.host.events().len(), 7);
+    assert_eq!(env.host.events().len(), 9);
 }
 
 #[tokio::test]

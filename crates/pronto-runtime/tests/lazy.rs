@@ -51,6 +51,7 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
         overrides: ProcessOverrides::default(),
         port: 9000,
         memory_mb: 128,
+        disk_mb: 512,
         cpu: 0.5,
         init_timeout: Duration::from_secs(10),
         accelerated,

@@ -31,6 +31,11 @@ pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
 pub const INSTANCE_CONCURRENCY_MAX: u32 = 200;
 pub const DEFAULT_INITIALIZATION_TIMEOUT: u32 = 30;
 pub const INITIALIZATION_TIMEOUT_MAX: u32 = 600;
+/// `diskSize` (MB): the instance's writable layer. Function Compute offers 512 (the default)
+/// and 10240; Pronto takes any size between.
+pub const DEFAULT_DISK_SIZE: u32 = 512;
+pub const DISK_SIZE_MIN: u32 = 512;
+pub const DISK_SIZE_MAX: u32 = 10240;
 /// Bounds of `maxInstances` (a Pronto field: instances of one function on this node).
 pub const MAX_INSTANCES_MAX: u32 = 1000;
 /// Bounds of `idleTimeout` (a Pronto field: seconds an idle instance is kept).
@@ -118,6 +123,9 @@ pub struct FunctionSpec {
     /// Seconds an instance has to answer on its port after start.
     pub initialization_timeout: u32,
     pub auth_type: AuthType,
+    /// MB the function may write (its writable layer: `/tmp`, changed files).
+    #[serde(default = "default_disk_size")]
+    pub disk_size: u32,
     /// Instances of this function at once on this node (all its versions together, those
     /// still finishing requests of an older configuration included). `None` in rows stored
     /// before the field existed: the server's default.
@@ -127,6 +135,10 @@ pub struct FunctionSpec {
     /// provisioned instances are never stopped for idleness. `None`: the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u32>,
+}
+
+fn default_disk_size() -> u32 {
+    DEFAULT_DISK_SIZE
 }
 
 /// The image a function runs, pinned at create/update time (tags move; this does not).
@@ -372,6 +384,7 @@ pub struct FunctionInput {
     pub auth_type: Option<String>,
     pub max_instances: Option<i64>,
     pub idle_timeout: Option<i64>,
+    pub disk_size: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -411,6 +424,7 @@ pub struct FunctionPatch {
     pub auth_type: Option<AuthType>,
     pub max_instances: Option<u32>,
     pub idle_timeout: Option<u32>,
+    pub disk_size: Option<u32>,
 }
 
 impl FunctionInput {
@@ -570,7 +584,12 @@ impl FunctionInput {
             .idle_timeout
             .map(|t| in_range("idleTimeout", t, 1, IDLE_TIMEOUT_MAX.into()))
             .transpose()?;
+        let disk_size = self
+            .disk_size
+            .map(|d| in_range("diskSize", d, DISK_SIZE_MIN.into(), DISK_SIZE_MAX.into()))
+            .transpose()?;
         Ok(FunctionPatch {
+            disk_size,
             max_instances,
             idle_timeout,
             function_name: self.function_name,
@@ -623,6 +642,7 @@ impl FunctionPatch {
             auth_type: AuthType::Function,
             max_instances: None,
             idle_timeout: None,
+            disk_size: DEFAULT_DISK_SIZE,
         };
         self.apply_to(&mut spec);
         Ok((spec, image.reference))
@@ -653,6 +673,7 @@ impl FunctionPatch {
             self.initialization_timeout,
         );
         set(&mut spec.auth_type, self.auth_type);
+        set(&mut spec.disk_size, self.disk_size);
         if self.max_instances.is_some() {
             spec.max_instances = self.max_instances;
         }
@@ -868,6 +889,10 @@ mod tests {
             (
                 json!({"environmentVariables": {"BIG": "x".repeat(64 << 10)}}),
                 "environmentVariables: must total at most 65536 bytes (NAME=VALUE each), got 65540",
+            ),
+            (
+                json!({"diskSize": 256}),
+                "diskSize: must be between 512 and 10240, got 256",
             ),
             (
                 json!({"initializationTimeout": 601}),

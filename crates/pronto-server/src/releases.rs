@@ -95,6 +95,7 @@ pub fn run_spec(
             },
             port: c.port,
             memory_mb: u64::from(s.memory_size),
+            disk_mb: u64::from(s.disk_size),
             cpu: s.cpu,
             init_timeout: Duration::from_secs(u64::from(s.initialization_timeout)),
             accelerated: f

@@ -50,7 +50,7 @@ async fn crud_round_trip() {
             "environmentVariables": {"GREETING": "hi", "_X1": ""},
             "initializationTimeout": 45, "authType": "anonymous",
             "maxInstances": 3, "idleTimeout": 120,
-            "state": "Active", "lastUpdateStatus": "Successful",
+            "state": "Active", "lastUpdateStatus": "Successful", "diskSize": 512,
             "createdTime": t, "lastModifiedTime": t,
         })
     );

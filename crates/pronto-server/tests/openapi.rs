@@ -619,6 +619,8 @@ fn request_schemas_mirror_the_server_limits() {
         json!({"description": "d".repeat(256)}),
         json!({"maxInstances": 1000, "idleTimeout": 86400}),
         json!({"maxInstances": 1, "idleTimeout": 1}),
+        json!({"diskSize": 512}),
+        json!({"diskSize": 10240}),
     ];
     for extra in at_limits {
         let mut body = base();
@@ -648,6 +650,8 @@ fn request_schemas_mirror_the_server_limits() {
         json!({"maxInstances": 0}),
         json!({"maxInstances": 1001}),
         json!({"idleTimeout": 0}),
+        json!({"diskSize": 511}),
+        json!({"diskSize": 10241}),
     ];
     for extra in refused {
         let mut body = base();
@@ -686,7 +690,7 @@ fn the_schema_validation_is_not_vacuous() {
         },
         "memorySize": 512, "cpu": 0.35, "timeout": 60, "instanceConcurrency": 1,
         "environmentVariables": {}, "initializationTimeout": 30, "authType": "function",
-        "state": "Active", "lastUpdateStatus": "Successful",
+        "state": "Active", "lastUpdateStatus": "Successful", "diskSize": 512,
         "createdTime": "2024-05-01T12:00:00.123Z", "lastModifiedTime": "2024-05-01T12:00:00.123Z",
     });
     assert_eq!(errors(&doc, &function, &f), Vec::<String>::new());

@@ -24,6 +24,8 @@ pub struct FunctionView {
     pub environment_variables: BTreeMap<String, String>,
     pub initialization_timeout: u32,
     pub auth_type: AuthType,
+    /// MB the function may write (its writable layer); a full disk is `ENOSPC` inside.
+    pub disk_size: u32,
     /// Pronto: instances at once on this node, all versions together (absent: the server's
     /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +105,7 @@ impl From<&Function> for FunctionView {
             environment_variables: s.environment_variables.clone(),
             initialization_timeout: s.initialization_timeout,
             auth_type: s.auth_type,
+            disk_size: s.disk_size,
             max_instances: s.max_instances,
             idle_timeout: s.idle_timeout,
             state: "Active".to_string(),
