@@ -524,3 +524,67 @@ fn stale_scratch_is_removed_and_nothing_else() {
         ]
     );
 }
+
+/// A registry that resets, truncates or stalls a layer download (the testkit's `FaultyProxy`):
+/// the conversion fails within the client's bounds with an error naming the layer, tags
+/// nothing and leaves nothing in its scratch directory.
+#[tokio::test]
+async fn a_reset_truncated_or_stalled_layer_fails_the_conversion_and_tags_nothing() {
+    use pronto_testkit::faulty::{Fault, FaultyProxy, Rule};
+    use std::time::{Duration, Instant};
+    const BOUND: Duration = Duration::from_secs(2);
+    let quick = || {
+        RegistryClient::new(ClientOptions {
+            response_timeout: BOUND,
+            idle_timeout: BOUND,
+            ..ClientOptions::default()
+        })
+        .unwrap()
+    };
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let opts = options(work.path());
+    let (_, direct) = push(
+        &registry,
+        ImageBuilder::new().layer(base_layer(40, 41)),
+        "faulty:v1",
+    )
+    .await;
+    let proxy = FaultyProxy::start(registry.addr());
+    let via_proxy: Reference = format!("{}/faulty:v1", proxy.host()).parse().unwrap();
+    let resolved = pull::resolve(&quick(), &via_proxy).await.unwrap();
+    let layer = resolved.manifest.layers[0].digest.to_string();
+    for fault in [
+        Fault::ResetAfter(100 << 10),
+        Fault::TruncateAfter(100 << 10),
+        Fault::StallBodyAfter(100 << 10),
+    ] {
+        proxy.clear();
+        proxy.add(Rule::path(&layer).method("GET").fault(fault));
+        let t = Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(30), convert(&quick(), &resolved, &opts))
+            .await
+            .unwrap_or_else(|_| panic!("{fault:?}: the conversion still runs after 30 s"))
+            .unwrap_err();
+        let took = t.elapsed();
+        let msg = e.to_string();
+        assert!(msg.contains(&layer), "{fault:?}: names the layer: {msg}");
+        assert!(
+            took < BOUND + Duration::from_secs(2),
+            "{fault:?}: took {took:?}"
+        );
+        let tag = pronto_artifact::artifact_reference(&direct.pinned, &direct.manifest_digest);
+        assert!(
+            client().fetch_manifest(&tag).await.is_err(),
+            "{fault:?}: nothing tagged"
+        );
+        assert_eq!(
+            std::fs::read_dir(work.path()).unwrap().count(),
+            0,
+            "{fault:?}"
+        );
+    }
+    // Once the registry behaves, the same conversion succeeds.
+    proxy.clear();
+    convert(&quick(), &resolved, &opts).await.unwrap();
+}

@@ -3,6 +3,13 @@
 //!
 //! Registries on loopback (and those listed as insecure) are spoken to over plain HTTP; all others
 //! over HTTPS. Every byte read is checked against its digest before it is handed on.
+//!
+//! Every request is bounded, so a registry that accepts a connection and then stalls fails the
+//! transfer instead of hanging it: connecting ([`ClientOptions::connect_timeout`]), the wait for
+//! the response headers ([`ClientOptions::response_timeout`]; an upload also gets its body's
+//! time at [`MIN_UPLOAD_RATE`]) and each wait for the next bytes of a body
+//! ([`ClientOptions::idle_timeout`]). The errors name the registry, what was being read and the
+//! bound ([`RegistryError::NoResponse`], [`RegistryError::Stalled`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
@@ -22,6 +29,13 @@ use crate::reference::Reference;
 
 /// Manifests larger than this are refused (the distribution spec suggests 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// An upload's wait for the response headers is [`ClientOptions::response_timeout`] plus its
+/// body's length at this rate (bytes per second): slower uploads fail.
+pub const MIN_UPLOAD_RATE: u64 = 256 << 10;
+
+/// How long an error response's body is waited for (it only explains the status).
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -94,15 +108,49 @@ pub enum RegistryError {
     },
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("registry {registry} sent no response to {method} {url} within {bound:?}")]
+    NoResponse {
+        registry: String,
+        method: Method,
+        url: String,
+        bound: Duration,
+    },
+    #[error("registry {registry} stalled: no bytes of {what} {digest} for {bound:?}")]
+    Stalled {
+        registry: String,
+        what: &'static str,
+        digest: String,
+        bound: Duration,
+    },
 }
 
 /// Options for [`RegistryClient`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Registries (host[:port]) to speak plain HTTP to even though they are not on loopback, e.g.
     /// a bench registry inside a network namespace Pronto created.
     pub insecure_registries: Vec<String>,
     pub credentials: CredentialStore,
+    /// Bound on making a connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Bound on the wait for a response's headers once the request is sent (default 30 s); an
+    /// upload also gets its body's length at [`MIN_UPLOAD_RATE`].
+    pub response_timeout: Duration,
+    /// Bound on each wait for the next bytes of a response body (default 30 s): a registry that
+    /// stops sending mid-blob fails the transfer after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure_registries: Vec::new(),
+            credentials: CredentialStore::default(),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A manifest as fetched: its digest (computed and checked), media type and raw bytes.
@@ -133,7 +181,7 @@ enum Access {
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("pronto/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -159,6 +207,7 @@ impl RegistryClient {
         Ok(Self::new(ClientOptions {
             insecure_registries,
             credentials,
+            ..ClientOptions::default()
         })?)
     }
 
@@ -233,6 +282,22 @@ impl RegistryClient {
         url: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        self.send_upload(r, access, method, url, 0, build).await
+    }
+
+    /// [`RegistryClient::send`] for a request with a body of `body_len` bytes: the wait for the
+    /// response headers also allows for sending the body at [`MIN_UPLOAD_RATE`].
+    async fn send_upload(
+        &self,
+        r: &Reference,
+        access: Access,
+        method: Method,
+        url: &str,
+        body_len: u64,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let bound = self.options.response_timeout
+            + Duration::from_secs_f64(body_len as f64 / MIN_UPLOAD_RATE as f64);
         let key = Self::scope_key(r, access);
         let scope = key.1.clone();
         let mut attempt = 0;
@@ -247,10 +312,18 @@ impl RegistryClient {
             if let Some(auth) = token.filter(|t| !t.is_empty()) {
                 req = req.header(AUTHORIZATION, auth);
             }
-            let resp = req.send().await.map_err(|source| RegistryError::Connect {
-                registry: r.registry.clone(),
-                source,
-            })?;
+            let resp = tokio::time::timeout(bound, req.send())
+                .await
+                .map_err(|_| RegistryError::NoResponse {
+                    registry: r.registry.clone(),
+                    method: method.clone(),
+                    url: url.to_string(),
+                    bound,
+                })?
+                .map_err(|source| RegistryError::Connect {
+                    registry: r.registry.clone(),
+                    source,
+                })?;
             if resp.status() != StatusCode::UNAUTHORIZED || attempt > 0 {
                 if resp.status() == StatusCode::UNAUTHORIZED
                     || resp.status() == StatusCode::FORBIDDEN
@@ -321,7 +394,12 @@ impl RegistryClient {
         if let Some(c) = creds {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req.send().await.map_err(|e| token_err(e.to_string()))?;
+        let bound = self.options.response_timeout;
+        let no_answer = || token_err(format!("no answer within {bound:?}"));
+        let resp = tokio::time::timeout(bound, req.send())
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(|e| token_err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(token_err(format!("status {}", resp.status())));
         }
@@ -330,7 +408,10 @@ impl RegistryClient {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| token_err(e.to_string()))?;
+        let body: TokenResponse = tokio::time::timeout(bound, resp.json())
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(|e| token_err(e.to_string()))?;
         let token = body
             .token
             .or(body.access_token)
@@ -368,13 +449,9 @@ impl RegistryClient {
             .map(str::to_string);
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer {
-                what: "manifest",
-                digest: r.manifest_selector(),
-                registry: r.registry.clone(),
-                source,
-            })?;
+        let selector = r.manifest_selector();
+        while let Some(chunk) = self.next_chunk(&mut stream, r, "manifest", &selector).await {
+            let chunk = chunk?;
             body.extend_from_slice(&chunk);
             if body.len() > MAX_MANIFEST_BYTES {
                 return Err(RegistryError::ManifestTooLarge {
@@ -460,14 +537,10 @@ impl RegistryClient {
         let resp = self.get_blob(r, digest).await?;
         let mut verifier = Verifier::default();
         let mut stream = resp.bytes_stream();
+        let name = digest.to_string();
         let result: Result<(), RegistryError> = async {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| RegistryError::Transfer {
-                    what: "blob",
-                    digest: digest.to_string(),
-                    registry: r.registry.clone(),
-                    source,
-                })?;
+            while let Some(chunk) = self.next_chunk(&mut stream, r, "blob", &name).await {
+                let chunk = chunk?;
                 verifier.update(&chunk);
                 if size.is_some_and(|s| verifier.len() > s) {
                     break; // longer than declared: stop reading, finish() reports it
@@ -501,13 +574,9 @@ impl RegistryClient {
         let resp = self.get_blob(r, digest).await?;
         let mut verifier = Verifier::default();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer {
-                what: "blob",
-                digest: digest.to_string(),
-                registry: r.registry.clone(),
-                source,
-            })?;
+        let name = digest.to_string();
+        while let Some(chunk) = self.next_chunk(&mut stream, r, "blob", &name).await {
+            let chunk = chunk?;
             verifier.update(&chunk);
             if size.is_some_and(|s| verifier.len() > s) {
                 break;
@@ -574,13 +643,9 @@ impl RegistryClient {
         }
         let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer {
-                what: "blob range",
-                digest: digest.to_string(),
-                registry: r.registry.clone(),
-                source,
-            })?;
+        let name = digest.to_string();
+        while let Some(chunk) = self.next_chunk(&mut stream, r, "blob range", &name).await {
+            let chunk = chunk?;
             if (out.len() + chunk.len()) as u64 > len {
                 return Err(range_err("registry sent more bytes than asked for".into()));
             }
@@ -590,6 +655,34 @@ impl RegistryClient {
             return Err(range_err(format!("registry sent {} bytes", out.len())));
         }
         Ok(Bytes::from(out))
+    }
+
+    /// The next piece of a response body of `what` `name` from `r`'s registry; `Stalled` when
+    /// none comes within the idle bound, `Transfer` when the connection fails.
+    async fn next_chunk(
+        &self,
+        stream: &mut (impl Stream<Item = reqwest::Result<Bytes>> + Unpin),
+        r: &Reference,
+        what: &'static str,
+        name: &str,
+    ) -> Option<Result<Bytes, RegistryError>> {
+        let bound = self.options.idle_timeout;
+        match tokio::time::timeout(bound, stream.next()).await {
+            Err(_) => Some(Err(RegistryError::Stalled {
+                registry: r.registry.clone(),
+                what,
+                digest: name.to_string(),
+                bound,
+            })),
+            Ok(None) => None,
+            Ok(Some(Ok(chunk))) => Some(Ok(chunk)),
+            Ok(Some(Err(source))) => Some(Err(RegistryError::Transfer {
+                what,
+                digest: name.to_string(),
+                registry: r.registry.clone(),
+                source,
+            })),
+        }
     }
 
     /// True when the repository already has the blob.
@@ -619,7 +712,7 @@ impl RegistryClient {
         let location = self.start_upload(r).await?;
         let url = upload_url(&location, &digest);
         let resp = self
-            .send(r, Access::Push, Method::PUT, &url, |b| {
+            .send_upload(r, Access::Push, Method::PUT, &url, data.len() as u64, |b| {
                 b.header(CONTENT_TYPE, "application/octet-stream")
                     .body(data.clone())
             })
@@ -647,7 +740,7 @@ impl RegistryClient {
         let location = self.start_upload(r).await?;
         let url = upload_url(&location, digest);
         let resp = self
-            .send(r, Access::Push, Method::PUT, &url, |b| {
+            .send_upload(r, Access::Push, Method::PUT, &url, len, |b| {
                 // Each (re)try streams the file from its start; an open error surfaces as a body
                 // error of the request.
                 let body = match std::fs::File::open(path) {
@@ -707,7 +800,7 @@ impl RegistryClient {
         let digest = Digest::of(&body);
         let url = format!("{}/manifests/{tag_or_digest}", self.base_url(r));
         let resp = self
-            .send(r, Access::Push, Method::PUT, &url, |b| {
+            .send_upload(r, Access::Push, Method::PUT, &url, body.len() as u64, |b| {
                 b.header(CONTENT_TYPE, media_type).body(body.clone())
             })
             .await?;
@@ -749,7 +842,11 @@ async fn check_status(
             reference: reference.to_string(),
         });
     }
-    let body = resp.text().await.unwrap_or_default();
+    let body = tokio::time::timeout(ERROR_BODY_WAIT, resp.text())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let body: String = body.chars().take(300).collect();
     Err(RegistryError::Status {
         method,

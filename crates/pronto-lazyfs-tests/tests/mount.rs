@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{accelerate, blocking, client, fast_retry, is_mounted, logged, mount_at};
 use pronto_image::pull::{self, NoProgress};
 use pronto_lazyfs::{ChunkCache, MountOptions, RetryPolicy};
+use pronto_testkit::faulty::{Fault, FaultyProxy, Rule};
 use pronto_testkit::fixtures::{ground_truth_images, noise};
 use pronto_testkit::image::{ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
@@ -362,6 +363,70 @@ async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
     assert!(
         again.unwrap() == b,
         "reads recover once the registry is back"
+    );
+    mount.unmount().unwrap();
+}
+
+/// A registry that accepts the request and never answers: a program's read is EIO within the
+/// retry policy's bound (attempts × per-attempt timeout + backoffs), counted for the read as
+/// the program sees it (the kernel asks again after a failed readahead), and reads work again
+/// once the registry answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_registry_is_eio_within_the_documented_bound() {
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = noise(4 * CHUNK as usize, 51);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("f", &data));
+    accelerate(&registry, image, "stall/app:v1", CHUNK, work.path()).await;
+    let proxy = FaultyProxy::start(registry.addr());
+    let via: pronto_image::Reference = format!("{}/stall/app:v1", proxy.host()).parse().unwrap();
+    let resolved = pull::resolve(&client(), &via).await.unwrap();
+    let artifact = pronto_artifact::fetch_artifact(&client(), &resolved)
+        .await
+        .unwrap();
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let retry = RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(1),
+    };
+    // 3 attempts of 1 s, 50 + 100 ms apart.
+    let bound = Duration::from_millis(3150);
+    let mount = mount_at(&artifact, &cache, &dir, retry);
+    proxy.add(
+        Rule::path("/blobs/")
+            .method("GET")
+            .fault(Fault::StallBeforeHeaders),
+    );
+    let d = dir.clone();
+    let (err, took) = blocking(move || {
+        let t = Instant::now();
+        let err = std::fs::read(d.join("f")).expect_err("f must not be readable");
+        (err, t.elapsed())
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took < bound + Duration::from_millis(850),
+        "EIO took {took:?}, the documented bound is {bound:?}"
+    );
+    assert!(proxy.faults() >= 1, "{:?}", proxy.seen());
+    let log = logged();
+    assert!(
+        log.contains("no answer within 1s"),
+        "the log says why:\n{log}"
+    );
+
+    proxy.clear();
+    // A chunk that just failed fails again at once for a moment (the kernel's second ask).
+    tokio::time::sleep(pronto_lazyfs::fetch::FAILED_RECENTLY).await;
+    let d = dir.clone();
+    let again = blocking(move || std::fs::read(d.join("f"))).await;
+    assert!(
+        again.unwrap() == data,
+        "reads recover once the registry answers"
     );
     mount.unmount().unwrap();
 }

@@ -9,7 +9,10 @@
 //! never fetched twice. [`ChunkFetcher::prefetch`] fetches an access trace ahead of demand
 //! through the same in-flight map. A failing request is retried with exponential backoff a bounded number
 //! of times, each attempt under a timeout; after that the read fails (EIO for the program) with
-//! a log line naming the chunk and the pack.
+//! a log line naming the chunk and the pack. The whole is [`RetryPolicy::bound`] for the read
+//! as the program sees it: a chunk whose fetch has just failed fails again at once for
+//! [`FAILED_RECENTLY`], because the kernel asks again right after a failed readahead (a
+//! synchronous read of the same page), which would otherwise pay the whole bound twice.
 //!
 //! The FUSE threads are plain threads: they drive the async registry client with
 //! `Handle::block_on`, so a slow fetch blocks only the thread whose reader needs it.
@@ -50,6 +53,10 @@ const PREFETCH_GAP_BYTES: u64 = 256 << 10;
 /// (what the program reads first) goes out first.
 const PREFETCH_WINDOW_BYTES: u64 = 16 << 20;
 
+/// A chunk whose fetch gave up this recently, after trying at least this long, fails again at
+/// once, without a request (see the module docs); later reads try the registry again.
+pub const FAILED_RECENTLY: Duration = Duration::from_millis(500);
+
 /// How hard to try before a read fails.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -63,13 +70,25 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     /// 4 attempts, 100/200/400 ms apart, 10 s each: a registry that refuses connections fails a
-    /// read in under a second; one that hangs, in about 41 s at worst.
+    /// read in under a second; one that hangs, in 40.7 s at worst ([`RetryPolicy::bound`]).
     fn default() -> Self {
         RetryPolicy {
             attempts: 4,
             first_backoff: Duration::from_millis(100),
             attempt_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// The longest a fetch takes before it gives up: every attempt timing out, with the
+    /// backoffs between them.
+    pub fn bound(&self) -> Duration {
+        let attempts = self.attempts.max(1);
+        let backoffs: Duration = (0..attempts - 1)
+            .map(|i| self.first_backoff * 2u32.saturating_pow(i))
+            .sum();
+        self.attempt_timeout * attempts + backoffs
     }
 }
 
@@ -157,6 +176,9 @@ pub struct ChunkFetcher {
     /// Set when the mount is going away: failed requests are not retried, so that readers
     /// get their answer (EIO) before the FUSE connection ends.
     closing: AtomicBool,
+    /// Chunks whose fetch gave up, when, and why: failed again at once for
+    /// [`FAILED_RECENTLY`].
+    failed: Mutex<HashMap<[u8; 32], (Instant, FetchError)>>,
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -189,6 +211,7 @@ impl ChunkFetcher {
             rt,
             layout: Vec::new(),
             closing: AtomicBool::new(false),
+            failed: Mutex::default(),
         }
     }
 
@@ -351,13 +374,17 @@ impl ChunkFetcher {
             Flight(Arc<Flight>),
             /// Fetched by another reader between our cache miss and taking the lock.
             Cached(ChunkRef),
+            /// Its fetch gave up a moment ago.
+            Failed(FetchError),
         }
         let mut sources: Vec<Source> = Vec::with_capacity(pieces.len());
         let mut lead: Vec<(ChunkRef, Arc<Flight>)> = Vec::new();
         {
             let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
             for (c, _) in pieces {
-                if let Some(f) = inflight.get(&c.digest) {
+                if let Some(e) = self.failed_recently(&c.digest) {
+                    sources.push(Source::Failed(e));
+                } else if let Some(f) = inflight.get(&c.digest) {
                     if !lead.iter().any(|(l, _)| l.digest == c.digest) {
                         self.stats.inflight_wait();
                     }
@@ -401,6 +428,7 @@ impl ChunkFetcher {
             .map(|(s, (_, r))| {
                 let range = r.start as usize..r.end as usize;
                 match s {
+                    Source::Failed(e) => Err(e),
                     Source::Flight(f) => f.wait().map(|data| data.slice(range)),
                     Source::Cached(c) => {
                         match self.cache.read(&c.digest, c.uncompressed_size, r.clone()) {
@@ -441,6 +469,16 @@ impl ChunkFetcher {
             }
         }
         self.unstored(fetched)
+    }
+
+    /// Why `digest`'s fetch gave up, if it did less than [`FAILED_RECENTLY`] ago.
+    fn failed_recently(&self, digest: &[u8; 32]) -> Option<FetchError> {
+        let mut failed = self.failed.lock().expect("failed lock poisoned");
+        if failed.is_empty() {
+            return None;
+        }
+        failed.retain(|_, (at, _)| at.elapsed() < FAILED_RECENTLY);
+        failed.get(digest).map(|(_, e)| e.clone())
     }
 
     /// An [`Unstored`] with nothing in it.
@@ -642,6 +680,7 @@ impl ChunkFetcher {
         };
         let mut backoff = self.retry.first_backoff;
         let mut last: Vec<Fetched> = Vec::new();
+        let began = Instant::now();
         for attempt in 1..=self.retry.attempts.max(1) {
             let started = Instant::now();
             let got = tokio::time::timeout(
@@ -693,6 +732,19 @@ impl ChunkFetcher {
                 backoff *= 2;
             }
         }
+        // Remembered only when giving up took a while: a quick failure (a refused connection)
+        // costs little to repeat, and the next read may find the registry back.
+        if began.elapsed() >= FAILED_RECENTLY {
+            let now = Instant::now();
+            let mut failed = self.failed.lock().expect("failed lock poisoned");
+            for (c, e) in run
+                .iter()
+                .zip(&last)
+                .filter_map(|(c, r)| Some((c, r.as_ref().err()?)))
+            {
+                failed.insert(c.digest, (now, e.clone()));
+            }
+        }
         for e in last.iter().filter_map(|r| r.as_ref().err()) {
             self.stats.error();
             if self.closing.load(Ordering::Relaxed) {
@@ -721,6 +773,20 @@ mod tests {
             compressed_size: len,
             uncompressed_size: len,
         }
+    }
+
+    #[test]
+    fn the_retry_bound_adds_every_attempt_and_backoff() {
+        assert_eq!(
+            RetryPolicy::default().bound(),
+            Duration::from_millis(40_700)
+        );
+        let one = RetryPolicy {
+            attempts: 1,
+            first_backoff: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(one.bound(), Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -1,6 +1,14 @@
 //! The node's store of unpacked images: `DATA/images/<manifest hex>/`, unpacked once per digest
 //! (the full-pull path of `pronto-image`) and shared read-only by every instance of that image
 //! as the lower dir of its overlay.
+//!
+//! Concurrent starts of one image from one repository share one pull (a `OnceCell` per digest
+//! and source). The pull runs in the future of the start that began it: if that start gives up
+//! (its `initializationTimeout`, a shutdown), the pull is dropped with it (its downloads
+//! aborted, its temporary directories removed) and a start still waiting takes over with a
+//! fresh pull. Starts of the same digest from another registry or repository do not wait for
+//! it at all: they pull on their own, and whichever finishes first puts the tree in place (the
+//! other finds it there). So one stalled registry holds up no start of another.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +18,18 @@ use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient};
 use tokio::sync::OnceCell;
 
+/// A pull: the image's digest and where it comes from (`registry/repository`).
+type PullKey = (Digest, String);
+
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
     client: RegistryClient,
     /// Bound of an image's uncompressed layers (see [`pull::UnpackOptions`]).
     max_unpacked_bytes: u64,
-    /// One cell per digest: concurrent cold starts of the same image wait for one unpack.
-    in_flight: Mutex<HashMap<Digest, Arc<OnceCell<PathBuf>>>>,
+    /// One cell per digest and source (`registry/repository`): concurrent cold starts of the
+    /// same image from the same place wait for one unpack.
+    in_flight: Mutex<HashMap<PullKey, Arc<OnceCell<PathBuf>>>>,
 }
 
 impl ImageStore {
@@ -67,11 +79,15 @@ impl ImageStore {
         if is_complete(&path) {
             return Ok((path, false));
         }
+        let key = (
+            image.manifest_digest.clone(),
+            format!("{}/{}", image.pinned.registry, image.pinned.repository),
+        );
         let cell = self
             .in_flight
             .lock()
             .expect("image store lock poisoned")
-            .entry(image.manifest_digest.clone())
+            .entry(key.clone())
             .or_default()
             .clone();
         let mut pulled = false;
@@ -98,10 +114,16 @@ impl ImageStore {
             .cloned();
         if result.is_err() {
             // Let the next caller try again.
-            self.in_flight
-                .lock()
-                .expect("image store lock poisoned")
-                .remove(&image.manifest_digest);
+            let mut in_flight = self.in_flight.lock().expect("image store lock poisoned");
+            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                in_flight.remove(&key);
+            }
+            drop(in_flight);
+            // A pull of the same digest from another source may have put the tree in place
+            // meanwhile (then this one found the target taken): that tree serves as well.
+            if is_complete(&path) {
+                return Ok((path, false));
+            }
         }
         result.map(|p| (p, pulled))
     }

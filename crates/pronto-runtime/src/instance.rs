@@ -124,6 +124,13 @@ pub enum StartError {
         timeout: Duration,
         log_tail: String,
     },
+    /// The image phase (registry authentication, pull or lazy mount) took the whole
+    /// initialization timeout: a stalled or very slow registry.
+    #[error("image {image} was not ready within the initialization timeout of {timeout:?} (the registry is stalled or too slow)")]
+    ImageTimeout { image: String, timeout: Duration },
+    /// [`Node::start_cancellable`](crate::Node::start_cancellable) was cancelled.
+    #[error("the start was cancelled: the node is shutting down")]
+    Cancelled,
 }
 
 /// A running, ready instance. Dropping it does not stop it: call [`Instance::stop`].

@@ -1,6 +1,14 @@
 //! Starting an instance: state file → lower dir (lazy mount or unpacked image) → overlay →
 //! network namespace → bundle → `create`/`start` → HTTP readiness. Any failure tears down
 //! everything made so far.
+//!
+//! The whole start is bounded by the function's `initializationTimeout`, from the call: the
+//! image phase (registry authentication, pull or lazy mount) ends at that deadline with
+//! [`StartError::ImageTimeout`], the readiness wait with [`StartError::InitTimeout`]. A start
+//! can also be cancelled ([`Node::start_cancellable`]; the pool does at shutdown): the steps
+//! that wait on something outside (the image phase, the readiness wait) stop, and the start
+//! fails with [`StartError::Cancelled`] through the same error path, which tears down what was
+//! made. Dropping the future instead would leave it all behind.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::bundle::{self, BundleParams};
 use crate::host::{Host, Overlay};
@@ -39,6 +48,17 @@ impl Node {
     /// Starts an instance and waits until it answers HTTP. On any failure everything made so
     /// far is torn down and the error carries the tail of the container's output.
     pub async fn start(&self, spec: InstanceSpec) -> Result<Instance, StartError> {
+        self.start_cancellable(spec, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Node::start`], which gives up with [`StartError::Cancelled`] once `cancel` is
+    /// cancelled (tearing down what it made, as on any failure).
+    pub async fn start_cancellable(
+        &self,
+        spec: InstanceSpec,
+        cancel: &CancellationToken,
+    ) -> Result<Instance, StartError> {
         let started = Instant::now();
         let n = &self.inner;
         let layout = InstanceLayout::new(&n.data_dir, &new_id(), &spec.function)
@@ -51,7 +71,13 @@ impl Node {
         let mut pump = None;
         let mut tag = RequestTag::default();
         match self
-            .start_in(&spec, &layout, started, &mut lazy, (&mut pump, &mut tag))
+            .start_in(
+                &spec,
+                &layout,
+                (started, cancel),
+                &mut lazy,
+                (&mut pump, &mut tag),
+            )
             .await
         {
             Ok(s) => {
@@ -157,14 +183,27 @@ impl Node {
         &self,
         spec: &InstanceSpec,
         l: &InstanceLayout,
-        started: Instant,
+        (started, cancel): (Instant, &CancellationToken),
         lazy: &mut Option<Arc<SharedMount>>,
         (pump, tag): (&mut Option<LogPump>, &mut RequestTag),
     ) -> Result<Started, StartError> {
         let host = self.inner.host.as_ref();
         let mut timings = StartTimings::default();
-        let (lower, rootfs_source, prefetched) =
-            self.lower_dir(spec, lazy, &mut timings, started).await?;
+        let deadline = started + spec.init_timeout;
+        // A registry that stalls must not hold the start past its deadline (a stalled pull is
+        // dropped here: its downloads are aborted, its temporary directories removed).
+        let image_phase = tokio::time::timeout_at(
+            deadline.into(),
+            self.lower_dir(spec, lazy, &mut timings, started),
+        );
+        let (lower, rootfs_source, prefetched) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(StartError::Cancelled),
+            done = image_phase => done.map_err(|_| StartError::ImageTimeout {
+                image: spec.image.pinned.to_string(),
+                timeout: spec.init_timeout,
+            })??,
+        };
         timings.image_ready = started.elapsed();
         timings.prefetched = prefetched;
         timings.image_pulled = rootfs_source == RootfsSource::Pulled;
@@ -231,8 +270,7 @@ impl Node {
         };
         timings.container_started = started.elapsed();
 
-        let deadline = started + spec.init_timeout;
-        if let Err(mut e) = wait_ready(host, spec, l, pid, &netns_path, deadline).await {
+        if let Err(mut e) = wait_ready(host, spec, l, (pid, &netns_path), deadline, cancel).await {
             if let StartError::Exited { log_tail, .. } = &mut e {
                 // It died: its last lines are on their way through the pipe.
                 pump.finish(OUTPUT_DRAIN).await;
@@ -250,14 +288,14 @@ impl Node {
 }
 
 /// Polls the port until it answers HTTP; fails at once if the init process dies first, or at
-/// `deadline`.
+/// `deadline`, or when `cancel` is cancelled.
 async fn wait_ready(
     host: &dyn Host,
     spec: &InstanceSpec,
     l: &InstanceLayout,
-    pid: i32,
-    netns_path: &Path,
+    (pid, netns_path): (i32, &Path),
     deadline: Instant,
+    cancel: &CancellationToken,
 ) -> Result<(), StartError> {
     let mut pause = Duration::from_millis(2);
     loop {
@@ -283,7 +321,11 @@ async fn wait_ready(
                 log_tail: tail(&l.log),
             });
         }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let pause_for = pause.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            () = cancel.cancelled() => return Err(StartError::Cancelled),
+            () = tokio::time::sleep(pause_for) => {}
+        }
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

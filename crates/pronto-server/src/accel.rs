@@ -58,6 +58,8 @@ pub struct Accelerator {
     limit: Semaphore,
     jobs: Mutex<HashMap<Digest, Arc<OnceCell<JobResult>>>>,
     tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the daemon stops.
+    stop: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
 }
 
@@ -84,6 +86,7 @@ impl Accelerator {
             limit: Semaphore::new(max_concurrent.max(1)),
             jobs: Mutex::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
             metrics,
         })
     }
@@ -99,8 +102,23 @@ impl Accelerator {
     /// Converts `image` for `function` in the background.
     pub fn submit(self: &Arc<Self>, function: String, image: PinnedImage) {
         let this = self.clone();
-        self.tasks
-            .spawn(async move { this.run(function, image).await });
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            // A stopping daemon abandons its jobs (dropping a conversion removes its scratch):
+            // they stay `Preparing` and resume at the next start.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = this.run(function, image) => {}
+            }
+        });
+    }
+
+    /// Stops the jobs under way and waits for them (the daemon is stopping): nothing is
+    /// recorded for them, and their scratch directories are gone when this returns.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Restarts the jobs of every function stored as `Preparing` (after a restart).

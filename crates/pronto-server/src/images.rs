@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pronto_image::pull::{self, KeptImageError, PullError, ResolvedImage};
-use pronto_image::{Digest, Reference, RegistryClient};
+use pronto_image::{Reference, RegistryClient};
 
 use crate::model::{KeptImage, PinnedImage};
 
@@ -27,12 +27,14 @@ pub enum ImageError {
     },
 }
 
-/// Resolved images by manifest digest. A digest names one immutable manifest, so an entry never
-/// goes stale.
+/// Resolved images by pinned reference (`registry/repo@digest`). A digest names one immutable
+/// manifest, so an entry never goes stale; the key holds the repository too because a resolved
+/// image says where to pull from: two functions that run the same digest from two registries
+/// must each pull from their own (one that stalls must not take the other down with it).
 #[derive(Debug)]
 pub struct Images {
     registry: RegistryClient,
-    resolved: Mutex<HashMap<Digest, Arc<ResolvedImage>>>,
+    resolved: Mutex<HashMap<String, Arc<ResolvedImage>>>,
 }
 
 impl Images {
@@ -64,7 +66,7 @@ impl Images {
     /// digests checked again), else — for a function stored before images were kept — resolved
     /// against the registry once.
     pub async fn resolved(&self, image: &PinnedImage) -> Result<Arc<ResolvedImage>, ImageError> {
-        if let Some(i) = self.cached(&image.manifest_digest) {
+        if let Some(i) = self.cached(&image.reference) {
             return Ok(i);
         }
         let resolved = match &image.kept {
@@ -79,11 +81,11 @@ impl Images {
         Ok(self.remember(Arc::new(resolved)))
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Arc<ResolvedImage>> {
+    fn cached(&self, pinned: &Reference) -> Option<Arc<ResolvedImage>> {
         self.resolved
             .lock()
             .expect("image cache poisoned")
-            .get(digest)
+            .get(&pinned.to_string())
             .cloned()
     }
 
@@ -91,7 +93,7 @@ impl Images {
         self.resolved
             .lock()
             .expect("image cache poisoned")
-            .entry(image.manifest_digest.clone())
+            .entry(image.pinned.to_string())
             .or_insert(image)
             .clone()
     }

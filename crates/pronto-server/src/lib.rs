@@ -390,6 +390,14 @@ impl Server {
                 }
             }
         });
+        // A shutdown's first step starts with the signal, not after the listeners' drain: a
+        // request waiting for a cold start is in flight, so the drain would wait for a start
+        // stuck on a stalled registry. The starts get a grace period, then are cancelled.
+        let (pool, on_shutdown) = (self.state.pool.clone(), cancel.clone());
+        tokio::spawn(async move {
+            on_shutdown.cancelled().await;
+            pool.drain_starts().await;
+        });
         tokio::spawn(releases::provisioner(
             self.state.clone(),
             PROVISION_PERIOD,
@@ -474,7 +482,8 @@ impl RunningServer {
                 }
             }
         }
-        // In-flight requests have drained: now the instances go.
+        // In-flight requests have drained: now the conversions and the instances go.
+        self.state.accel.stop().await;
         self.state.pool.shutdown().await;
         first
     }

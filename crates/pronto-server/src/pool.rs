@@ -45,6 +45,14 @@ use tracing::Instrument;
 use crate::metrics::{FunctionLabels, Metrics};
 use crate::store::Store;
 
+/// At shutdown, how long cold starts under way may still finish (and serve their requests)
+/// before they are cancelled.
+pub const SHUTDOWN_START_GRACE: Duration = Duration::from_secs(3);
+/// How long cancelled starts get to tear down what they made. Cancellation stops the steps
+/// that wait on the outside (the image phase, the readiness wait); what is left (`runc create`,
+/// a teardown) takes well under this.
+const SHUTDOWN_CANCEL_WAIT: Duration = Duration::from_secs(3);
+
 pub type ProxyBody = axum::body::Body;
 
 /// What the pool needs to know about a function to run it.
@@ -346,6 +354,10 @@ pub struct Pool {
     /// disconnect, timeout) must not cut a start short, which would leave its container,
     /// mounts and namespace behind. Shutdown waits for them before it stops the instances.
     starts: tokio_util::task::TaskTracker,
+    /// Cancelled at shutdown, after [`SHUTDOWN_START_GRACE`]: the starts still under way give
+    /// up and tear down what they made ([`Node::start_cancellable`]), so that a start stuck on
+    /// a stalled registry cannot hold the shutdown.
+    cancel_starts: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
 }
 
@@ -429,6 +441,7 @@ impl Pool {
             stopping: AtomicBool::new(false),
             teardowns: tokio_util::task::TaskTracker::new(),
             starts: tokio_util::task::TaskTracker::new(),
+            cancel_starts: tokio_util::sync::CancellationToken::new(),
             metrics,
         })
     }
@@ -756,10 +769,13 @@ impl Pool {
         let prefetch = self.access_trace(spec).await;
         let result = self
             .node
-            .start(InstanceSpec {
-                prefetch,
-                ..spec.instance.clone()
-            })
+            .start_cancellable(
+                InstanceSpec {
+                    prefetch,
+                    ..spec.instance.clone()
+                },
+                &self.cancel_starts,
+            )
             .await;
         let mut st = self.lock();
         let f = st.functions.entry(spec.name().to_string()).or_default();
@@ -1025,12 +1041,43 @@ impl Pool {
         self.teardowns.reopen();
     }
 
-    /// Waits for the cold starts under way, then stops every instance and waits for the
-    /// teardowns (graceful shutdown). Starts are bounded by their initialization timeout.
-    pub async fn shutdown(&self) {
+    /// The first step of a shutdown; the server calls it as soon as a shutdown is asked for
+    /// (the requests waiting for a start are in flight: the listeners' drain waits for them),
+    /// and [`Pool::shutdown`] again (it is idempotent). The provisioner starts nothing more;
+    /// the cold starts under way get [`SHUTDOWN_START_GRACE`] to finish, then are cancelled
+    /// and get [`SHUTDOWN_CANCEL_WAIT`] to tear down what they made. Their requests then get
+    /// their error (502). Bounded whatever the registry does.
+    pub async fn drain_starts(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.starts.close();
-        self.starts.wait().await;
+        if tokio::time::timeout(SHUTDOWN_START_GRACE, self.starts.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(
+            starts = self.starts.len(),
+            "cancelling the cold starts still under way at shutdown"
+        );
+        self.cancel_starts.cancel();
+        if tokio::time::timeout(SHUTDOWN_CANCEL_WAIT, self.starts.wait())
+            .await
+            .is_err()
+        {
+            // Whatever they made is recorded under the data dir: the next daemon's crash
+            // cleanup removes it.
+            tracing::error!(
+                starts = self.starts.len(),
+                "cold starts still running after being cancelled; shutting down without them"
+            );
+        }
+    }
+
+    /// Lets the cold starts under way finish or cancels them ([`Pool::drain_starts`]), then
+    /// stops every instance and waits for the teardowns (graceful shutdown).
+    pub async fn shutdown(&self) {
+        self.drain_starts().await;
         let all: Vec<Arc<Instance>> = self
             .lock()
             .functions

@@ -589,6 +589,39 @@ async fn shutdown_waits_for_a_start_under_way_and_stops_its_instance() {
     env.finish().await;
 }
 
+/// A start that would take its whole (long) initialization timeout: the shutdown cancels it
+/// after its grace period, the start tears down what it made, and its request gets an error.
+#[tokio::test]
+async fn shutdown_cancels_a_start_that_outlasts_its_grace_and_leaves_nothing() {
+    let env = env().await;
+    env.host.configure(|b| b.never_ready = true);
+    let mut spec = env.spec(1, 1);
+    spec.instance.init_timeout = Duration::from_secs(120);
+    let (pool, s) = (env.pool.clone(), spec.clone());
+    let request = tokio::spawn(async move { pool.acquire(&s).await.map(|l| id(&l)) });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while env.starts() == 0 {
+        assert!(Instant::now() < deadline, "the start never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = Instant::now();
+    let pool = env.pool.clone();
+    tokio::time::timeout(Duration::from_secs(30), pool.shutdown())
+        .await
+        .expect("shutdown still waits for the start after 30 s");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 2), // SHUTDOWN_START_GRACE + a margin
+        "shutdown took {took:?}"
+    );
+    let e = request.await.unwrap().unwrap_err();
+    assert!(
+        e.to_string().contains("the start was cancelled"),
+        "the request is told: {e}"
+    );
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_burst_starts_only_the_instances_it_needs() {
     let env = env().await;
