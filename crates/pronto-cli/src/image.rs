@@ -28,6 +28,11 @@ pub enum ImageCommand {
         /// stops there, and nothing is left); suffixes K, M and G accepted.
         #[arg(long, default_value = "32G", value_parser = parse_bytes)]
         max_unpacked_size: u64,
+        /// Create no device nodes. By default they are made as the image says, usually mode
+        /// 0666 (as umoci does): in a directory other users can reach, that opens the host's
+        /// devices to them.
+        #[arg(long)]
+        skip_devices: bool,
     },
     /// Print an image's pinned digest, layers, sizes and config as JSON.
     Inspect { reference: String },
@@ -181,6 +186,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             dir,
             json,
             max_unpacked_size,
+            skip_devices,
         } => {
             // SIGINT/SIGTERM cancel the unpack: it removes its staging and download
             // directories before it returns, then the process exits as the signal would have.
@@ -196,6 +202,7 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let options = pull::UnpackOptions {
                 max_unpacked_bytes: max_unpacked_size,
                 cancel: cancel.clone(),
+                skip_devices,
             };
             let result =
                 pull::unpack_image_with(&client, &image, &dir, bar.clone(), &options).await;

@@ -47,6 +47,8 @@ pub struct UnpackOptions {
     /// Cancelling it stops the unpack ([`PullError::Cancelled`]); its temporary directories are
     /// removed before the call returns.
     pub cancel: CancellationToken,
+    /// Create no device nodes ([`Unpacker::without_devices`]).
+    pub skip_devices: bool,
 }
 
 impl Default for UnpackOptions {
@@ -54,6 +56,7 @@ impl Default for UnpackOptions {
         UnpackOptions {
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
             cancel: CancellationToken::new(),
+            skip_devices: false,
         }
     }
 }
@@ -515,6 +518,9 @@ async fn unpack(
         })?
         .with_size_limit(options.max_unpacked_bytes)
         .with_cancel(options.cancel.clone());
+    if options.skip_devices {
+        unpacker = unpacker.without_devices();
+    }
     if let Some(sink) = sink {
         unpacker = unpacker.with_content_sink(sink);
     }

@@ -89,6 +89,8 @@ pub struct Unpacker {
     root: OwnedFd,
     /// chown and device nodes need root; without it owners stay the caller's and devices are skipped.
     privileged: bool,
+    /// Device nodes are not created even as root ([`Unpacker::without_devices`]).
+    skip_devices: bool,
     /// Directory mtimes, applied once at the end: creating a child changes its parent's mtime.
     dir_mtimes: HashMap<Vec<u8>, i64>,
     /// Layers applied so far (the index of the one being applied).
@@ -249,6 +251,7 @@ impl Unpacker {
         Ok(Unpacker {
             root: fd,
             privileged: rustix::process::geteuid().is_root(),
+            skip_devices: false,
             // The root's time, unless a layer has a "./" entry.
             dir_mtimes: HashMap::from([(Vec::new(), 0)]),
             layer: 0,
@@ -273,6 +276,14 @@ impl Unpacker {
     /// ([`UnpackError::Cancelled`]); what was written stays for the caller to remove.
     pub fn with_cancel(mut self, cancel: CancellationToken) -> Unpacker {
         self.cancel = Some(cancel);
+        self
+    }
+
+    /// Creates no character or block device nodes: an image's device nodes keep their modes
+    /// (often 0666, as umoci and container engines create them), so in a directory other users
+    /// can reach they are a way to the host's devices. Fifos are still made.
+    pub fn without_devices(mut self) -> Unpacker {
+        self.skip_devices = true;
         self
     }
 
@@ -705,6 +716,10 @@ impl Unpacker {
                     tracing::warn!(path = %path.display, "skipping device node: not running as root");
                     return Ok(0);
                 }
+                if file_type != FileType::Fifo && self.skip_devices {
+                    tracing::debug!(path = %path.display, "skipping device node (asked to)");
+                    return Ok(0);
+                }
                 rustix::fs::mknodat(parent, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(err("creating device node"))?;
                 self.set_meta(parent, name, &meta, path, file_type)?;
@@ -1081,5 +1096,44 @@ mod tests {
         let mut unpacker = Unpacker::new(dir.path()).unwrap().with_cancel(cancel);
         let e = unpacker.apply_layer(&tar[..]).unwrap_err();
         assert!(matches!(e, UnpackError::Cancelled), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    fn device_layer() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_path("dev-null").unwrap();
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn device_nodes_are_made_unless_asked_not_to() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        for skip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut u = Unpacker::new(dir.path()).unwrap();
+            if skip {
+                u = u.without_devices();
+            }
+            u.apply_layer(&device_layer()[..]).unwrap();
+            u.finish().unwrap();
+            assert_eq!(dir.path().join("dev-null").exists(), !skip, "skip={skip}");
+        }
     }
 }
