@@ -478,7 +478,7 @@ mod tests {
             },
             "memorySize": 128, "cpu": 0.1, "timeout": 60, "instanceConcurrency": 1,
             "environmentVariables": {}, "initializationTimeout": 10, "authType": "function",
-            "state": "Active", "lastUpdateStatus": last_update,
+            "state": "Active", "lastUpdateStatus": last_update, "diskSize": 512,
             "createdTime": "2024-01-01T00:00:00Z", "lastModifiedTime": "2024-01-01T00:00:00Z"
         });
         if let Some((status, reason)) = acceleration {
