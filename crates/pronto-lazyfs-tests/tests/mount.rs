@@ -267,6 +267,156 @@ async fn the_node_cache_serves_a_second_mount_and_refetches_a_corrupt_entry() {
     mount.unmount().unwrap();
 }
 
+/// Drops the kernel's cached pages of `path` (`POSIX_FADV_DONTNEED`): on a FUSE file, its next
+/// read goes to the daemon again; on a cache entry, to the disk.
+fn drop_page_cache(path: &Path) {
+    let f = std::fs::File::open(path).unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
+/// Flips the bits of `mask` in the byte at `at` of `path`, in place (same inode: the cache's
+/// open descriptor sees it).
+fn flip_byte(path: &Path, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ mask], at).unwrap();
+}
+
+/// Issue 17, item 8: an entry corrupted on disk *after* its first (verified) use, with the
+/// mount and the cache still running, is found on the next read that reaches it, deleted and
+/// refetched: the reader gets the right bytes, never the flipped ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_entry_corrupted_after_first_use_is_refetched_not_served() {
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    // 256 KiB chunks: four segments each, checked one by one; and a small file, whose chunk is
+    // one segment, checked whole.
+    const BIG_CHUNK: u32 = 256 << 10;
+    let big = noise(4 * BIG_CHUNK as usize, 21);
+    let small = noise(10_000, 22);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("big", &big).file("small", &small));
+    let (resolved, artifact) =
+        accelerate(&registry, image, "cache/late:v1", BIG_CHUNK, work.path()).await;
+    let unpacked = work.path().join("unpack");
+    pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let cache_dir = work.path().join("cache");
+    let cache = Arc::new(ChunkCache::open(&cache_dir, 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    // Every read through the daemon (no backing file for the kernel to read instead).
+    let options = MountOptions {
+        retry: fast_retry(),
+        passthrough: false,
+        ..MountOptions::default()
+    };
+    let mount = common::mount_with(&artifact, &cache, &dir, &options);
+    let read_both = {
+        let dir = dir.clone();
+        move || {
+            (
+                std::fs::read(dir.join("big")).unwrap(),
+                std::fs::read(dir.join("small")).unwrap(),
+            )
+        }
+    };
+    let (b, s) = blocking(read_both.clone()).await;
+    assert!(b == big && s == small, "first read differs");
+    // The chunks land in the cache after the replies: wait for all five.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "chunks not cached: {}",
+            cache.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Read again from the cache (page cache dropped): every segment is now verified and in use.
+    for name in ["big", "small"] {
+        drop_page_cache(&dir.join(name));
+    }
+    let (b, s) = blocking(read_both.clone()).await;
+    assert!(b == big && s == small, "second read differs");
+    let before = mount.stats();
+    assert_eq!(
+        (before.fetched_chunks, before.cache_corrupt),
+        (5, 0),
+        "{before}"
+    );
+
+    // Bytes flipped on disk: in segment 2 of the big file's chunk 1, and in the small file's
+    // chunk. Then the page caches dropped, of the entries and of the mounted files.
+    let entry = |data: &[u8]| {
+        let hex = hex::encode(pronto_format::chunk_digest(data));
+        cache_dir.join(&hex[..2]).join(hex)
+    };
+    let c = BIG_CHUNK as usize;
+    let big_entry = entry(&big[c..2 * c]);
+    let small_entry = entry(&small);
+    flip_byte(&big_entry, 2 * 65_536 + 1234, 0x10);
+    flip_byte(&small_entry, 77, 0x01);
+    for path in [
+        &big_entry,
+        &small_entry,
+        &dir.join("big"),
+        &dir.join("small"),
+    ] {
+        drop_page_cache(path);
+    }
+    let (b, s) = blocking(read_both.clone()).await;
+    let truth = (
+        std::fs::read(unpacked.join("big")).unwrap(),
+        std::fs::read(unpacked.join("small")).unwrap(),
+    );
+    assert!(
+        b == truth.0 && s == truth.1,
+        "served with the flipped byte: big file {}, small file {}",
+        b != truth.0,
+        s != truth.1
+    );
+    let after = mount.stats();
+    assert_eq!(
+        (after.cache_corrupt, after.fetched_chunks),
+        (2, 7),
+        "the two corrupt entries are refetched, nothing else: {after}"
+    );
+    assert_eq!(cache.stats().chunks_corrupt, 2, "{}", cache.stats());
+    let log = logged();
+    for data in [&big[c..2 * c], &small[..]] {
+        let hex = hex::encode(pronto_format::chunk_digest(data));
+        assert_eq!(
+            log.matches(&format!(
+                "corrupt chunk cache entry deleted; refetching chunk={hex} why=\"bytes do not \
+                 hash to the digest\""
+            ))
+            .count(),
+            1,
+            "{log}"
+        );
+    }
+    // The entries are replaced by sound ones.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "entries not replaced: {}",
+            cache.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::fs::read(&big_entry).unwrap()[..c] == big[c..2 * c]);
+    assert!(std::fs::read(&small_entry).unwrap() == small);
+    mount.unmount().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_chunk_in_the_registry_is_eio_and_named_never_bad_bytes() {
     logs();

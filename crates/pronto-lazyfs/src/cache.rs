@@ -23,18 +23,26 @@
 //!   than a quarter of the capacity. Recency is kept in memory; at open it is seeded from the
 //!   files' mtimes, so a restart keeps roughly the old order.
 //! - Survives restarts: `open` scans the directory.
-//! - Trusts no chunk it reads back, and checks only what it serves: when an entry is first used
-//!   after open, its chaining values are combined and compared with the digest (a short chunk
-//!   is hashed whole); each segment is hashed and compared with its value the first time a read
-//!   touches it. So a random 4 KiB read of a cold entry costs one 64 KiB read, not the whole
-//!   chunk. A corrupt entry is deleted and reported as such (the caller refetches it). Entries
-//!   are kept open (up to a bound) with what was checked, and read with `pread`.
+//! - Trusts no chunk it reads back, and checks what it serves, every time: when an entry is
+//!   opened, its chaining values are combined and compared with the digest and kept in memory;
+//!   every read hashes each segment it touches and compares it with its value (a chunk of one
+//!   segment is hashed whole against its digest). So a random 4 KiB read costs one 64 KiB read
+//!   and hash, not the whole chunk's, and bytes changed on disk after their first use are never
+//!   served (the kernel's page cache of the mounted files absorbs repeated reads, so the daemon
+//!   hashes a range about once per page-cache lifetime; the cost is measured in ARCHITECTURE.md,
+//!   the lazy rootfs). A corrupt entry is deleted and reported as such, once (the caller
+//!   refetches it; [`CacheStats::chunks_corrupt`]). Entries are kept open (up to a bound) and
+//!   read with `pread`.
+//! - Only the daemon's: the directory and its shards are created 0700, entries 0600. `open`
+//!   refuses a cache directory owned by another user and tightens one that others may read or
+//!   write (with a warning when they could write: then the backing files, which no read
+//!   verifies, are deleted; chunk entries are kept, every read checks them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,24 +161,26 @@ impl State {
     }
 }
 
-/// An entry kept open, with what of it has been checked this process.
+/// An entry kept open, with the values its segments are checked against.
 #[derive(Debug)]
 struct OpenEntry {
     file: File,
-    /// The segments' chaining values, read from the entry and checked against its digest
-    /// (empty for a chunk of one segment, which is checked whole when opened).
+    /// The segments' chaining values, checked against the entry's digest (read from the entry
+    /// when it was opened, or given with its bytes when it was stored); empty for a chunk of
+    /// one segment, which is hashed whole.
     values: Vec<SegmentValue>,
-    /// Per segment: hashed and found equal to its value.
+    /// Per segment: hashed and found equal to its value at least once. Consulted only when
+    /// every read is not verified ([`ChunkCache::set_verify_every_read`]).
     checked: Vec<AtomicBool>,
 }
 
 impl OpenEntry {
-    fn all_checked(file: File, len: u32) -> OpenEntry {
+    fn new(file: File, len: u32, values: Vec<SegmentValue>, checked: bool) -> OpenEntry {
         let n = (len as usize).div_ceil(SEGMENT).max(1);
         OpenEntry {
             file,
-            values: Vec::new(),
-            checked: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            values,
+            checked: (0..n).map(|_| AtomicBool::new(checked)).collect(),
         }
     }
 }
@@ -205,12 +215,15 @@ pub struct ChunkCache {
     max_open: usize,
     /// Backing files being built (by any mount): each is built once.
     building: Mutex<HashSet<[u8; 32]>>,
+    /// Hash every segment a read touches (the default), not only the first time.
+    verify_every_read: AtomicBool,
     counters: Counters,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     chunks_evicted: AtomicU64,
+    chunks_corrupt: AtomicU64,
     files_materialized: AtomicU64,
     file_bytes_materialized: AtomicU64,
     files_evicted: AtomicU64,
@@ -231,6 +244,10 @@ pub struct CacheStats {
     pub file_bytes: u64,
     /// Chunk entries deleted to stay within the bound.
     pub chunks_evicted: u64,
+    /// Chunk entries found corrupt when read (wrong length, chaining values that do not make
+    /// the digest, or a segment that does not hash to its value) and deleted; the reader
+    /// refetches the chunk.
+    pub chunks_corrupt: u64,
     /// Backing files built, and their bytes.
     pub files_materialized: u64,
     pub file_bytes_materialized: u64,
@@ -244,7 +261,7 @@ impl std::fmt::Display for CacheStats {
         write!(
             f,
             "{} chunks ({} B) and {} backing files ({} B) of {} B; evicted {} chunks, {} files \
-             ({} B); materialized {} files ({} B)",
+             ({} B); {} corrupt chunks deleted; materialized {} files ({} B)",
             self.chunks,
             self.chunk_bytes,
             self.files,
@@ -253,6 +270,7 @@ impl std::fmt::Display for CacheStats {
             self.chunks_evicted,
             self.files_evicted,
             self.file_bytes_evicted,
+            self.chunks_corrupt,
             self.files_materialized,
             self.file_bytes_materialized,
         )
@@ -296,14 +314,20 @@ pub enum Lookup {
 }
 
 impl ChunkCache {
-    /// Opens (or creates) the cache in `dir`, bounded to `capacity` bytes.
+    /// Opens (or creates, mode 0700) the cache in `dir`, bounded to `capacity` bytes.
+    ///
+    /// Refuses a directory owned by another user (`PermissionDenied`). Whatever in it others
+    /// may read or write is made the daemon's alone (directories 0700, entries 0600, owned by
+    /// this process's user); what others could write, and no read verifies (backing files), is
+    /// deleted, with a warning.
     pub fn open(dir: &Path, capacity: u64) -> io::Result<ChunkCache> {
-        std::fs::create_dir_all(dir)?;
+        let exposed = own_top_dir(dir)?;
         let mut found: Vec<(u128, Key, u64)> = Vec::new();
-        scan_shards(dir, Kind::Chunk, &mut found)?;
+        scan_shards(dir, Kind::Chunk, exposed, &mut found)?;
         let files = dir.join(FILES_DIR);
         if files.is_dir() {
-            scan_shards(&files, Kind::File, &mut found)?;
+            let exposed = exposed | own_path(&files, &std::fs::metadata(&files)?, 0o700)?;
+            scan_shards(&files, Kind::File, exposed, &mut found)?;
         }
         found.sort_unstable_by_key(|(mtime, _, _)| *mtime);
         let mut state = State::default();
@@ -317,6 +341,7 @@ impl ChunkCache {
             open: Mutex::default(),
             max_open: open_files_bound(),
             building: Mutex::default(),
+            verify_every_read: AtomicBool::new(true),
             counters: Counters::default(),
         };
         cache.evict();
@@ -348,6 +373,16 @@ impl ChunkCache {
         self.open.lock().expect("open files lock poisoned")
     }
 
+    /// Whether every read hashes the segments it touches (`true`, the default), or only the
+    /// first read of each segment while its entry stays open (`false`: what the cache did before
+    /// issue 17; bytes changed on disk after that first read would then be served). For
+    /// measuring the cost of the checks (`pronto-lazyfs-tests`, `tests/cache_bench.rs`): not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn set_verify_every_read(&self, on: bool) {
+        self.verify_every_read.store(on, Ordering::Relaxed);
+    }
+
     /// Bytes `range` of the chunk `digest` (whose full length is `len`), if cached and sound.
     pub fn read(&self, digest: &[u8; 32], len: u32, range: std::ops::Range<u32>) -> Lookup {
         self.read_inner(digest, len, range, true)
@@ -368,8 +403,7 @@ impl ChunkCache {
                 None => return Lookup::Miss,
                 Some(e) if e.size != entry_size(u64::from(len)) => {
                     drop(st);
-                    self.discard(digest);
-                    return Lookup::Corrupt;
+                    return self.discard_corrupt(digest, "wrong length");
                 }
                 Some(_) if touch => st.touch(&key),
                 Some(_) => {}
@@ -378,8 +412,7 @@ impl ChunkCache {
         match self.read_checked(digest, len, range) {
             Ok(bytes) => Lookup::Hit(bytes),
             Err(ReadError::Corrupt) => {
-                self.discard(digest);
-                Lookup::Corrupt
+                self.discard_corrupt(digest, "bytes do not hash to the digest")
             }
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Evicted between the lookup and the read, or deleted behind our back.
@@ -407,28 +440,36 @@ impl ChunkCache {
         let entry = self.open_entry(digest, len)?;
         let (start, end) = (range.start as usize, range.end as usize);
         let segments = start / SEGMENT..=(end - 1) / SEGMENT;
-        if segments
-            .clone()
-            .all(|s| entry.checked[s].load(Ordering::Acquire))
-        {
+        let every_read = self.verify_every_read.load(Ordering::Relaxed);
+        let to_check = |s: usize| every_read || !entry.checked[s].load(Ordering::Acquire);
+        if !segments.clone().any(to_check) {
             return Ok(read_exact_at(&entry.file, start..end)?);
         }
-        // Read the segments the range touches whole, and check those not checked yet.
+        // Read the segments the range touches whole, and hash them: the bytes on disk may have
+        // changed since they were last read (the kernel's cache of them dropped).
         let from = segments.start() * SEGMENT;
         let to = ((segments.end() + 1) * SEGMENT).min(len as usize);
-        let buf = read_exact_at(&entry.file, from..to)?;
-        for s in segments {
-            if entry.checked[s].load(Ordering::Acquire) {
-                continue;
-            }
+        let mut buf = read_exact_at(&entry.file, from..to)?;
+        for s in segments.filter(|&s| to_check(s)) {
             let at = s * SEGMENT - from;
             let seg = &buf[at..(at + SEGMENT).min(buf.len())];
-            if segment_value(seg, s) != entry.values[s] {
+            let sound = if entry.values.is_empty() {
+                // A chunk of one segment: its digest is the hash of all of it.
+                &pronto_format::chunk_digest(seg) == digest
+            } else {
+                segment_value(seg, s) == entry.values[s]
+            };
+            if !sound {
                 return Err(ReadError::Corrupt);
             }
             entry.checked[s].store(true, Ordering::Release);
         }
-        Ok(buf[start - from..end - from].to_vec())
+        if start == from {
+            buf.truncate(end - from);
+            Ok(buf)
+        } else {
+            Ok(buf[start - from..end - from].to_vec())
+        }
     }
 
     /// The open entry, opening it (and checking its chaining values) if need be.
@@ -438,11 +479,8 @@ impl ChunkCache {
         }
         let file = File::open(self.path_of(digest))?;
         let entry = if len as usize <= SEGMENT {
-            let data = read_exact_at(&file, 0..len as usize)?;
-            if &pronto_format::chunk_digest(&data) != digest {
-                return Err(ReadError::Corrupt);
-            }
-            OpenEntry::all_checked(file, len)
+            // Hashed whole by each read.
+            OpenEntry::new(file, len, Vec::new(), false)
         } else {
             let n = (len as usize).div_ceil(SEGMENT);
             let raw = read_exact_at(&file, len as usize..len as usize + 32 * n)?;
@@ -453,11 +491,7 @@ impl ChunkCache {
             if &digest_of_segments(&values, u64::from(len)) != digest {
                 return Err(ReadError::Corrupt);
             }
-            OpenEntry {
-                file,
-                values,
-                checked: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            }
+            OpenEntry::new(file, len, values, false)
         };
         Ok(self.keep_open(digest, entry))
     }
@@ -595,7 +629,7 @@ impl ChunkCache {
     ) -> Result<File, MaterializeError> {
         let path = self.file_path(key);
         let shard = path.parent().expect("backing file has a shard dir");
-        std::fs::create_dir_all(shard)?;
+        create_private_dirs(shard)?;
         let mut tmp = tempfile::NamedTempFile::new_in(shard)?;
         for c in chunks {
             if cancel.load(Ordering::Relaxed) {
@@ -630,6 +664,7 @@ impl ChunkCache {
             files,
             file_bytes,
             chunks_evicted: c.chunks_evicted.load(Ordering::Relaxed),
+            chunks_corrupt: c.chunks_corrupt.load(Ordering::Relaxed),
             files_materialized: c.files_materialized.load(Ordering::Relaxed),
             file_bytes_materialized: c.file_bytes_materialized.load(Ordering::Relaxed),
             files_evicted: c.files_evicted.load(Ordering::Relaxed),
@@ -648,7 +683,8 @@ impl ChunkCache {
         }
         match self.write_entry(digest, data, values) {
             Ok(file) => {
-                self.keep_open(digest, OpenEntry::all_checked(file, data.len() as u32));
+                let entry = OpenEntry::new(file, data.len() as u32, values.to_vec(), true);
+                self.keep_open(digest, entry);
             }
             Err(e) => {
                 warn!(chunk = %hex::encode(digest), error = %e, "chunk cache write failed");
@@ -667,7 +703,8 @@ impl ChunkCache {
     ) -> io::Result<File> {
         let path = self.path_of(digest);
         let shard = path.parent().expect("entry has a shard dir");
-        std::fs::create_dir_all(shard)?;
+        create_private_dirs(shard)?;
+        // `tempfile` creates it 0600.
         let mut tmp = tempfile::NamedTempFile::new_in(shard)?;
         tmp.write_all(data)?;
         tmp.write_all(values.concat().as_slice())?;
@@ -704,6 +741,22 @@ impl ChunkCache {
 
     fn discard(&self, digest: &[u8; 32]) {
         self.discard_key(&(Kind::Chunk, *digest));
+    }
+
+    /// Deletes the corrupt entry of `digest`: `Corrupt` for the caller that removed it (counted
+    /// and logged once; the caller refetches the chunk), `Miss` for a reader that found it gone
+    /// already.
+    fn discard_corrupt(&self, digest: &[u8; 32], why: &str) -> Lookup {
+        let key = (Kind::Chunk, *digest);
+        let removed = self.lock().remove(&key).is_some();
+        self.close(digest);
+        let _ = std::fs::remove_file(self.key_path(&key));
+        if !removed {
+            return Lookup::Miss;
+        }
+        self.counters.chunks_corrupt.fetch_add(1, Ordering::Relaxed);
+        warn!(chunk = %hex::encode(digest), why, "corrupt chunk cache entry deleted; refetching");
+        Lookup::Corrupt
     }
 
     fn discard_key(&self, key: &Key) {
@@ -746,8 +799,18 @@ impl ChunkCache {
 }
 
 /// Adds the entries of `dir`'s shards (subdirectories named by two hex digits) to `found`, as
-/// (mtime, key, size); removes what is not an entry (temporaries left by a crash mid-write).
-fn scan_shards(dir: &Path, kind: Kind, found: &mut Vec<(u128, Key, u64)>) -> io::Result<()> {
+/// (mtime, key, size); removes what is not an entry (temporaries left by a crash mid-write,
+/// anything but a regular file). Makes shards and entries the daemon's alone ([`own_path`]);
+/// backing files that others could have written (`exposed`: `dir` was open to them) are
+/// deleted, as no read verifies them.
+fn scan_shards(
+    dir: &Path,
+    kind: Kind,
+    exposed: bool,
+    found: &mut Vec<(u128, Key, u64)>,
+) -> io::Result<()> {
+    // Paths others could write (made the daemon's), and backing files deleted for it.
+    let (mut fixed, mut deleted) = (0u64, 0u64);
     for shard in std::fs::read_dir(dir)? {
         let shard = shard?;
         let name = shard.file_name();
@@ -755,17 +818,30 @@ fn scan_shards(dir: &Path, kind: Kind, found: &mut Vec<(u128, Key, u64)>) -> io:
         if !is_shard || !shard.file_type()?.is_dir() {
             continue;
         }
+        let shard_exposed = own_path(&shard.path(), &shard.metadata()?, 0o700)?;
+        fixed += u64::from(shard_exposed);
+        let exposed = exposed | shard_exposed;
         for f in std::fs::read_dir(shard.path())? {
             let f = f?;
             let name = f.file_name();
             let name = name.to_string_lossy();
             let mut digest = [0u8; 32];
-            if name.len() != 64 || hex::decode_to_slice(name.as_bytes(), &mut digest).is_err() {
+            let meta = f.metadata()?;
+            if name.len() != 64
+                || hex::decode_to_slice(name.as_bytes(), &mut digest).is_err()
+                || !meta.is_file()
+            {
                 // A temporary left by a crash mid-write, or a stranger: not an entry.
                 let _ = std::fs::remove_file(f.path());
                 continue;
             }
-            let meta = f.metadata()?;
+            let entry_exposed = own_path(&f.path(), &meta, 0o600)?;
+            fixed += u64::from(entry_exposed);
+            if (exposed | entry_exposed) && kind == Kind::File {
+                let _ = std::fs::remove_file(f.path());
+                deleted += 1;
+                continue;
+            }
             let mtime = meta
                 .modified()
                 .ok()
@@ -774,7 +850,83 @@ fn scan_shards(dir: &Path, kind: Kind, found: &mut Vec<(u128, Key, u64)>) -> io:
             found.push((mtime, (kind, digest), meta.len()));
         }
     }
+    if fixed + deleted > 0 {
+        warn!(
+            dir = %dir.display(),
+            fixed,
+            deleted,
+            "chunk cache paths others could write made the daemon's alone; backing files among \
+             them deleted (no read verifies them)"
+        );
+    }
     Ok(())
+}
+
+/// Creates `dir` and its missing parents, mode 0700 (before the umask).
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The cache's directory, created 0700 if missing (its parents as the umask says). Refused if
+/// it is not a directory or is owned by another user; made the daemon's alone otherwise
+/// ([`own_path`]). Whether others could write it until now.
+fn own_top_dir(dir: &Path) -> io::Result<bool> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("chunk cache {} is not a directory", dir.display()),
+        ));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "chunk cache directory {} is owned by uid {}, not by this process's uid {euid}: \
+                 its owner could change what the daemon serves",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    let exposed = own_path(dir, &meta, 0o700)?;
+    if exposed {
+        warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", meta.mode() & 0o7777),
+            "chunk cache directory was writable by group or others: made 0700"
+        );
+    }
+    Ok(exposed)
+}
+
+/// Makes `path` (whose metadata is `meta`, not following a link) owned by this process's user
+/// with no permission for group or others: its mode becomes `mode & meta's mode` (0700 for a
+/// directory, 0600 for a file). Returns whether others could write it until now (another
+/// owner, or a group/other write bit); the caller logs it.
+fn own_path(path: &Path, meta: &std::fs::Metadata, mode: u32) -> io::Result<bool> {
+    let euid = rustix::process::geteuid().as_raw();
+    let old = meta.mode() & 0o7777;
+    let exposed = meta.uid() != euid || old & 0o022 != 0;
+    if meta.uid() != euid {
+        std::os::unix::fs::chown(path, Some(euid), None)?;
+    }
+    if old & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(old & mode))?;
+    }
+    Ok(exposed)
 }
 
 /// Exactly the bytes `range` of `f` (`UnexpectedEof` if the file is shorter).
@@ -902,6 +1054,203 @@ mod tests {
         );
         assert!(!path.exists());
         assert_eq!(cache.read(&d, n, 0..10), Lookup::Miss);
+    }
+
+    /// Flips bits in the byte at `at` of `path` in place: the same inode, which the cache keeps
+    /// open.
+    fn flip(path: &Path, at: u64) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x21], at).unwrap();
+    }
+
+    #[test]
+    fn bytes_changed_after_their_first_read_are_refused_on_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
+        let seg = SEGMENT as u32;
+        // A chunk of three segments and one of a single segment, both read (and checked) once,
+        // from the open entries the cache keeps.
+        let (big, big_data) = chunk(13, 3 * SEGMENT);
+        let (small, small_data) = chunk(17, 3000);
+        insert(&cache, &big, &big_data);
+        insert(&cache, &small, &small_data);
+        let path = |d: &[u8; 32]| {
+            let hex = hex::encode(d);
+            dir.path().join(&hex[..2]).join(hex)
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                cache.read(&big, 3 * seg, seg..seg + 10),
+                Lookup::Hit(big_data[SEGMENT..SEGMENT + 10].to_vec())
+            );
+            assert_eq!(
+                cache.read(&small, 3000, 0..3000),
+                Lookup::Hit(small_data.clone())
+            );
+        }
+        flip(&path(&big), u64::from(seg) + 5000);
+        flip(&path(&small), 2999);
+        // Other segments of the big chunk are still served; the changed one is not, even for a
+        // range that does not include the changed byte.
+        assert_eq!(
+            cache.read(&big, 3 * seg, 0..10),
+            Lookup::Hit(big_data[..10].to_vec())
+        );
+        assert_eq!(cache.read(&big, 3 * seg, seg..seg + 10), Lookup::Corrupt);
+        assert_eq!(cache.read(&small, 3000, 0..10), Lookup::Corrupt);
+        assert!(!path(&big).exists() && !path(&small).exists());
+        // Reported once: the next reads are misses.
+        assert_eq!(cache.read(&big, 3 * seg, 0..10), Lookup::Miss);
+        assert_eq!(cache.read(&small, 3000, 0..10), Lookup::Miss);
+        let s = cache.stats();
+        assert_eq!((s.chunks_corrupt, s.chunks), (2, 0), "{s}");
+        assert_eq!(
+            s.to_string(),
+            format!(
+                "0 chunks (0 B) and 0 backing files (0 B) of {} B; evicted 0 chunks, 0 files \
+                 (0 B); 2 corrupt chunks deleted; materialized 0 files (0 B)",
+                1u64 << 30
+            )
+        );
+
+        // With every read verified off (the measurement's baseline), a segment checked once is
+        // trusted: the changed byte is served.
+        cache.set_verify_every_read(false);
+        insert(&cache, &big, &big_data);
+        assert!(matches!(cache.read(&big, 3 * seg, 0..10), Lookup::Hit(_)));
+        flip(&path(&big), 3);
+        assert!(matches!(cache.read(&big, 3 * seg, 0..10), Lookup::Hit(b) if b != big_data[..10]));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_cache_is_created_for_the_daemon_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("node/chunks");
+        let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+        let (d, data) = chunk(3, 2 * SEGMENT);
+        insert(&cache, &d, &data);
+        let (refs, content) = cached_file(&cache, 40, &[1000]);
+        let no = AtomicBool::new(false);
+        let key = file_key(&refs);
+        cache
+            .materialize(&key, &refs, content.len() as u64, &no)
+            .unwrap();
+        let hex = hex::encode(d);
+        let key_hex = hex::encode(key);
+        let backing = root.join("files").join(&key_hex[..2]).join(&key_hex);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(&hex[..2])), 0o700);
+        assert_eq!(mode(&root.join(&hex[..2]).join(&hex)), 0o600);
+        assert_eq!(mode(&root.join("files")), 0o700);
+        assert_eq!(mode(backing.parent().unwrap()), 0o700);
+        assert_eq!(mode(&backing), 0o600);
+    }
+
+    #[test]
+    fn a_cache_others_could_write_is_tightened_and_its_backing_files_dropped() {
+        use std::fs::{set_permissions, Permissions};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("chunks");
+        let no = AtomicBool::new(false);
+        let (d, data) = chunk(3, 2 * SEGMENT);
+        let key = {
+            let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+            insert(&cache, &d, &data);
+            let (refs, content) = cached_file(&cache, 40, &[1000]);
+            let key = file_key(&refs);
+            cache
+                .materialize(&key, &refs, content.len() as u64, &no)
+                .unwrap();
+            key
+        };
+        let hex = hex::encode(d);
+        let entry = root.join(&hex[..2]).join(&hex);
+
+        // Only readable by others (as caches made before were, 0755/0644): tightened, kept.
+        set_permissions(&root, Permissions::from_mode(0o755)).unwrap();
+        set_permissions(&entry, Permissions::from_mode(0o644)).unwrap();
+        let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+        assert_eq!((mode(&root), mode(&entry)), (0o700, 0o600));
+        assert_eq!((cache.stats().chunks, cache.stats().files), (2, 1));
+        drop(cache);
+
+        // Writable by others: tightened; the chunks are kept (every read checks them), the
+        // backing file, which no read checks, is deleted.
+        set_permissions(&root, Permissions::from_mode(0o777)).unwrap();
+        let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        let s = cache.stats();
+        assert_eq!((s.chunks, s.files), (2, 0), "{s}");
+        assert!(cache.open_file(&key, 1000).is_none());
+        assert_eq!(
+            cache.read(&d, data.len() as u32, 0..10),
+            Lookup::Hit(data[..10].to_vec())
+        );
+        drop(cache);
+
+        // A backing file writable by others (its directory sound), or owned by another user:
+        // deleted; a chunk entry owned by another user: made the daemon's.
+        let rebuild = || {
+            let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+            let (refs, content) = cached_file(&cache, 40, &[1000]);
+            cache
+                .materialize(&file_key(&refs), &refs, content.len() as u64, &no)
+                .unwrap();
+        };
+        let key_hex = hex::encode(key);
+        let backing = root.join("files").join(&key_hex[..2]).join(&key_hex);
+        rebuild();
+        set_permissions(&backing, Permissions::from_mode(0o622)).unwrap();
+        assert_eq!(ChunkCache::open(&root, 1 << 30).unwrap().stats().files, 0);
+        assert!(!backing.exists());
+        rebuild();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&backing, Some(65534), None).unwrap();
+            std::os::unix::fs::chown(&entry, Some(65534), None).unwrap();
+            let cache = ChunkCache::open(&root, 1 << 30).unwrap();
+            assert_eq!((cache.stats().chunks, cache.stats().files), (2, 0));
+            assert!(!backing.exists());
+            assert_eq!(std::fs::metadata(&entry).unwrap().uid(), 0);
+        }
+    }
+
+    #[test]
+    fn a_cache_directory_of_another_user_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            return; // chown needs root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("chunks");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(65534), None).unwrap();
+        let err = ChunkCache::open(&root, 1 << 30).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "chunk cache directory {} is owned by uid 65534, not by this process's uid 0: \
+                 its owner could change what the daemon serves",
+                root.display()
+            )
+        );
+        // A file where the directory should be.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = ChunkCache::open(&file, 1 << 30).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("chunk cache {} is not a directory", file.display())
+        );
     }
 
     #[test]

@@ -297,7 +297,7 @@ impl ChunkFetcher {
                     out.push(Some(bytes));
                 }
                 Lookup::Corrupt => {
-                    warn!(chunk = %hex::encode(chunk.digest), "corrupt chunk cache entry deleted; refetching");
+                    // Logged by the cache, once per entry.
                     self.stats.cache_corrupt();
                     self.stats.cache_miss();
                     out.push(None);
