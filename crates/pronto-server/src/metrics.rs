@@ -277,7 +277,7 @@ impl Collector for NodeCollector {
 
         let lazy = self.pool.node().lazy();
         let s = lazy.totals();
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "pronto_lazyfs_read_requests",
                 "FUSE reads answered by lazy rootfs mounts",
@@ -372,6 +372,11 @@ impl Collector for NodeCollector {
                 "pronto_chunk_cache_evictions",
                 "Entries the node chunk cache deleted to stay within its bound",
                 lazy.cache().evictions(),
+            ),
+            (
+                "pronto_chunk_cache_corrupt",
+                "Entries of the node chunk cache found corrupt when read (deleted and refetched)",
+                lazy.cache().stats().chunks_corrupt,
             ),
         ];
         for (name, help, v) in counters {

@@ -168,6 +168,10 @@ async fn invocations_and_cold_starts_are_counted_exactly() {
         Some(0.0)
     );
     assert_eq!(
+        metric(&m, "pronto_chunk_cache_corrupt_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
         metric(&m, "pronto_chunk_cache_capacity_bytes", &[]),
         Some(pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES as f64)
     );
