@@ -626,18 +626,7 @@ impl Pool {
             return Step::Fail(e);
         } else {
             match self.room_for_start(&mut st, spec, retired) {
-                Ok(()) => {
-                    let id = self.next_start.fetch_add(1, Ordering::Relaxed);
-                    let f = st.functions.get_mut(spec.name()).expect("entry made above");
-                    f.starting.push(Starting {
-                        id,
-                        track: spec.track.clone(),
-                        revision: spec.revision.clone(),
-                        memory_mb: spec.instance.memory_mb,
-                        for_request: true,
-                    });
-                    return Step::Start(id);
-                }
+                Ok(()) => return Step::Start(self.register_start(&mut st, spec, true)),
                 Err(reason) => reason,
             }
         };
@@ -657,6 +646,20 @@ impl Pool {
             });
         }
         Step::Wait(reason)
+    }
+
+    /// Counts a start of `spec` as under way (for a request, or to keep warm); its id.
+    fn register_start(&self, st: &mut State, spec: &RunSpec, for_request: bool) -> u64 {
+        let id = self.next_start.fetch_add(1, Ordering::Relaxed);
+        let f = st.functions.get_mut(spec.name()).expect("entry made");
+        f.starting.push(Starting {
+            id,
+            track: spec.track.clone(),
+            revision: spec.revision.clone(),
+            memory_mb: spec.instance.memory_mb,
+            for_request,
+        });
+        id
     }
 
     /// Whether one more instance of `spec` may start now. If stopping idle instances would
@@ -936,15 +939,7 @@ impl Pool {
                     if self.room_for_start(&mut st, spec, &mut retired).is_err() {
                         break;
                     }
-                    let id = self.next_start.fetch_add(1, Ordering::Relaxed);
-                    let f = st.functions.get_mut(spec.name()).expect("entry made");
-                    f.starting.push(Starting {
-                        id,
-                        track: spec.track.clone(),
-                        revision: spec.revision.clone(),
-                        memory_mb: spec.instance.memory_mb,
-                        for_request: false,
-                    });
+                    let id = self.register_start(&mut st, spec, false);
                     starts.push((spec.clone(), p.qualifier.clone(), id));
                 }
             }

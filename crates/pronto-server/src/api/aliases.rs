@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::versions::{check_description, parse_version};
 use super::{
-    function_name, parse_limit, path_params, AliasView, ApiError, JsonBody, ListAliasesOutput,
+    function_name, parse_limit, path_params, query_params, AliasView, ApiError, JsonBody,
+    ListAliasesOutput,
 };
 use crate::model::{check_alias_name, now, Alias, ValidationError};
 use crate::AppState;
@@ -159,10 +160,7 @@ pub(super) async fn list_aliases(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListAliasesOutput>, ApiError> {
     let name = function_name(path)?;
-    let Query(params) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let mut aliases = state
         .store

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{function_name, ApiError, FunctionView};
+use super::{function_name, query_params, ApiError, FunctionView};
 use crate::model::Qualifier;
 use crate::AppState;
 
@@ -21,10 +21,7 @@ pub(super) async fn get_function(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<FunctionView>, ApiError> {
     let name = function_name(path)?;
-    let Query(params) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let params = query_params(params)?;
     let qualifier = match params.qualifier.as_deref().filter(|q| !q.is_empty()) {
         None => Qualifier::Latest,
         Some(q) => Qualifier::parse(q)?,

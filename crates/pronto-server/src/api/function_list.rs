@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{parse_limit, ApiError, FunctionView, ListFunctionsOutput};
+use super::{parse_limit, query_params, ApiError, FunctionView, ListFunctionsOutput};
 use crate::store::ListQuery;
 use crate::AppState;
 
@@ -23,10 +23,7 @@ pub(super) async fn list_functions(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListFunctionsOutput>, ApiError> {
-    let Query(params) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     // One more than asked tells whether there is a next page.
     let mut functions = state

@@ -31,7 +31,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{function_name, ApiError};
+use super::{function_name, query_params, ApiError};
 use crate::model::ValidationError;
 use crate::AppState;
 
@@ -165,10 +165,7 @@ pub(super) async fn function_logs(
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let name = function_name(path)?;
-    let Query(q) = query.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let q = query_params(query)?;
     let (tail, filter, follow) = parse_query(q)?;
     if !state.store.function_exists(&name).await? {
         return Err(ApiError::FunctionNotFound(name));

@@ -18,8 +18,8 @@ mod versions;
 mod view;
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Path, Request};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request};
 use axum::http::{Method, Uri};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{middleware, Router};
@@ -277,4 +277,12 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         }
         Ok(out.into())
     }
+}
+
+/// The query parameters, or 400 with what was wrong with them.
+fn query_params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    params.map(|Query(p)| p).map_err(|r| ApiError::Query {
+        name: "query",
+        message: r.body_text().to_lowercase(),
+    })
 }

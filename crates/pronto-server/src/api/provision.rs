@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{function_name, ApiError, JsonBody, ListProvisionConfigsOutput, ProvisionConfigView};
+use super::{
+    function_name, query_params, ApiError, JsonBody, ListProvisionConfigsOutput,
+    ProvisionConfigView,
+};
 use crate::model::{ProvisionConfig, Qualifier, ValidationError, MAX_INSTANCES_MAX};
 use crate::store::StoreError;
 use crate::AppState;
@@ -27,10 +30,7 @@ pub(super) struct ProvisionInput {
 }
 
 fn qualifier(params: Result<Query<QualifierParam>, QueryRejection>) -> Result<String, ApiError> {
-    let Query(p) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let p = query_params(params)?;
     let q = p.qualifier.filter(|q| !q.is_empty());
     Ok(match q {
         None => Qualifier::Latest,
@@ -154,10 +154,7 @@ pub(super) async fn list_provision_configs(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListProvisionConfigsOutput>, ApiError> {
-    let Query(params) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let params = query_params(params)?;
     let configs = state
         .store
         .provision_configs(params.function_name.as_deref().filter(|n| !n.is_empty()))

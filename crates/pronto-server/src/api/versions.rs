@@ -8,8 +8,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{
-    function_name, parse_limit, path_params, ApiError, ListVersionsOutput, OptionalJsonBody,
-    VersionView,
+    function_name, parse_limit, path_params, query_params, ApiError, ListVersionsOutput,
+    OptionalJsonBody, VersionView,
 };
 use crate::model::{ValidationError, DESCRIPTION_MAX};
 use crate::AppState;
@@ -58,10 +58,7 @@ pub(super) async fn list_versions(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListVersionsOutput>, ApiError> {
     let name = function_name(path)?;
-    let Query(params) = params.map_err(|r| ApiError::Query {
-        name: "query",
-        message: r.body_text().to_lowercase(),
-    })?;
+    let params = query_params(params)?;
     let limit = parse_limit(params.limit.as_deref())?;
     let backward = match params.direction.as_deref() {
         None | Some("BACKWARD") => true,
