@@ -619,6 +619,7 @@ for (level, target, msg), n in sorted(kinds.items(), key=lambda kv: -kv[1]):
 PY
 } >"$work/report.md"
 publish_report "$work/report.md" "$out/report.md"
-cp "$work/serve.log" "$out/serve.log" 2>/dev/null || true
+# The API token the first start printed stays out of the published log.
+sed -E 's/(api-token: )[0-9a-f]{64}/\1<redacted>/' "$work/serve.log" >"$out/serve.log" 2>/dev/null || true
 log "$summary"
 [ "$failures" = 0 ] && [ "$leftovers" = 0 ]
