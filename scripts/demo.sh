@@ -105,7 +105,15 @@ echo "   pronto image verify: $("$bin/pronto" image verify "$ref:v1" --work-dir 
 
 echo "== new image v2, pronto function update, invoke"
 echo "   pushed $ref:v2 ($(build_app v2 Bonjour))"
-p function update hello --image "$ref:v2" | jq -c '{image: .customContainerConfig.resolvedImageUri}'
+p function update hello --image "$ref:v2" \
+  | jq -c '{image: .customContainerConfig.resolvedImageUri, lastUpdateStatus, acceleration: .accelerationInfo.status}'
+echo "   until v2's acceleration is Ready, v1 keeps serving (no cold start takes the slow path):"
+p invoke hello --path '/cgi-bin/hello?during-update'
+for _ in $(seq 300); do
+  [ "$(p function get hello | jq -r .lastUpdateStatus)" = Successful ] && break
+  sleep 0.2
+done
+p function get hello | jq -c '{lastUpdateStatus, acceleration: .accelerationInfo.status}'
 p invoke hello --path '/cgi-bin/hello?after-update'
 
 echo "== pronto logs hello"
