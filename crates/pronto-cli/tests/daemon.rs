@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{ok, Daemon};
 use pronto_image::{ClientOptions, RegistryClient};
-use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::image::{httpd_image, Layer};
 use pronto_testkit::registry::TestRegistry;
 
 fn instance_dirs(data: &Path) -> Vec<String> {
@@ -27,17 +27,14 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("cli/web:v1");
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(
-            Layer::gzip()
-                .dir("www")
-                .file("www/index.html", "hi from busybox\n"),
-        )
-        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
-        .push(&client, &reference)
-        .await
-        .unwrap();
+    httpd_image(
+        Layer::gzip()
+            .dir("www")
+            .file("www/index.html", "hi from busybox\n"),
+    )
+    .push(&client, &reference)
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let mut daemon = Daemon::start(&data);
@@ -116,10 +113,7 @@ async fn kill_9_with_a_lazy_instance_leaves_nothing_hung_or_mounted_after_restar
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("cli/lazy:v1");
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(Layer::gzip().file("www/index.html", "lazy busybox\n"))
-        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+    httpd_image(Layer::gzip().file("www/index.html", "lazy busybox\n"))
         .push(&client, &reference)
         .await
         .unwrap();
@@ -190,18 +184,15 @@ async fn logs_carry_times_and_request_ids_and_follow_shows_a_line_within_a_secon
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("cli/talk:v1");
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(
-            Layer::gzip()
-                .dir("www/cgi-bin")
-                .file("www/cgi-bin/say", SAY)
-                .mode(0o755),
-        )
-        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
-        .push(&client, &reference)
-        .await
-        .unwrap();
+    httpd_image(
+        Layer::gzip()
+            .dir("www/cgi-bin")
+            .file("www/cgi-bin/say", SAY)
+            .mode(0o755),
+    )
+    .push(&client, &reference)
+    .await
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let daemon = Daemon::start(&data);
@@ -315,10 +306,7 @@ async fn daemon_logs_are_json_with_request_fields_or_text_without_colour_codes()
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("cli/logged:v1");
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(Layer::gzip().file("www/index.html", "logged\n"))
-        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+    httpd_image(Layer::gzip().file("www/index.html", "logged\n"))
         .push(&client, &reference)
         .await
         .unwrap();

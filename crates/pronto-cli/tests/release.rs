@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{ok, Daemon};
 use pronto_image::{ClientOptions, Digest, RegistryClient};
-use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::image::{httpd_image, ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
 use serde_json::{json, Value};
 
@@ -18,10 +18,7 @@ async fn push_web(
     tag: &str,
     body: &str,
 ) -> Digest {
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(Layer::gzip().file("www/index.html", body))
-        .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+    httpd_image(Layer::gzip().file("www/index.html", body))
         .push(client, &registry.reference(tag))
         .await
         .unwrap()

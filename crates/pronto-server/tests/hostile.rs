@@ -6,11 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::Env;
-use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::image::{httpd_image, Layer};
 use reqwest::StatusCode;
 use serde_json::json;
 
-const HTTPD: [&str; 6] = ["/bin/httpd", "-f", "-p", "9000", "-h", "/www"];
 /// Writes 600 MB to /tmp, then says how dd ended and what df sees.
 const FILL: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\ndd if=/dev/zero of=/tmp/fill bs=1M count=600 2>/tmp/dd.err; echo \"rc=$?\"\ncat /tmp/dd.err\ndf -k / | tail -1\n";
 /// Prints 40 MiB to stdout (the container's, not the response), then answers.
@@ -21,22 +20,19 @@ fn quiet(c: &mut pronto_server::ServerConfig) {
 }
 
 async fn push(env: &Env) -> String {
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(
-            Layer::gzip()
-                .dir("www/cgi-bin")
-                .dir("tmp")
-                .file("www/index.html", "ok\n")
-                .file("www/cgi-bin/fill", FILL)
-                .mode(0o755)
-                .file("www/cgi-bin/shout", SHOUT)
-                .mode(0o755),
-        )
-        .entrypoint(&HTTPD)
-        .push(&env.client, &env.registry.reference("hostile/app:v1"))
-        .await
-        .unwrap();
+    httpd_image(
+        Layer::gzip()
+            .dir("www/cgi-bin")
+            .dir("tmp")
+            .file("www/index.html", "ok\n")
+            .file("www/cgi-bin/fill", FILL)
+            .mode(0o755)
+            .file("www/cgi-bin/shout", SHOUT)
+            .mode(0o755),
+    )
+    .push(&env.client, &env.registry.reference("hostile/app:v1"))
+    .await
+    .unwrap();
     env.image("hostile/app:v1")
 }
 

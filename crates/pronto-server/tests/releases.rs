@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::image::{httpd_image, Layer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const HTTPD: [&str; 6] = ["/bin/httpd", "-f", "-p", "9000", "-h", "/www"];
 /// Sleeps the seconds given in the query string, then answers.
 const SLOW: &str = "#!/bin/sh\nsleep \"${QUERY_STRING:-1}\"\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslept\\n'\n";
 
@@ -25,22 +24,19 @@ fn no_acceleration(c: &mut pronto_server::ServerConfig) {
 
 /// A small function image whose `/index.html` says `index`.
 async fn push_app(env: &Env, tag: &str, index: &str) {
-    ImageBuilder::new()
-        .layer(busybox_layer().unwrap())
-        .layer(
-            Layer::gzip()
-                .dir("www/cgi-bin")
-                .file("www/index.html", index)
-                .file("www/cgi-bin/slow", SLOW)
-                .mode(0o755),
-        )
-        .entrypoint(&HTTPD)
-        .push(
-            &env.client,
-            &env.registry.reference(&format!("rel/app:{tag}")),
-        )
-        .await
-        .unwrap();
+    httpd_image(
+        Layer::gzip()
+            .dir("www/cgi-bin")
+            .file("www/index.html", index)
+            .file("www/cgi-bin/slow", SLOW)
+            .mode(0o755),
+    )
+    .push(
+        &env.client,
+        &env.registry.reference(&format!("rel/app:{tag}")),
+    )
+    .await
+    .unwrap();
 }
 
 fn url(env: &Env, target: &str, path: &str) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use pronto_testkit::faulty::{Fault, FaultyProxy, Rule};
-use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
+use pronto_testkit::image::{httpd_image, Layer};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -48,10 +48,7 @@ async fn a_stalled_registry_hangs_no_start_and_no_shutdown() {
     // Two images: `app` for the stalled and the healthy function, `other` for the start the
     // shutdown finds stuck (`app` is on the node by then).
     for (tag, index) in [("stall/app:v1", "hello\n"), ("stall/other:v1", "other\n")] {
-        ImageBuilder::new()
-            .layer(busybox_layer().unwrap())
-            .layer(Layer::gzip().dir("www").file("www/index.html", index))
-            .entrypoint(&["/bin/httpd", "-f", "-p", "9000", "-h", "/www"])
+        httpd_image(Layer::gzip().dir("www").file("www/index.html", index))
             .push(&env.client, &env.registry.reference(tag))
             .await
             .unwrap();

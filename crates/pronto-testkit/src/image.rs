@@ -497,6 +497,18 @@ pub async fn push_index(
 /// Where Debian's `busybox-static` puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// The command of a busybox-httpd function image: serve `/www` on port 9000 (CGI under
+/// `/www/cgi-bin/`).
+pub const HTTPD: [&str; 6] = ["/bin/httpd", "-f", "-p", "9000", "-h", "/www"];
+
+/// A function image: [`busybox_layer`], then `app` (its `/www`), running [`HTTPD`].
+pub fn httpd_image(app: Layer) -> ImageBuilder {
+    ImageBuilder::new()
+        .layer(busybox_layer().expect("busybox layer"))
+        .layer(app)
+        .entrypoint(&HTTPD)
+}
+
 /// A layer with a static busybox at `/bin/busybox` and links for the applets a function image
 /// needs (`sh`, `httpd`, ...): a real HTTP server (`httpd -f -p PORT -h DIR`, CGI under
 /// `DIR/cgi-bin/`) without a Docker engine or a distribution rootfs.
