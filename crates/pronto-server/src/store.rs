@@ -277,7 +277,17 @@ impl Store {
         self.with_conn(move |c| get(c, &name)).await
     }
 
-    /// Functions by name, ascending.
+    /// `f` with its access-trace summaries filled in (what the API shows; invocations and
+    /// jobs do not need them, so reads leave them out).
+    pub async fn with_trace(&self, mut f: Function) -> Result<Function, StoreError> {
+        self.with_conn(move |c| {
+            fill_trace(c, &mut f)?;
+            Ok(f)
+        })
+        .await
+    }
+
+    /// Functions by name, ascending, with their access-trace summaries.
     pub async fn list_functions(&self, q: ListQuery) -> Result<Vec<Function>, StoreError> {
         self.with_conn(move |c| {
             // substr, not LIKE: LIKE ignores ASCII case and treats `_` (valid in names) as a
@@ -896,7 +906,6 @@ fn get(c: &Connection, name: &str) -> Result<Function, StoreError> {
         .ok_or_else(|| StoreError::NotFound(name.to_string()))?
         .into_function()?;
     f.serving = config(c, &f.function_id, SERVING)?.map(|(_, _, f)| Box::new(f));
-    fill_trace(c, &mut f)?;
     Ok(f)
 }
 
@@ -954,12 +963,8 @@ fn config(
             .optional()
         })
         .map_err(query("get function configuration"))?;
-    row.map(|(cols, description, created)| {
-        let mut f = cols.into_function()?;
-        fill_trace(c, &mut f)?;
-        Ok((description, created, f))
-    })
-    .transpose()
+    row.map(|(cols, description, created)| Ok((description, created, cols.into_function()?)))
+        .transpose()
 }
 
 /// Writes `f`'s configuration as row `version` of its function (replacing it).

@@ -29,11 +29,13 @@ pub(super) async fn get_function(
     let version = match qualifier {
         Qualifier::Latest => {
             let function = state.store.get_function(&name).await?;
+            let function = state.store.with_trace(function).await?;
             return Ok(Json(FunctionView::from(&function)));
         }
         Qualifier::Version(v) => v,
         Qualifier::Alias(a) => state.store.get_alias(&name, &a).await?.version_id,
     };
     let version = state.store.get_version(&name, version).await?;
-    Ok(Json(FunctionView::from(&version.function)))
+    let function = state.store.with_trace(version.function).await?;
+    Ok(Json(FunctionView::from(&function)))
 }

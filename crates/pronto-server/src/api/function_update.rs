@@ -72,5 +72,6 @@ pub(super) async fn update_function(
     }
     state.provision_kick.notify_one();
     tracing::info!(function = %name, image = %function.image.reference, "updated function");
+    let function = state.store.with_trace(function).await?;
     Ok(Json(FunctionView::from(&function)))
 }
