@@ -20,7 +20,8 @@ export TMPDIR=$suite_tmp
 
 leftovers() {
   { ip netns list 2>/dev/null | grep -o '^pronto-[0-9a-f]*' || true
-    grep -E ' - (overlay|fuse|ext4) ' /proc/self/mountinfo | awk '{print $5}' | grep -F "$suite_tmp/" || true
+    # Mounted here, or (instance rootfs overlays, under /run/pronto/) with their layers here.
+    grep -E ' - (overlay|fuse|ext4) ' /proc/self/mountinfo | grep -F "$suite_tmp/" | awk '{print $5}' || true
     # Instance disks: loop devices backed by a file of this run's.
     cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -F "$suite_tmp/" | sed 's/^/loop:/' || true
   } | sort

@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// `mount`, `setns`, `bpf`, namespace flags to `clone`, ...), `unconfined` none.
     #[arg(long, env = "PRONTO_SECCOMP", default_value = "default")]
     seccomp: pronto_server::SeccompMode,
+    /// The containers' user namespace: `private` gives each instance its own (root inside
+    /// is an unprivileged host uid from 2^30 up, the image seen through an idmapped mount);
+    /// `host` runs them in the node's (root inside is root on the node).
+    #[arg(long, env = "PRONTO_USERNS", default_value = "private")]
+    userns: pronto_server::UsernsMode,
     /// Log lines on stderr as text (colours only on a terminal, none with NO_COLOR) or one
     /// JSON object each; PRONTO_LOG sets the level (e.g. info, pronto_server=debug).
     #[arg(long, env = "PRONTO_LOG_FORMAT", value_enum, default_value_t = crate::LogFormat::Text)]
@@ -76,6 +81,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.max_unpacked_bytes = args.max_unpacked_size;
     config.metrics_public = args.metrics_public;
     config.isolation.seccomp = args.seccomp;
+    config.isolation.userns = args.userns;
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

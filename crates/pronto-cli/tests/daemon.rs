@@ -140,13 +140,18 @@ async fn kill_9_with_a_lazy_instance_leaves_nothing_hung_or_mounted_after_restar
     let (body, timing) = ok(daemon.cli(&["invoke", "lazyweb", "--path", "/index.html"]));
     assert_eq!(body, "lazy busybox\n");
     assert!(timing.contains("rootfs=lazy"), "{timing}");
-    assert_eq!(pronto_lazyfs::mounts_under(&data).unwrap().len(), 1);
+    assert_eq!(
+        pronto_lazyfs::mounts_under(&data.join("node/lazy"))
+            .unwrap()
+            .len(),
+        1
+    );
 
     let mut daemon = daemon;
     daemon.signal(libc::SIGKILL);
     let _ = daemon.child.wait();
     // The FUSE server is gone: the stale mount answers at once (ENOTCONN), it does not hang.
-    let stale = pronto_lazyfs::mounts_under(&data).unwrap();
+    let stale = pronto_lazyfs::mounts_under(&data.join("node/lazy")).unwrap();
     assert_eq!(stale.len(), 1, "left by the killed daemon");
     let t = Instant::now();
     let probe = Command::new("timeout")
@@ -161,7 +166,9 @@ async fn kill_9_with_a_lazy_instance_leaves_nothing_hung_or_mounted_after_restar
 
     let daemon = Daemon::start(&data);
     assert!(
-        pronto_lazyfs::mounts_under(&data).unwrap().is_empty(),
+        pronto_lazyfs::mounts_under(&data.join("node/lazy"))
+            .unwrap()
+            .is_empty(),
         "stale mount detached"
     );
     assert_eq!(

@@ -316,6 +316,8 @@ impl Filesystem for LazyFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_MAX_PAGES,
+            // Instances in user namespaces see the mount through an idmapped clone.
+            InitFlags::FUSE_ALLOW_IDMAP,
         ] {
             let _ = config.add_capabilities(flag);
         }

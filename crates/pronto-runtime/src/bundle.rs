@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::seccomp::{self, SeccompError, SeccompMode};
+use crate::userns::{IdRange, RANGE_SIZE};
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, PosixRlimitBuilder,
-    PosixRlimitType, RootBuilder, Spec, UserBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, RootBuilder, Spec, UserBuilder,
 };
 
 /// CFS period for `cpu` → quota.
@@ -158,7 +159,10 @@ pub struct BundleParams<'a> {
     pub image_config: &'a serde_json::Value,
     pub overrides: &'a ProcessOverrides,
     pub port: u16,
-    pub netns: &'a Path,
+    /// The network namespace to join; `None`: the runtime makes one (with `ids`).
+    pub netns: Option<&'a Path>,
+    /// The user namespace's host ids; `None`: the node's user namespace.
+    pub ids: Option<IdRange>,
     pub cgroups_path: &'a str,
     pub memory_bytes: i64,
     pub cpu: f64,
@@ -202,21 +206,25 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .build()?]));
     spec.set_process(Some(process));
 
-    let namespaces: Vec<LinuxNamespace> = [
+    let mut namespaces = vec![
         (LinuxNamespaceType::Pid, None),
         (LinuxNamespaceType::Ipc, None),
         (LinuxNamespaceType::Uts, None),
         (LinuxNamespaceType::Mount, None),
-        (LinuxNamespaceType::Network, Some(p.netns)),
-    ]
-    .into_iter()
-    .map(|(typ, path)| {
-        let mut ns = LinuxNamespace::default();
-        ns.set_typ(typ);
-        ns.set_path(path.map(Into::into));
-        ns
-    })
-    .collect();
+        (LinuxNamespaceType::Network, p.netns),
+    ];
+    if p.ids.is_some() {
+        namespaces.push((LinuxNamespaceType::User, None));
+    }
+    let namespaces: Vec<LinuxNamespace> = namespaces
+        .into_iter()
+        .map(|(typ, path)| {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(typ);
+            ns.set_path(path.map(Into::into));
+            ns
+        })
+        .collect();
 
     let quota = (p.cpu * CPU_PERIOD_US as f64).round().max(1000.0) as i64;
     let resources = LinuxResourcesBuilder::default()
@@ -245,6 +253,14 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .cgroups_path(std::path::PathBuf::from(p.cgroups_path))
         .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
         .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default());
+    if let Some(ids) = p.ids {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(ids.host_base)
+            .size(RANGE_SIZE)
+            .build()?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
     if p.seccomp == SeccompMode::Default {
         let bounding = spec
             .process()
@@ -338,7 +354,8 @@ mod tests {
             image_config: &json!({"config": {"Cmd": ["/app"]}}),
             overrides: &o,
             port: 9000,
-            netns: Path::new("/run/netns/x"),
+            netns: Some(Path::new("/run/netns/x")),
+            ids: None,
             cgroups_path: "/pronto-i1",
             memory_bytes: 256 << 20,
             cpu: 0.5,
@@ -379,5 +396,36 @@ mod tests {
             .map(|n| n.as_str().unwrap())
             .collect();
         assert!(allowed.contains(&"read") && !allowed.contains(&"unshare"));
+    }
+
+    #[test]
+    fn a_user_namespace_maps_the_range_and_the_runtime_makes_the_network_namespace() {
+        let root = tempfile::tempdir().unwrap();
+        let o = ProcessOverrides::default();
+        let spec = build_spec(&BundleParams {
+            hostname: "i1",
+            rootfs: root.path(),
+            image_config: &json!({"config": {"Cmd": ["/app"]}}),
+            overrides: &o,
+            port: 9000,
+            netns: None,
+            ids: Some(IdRange { host_base: 1 << 30 }),
+            cgroups_path: "/pronto-i1",
+            memory_bytes: 256 << 20,
+            cpu: 0.5,
+            seccomp: SeccompMode::Default,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "user"));
+        let net = ns.iter().find(|n| n["type"] == "network").unwrap();
+        assert!(net.get("path").is_none(), "{net}");
+        for key in ["uidMappings", "gidMappings"] {
+            assert_eq!(
+                v["linux"][key],
+                json!([{"containerID": 0, "hostID": 1u32 << 30, "size": 65536}])
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Crash cleanup: what a previous daemon on this data dir left running is torn down when the
 //! node opens.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 
 use crate::layout::{self, InstanceLayout};
 use crate::node::Node;
@@ -13,16 +13,17 @@ impl Node {
     pub async fn cleanup_stale(&self) -> usize {
         let n = &self.inner;
         let mut cleaned = 0;
-        let dirs: Vec<PathBuf> = std::fs::read_dir(layout::instances_dir(&n.data_dir))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        for dir in dirs {
-            let Some(id) = dir.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
+        // Recorded instances, and mount points of any a crash left before recording (none
+        // should be: the record is the first step).
+        let ids: BTreeSet<String> = [
+            layout::instances_dir(&n.data_dir),
+            layout::run_dir(&n.data_dir),
+        ]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+        for id in &ids {
             let instance = InstanceLayout::recorded(&n.data_dir, id);
             tracing::warn!(instance = %id, "cleaning up an instance left by a previous daemon");
             if let Err(e) = teardown(n.host.as_ref(), &instance).await {

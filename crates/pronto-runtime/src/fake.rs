@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::host::{Host, Overlay};
 use crate::oci::OciError;
+use crate::userns::IdRange;
 use crate::{InstanceSpec, Node};
 
 /// One call the fake saw.
@@ -30,8 +31,10 @@ pub enum HostEvent {
     MountDisk(PathBuf),
     UnmountDisk(PathBuf),
     MountOverlay(PathBuf),
+    MountIdmapped(PathBuf),
     Unmount(PathBuf),
     CreateNetns(String),
+    AttachNetns(String),
     DeleteNetns(String),
     CreateContainer(String),
     StartContainer(String),
@@ -178,7 +181,8 @@ impl FakeHost {
     }
 }
 
-/// The network namespace path in a bundle's `config.json`.
+/// The network namespace path in a bundle's `config.json`: empty when the runtime is to
+/// create one (it is then named by `attach_netns`).
 fn bundle_netns(bundle: &Path) -> io::Result<(PathBuf, String)> {
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
@@ -187,8 +191,10 @@ fn bundle_netns(bundle: &Path) -> io::Result<(PathBuf, String)> {
         .into_iter()
         .flatten()
         .find(|ns| ns["type"] == "network")
-        .and_then(|ns| ns["path"].as_str())
-        .ok_or_else(|| io::Error::other("config.json joins no network namespace"))?;
+        .ok_or_else(|| io::Error::other("config.json has no network namespace"))?
+        .get("path")
+        .and_then(|p| p.as_str())
+        .unwrap_or_default();
     let cgroups_path = spec["linux"]["cgroupsPath"].as_str().unwrap_or_default();
     Ok((PathBuf::from(netns), cgroups_path.to_string()))
 }
@@ -214,6 +220,24 @@ impl Host for FakeHost {
             ));
         }
         if !s.mounts.insert(o.target.to_owned()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "mounted twice",
+            ));
+        }
+        Ok(())
+    }
+
+    fn mount_idmapped(&self, source: &Path, target: &Path, _range: IdRange) -> io::Result<()> {
+        let mut s = self.state();
+        s.events.push(HostEvent::MountIdmapped(target.to_owned()));
+        if !source.is_dir() || !target.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} or {} missing", source.display(), target.display()),
+            ));
+        }
+        if !s.mounts.insert(target.to_owned()) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "mounted twice",
@@ -260,6 +284,23 @@ impl Host for FakeHost {
             ));
         }
         Ok(PathBuf::from("/run/netns").join(name))
+    }
+
+    fn attach_netns(&self, name: &str, pid: i32) -> io::Result<PathBuf> {
+        let mut s = self.state();
+        s.events.push(HostEvent::AttachNetns(name.to_string()));
+        let path = PathBuf::from("/run/netns").join(name);
+        let Some(c) = s.containers.values_mut().find(|c| c.pid == pid) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such process"));
+        };
+        c.netns = path.clone();
+        if !s.netns.insert(name.to_string()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("netns {name} exists"),
+            ));
+        }
+        Ok(path)
     }
 
     fn delete_netns(&self, name: &str) -> io::Result<()> {

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use crate::netns;
 use crate::oci::{OciError, OciRuntime};
 use crate::procfs;
+use crate::userns::{self, IdRange};
 
 /// The directories of an overlay rootfs.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +32,10 @@ pub trait Host: Send + Sync + Debug {
     /// Mounts an overlay at `o.target`.
     fn mount_overlay(&self, o: Overlay<'_>) -> io::Result<()>;
 
+    /// Mounts a read-only clone of `source` at `target` whose files owned by id `n` appear
+    /// owned by `range.host_base + n` (an idmapped mount).
+    fn mount_idmapped(&self, source: &Path, target: &Path, range: IdRange) -> io::Result<()>;
+
     /// Detaches whatever is mounted at `target`; nothing mounted there is not an error.
     fn unmount(&self, target: &Path) -> io::Result<()>;
 
@@ -44,6 +49,10 @@ pub trait Host: Send + Sync + Debug {
 
     /// Creates network namespace `name` with its loopback up; returns its path.
     fn create_netns(&self, name: &str) -> io::Result<PathBuf>;
+
+    /// Names the network namespace of process `pid` (one the OCI runtime created) `name`, as
+    /// `ip netns attach` does; returns its path. [`Host::delete_netns`] removes the name.
+    fn attach_netns(&self, name: &str, pid: i32) -> io::Result<PathBuf>;
 
     /// Deletes network namespace `name`; a missing one is not an error.
     fn delete_netns(&self, name: &str) -> io::Result<()>;
@@ -103,6 +112,10 @@ impl Host for LinuxHost {
         .map_err(io::Error::from)
     }
 
+    fn mount_idmapped(&self, source: &Path, target: &Path, range: IdRange) -> io::Result<()> {
+        userns::mount_idmapped(source, target, range)
+    }
+
     fn unmount(&self, target: &Path) -> io::Result<()> {
         if !pronto_lazyfs::mountinfo::is_mount_point(target)? {
             return Ok(());
@@ -120,6 +133,10 @@ impl Host for LinuxHost {
 
     fn create_netns(&self, name: &str) -> io::Result<PathBuf> {
         netns::create(name)
+    }
+
+    fn attach_netns(&self, name: &str, pid: i32) -> io::Result<PathBuf> {
+        netns::attach(name, pid)
     }
 
     fn delete_netns(&self, name: &str) -> io::Result<()> {

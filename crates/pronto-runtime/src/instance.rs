@@ -143,6 +143,8 @@ pub struct Instance {
     pub(crate) layout: InstanceLayout,
     pub(crate) netns_path: PathBuf,
     pub(crate) pid: i32,
+    /// Its user namespace's host ids, released when it is torn down.
+    pub(crate) ids: Option<crate::userns::IdRange>,
     pub(crate) node: Arc<NodeInner>,
     pub(crate) stopped: AtomicBool,
     /// The lazily loaded lower dir, held until the overlay above it is gone.

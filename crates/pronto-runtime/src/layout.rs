@@ -3,8 +3,11 @@
 //!
 //! - `instances/<id>/`: `state.json` (written first, so a crash at any later step can be
 //!   undone), `config.json` (the bundle), `disk.img` mounted at `disk/` (the writable layer,
-//!   bounded: `disk/upper/`, `disk/work/`), `rootfs/` (the overlay mount
-//!   point), the runtime's `pid` and `runtime.log`;
+//!   bounded: `disk/upper/`, `disk/work/`), `lower/` (with a user namespace: the idmapped
+//!   clone of the image), the runtime's `pid` and `runtime.log`;
+//! - `/run/pronto/<node>/<id>/rootfs/`: the overlay mount point, outside the data dir (which
+//!   stays `0700`) because a container's root in a user namespace must be able to search every
+//!   directory above its rootfs ([`run_dir`], [`crate::userns`]);
 //! - `logs/<function>/<id>.log`: the container's stdout+stderr, kept after teardown;
 //! - network namespace `pronto-<id>`, cgroup `/pronto-<id>`, container `<id>`.
 
@@ -28,6 +31,8 @@ pub struct InstanceLayout {
     pub function: String,
     /// `DATA/instances/<id>`: the bundle.
     pub dir: PathBuf,
+    /// `/run/pronto/<node>/<id>`: the rootfs mount point's directory.
+    pub mounts: PathBuf,
     pub log: PathBuf,
     pub netns: String,
     pub cgroups_path: String,
@@ -47,6 +52,7 @@ impl InstanceLayout {
             id: id.to_string(),
             function: function.to_string(),
             dir: instances_dir(data_dir).join(id),
+            mounts: run_dir(data_dir).join(id),
             log: log_dir(data_dir, function).join(format!("{id}.log")),
             netns: format!("pronto-{id}"),
             cgroups_path: format!("/pronto-{id}"),
@@ -71,6 +77,7 @@ impl InstanceLayout {
             log: log_dir(data_dir, &state.function).join(format!("{id}.log")),
             function: state.function,
             dir,
+            mounts: run_dir(data_dir).join(id),
             netns: state.netns,
             cgroups_path: state.cgroups_path,
         }
@@ -93,7 +100,12 @@ impl InstanceLayout {
     }
 
     pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("rootfs")
+        self.mounts.join("rootfs")
+    }
+
+    /// The overlay's lower dir when the image is seen through an idmapped clone.
+    pub fn idmapped_lower(&self) -> PathBuf {
+        self.dir.join("lower")
     }
 
     /// The file holding the instance's disk (its writable layer's filesystem).
@@ -119,6 +131,18 @@ impl InstanceLayout {
     }
 }
 
+/// Where the rootfs mount points of the node on `data_dir` are: `/run/pronto/` and 12 hex
+/// digits of the data dir's SHA-256 (so a restarted daemon finds its own, and another node on
+/// the machine has its own). `/run` is a tmpfs: after a reboot it is empty, as are the mounts.
+pub fn run_dir(data_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from(RUN_ROOT).join(hex::encode(&hash[..6]))
+}
+
+/// Searchable by everyone (`0711`): the containers' roots cross it.
+pub const RUN_ROOT: &str = "/run/pronto";
+
 pub fn instances_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("instances")
 }
@@ -136,7 +160,10 @@ mod tests {
     fn names_and_paths_derive_from_the_id() {
         let l = InstanceLayout::new(Path::new("/d"), "0a1b2c", "hello").unwrap();
         assert_eq!(l.dir, Path::new("/d/instances/0a1b2c"));
-        assert_eq!(l.rootfs(), Path::new("/d/instances/0a1b2c/rootfs"));
+        assert_eq!(l.mounts, run_dir(Path::new("/d")).join("0a1b2c"));
+        assert_eq!(l.rootfs(), l.mounts.join("rootfs"));
+        assert!(l.mounts.starts_with("/run/pronto/"));
+        assert_ne!(run_dir(Path::new("/d")), run_dir(Path::new("/e")));
         assert_eq!(l.log, Path::new("/d/logs/hello/0a1b2c.log"));
         assert_eq!(l.netns, "pronto-0a1b2c");
         assert_eq!(l.cgroups_path, "/pronto-0a1b2c");

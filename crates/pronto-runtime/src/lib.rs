@@ -11,6 +11,8 @@
 //! - [`lazy`]: lazily loaded lower dirs, one FUSE mount per accelerated image, shared.
 //! - [`bundle`]: `config.json` from the image config and the function's settings.
 //! - [`seccomp`]: the containers' seccomp filter, Docker's default profile translated.
+//! - [`userns`]: a user namespace per instance (an unprivileged id range, the image seen
+//!   through an idmapped mount).
 //! - [`netns`]: named network namespaces and sockets opened inside them.
 //! - [`oci`]: calls to the OCI runtime binary.
 //! - [`output`]: the container's stdout and stderr through a pipe, stamped line by line
@@ -48,6 +50,7 @@ mod start;
 mod teardown;
 #[cfg(test)]
 mod tests;
+pub mod userns;
 
 pub use pronto_lazyfs::AccessTrace;
 
@@ -56,3 +59,4 @@ pub use instance::{Instance, InstanceSpec, RootfsSource, StartError, StartTiming
 pub use node::{Isolation, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
 pub use seccomp::SeccompMode;
 pub use teardown::{TeardownError, TeardownFailure};
+pub use userns::UsernsMode;

@@ -19,6 +19,23 @@ pub fn create(name: &str) -> io::Result<PathBuf> {
     Ok(path_of(name))
 }
 
+/// Names the network namespace of process `pid` `name`: a bind mount of `/proc/PID/ns/net`
+/// on `/run/netns/NAME`, which is what `ip netns attach` makes (and `ip netns delete` undoes).
+pub fn attach(name: &str, pid: i32) -> io::Result<PathBuf> {
+    let path = path_of(name);
+    std::fs::create_dir_all(NETNS_DIR)?;
+    std::fs::File::create_new(&path)?;
+    let source = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let bound = rustix::mount::mount_bind(&source, &path);
+    if let Err(e) = bound {
+        let _ = std::fs::remove_file(&path);
+        return Err(io::Error::other(format!(
+            "naming the network namespace of pid {pid} {name}: {e}"
+        )));
+    }
+    Ok(path)
+}
+
 /// Deletes namespace `name`; a missing one is not an error.
 pub fn delete(name: &str) -> io::Result<()> {
     if !path_of(name).exists() {

@@ -18,6 +18,7 @@ use crate::layout;
 use crate::lazy::LazyStore;
 use crate::oci::OciRuntime;
 use crate::seccomp::SeccompMode;
+use crate::userns::{IdRanges, UsernsMode};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -36,11 +37,13 @@ pub struct NodeConfig {
 
 /// How a node's containers are confined beyond namespaces, cgroups and the runtime's default
 /// capabilities. The default is the confined one; each part has a switch per node
-/// (`pronto serve --seccomp`).
+/// (`pronto serve --seccomp`, `--userns`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Isolation {
     /// The seccomp filter: Docker's default profile, or none.
     pub seccomp: SeccompMode,
+    /// A user namespace per instance (its root an unprivileged id range), or the node's.
+    pub userns: UsernsMode,
 }
 
 /// The default bound of the node chunk cache: 10 GiB.
@@ -53,6 +56,8 @@ pub(crate) struct NodeInner {
     pub(crate) lazy: LazyStore,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) isolation: Isolation,
+    /// The user namespace id ranges of live instances.
+    pub(crate) id_ranges: IdRanges,
 }
 
 /// The instances of one node. Cheap to clone.
@@ -79,29 +84,38 @@ impl Node {
         for sub in ["instances", "logs", "runc"] {
             std::fs::create_dir_all(config.data_dir.join(sub))?;
         }
+        // One name for the data dir, whatever the caller's spelling: the run dir derives from it.
+        let data_dir = config.data_dir.canonicalize()?;
+        create_run_dir(&layout::run_dir(&data_dir))?;
         let lazy = LazyStore::open(
-            config.data_dir.join("lazy"),
-            &config.data_dir.join("chunks"),
+            data_dir.join("lazy"),
+            &data_dir.join("chunks"),
             config.chunk_cache_bytes,
             config.registry.clone(),
         )?;
         // Also removes what pulls of a killed daemon left.
         let images = ImageStore::new(
-            config.data_dir.join("images"),
+            data_dir.join("images"),
             config.registry,
             config.max_unpacked_bytes,
         )?;
         let node = Node {
             inner: Arc::new(NodeInner {
-                data_dir: config.data_dir,
+                data_dir,
                 images,
                 lazy,
                 host,
                 isolation: config.isolation,
+                id_ranges: IdRanges::default(),
             }),
         };
         let cleaned = node.cleanup_stale().await;
         Ok((node, cleaned))
+    }
+
+    /// The node's data dir (canonical).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
     }
 
     pub fn images(&self) -> &ImageStore {
@@ -122,4 +136,15 @@ impl Node {
     pub fn function_log_dir(&self, function: &str) -> PathBuf {
         layout::log_dir(&self.inner.data_dir, function)
     }
+}
+
+/// `/run/pronto/<node>/`, `0711` like its parent: a container's root in a user namespace
+/// crosses both to reach its rootfs; the per-instance directories below are closed.
+fn create_run_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    for d in [dir, std::path::Path::new(layout::RUN_ROOT)] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    }
+    Ok(())
 }

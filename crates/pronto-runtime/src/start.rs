@@ -27,6 +27,7 @@ use crate::lazy::{Acquired, SharedMount};
 use crate::node::Node;
 use crate::output::{LogPump, RequestTag};
 use crate::teardown::{release, teardown};
+use crate::userns::{IdRange, UsernsMode};
 
 /// How long one readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,9 +64,20 @@ impl Node {
         let n = &self.inner;
         let layout = InstanceLayout::new(&n.data_dir, &new_id(), &spec.function)
             .map_err(setup("checking the function name"))?;
-        layout
-            .create()
-            .map_err(setup("creating the instance directory"))?;
+        let ids = match n.isolation.userns {
+            UsernsMode::Private => Some(
+                n.id_ranges
+                    .allocate()
+                    .map_err(setup("choosing the user namespace's ids"))?,
+            ),
+            UsernsMode::Host => None,
+        };
+        if let Err(e) = layout.create() {
+            if let Some(ids) = ids {
+                n.id_ranges.release(ids);
+            }
+            return Err(setup("creating the instance directory")(e));
+        }
 
         let mut lazy = None;
         let mut pump = None;
@@ -73,7 +85,7 @@ impl Node {
         match self
             .start_in(
                 &spec,
-                &layout,
+                (&layout, ids),
                 (started, cancel),
                 &mut lazy,
                 (&mut pump, &mut tag),
@@ -97,6 +109,7 @@ impl Node {
                     layout,
                     netns_path: s.netns_path,
                     pid: s.pid,
+                    ids,
                     node: n.clone(),
                     stopped: AtomicBool::new(false),
                     lazy: Mutex::new(lazy),
@@ -116,6 +129,9 @@ impl Node {
                     tracing::error!(instance = %layout.id, error = %te, "teardown after a failed start");
                 }
                 release(lazy).await;
+                if let Some(ids) = ids {
+                    n.id_ranges.release(ids);
+                }
                 if let Some(mut pump) = pump {
                     pump.finish(OUTPUT_DRAIN).await;
                 }
@@ -182,7 +198,7 @@ impl Node {
     async fn start_in(
         &self,
         spec: &InstanceSpec,
-        l: &InstanceLayout,
+        (l, ids): (&InstanceLayout, Option<IdRange>),
         (started, cancel): (Instant, &CancellationToken),
         lazy: &mut Option<Arc<SharedMount>>,
         (pump, tag): (&mut Option<LogPump>, &mut RequestTag),
@@ -212,9 +228,23 @@ impl Node {
         host.mount_disk(&l.disk_image(), spec.disk_mb << 20, &l.disk())
             .map_err(setup("making the instance's disk"))?;
         let (rootfs, upper, work) = (l.rootfs(), l.upper(), l.work());
-        for dir in [&upper, &work, &rootfs] {
+        for dir in [&upper, &work] {
             std::fs::create_dir(dir).map_err(setup("creating overlay directories"))?;
         }
+        create_mount_point(l, ids).map_err(setup("creating the rootfs mount point"))?;
+        let lower = match ids {
+            // The image's files owned by the range, the writable layer's root by its root.
+            Some(ids) => {
+                std::os::unix::fs::chown(&upper, Some(ids.host_base), Some(ids.host_base))
+                    .map_err(setup("giving the upper dir to the container's root"))?;
+                let mapped = l.idmapped_lower();
+                std::fs::create_dir(&mapped).map_err(setup("creating the idmapped lower dir"))?;
+                host.mount_idmapped(&lower, &mapped, ids)
+                    .map_err(setup("mounting the image idmapped"))?;
+                mapped
+            }
+            None => lower,
+        };
         host.mount_overlay(Overlay {
             lower: &lower,
             upper: &upper,
@@ -222,9 +252,15 @@ impl Node {
             target: &rootfs,
         })
         .map_err(setup("mounting the overlay rootfs"))?;
-        let netns_path = host
-            .create_netns(&l.netns)
-            .map_err(setup("creating the network namespace"))?;
+        // In a user namespace the runtime creates the network namespace (see `userns`); it is
+        // named once the container exists.
+        let own_netns = match ids {
+            None => Some(
+                host.create_netns(&l.netns)
+                    .map_err(setup("creating the network namespace"))?,
+            ),
+            Some(_) => None,
+        };
 
         let spec_json = bundle::build_spec(&BundleParams {
             hostname: &l.id,
@@ -232,7 +268,8 @@ impl Node {
             image_config: &spec.image.config,
             overrides: &spec.overrides,
             port: spec.port,
-            netns: &netns_path,
+            netns: own_netns.as_deref(),
+            ids,
             cgroups_path: &l.cgroups_path,
             memory_bytes: (spec.memory_mb as i64) << 20,
             cpu: spec.cpu,
@@ -252,9 +289,17 @@ impl Node {
         *tag = t;
         let pump = pump.insert(p);
         timings.setup_done = started.elapsed();
-        let created = host.create_container(&l.id, &l.dir, output).await;
-        let created = match created {
-            Ok(pid) => host.start_container(&l.id).await.map(|()| pid),
+        let mut netns_path = own_netns;
+        let created = match host.create_container(&l.id, &l.dir, output).await {
+            Ok(pid) => {
+                if netns_path.is_none() {
+                    netns_path = Some(
+                        host.attach_netns(&l.netns, pid)
+                            .map_err(setup("naming the container's network namespace"))?,
+                    );
+                }
+                host.start_container(&l.id).await.map(|()| pid)
+            }
             Err(e) => Err(e),
         };
         let pid = match created {
@@ -268,6 +313,7 @@ impl Node {
                 });
             }
         };
+        let netns_path = netns_path.expect("created or named above");
         timings.container_started = started.elapsed();
 
         if let Err(mut e) = wait_ready(host, spec, l, (pid, &netns_path), deadline, cancel).await {
@@ -344,6 +390,19 @@ async fn probe_http(host: &dyn Host, netns: &Path, port: u16) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
         Ok(Ok(true))
     )
+}
+
+/// `/run/pronto/<node>/<id>/rootfs`: the instance's directory there is closed to everyone but
+/// root and, with a user namespace, the container's root (group, search only), which must
+/// reach the rootfs from inside its namespace.
+fn create_mount_point(l: &InstanceLayout, ids: Option<IdRange>) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(&l.mounts)?;
+    if let Some(ids) = ids {
+        std::os::unix::fs::chown(&l.mounts, None, Some(ids.host_base))?;
+        std::fs::set_permissions(&l.mounts, std::fs::Permissions::from_mode(0o710))?;
+    }
+    std::fs::create_dir(l.rootfs())
 }
 
 /// 12 hex digits from the kernel's random pool.

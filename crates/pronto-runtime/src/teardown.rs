@@ -65,6 +65,11 @@ impl Instance {
             return Ok(());
         }
         let result = teardown(self.node.host.as_ref(), &self.layout).await;
+        if let Some(ids) = self.ids {
+            if result.is_ok() {
+                self.node.id_ranges.release(ids);
+            }
+        }
         let lazy = self.lazy.lock().expect("instance lock poisoned").take();
         release(lazy).await;
         // The container is gone, so is the pipe's last writer: its last lines reach the log.
@@ -82,8 +87,8 @@ impl Instance {
 const PUMP_FINISH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Undoes every step of a start, in reverse: the container (and its cgroup), the overlay, the
-/// instance's disk, the network namespace, and — only if all of those are gone — the
-/// directory.
+/// idmapped lower dir and the instance's disk below it, the network namespace, and — only if
+/// all of those are gone — the directories.
 pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), TeardownError> {
     let mut failures = Vec::new();
     if let Err(e) = host.delete_container(&l.id).await {
@@ -95,12 +100,21 @@ pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), 
             path: rootfs,
             source,
         });
-    } else if let Err(source) = host.unmount_disk(&l.disk_image(), &l.disk()) {
-        // Only once the overlay above it is gone.
-        failures.push(TeardownFailure::Unmount {
-            path: l.disk(),
-            source,
-        });
+    } else {
+        // Only once the overlay above them is gone.
+        let lower = l.idmapped_lower();
+        if let Err(source) = host.unmount(&lower) {
+            failures.push(TeardownFailure::Unmount {
+                path: lower,
+                source,
+            });
+        }
+        if let Err(source) = host.unmount_disk(&l.disk_image(), &l.disk()) {
+            failures.push(TeardownFailure::Unmount {
+                path: l.disk(),
+                source,
+            });
+        }
     }
     if let Err(source) = host.delete_netns(&l.netns) {
         failures.push(TeardownFailure::Netns {
@@ -109,13 +123,17 @@ pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), 
         });
     }
     if failures.is_empty() {
-        if let Err(source) = std::fs::remove_dir_all(&l.dir) {
-            if source.kind() != io::ErrorKind::NotFound {
-                failures.push(TeardownFailure::RemoveDir {
-                    path: l.dir.clone(),
-                    source,
-                });
-            }
+        // The mount point's directory holds nothing but the (unmounted, empty) mount point.
+        let removed = remove_empty_dir(&l.rootfs())
+            .and_then(|()| remove_empty_dir(&l.mounts))
+            .map_err(|source| (l.mounts.clone(), source))
+            .and_then(|()| {
+                std::fs::remove_dir_all(&l.dir)
+                    .or_else(not_found_ok)
+                    .map_err(|source| (l.dir.clone(), source))
+            });
+        if let Err((path, source)) = removed {
+            failures.push(TeardownFailure::RemoveDir { path, source });
         }
     }
     if failures.is_empty() {
@@ -125,6 +143,18 @@ pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), 
             id: l.id.clone(),
             failures,
         })
+    }
+}
+
+fn remove_empty_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::remove_dir(dir).or_else(not_found_ok)
+}
+
+fn not_found_ok(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 

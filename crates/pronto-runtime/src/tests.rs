@@ -63,20 +63,21 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
         "{t:?}"
     );
     let (id, netns) = (instance.id.clone(), format!("pronto-{}", instance.id));
-    let rootfs = env
-        .config
-        .data_dir
-        .join("instances")
+    let dir = env.config.data_dir.join("instances").join(&id);
+    let rootfs = crate::layout::run_dir(&env.config.data_dir)
         .join(&id)
         .join("rootfs");
-    let disk = rootfs.with_file_name("disk");
+    let (disk, lower) = (dir.join("disk"), dir.join("lower"));
+    // In a user namespace (the default): the image idmapped below the overlay, the network
+    // namespace made by the runtime and named before the start.
     assert_eq!(
         env.host.events(),
         vec![
             HostEvent::MountDisk(disk.clone()),
+            HostEvent::MountIdmapped(lower.clone()),
             HostEvent::MountOverlay(rootfs.clone()),
-            HostEvent::CreateNetns(netns.clone()),
             HostEvent::CreateContainer(id.clone()),
+            HostEvent::AttachNetns(netns.clone()),
             HostEvent::StartContainer(id.clone()),
         ]
     );
@@ -108,10 +109,11 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
     instance.stop().await.unwrap();
     assert!(!instance.is_running());
     assert_eq!(
-        env.host.events()[5..],
+        env.host.events()[6..],
         [
             HostEvent::DeleteContainer(id.clone()),
-            HostEvent::Unmount(rootfs),
+            HostEvent::Unmount(rootfs.clone()),
+            HostEvent::Unmount(lower),
             HostEvent::UnmountDisk(disk),
             HostEvent::DeleteNetns(netns),
         ]
@@ -122,9 +124,13 @@ async fn a_start_makes_each_thing_once_and_a_stop_undoes_them_in_reverse() {
         env.host.leftovers()
     );
     assert_eq!(instance_dirs(&env), 0);
+    assert!(
+        !rootfs.parent().unwrap().exists(),
+        "the mount point's dir is removed"
+    );
     // Stopping twice does nothing more.
     instance.stop().await.unwrap();
-    assert_eq!(env.host.events().len(), 9);
+    assert_eq!(env.host.events().len(), 11);
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use pronto_image::{pull, ClientOptions, RegistryClient};
 use pronto_runtime::bundle::ProcessOverrides;
-use pronto_runtime::{InstanceSpec, Isolation, Node, NodeConfig, SeccompMode, StartError};
+use pronto_runtime::{
+    InstanceSpec, Isolation, Node, NodeConfig, SeccompMode, StartError, UsernsMode,
+};
 use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,12 +126,12 @@ async fn get(instance: &pronto_runtime::Instance, path: &str) -> String {
 /// Nothing of instance `id` is left on the machine.
 fn assert_gone(data: &Path, id: &str, pid: i32) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = data.join("instances").join(id);
     assert!(
-        !mounts.contains(&dir.display().to_string()),
-        "mount left at {}",
-        dir.display()
+        !mounts.contains(&format!("/{id}/")),
+        "mount of instance {id} left: {mounts}"
     );
+    let run = pronto_runtime::layout::run_dir(&data.canonicalize().unwrap()).join(id);
+    assert!(!run.exists(), "mount point dir {} left", run.display());
     assert!(
         !Path::new(&format!("/run/netns/pronto-{id}")).exists(),
         "netns left"
@@ -237,11 +239,35 @@ async fn confinement(instance: &pronto_runtime::Instance) -> String {
 }
 
 #[tokio::test]
-async fn functions_run_under_the_default_seccomp_profile() {
+async fn functions_run_under_the_default_seccomp_profile_in_a_user_namespace() {
     let f = fixture().await;
     let instance = f.node.start(spec(&f)).await.unwrap();
     let c = confinement(&instance).await;
     assert!(c.contains("Seccomp:2\n"), "filtered: {c}");
+    // Root inside is an unprivileged host uid of a range of its own.
+    let map = c.split("uid_map=").nth(1).unwrap().lines().next().unwrap();
+    let fields: Vec<u64> = map.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields.len(), 3, "{c}");
+    assert_eq!((fields[0], fields[2]), (0, 65536), "{c}");
+    let base = fields[1];
+    assert!((1 << 30..1 << 31).contains(&base), "{c}");
+    // What it writes is owned on the node by that range, not by root.
+    use std::os::unix::fs::MetadataExt;
+    let written = f
+        .data
+        .path()
+        .join("instances")
+        .join(&instance.id)
+        .join("disk/upper/tmp/written");
+    let meta = std::fs::metadata(&written).unwrap();
+    assert_eq!((meta.uid() as u64, meta.gid() as u64), (base, base));
+    let second = f.node.start(spec(&f)).await.unwrap();
+    let c2 = confinement(&second).await;
+    assert!(
+        !c2.contains(map),
+        "each instance has its own range: {map} / {c2}"
+    );
+    second.stop().await.unwrap();
     assert!(
         c.contains("unshare=refused") && c.contains("Operation not permitted"),
         "no user namespace of its own (EPERM): {c}"
@@ -255,12 +281,28 @@ async fn functions_run_under_the_default_seccomp_profile() {
 async fn an_unconfined_node_sets_no_seccomp_filter() {
     let f = fixture_with(Isolation {
         seccomp: SeccompMode::Unconfined,
+        ..Default::default()
     })
     .await;
     let instance = f.node.start(spec(&f)).await.unwrap();
     let c = confinement(&instance).await;
     assert!(c.contains("Seccomp:0\n"), "no filter: {c}");
     instance.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_with_host_user_namespaces_runs_root_as_root() {
+    let f = fixture_with(Isolation {
+        userns: UsernsMode::Host,
+        ..Default::default()
+    })
+    .await;
+    let instance = f.node.start(spec(&f)).await.unwrap();
+    let c = confinement(&instance).await;
+    assert!(c.contains("uid_map= 0 0 4294967295\n"), "{c}");
+    let (id, pid) = (instance.id.clone(), instance.pid());
+    instance.stop().await.unwrap();
+    assert_gone(f.data.path(), &id, pid);
 }
 
 #[tokio::test]

@@ -85,6 +85,22 @@ async fn get(instance: &pronto_runtime::Instance, path: &str) -> String {
 
 /// The trees below each top-level directory of `root` but those the OCI runtime mounts over
 /// (`/proc`, `/dev`, `/sys`), as one tree.
+/// Where the user namespace of process `pid` maps its ids (base, size); (0, 2^32-1) without one.
+fn id_map(pid: i32) -> (u32, u32) {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let f: Vec<u64> = map.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    (f[1] as u32, f[2] as u32)
+}
+
+/// The ground truth as the node sees it in the container of `pid` (its owners shifted by its
+/// user namespace's map).
+fn as_seen_in(pid: i32, truth: Tree) -> Tree {
+    match id_map(pid) {
+        (0, _) => truth,
+        (base, size) => truth.shifted(base, size),
+    }
+}
+
 fn image_part(root: &Path) -> Tree {
     let mut out = Tree::default();
     for entry in std::fs::read_dir(root).unwrap() {
@@ -119,7 +135,10 @@ async fn accelerate(
 }
 
 fn lazy_mounts(data: &Path) -> usize {
-    pronto_lazyfs::mounts_under(data).unwrap().len()
+    // The shared mounts, not the instances' idmapped views of them.
+    pronto_lazyfs::mounts_under(&data.join("lazy"))
+        .unwrap()
+        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,11 +164,16 @@ async fn an_accelerated_instance_runs_on_the_lazy_rootfs_and_sees_the_image_exac
     assert!(get(&first, "/").await.ends_with("lazy hello\n"));
 
     // Inside the running container, through the overlay: the image, exactly.
-    let root = format!("/proc/{}/root", first.pid());
-    let (inside, expected) =
-        tokio::task::spawn_blocking(move || (image_part(Path::new(&root)), image_part(&unpacked)))
-            .await
-            .unwrap();
+    let pid = first.pid();
+    let root = format!("/proc/{pid}/root");
+    let (inside, expected) = tokio::task::spawn_blocking(move || {
+        (
+            image_part(Path::new(&root)),
+            as_seen_in(pid, image_part(&unpacked)),
+        )
+    })
+    .await
+    .unwrap();
     let diff = expected.diff(&inside);
     assert!(
         diff.is_empty(),
@@ -224,9 +248,13 @@ async fn every_ground_truth_image_is_exact_inside_a_running_container() {
             .unwrap();
         let instance = node.start(spec(resolved, true)).await.unwrap();
         assert_eq!(instance.timings.rootfs, RootfsSource::Lazy);
-        let root = format!("/proc/{}/root", instance.pid());
+        let pid = instance.pid();
+        let root = format!("/proc/{pid}/root");
         let (inside, expected) = tokio::task::spawn_blocking(move || {
-            (image_part(Path::new(&root)), image_part(&unpacked))
+            (
+                image_part(Path::new(&root)),
+                as_seen_in(pid, image_part(&unpacked)),
+            )
         })
         .await
         .unwrap();

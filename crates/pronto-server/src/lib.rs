@@ -40,8 +40,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiToken;
-/// The node switches `pronto serve` sets (`--seccomp`).
-pub use pronto_runtime::{Isolation, SeccompMode};
+/// The node switches `pronto serve` sets (`--seccomp`, `--userns`).
+pub use pronto_runtime::{Isolation, SeccompMode, UsernsMode};
 pub use store::Store;
 
 /// Where `pronto serve` listens for invocations unless told otherwise.
@@ -83,7 +83,7 @@ pub struct ServerConfig {
     /// Bound of an image's uncompressed layers, in bytes: on the full-pull path of cold starts
     /// and in conversions (`pronto serve --max-unpacked-size`).
     pub max_unpacked_bytes: u64,
-    /// How containers are confined (seccomp profile); confined by default.
+    /// How containers are confined (seccomp profile, user namespaces); confined by default.
     pub isolation: pronto_runtime::Isolation,
 }
 

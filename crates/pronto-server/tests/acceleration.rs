@@ -221,7 +221,7 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
         r.bytes().await.unwrap() == big,
         "big.bin through the lazy rootfs"
     );
-    let mounts = pronto_lazyfs::mounts_under(&env.data_dir()).unwrap();
+    let mounts = pronto_lazyfs::mounts_under(&env.data_dir().join("node/lazy")).unwrap();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
     // The conversion, the lazy cold start and what the mount read are on /metrics.
     let m = env.scrape().await;
@@ -286,7 +286,7 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     for _ in 0..100 {
-        if pronto_lazyfs::mounts_under(&env.data_dir())
+        if pronto_lazyfs::mounts_under(&env.data_dir().join("node/lazy"))
             .unwrap()
             .is_empty()
         {

@@ -50,6 +50,18 @@ impl Tree {
         Ok(Tree(nodes))
     }
 
+    /// The tree as the node sees it through a user namespace that maps ids `0..size` onto
+    /// `base..base + size` (an instance's idmapped rootfs): owners shifted, ids outside the
+    /// range the kernel's overflow id (65534).
+    pub fn shifted(mut self, base: u32, size: u32) -> Tree {
+        let shift = |id: u32| if id < size { base + id } else { 65534 };
+        for node in self.0.values_mut() {
+            node.uid = shift(node.uid);
+            node.gid = shift(node.gid);
+        }
+        self
+    }
+
     /// Human-readable differences, empty when equal.
     pub fn diff(&self, other: &Tree) -> Vec<String> {
         let mut out = Vec::new();
