@@ -43,5 +43,18 @@ if [ -n "$new" ]; then
   exit 1
 fi
 echo "no network namespaces or instance mounts left behind"
+# The hostile suite: every case listed in tests/hostile.list ran and passed.
+hostile_total=0
+hostile_missing=()
+while read -r name _; do
+  case "$name" in '' | '#'*) continue ;; esac
+  hostile_total=$((hostile_total + 1))
+  grep -qE "^test (.*::)?${name} \.\.\. ok\$" "$log" || hostile_missing+=("$name")
+done <tests/hostile.list
+echo "hostile cases: $((hostile_total - ${#hostile_missing[@]})) passed, ${#hostile_missing[@]} failed or missing (tests/hostile.list)"
+if [ ${#hostile_missing[@]} -gt 0 ]; then
+  printf 'error: hostile case did not pass: %s\n' "${hostile_missing[@]}" >&2
+  exit 1
+fi
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -581,6 +581,63 @@ async fn a_stalled_registry_is_eio_within_the_documented_bound() {
     mount.unmount().unwrap();
 }
 
+/// A registry whose chunk responses are reset or cut short (fewer body bytes than their
+/// `Content-Length`): a program's read is EIO at once (retries included), never short or
+/// wrong bytes; a single reset is retried and the read returns the exact file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_or_truncated_chunk_is_eio_never_short_or_wrong_bytes() {
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = noise(4 * CHUNK as usize, 52);
+    let image = ImageBuilder::new().layer(Layer::gzip().file("f", &data));
+    accelerate(&registry, image, "cut/app:v1", CHUNK, work.path()).await;
+    let proxy = FaultyProxy::start(registry.addr());
+    let via: pronto_image::Reference = format!("{}/cut/app:v1", proxy.host()).parse().unwrap();
+    let resolved = pull::resolve(&client(), &via).await.unwrap();
+    let artifact = pronto_artifact::fetch_artifact(&client(), &resolved)
+        .await
+        .unwrap();
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    for fault in [Fault::ResetAfter(1000), Fault::TruncateAfter(1000)] {
+        proxy.clear();
+        proxy.add(Rule::path("/blobs/").method("GET").fault(fault));
+        let d = dir.clone();
+        let (read, took) = blocking(move || {
+            let t = Instant::now();
+            (std::fs::read(d.join("f")), t.elapsed())
+        })
+        .await;
+        let err = read.expect_err("f must not be readable");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{fault:?}: {err}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{fault:?}: EIO after {took:?}"
+        );
+        assert!(proxy.faults() >= 1, "{fault:?}: {:?}", proxy.seen());
+        tokio::time::sleep(pronto_lazyfs::fetch::FAILED_RECENTLY).await;
+    }
+    // One reset, then the registry behaves: the retry reads the exact bytes.
+    proxy.clear();
+    let faults_before = proxy.faults();
+    proxy.add(
+        Rule::path("/blobs/")
+            .method("GET")
+            .nth(1)
+            .fault(Fault::ResetAfter(1000)),
+    );
+    let d = dir.clone();
+    let read = blocking(move || std::fs::read(d.join("f"))).await;
+    assert!(
+        read.unwrap() == data,
+        "a retried read returns the file exactly"
+    );
+    assert_eq!(proxy.faults() - faults_before, 1);
+    mount.unmount().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmount_with_a_reader_inside_does_not_hang() {
     let registry = TestRegistry::start();
