@@ -52,7 +52,9 @@ mod tests;
 pub use pronto_lazyfs::AccessTrace;
 
 pub use host::{Host, LinuxHost};
-pub use instance::{Instance, InstanceSpec, RootfsSource, StartError, StartTimings};
+pub use instance::{
+    Instance, InstanceSpec, ReadinessProbe, RootfsSource, StartError, StartTimings,
+};
 pub use node::{Isolation, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
 pub use seccomp::SeccompMode;
 pub use teardown::{TeardownError, TeardownFailure};
