@@ -5,7 +5,8 @@
 //! — with a per-instance upper dir), an OCI bundle (`config.json` generated
 //! with `oci-spec`), a network namespace Pronto creates, cgroup limits, and a container run by a
 //! real OCI runtime (`runc` by default). It is *ready* when the function's port, inside its
-//! network namespace, answers HTTP.
+//! network namespace, answers HTTP (or, with a health check, when that passes:
+//! [`ReadinessProbe`]).
 //!
 //! - [`images`]: the node's unpacked-image store (one unpack per digest, concurrent callers share it).
 //! - [`lazy`]: lazily loaded lower dirs, one FUSE mount per accelerated image, shared.
