@@ -86,12 +86,13 @@ pub struct FunctionFields {
     pub file: Option<PathBuf>,
     #[arg(long)]
     pub image: Option<String>,
-    /// The command (replaces the image ENTRYPOINT); repeat for each argument (values may start
-    /// with `-`: `--command /bin/sh --command -c`).
-    #[arg(long = "command", allow_hyphen_values = true)]
-    pub command: Vec<String>,
-    /// Arguments (replace the image CMD); repeat for each (values may start with `-`:
-    /// `--arg -c`).
+    /// The program (replaces the image ENTRYPOINT, and with it the image CMD:
+    /// `customContainerConfig.entrypoint`); repeat for each word (values may start with `-`:
+    /// `--entrypoint /bin/sh --entrypoint -c`). `--command` is its older name.
+    #[arg(long = "entrypoint", alias = "command", allow_hyphen_values = true)]
+    pub entrypoint: Vec<String>,
+    /// Arguments (replace the image CMD: `customContainerConfig.command`); repeat for each
+    /// (values may start with `-`: `--arg -c`).
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
     #[arg(long)]
@@ -156,14 +157,14 @@ impl FunctionFields {
         put(&mut ccc, "image", self.image.clone().map(Value::from));
         put(
             &mut ccc,
-            "command",
-            (!self.command.is_empty()).then(|| json!(self.command)),
+            "entrypoint",
+            (!self.entrypoint.is_empty()).then(|| json!(self.entrypoint)),
         );
-        put(
-            &mut ccc,
-            "args",
-            (!self.args.is_empty()).then(|| json!(self.args)),
-        );
+        if !self.args.is_empty() {
+            // The file may use Pronto's older name for the arguments; the flag replaces it.
+            ccc.remove("args");
+            ccc.insert("command".into(), json!(self.args));
+        }
         put(&mut ccc, "port", self.port.map(Value::from));
         put(
             &mut ccc,
@@ -629,8 +630,24 @@ mod tests {
             "--arg=--port=1",
         ])
         .unwrap();
-        assert_eq!(cli.fields.command, ["/bin/sh", "-c"]);
+        assert_eq!(cli.fields.entrypoint, ["/bin/sh", "-c"]);
         assert_eq!(cli.fields.args, ["-v", "--port=1"]);
+    }
+
+    #[test]
+    fn entrypoint_and_args_are_sent_with_the_function_compute_3_names() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fields: super::FunctionFields,
+        }
+        let cli = Cli::try_parse_from(["x", "--entrypoint", "/app", "--arg", "-v"]).unwrap();
+        let (_, body) = cli.fields.body().unwrap();
+        assert_eq!(
+            body["customContainerConfig"],
+            serde_json::json!({"entrypoint": ["/app"], "command": ["-v"]})
+        );
     }
 
     #[test]

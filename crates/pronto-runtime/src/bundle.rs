@@ -24,7 +24,7 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("the image has no command to run: set customContainerConfig.command or an image ENTRYPOINT/CMD")]
+    #[error("the image has no command to run: set customContainerConfig.entrypoint or an image ENTRYPOINT/CMD")]
     NoCommand,
     #[error("image user {user:?}: {reason}")]
     User { user: String, reason: String },

@@ -414,7 +414,8 @@ impl Host for FakeHost {
     }
 }
 
-/// The fake app: answers every request `200 instance ID: METHOD PATH`, keeping the connection
+/// The fake app: answers every request `200 instance ID: METHOD PATH` (`/status/NNN`: status
+/// NNN), keeping the connection
 /// alive as HTTP/1.1 does, and prints the same line to its output.
 async fn serve(listener: TcpListener, id: String, output: Option<Output>) {
     let mut connections = tokio::task::JoinSet::new();
@@ -478,8 +479,13 @@ async fn answer(mut stream: TcpStream, id: &str, output: Option<Output>) -> io::
             // A pipe write; small, and the daemon's pump drains it.
             let _ = writeln!(out.lock().expect("output poisoned"), "{body}");
         }
+        // `/status/NNN` answers NNN (health checks that fail).
+        let status = path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(response.as_bytes()).await?;
@@ -535,5 +541,6 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         init_timeout: Duration::from_secs(5),
         accelerated: false,
         prefetch: None,
+        readiness: None,
     }
 }

@@ -41,6 +41,28 @@ pub struct InstanceSpec {
     /// What an earlier start of this function's image read (its access trace): a lazy mount
     /// made for this start prefetches it.
     pub prefetch: Option<Arc<AccessTrace>>,
+    /// When the instance counts as ready: `None`, as soon as its port answers HTTP at all
+    /// (`GET /`, any status); else the function's health check.
+    pub readiness: Option<ReadinessProbe>,
+}
+
+/// A health check that decides when a new instance is ready (Function Compute's
+/// `healthCheckConfig`): `GET path` on the function's port; an answer from 200 to 399 passes
+/// (Function Compute's rule), anything else, or no answer within `timeout`, fails. Until the
+/// port accepts connections nothing is counted (the app is still starting) and the port is
+/// polled as without a check. The instance is ready after `success_threshold` passes in a
+/// row; `failure_threshold` failures in a row fail the start. The first check is made
+/// `initial_delay` after the container started, the next ones every `period`; the whole wait
+/// stays within the start's `initializationTimeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadinessProbe {
+    /// Starts with `/`, visible ASCII only (it goes into the request line as is).
+    pub path: String,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
 }
 
 /// Where an instance's root filesystem came from.
@@ -122,6 +144,24 @@ pub enum StartError {
     InitTimeout {
         port: u16,
         timeout: Duration,
+        log_tail: String,
+    },
+    /// The health check did not pass `success_threshold` times in a row before the deadline.
+    #[error("the health check GET {path} on port {port} did not pass within the initialization timeout of {timeout:?} (last check: {last}); container output:\n{log_tail}")]
+    HealthCheckTimeout {
+        path: String,
+        port: u16,
+        timeout: Duration,
+        last: String,
+        log_tail: String,
+    },
+    /// The health check failed `failure_threshold` times in a row.
+    #[error("the health check GET {path} on port {port} failed {failures} times in a row (failureThreshold; last check: {last}); container output:\n{log_tail}")]
+    HealthCheckFailed {
+        path: String,
+        port: u16,
+        failures: u32,
+        last: String,
         log_tail: String,
     },
     /// The image phase (registry authentication, pull or lazy mount) took the whole

@@ -5,7 +5,8 @@
 //! — with a per-instance upper dir), an OCI bundle (`config.json` generated
 //! with `oci-spec`), a network namespace Pronto creates, cgroup limits, and a container run by a
 //! real OCI runtime (`runc` by default). It is *ready* when the function's port, inside its
-//! network namespace, answers HTTP.
+//! network namespace, answers HTTP (or, with a health check, when that passes:
+//! [`ReadinessProbe`]).
 //!
 //! - [`images`]: the node's unpacked-image store (one unpack per digest, concurrent callers share it).
 //! - [`lazy`]: lazily loaded lower dirs, one FUSE mount per accelerated image, shared.
@@ -55,7 +56,9 @@ pub mod userns;
 pub use pronto_lazyfs::AccessTrace;
 
 pub use host::{Host, LinuxHost};
-pub use instance::{Instance, InstanceSpec, RootfsSource, StartError, StartTimings};
+pub use instance::{
+    Instance, InstanceSpec, ReadinessProbe, RootfsSource, StartError, StartTimings,
+};
 pub use node::{Isolation, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
 pub use seccomp::SeccompMode;
 pub use teardown::{TeardownError, TeardownFailure};

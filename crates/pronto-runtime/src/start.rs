@@ -29,8 +29,10 @@ use crate::output::{LogPump, RequestTag};
 use crate::teardown::{release, teardown};
 use crate::userns::{IdRange, UsernsMode};
 
-/// How long one readiness probe may take.
+/// How long one readiness probe may take (without a health check: a health check has its own).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time the last probe before the deadline gets.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a failed start waits for the container's last output lines.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
@@ -333,8 +335,10 @@ impl Node {
     }
 }
 
-/// Polls the port until it answers HTTP; fails at once if the init process dies first, or at
-/// `deadline`, or when `cancel` is cancelled.
+/// Polls the port until the instance is ready: it answers HTTP at all, or, with a health
+/// check ([`crate::instance::ReadinessProbe`]), passes it. Fails at once if the init process dies first, when
+/// the health check fails `failure_threshold` times in a row, at `deadline`, or when `cancel`
+/// is cancelled.
 async fn wait_ready(
     host: &dyn Host,
     spec: &InstanceSpec,
@@ -343,6 +347,16 @@ async fn wait_ready(
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<(), StartError> {
+    let check = spec.readiness.as_ref();
+    let path = check.map_or("/", |c| c.path.as_str());
+    if let Some(delay) = check.map(|c| c.initial_delay).filter(|d| !d.is_zero()) {
+        let until = (Instant::now() + delay).min(deadline);
+        tokio::select! {
+            () = cancel.cancelled() => return Err(StartError::Cancelled),
+            () = tokio::time::sleep_until(until.into()) => {}
+        }
+    }
+    let (mut passes, mut failures) = (0u32, 0u32);
     let mut pause = Duration::from_millis(2);
     loop {
         if !host.process_alive(pid) {
@@ -357,39 +371,131 @@ async fn wait_ready(
                 log_tail: tail(&l.log),
             });
         }
-        if probe_http(host, netns_path, spec.port).await {
-            return Ok(());
+        let timeout = check.map_or(PROBE_TIMEOUT, |c| c.timeout).min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_PROBE_TIMEOUT),
+        );
+        let last = probe_http(host, netns_path, spec.port, path, timeout).await;
+        // Until the port accepts connections, poll it soon again; once it does, a health check
+        // is repeated every period.
+        let mut next = pause;
+        match (check, &last) {
+            (_, Probe::Refused) => pause = (pause * 2).min(Duration::from_millis(50)),
+            (None, Probe::Answered(_)) => return Ok(()),
+            (None, Probe::NoAnswer) => {}
+            (Some(c), answer) => {
+                next = c.period;
+                if answer.passes() {
+                    (passes, failures) = (passes + 1, 0);
+                    if passes >= c.success_threshold {
+                        return Ok(());
+                    }
+                } else {
+                    (passes, failures) = (0, failures + 1);
+                    if failures >= c.failure_threshold {
+                        return Err(StartError::HealthCheckFailed {
+                            path: c.path.clone(),
+                            port: spec.port,
+                            failures,
+                            last: last.to_string(),
+                            log_tail: tail(&l.log),
+                        });
+                    }
+                }
+            }
         }
         if Instant::now() >= deadline {
-            return Err(StartError::InitTimeout {
-                port: spec.port,
-                timeout: spec.init_timeout,
-                log_tail: tail(&l.log),
+            return Err(match check {
+                None => StartError::InitTimeout {
+                    port: spec.port,
+                    timeout: spec.init_timeout,
+                    log_tail: tail(&l.log),
+                },
+                Some(c) => StartError::HealthCheckTimeout {
+                    path: c.path.clone(),
+                    port: spec.port,
+                    timeout: spec.init_timeout,
+                    last: last.to_string(),
+                    log_tail: tail(&l.log),
+                },
             });
         }
-        let pause_for = pause.min(deadline.saturating_duration_since(Instant::now()));
+        let pause_for = next.min(deadline.saturating_duration_since(Instant::now()));
         tokio::select! {
             () = cancel.cancelled() => return Err(StartError::Cancelled),
             () = tokio::time::sleep(pause_for) => {}
         }
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
-/// One HTTP request; any HTTP response means the app is serving.
-async fn probe_http(host: &dyn Host, netns: &Path, port: u16) -> bool {
+/// What one readiness request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// No connection: nothing listens on the port yet.
+    Refused,
+    /// Connected, but no HTTP status line came back in time.
+    NoAnswer,
+    /// An HTTP answer, with its status code if the status line had a valid one.
+    Answered(Option<u16>),
+}
+
+impl Probe {
+    /// Function Compute's rule for a health check: an answer from 200 to 399.
+    fn passes(self) -> bool {
+        matches!(self, Probe::Answered(Some(200..=399)))
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Refused => f.write_str("the port accepted no connection"),
+            Probe::NoAnswer => f.write_str("no HTTP answer within the check's timeout"),
+            Probe::Answered(Some(status)) => write!(f, "answered {status}"),
+            Probe::Answered(None) => f.write_str("answered without a valid status line"),
+        }
+    }
+}
+
+/// One `GET path` to the port inside the instance's namespace, bounded by `timeout`.
+async fn probe_http(
+    host: &dyn Host,
+    netns: &Path,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Probe {
     let attempt = async {
-        let mut s = host.connect(netns, port).await?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: pronto-probe\r\n\r\n")
-            .await?;
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).await?;
-        Ok::<_, io::Error>(&head == b"HTTP/")
+        let Ok(mut s) = host.connect(netns, port).await else {
+            return Probe::Refused;
+        };
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: pronto-probe\r\n\r\n");
+        if s.write_all(request.as_bytes()).await.is_err() {
+            return Probe::NoAnswer;
+        }
+        // `HTTP/1.1 200`: the status line up to its code.
+        let mut head = [0u8; 12];
+        let mut n = 0;
+        while n < head.len() {
+            match s.read(&mut head[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        if !head[..n].starts_with(b"HTTP/") {
+            return Probe::NoAnswer;
+        }
+        let status = std::str::from_utf8(&head[n.min(9)..n])
+            .ok()
+            .and_then(|code| code.trim().parse::<u16>().ok())
+            .filter(|code| (100..=999).contains(code));
+        Probe::Answered(status)
     };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
-        Ok(Ok(true))
-    )
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Probe::NoAnswer)
 }
 
 /// `/run/pronto/<node>/<id>/rootfs`: the instance's directory there is closed to everyone but

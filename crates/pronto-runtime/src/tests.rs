@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pronto_image::{ClientOptions, RegistryClient};
 
 use crate::fake::{FakeHost, HostEvent};
-use crate::{InstanceSpec, Node, NodeConfig, RootfsSource, StartError};
+use crate::{InstanceSpec, Node, NodeConfig, ReadinessProbe, RootfsSource, StartError};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -169,6 +169,134 @@ async fn an_app_that_never_answers_fails_at_its_init_timeout_and_is_torn_down() 
         env.host.leftovers()
     );
     assert_eq!(instance_dirs(&env), 0);
+}
+
+fn probe(path: &str, period_ms: u64, failures: u32, successes: u32) -> ReadinessProbe {
+    ReadinessProbe {
+        path: path.into(),
+        initial_delay: Duration::ZERO,
+        period: Duration::from_millis(period_ms),
+        timeout: Duration::from_secs(1),
+        failure_threshold: failures,
+        success_threshold: successes,
+    }
+}
+
+/// The `GET`s the fake app logged for `path`, once at least `want` are in its log.
+async fn probes_logged(log: &std::path::Path, path: &str, want: usize) -> usize {
+    let needle = format!(": GET {path}");
+    for _ in 0..100 {
+        let n = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches(&needle)
+            .count();
+        if n >= want {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    0
+}
+
+#[tokio::test]
+async fn a_health_check_is_ready_after_its_success_threshold_of_passes() {
+    let env = env().await;
+    let mut s = spec(&env, "healthy");
+    s.readiness = Some(ReadinessProbe {
+        initial_delay: Duration::from_millis(300),
+        ..probe("/status/204", 100, 1, 3)
+    });
+    let instance = env.node.start(s).await.unwrap();
+    // 300 ms of delay, then three passes 100 ms apart.
+    assert!(
+        instance.timings.app_ready - instance.timings.container_started
+            >= Duration::from_millis(500),
+        "{:?}",
+        instance.timings
+    );
+    assert_eq!(
+        probes_logged(&instance.log_path(), "/status/204", 3).await,
+        3
+    );
+    assert_eq!(
+        probes_logged(&instance.log_path(), "", 3).await,
+        3,
+        "only the checks"
+    );
+    instance.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_health_check_that_answers_500_fails_the_start_at_its_failure_threshold() {
+    let env = env().await;
+    let mut s = spec(&env, "sick");
+    s.readiness = Some(probe("/status/500", 20, 3, 1));
+    let e = env.node.start(s).await.unwrap_err();
+    assert!(
+        matches!(e, StartError::HealthCheckFailed { failures: 3, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with(
+            "the health check GET /status/500 on port 9000 failed 3 times in a row \
+             (failureThreshold; last check: answered 500)"
+        ),
+        "{e}"
+    );
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+    assert_eq!(instance_dirs(&env), 0);
+}
+
+#[tokio::test]
+async fn a_health_check_that_never_passes_fails_at_the_init_timeout() {
+    let env = env().await;
+    let mut s = spec(&env, "sick");
+    s.init_timeout = Duration::from_millis(400);
+    s.readiness = Some(probe("/status/503", 50, 120, 1));
+    let started = Instant::now();
+    let e = env.node.start(s).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, StartError::HealthCheckTimeout { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "the health check GET /status/503 on port 9000 did not pass within the \
+             initialization timeout of 400ms (last check: answered 503)"
+        ),
+        "{e}"
+    );
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        env.host.leftovers().is_empty(),
+        "{:?}",
+        env.host.leftovers()
+    );
+}
+
+#[tokio::test]
+async fn a_health_check_waits_for_the_port_and_its_initial_delay_within_the_deadline() {
+    let env = env().await;
+    env.host.configure(|b| b.never_ready = true);
+    let mut s = spec(&env, "deaf");
+    s.init_timeout = Duration::from_millis(300);
+    // A delay past the deadline is cut to it; a port that never listens is no failure to
+    // count, so the start ends at the deadline, naming what the last check saw.
+    s.readiness = Some(ReadinessProbe {
+        initial_delay: Duration::from_secs(60),
+        ..probe("/ready", 10, 1, 1)
+    });
+    let started = Instant::now();
+    let e = env.node.start(s).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        e.to_string()
+            .contains("(last check: the port accepted no connection)"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

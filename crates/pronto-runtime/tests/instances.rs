@@ -110,6 +110,7 @@ fn spec(f: &Fixture) -> InstanceSpec {
         init_timeout: Duration::from_secs(10),
         accelerated: false,
         prefetch: None,
+        readiness: None,
     }
 }
 

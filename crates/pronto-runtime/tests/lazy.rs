@@ -56,6 +56,7 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
         init_timeout: Duration::from_secs(10),
         accelerated,
         prefetch: None,
+        readiness: None,
     }
 }
 

@@ -55,12 +55,12 @@ pub fn invoke_router(state: AppState) -> Router {
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Destination {
-    function: String,
+pub(crate) struct Destination {
+    pub function: String,
     /// From the path (`NAME.QUALIFIER`) or the `x-fc-qualifier` header; `None`: `LATEST`.
-    qualifier: Option<String>,
+    pub qualifier: Option<String>,
     /// What the function sees.
-    path_and_query: String,
+    pub path_and_query: String,
 }
 
 /// Where `req` goes, or None if it names no function.
@@ -109,12 +109,28 @@ fn target(req: &Request) -> Option<Destination> {
     })
 }
 
-async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
+async fn invoke(State(state): State<AppState>, req: Request) -> Response {
     let arrived = Instant::now();
+    let destination = target(&req).ok_or(ApiError::NoInvocationTarget);
+    invoke_at(state, destination, req, arrived).await
+}
+
+/// Invokes `destination` with `req` (its method, headers and body; the path and query the
+/// function sees are the destination's), or answers its error: the one invocation path of the
+/// invoke listener and the control API's `InvokeFunction`. Every response carries the
+/// request id.
+pub(crate) async fn invoke_at(
+    state: AppState,
+    destination: Result<Destination, ApiError>,
+    mut req: Request,
+    arrived: Instant,
+) -> Response {
     let id = request_id(req.headers());
     let value = HeaderValue::from_str(&id).expect("visible ASCII");
     req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
-    let function = target(&req).map_or_else(String::new, |d| d.function);
+    let function = destination
+        .as_ref()
+        .map_or_else(|_| String::new(), |d| d.function.clone());
     let span = tracing::info_span!(
         "invoke",
         function = %function,
@@ -122,16 +138,26 @@ async fn invoke(State(state): State<AppState>, mut req: Request) -> Response {
         instance = tracing::field::Empty,
         image = tracing::field::Empty,
     );
-    let mut response = invoke_named(state, req, arrived).instrument(span).await;
+    let mut response = invoke_named(state, destination, req, arrived)
+        .instrument(span)
+        .await;
     response.headers_mut().insert(REQUEST_ID_HEADER, value);
     response
 }
 
-async fn invoke_named(state: AppState, req: Request, arrived: Instant) -> Response {
-    let Some(destination) = target(&req) else {
-        let r = ApiError::NoInvocationTarget.into_response();
-        state.metrics.invocation("", LATEST, r.status().as_u16());
-        return r;
+async fn invoke_named(
+    state: AppState,
+    destination: Result<Destination, ApiError>,
+    req: Request,
+    arrived: Instant,
+) -> Response {
+    let destination = match destination {
+        Ok(d) => d,
+        Err(e) => {
+            let r = e.into_response();
+            state.metrics.invocation("", LATEST, r.status().as_u16());
+            return r;
+        }
     };
     let name = destination.function.clone();
     let target = match releases::resolve(&state, &name, destination.qualifier.as_deref()).await {

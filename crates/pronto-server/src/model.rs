@@ -36,6 +36,19 @@ pub const INITIALIZATION_TIMEOUT_MAX: u32 = 600;
 pub const DEFAULT_DISK_SIZE: u32 = 512;
 pub const DISK_SIZE_MIN: u32 = 512;
 pub const DISK_SIZE_MAX: u32 = 10240;
+/// `customContainerConfig.healthCheckConfig` (Function Compute's bounds and defaults).
+pub const HEALTH_CHECK_URL_MAX: usize = 2048;
+pub const HEALTH_CHECK_DELAY_MAX: u32 = 120;
+pub const HEALTH_CHECK_PERIOD_MAX: u32 = 120;
+pub const DEFAULT_HEALTH_CHECK_PERIOD: u32 = 3;
+pub const HEALTH_CHECK_TIMEOUT_MAX: u32 = 3;
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: u32 = 1;
+pub const HEALTH_CHECK_THRESHOLD_MAX: u32 = 120;
+pub const DEFAULT_HEALTH_CHECK_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_HEALTH_CHECK_SUCCESS_THRESHOLD: u32 = 1;
+/// The JSON of the Function Compute fields a function keeps without acting on them
+/// ([`FunctionSpec::ignored`]), all together.
+pub const IGNORED_FIELDS_MAX_BYTES: usize = 16 << 10;
 /// Bounds of `maxInstances` (a Pronto field: instances of one function on this node).
 pub const MAX_INSTANCES_MAX: u32 = 1000;
 /// Bounds of `idleTimeout` (a Pronto field: seconds an idle instance is kept).
@@ -87,18 +100,52 @@ pub enum AuthType {
 }
 
 /// How the function's container is run.
+///
+/// The process is Docker's: `entrypoint` replaces the image ENTRYPOINT, and with it the image
+/// CMD (as `docker run --entrypoint` does); `cmd` replaces the image CMD. In the API these are
+/// Function Compute 3.0's `entrypoint` and `command`. Rows stored before the 3.0 names have
+/// them as `command` and `args` (Pronto's names then, with the same meanings), read through
+/// the aliases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerConfig {
     /// The image reference as the user gave it (a tag may move; see [`Function::image`]).
     pub image: String,
-    /// Overrides the image's entrypoint when not empty.
-    pub command: Vec<String>,
-    /// Overrides the image's cmd when not empty.
-    pub args: Vec<String>,
+    /// Replaces the image's ENTRYPOINT (and drops its CMD) when not empty.
+    #[serde(alias = "command")]
+    pub entrypoint: Vec<String>,
+    /// Replaces the image's CMD when not empty.
+    #[serde(alias = "args")]
+    pub cmd: Vec<String>,
     /// The port the program listens on inside the container.
     pub port: u16,
     pub acceleration_type: AccelerationType,
+    /// When a new instance is ready; `None`: as soon as its port answers HTTP at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_config: Option<HealthCheckConfig>,
+    /// Function Compute's Container Registry Enterprise Edition instance: kept and shown, not
+    /// used (Pronto pulls from the registry the image names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_instance_id: Option<String>,
+}
+
+/// Function Compute's `healthCheckConfig`, every default applied: how a new instance shows it
+/// is ready (see `pronto_runtime::ReadinessProbe` for the rules).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckConfig {
+    /// The path `GET` is sent to; an answer from 200 to 399 passes.
+    pub http_get_url: String,
+    /// Seconds from the container's start to the first check.
+    pub initial_delay_seconds: u32,
+    /// Seconds between checks.
+    pub period_seconds: u32,
+    /// Seconds a check waits for its answer.
+    pub timeout_seconds: u32,
+    /// Failed checks in a row that fail the start.
+    pub failure_threshold: u32,
+    /// Passed checks in a row that make the instance ready.
+    pub success_threshold: u32,
 }
 
 /// A function's desired state with every default applied: what the user asked for.
@@ -135,10 +182,23 @@ pub struct FunctionSpec {
     /// provisioned instances are never stopped for idleness. `None`: the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u32>,
+    /// Function Compute's `internetAccess` (default true): whether the function may reach the
+    /// internet. Stored and shown; applied by the instances' network.
+    #[serde(default = "default_true")]
+    pub internet_access: bool,
+    /// Function Compute fields accepted without being acted on (`role`, `logConfig`, ...,
+    /// see [`FunctionInput::validate`]), as given, by name: `GetFunction` shows them back and
+    /// lists them in `ignoredFields`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ignored: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_disk_size() -> u32 {
     DEFAULT_DISK_SIZE
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The image a function runs, pinned at create/update time (tags move; this does not).
@@ -385,16 +445,129 @@ pub struct FunctionInput {
     pub max_instances: Option<i64>,
     pub idle_timeout: Option<i64>,
     pub disk_size: Option<i64>,
+    pub internet_access: Option<bool>,
+    // Function Compute fields Pronto does not act on: accepted where ignoring them is
+    // harmless (or when they are empty), else refused by name.
+    pub handler: Option<String>,
+    pub role: Option<String>,
+    pub log_config: Option<JsonObject>,
+    pub tracing_config: Option<JsonObject>,
+    pub tags: Option<Vec<serde_json::Value>>,
+    pub vpc_config: Option<JsonObject>,
+    pub nas_config: Option<JsonObject>,
+    pub oss_mount_config: Option<JsonObject>,
+    pub layers: Option<Vec<String>>,
+    pub gpu_config: Option<JsonObject>,
+    #[serde(rename = "customDNS")]
+    pub custom_dns: Option<JsonObject>,
+    pub instance_lifecycle_config: Option<JsonObject>,
+    pub code: Option<JsonObject>,
+    pub custom_runtime_config: Option<JsonObject>,
 }
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerConfigInput {
     pub image: Option<String>,
+    /// Replaces the image ENTRYPOINT (Function Compute 3.0).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image CMD (Function Compute 3.0: the container's arguments).
     pub command: Option<Vec<String>>,
+    /// Pronto's name for `command` before the Function Compute 3.0 names; one or the other.
     pub args: Option<Vec<String>>,
     pub port: Option<i64>,
     pub acceleration_type: Option<String>,
+    pub health_check_config: Option<HealthCheckConfigInput>,
+    pub acr_instance_id: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheckConfigInput {
+    pub http_get_url: Option<String>,
+    pub initial_delay_seconds: Option<i64>,
+    pub period_seconds: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub failure_threshold: Option<i64>,
+    pub success_threshold: Option<i64>,
+}
+
+impl HealthCheckConfigInput {
+    /// The config with defaults applied; `None` for an empty `httpGetUrl` (no health check:
+    /// how an update removes one).
+    fn validate(self) -> Result<Option<HealthCheckConfig>, ValidationError> {
+        const AT: &str = "customContainerConfig.healthCheckConfig";
+        let field = |name: &str| format!("{AT}.{name}");
+        let number = |name: &str, v: Option<i64>, min: u32, max: u32, default: u32| {
+            v.map_or(Ok(default), |v| {
+                in_range(&field(name), v, min.into(), max.into())
+            })
+        };
+        let config = HealthCheckConfig {
+            http_get_url: String::new(),
+            initial_delay_seconds: number(
+                "initialDelaySeconds",
+                self.initial_delay_seconds,
+                0,
+                HEALTH_CHECK_DELAY_MAX,
+                0,
+            )?,
+            period_seconds: number(
+                "periodSeconds",
+                self.period_seconds,
+                1,
+                HEALTH_CHECK_PERIOD_MAX,
+                DEFAULT_HEALTH_CHECK_PERIOD,
+            )?,
+            timeout_seconds: number(
+                "timeoutSeconds",
+                self.timeout_seconds,
+                1,
+                HEALTH_CHECK_TIMEOUT_MAX,
+                DEFAULT_HEALTH_CHECK_TIMEOUT,
+            )?,
+            failure_threshold: number(
+                "failureThreshold",
+                self.failure_threshold,
+                1,
+                HEALTH_CHECK_THRESHOLD_MAX,
+                DEFAULT_HEALTH_CHECK_FAILURE_THRESHOLD,
+            )?,
+            success_threshold: number(
+                "successThreshold",
+                self.success_threshold,
+                1,
+                HEALTH_CHECK_THRESHOLD_MAX,
+                DEFAULT_HEALTH_CHECK_SUCCESS_THRESHOLD,
+            )?,
+        };
+        let Some(url) = self.http_get_url else {
+            return Err(ValidationError::new(field("httpGetUrl"), "is required"));
+        };
+        if url.is_empty() {
+            return Ok(None);
+        }
+        // It goes into the probe's request line as is.
+        let n = url.len();
+        if !url.starts_with('/')
+            || n > HEALTH_CHECK_URL_MAX
+            || !url.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ValidationError::new(
+                field("httpGetUrl"),
+                format!(
+                    "must be a path starting with / of at most {HEALTH_CHECK_URL_MAX} visible \
+                     ASCII characters (no spaces), got {url:?}"
+                ),
+            ));
+        }
+        Ok(Some(HealthCheckConfig {
+            http_get_url: url,
+            ..config
+        }))
+    }
 }
 
 /// An image as given, and parsed.
@@ -411,8 +584,10 @@ pub struct FunctionPatch {
     pub function_name: Option<String>,
     pub description: Option<String>,
     pub image: Option<ImageInput>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
+    /// Replaces the image ENTRYPOINT (and drops its CMD) when not empty.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image CMD when not empty (the API's `command`, or `args`).
+    pub cmd: Option<Vec<String>>,
     pub port: Option<u16>,
     pub acceleration_type: Option<AccelerationType>,
     pub memory_size: Option<u32>,
@@ -425,12 +600,121 @@ pub struct FunctionPatch {
     pub max_instances: Option<u32>,
     pub idle_timeout: Option<u32>,
     pub disk_size: Option<u32>,
+    /// `Some(None)`: remove the health check.
+    pub health_check_config: Option<Option<HealthCheckConfig>>,
+    pub acr_instance_id: Option<String>,
+    pub internet_access: Option<bool>,
+    /// Function Compute fields kept without being acted on; each replaces the stored one.
+    pub ignored: BTreeMap<String, serde_json::Value>,
+}
+
+/// Why Pronto cannot honour a Function Compute field unless it is empty.
+const REFUSED_UNLESS_EMPTY: [(&str, &str); 8] = [
+    ("vpcConfig", "functions cannot be attached to a VPC"),
+    ("nasConfig", "NAS file systems cannot be mounted"),
+    ("ossMountConfig", "OSS buckets cannot be mounted"),
+    ("layers", "layers cannot be added to a custom container"),
+    ("gpuConfig", "functions get no GPU"),
+    ("customDNS", "a custom DNS configuration cannot be applied"),
+    (
+        "code",
+        "only custom containers (customContainerConfig) run here",
+    ),
+    (
+        "customRuntimeConfig",
+        "only custom containers (customContainerConfig) run here",
+    ),
+];
+
+/// A value that configures nothing: null, false, 0, "", [], or an object of such values (what
+/// Function Compute's tools send for a feature left off).
+fn is_empty_value(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty_value),
+    }
 }
 
 impl FunctionInput {
+    /// The Function Compute fields that Pronto keeps without acting on, by name; an error
+    /// naming the first that would matter if ignored.
+    fn ignored_fields(&self) -> Result<BTreeMap<String, serde_json::Value>, ValidationError> {
+        use serde_json::Value;
+        let object = |o: &Option<JsonObject>| o.clone().map(Value::Object);
+        let harmless = [
+            ("handler", self.handler.clone().map(Value::from)),
+            ("role", self.role.clone().map(Value::from)),
+            ("logConfig", object(&self.log_config)),
+            ("tracingConfig", object(&self.tracing_config)),
+            ("tags", self.tags.clone().map(Value::from)),
+        ];
+        let unless_empty = [
+            object(&self.vpc_config),
+            object(&self.nas_config),
+            object(&self.oss_mount_config),
+            self.layers.clone().map(Value::from),
+            object(&self.gpu_config),
+            object(&self.custom_dns),
+            object(&self.code),
+            object(&self.custom_runtime_config),
+        ];
+        let mut kept = BTreeMap::new();
+        for (name, value) in harmless {
+            if let Some(v) = value {
+                kept.insert(name.to_string(), v);
+            }
+        }
+        for ((name, why), value) in REFUSED_UNLESS_EMPTY.iter().zip(unless_empty) {
+            let Some(v) = value else { continue };
+            if !is_empty_value(&v) {
+                return Err(ValidationError::new(
+                    *name,
+                    format!("not supported: {why}; leave it out (or empty)"),
+                ));
+            }
+            kept.insert(name.to_string(), v);
+        }
+        if let Some(hooks) = &self.instance_lifecycle_config {
+            // Hooks (`initializer`, `preStop`) are configured by a handler; a timeout alone
+            // (what GetFunction shows for no hook) configures nothing.
+            for (hook, config) in hooks {
+                if config.get("handler").is_some_and(|h| !is_empty_value(h)) {
+                    return Err(ValidationError::new(
+                        format!("instanceLifecycleConfig.{hook}.handler"),
+                        "not supported: lifecycle hooks are not called; leave it out (or empty)",
+                    ));
+                }
+            }
+            kept.insert(
+                "instanceLifecycleConfig".to_string(),
+                Value::Object(hooks.clone()),
+            );
+        }
+        let size: usize = kept
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum();
+        if size > IGNORED_FIELDS_MAX_BYTES {
+            return Err(ValidationError::new(
+                kept.keys().cloned().collect::<Vec<_>>().join(", "),
+                format!(
+                    "fields Pronto does not act on must total at most {IGNORED_FIELDS_MAX_BYTES} \
+                     bytes of JSON, got {size}"
+                ),
+            ));
+        }
+        Ok(kept)
+    }
+
     /// Checks every field present; the first bad one is reported.
-    pub fn validate(self) -> Result<FunctionPatch, ValidationError> {
-        let cc = self.custom_container_config.unwrap_or_default();
+    pub fn validate(mut self) -> Result<FunctionPatch, ValidationError> {
+        let ignored = self.ignored_fields()?;
+        let cc = self.custom_container_config.take().unwrap_or_default();
         if let Some(name) = &self.function_name {
             check_function_name(name)?;
         }
@@ -467,7 +751,19 @@ impl FunctionInput {
                 Some(ImageInput { given, reference })
             }
         };
-        for (field, list) in [("command", &cc.command), ("args", &cc.args)] {
+        if cc.command.is_some() && cc.args.is_some() {
+            return Err(ValidationError::new(
+                "customContainerConfig.args",
+                "give command or args, not both: since the Function Compute 3.0 names, command \
+                 is the container's arguments (what args was; it replaces the image CMD) and \
+                 entrypoint replaces the image ENTRYPOINT (what command was)",
+            ));
+        }
+        for (field, list) in [
+            ("entrypoint", &cc.entrypoint),
+            ("command", &cc.command),
+            ("args", &cc.args),
+        ] {
             for (i, s) in list.iter().flatten().enumerate() {
                 // execve takes C strings.
                 if s.contains('\0') {
@@ -588,15 +884,23 @@ impl FunctionInput {
             .disk_size
             .map(|d| in_range("diskSize", d, DISK_SIZE_MIN.into(), DISK_SIZE_MAX.into()))
             .transpose()?;
+        let health_check_config = cc
+            .health_check_config
+            .map(HealthCheckConfigInput::validate)
+            .transpose()?;
         Ok(FunctionPatch {
+            health_check_config,
+            acr_instance_id: cc.acr_instance_id,
+            internet_access: self.internet_access,
+            ignored,
+            entrypoint: cc.entrypoint,
             disk_size,
             max_instances,
             idle_timeout,
             function_name: self.function_name,
             description: self.description,
             image,
-            command: cc.command,
-            args: cc.args,
+            cmd: cc.command.or(cc.args),
             port,
             acceleration_type,
             memory_size,
@@ -628,10 +932,12 @@ impl FunctionPatch {
             description: String::new(),
             custom_container_config: ContainerConfig {
                 image: image.given,
-                command: Vec::new(),
-                args: Vec::new(),
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
                 port: DEFAULT_PORT,
                 acceleration_type: AccelerationType::Default,
+                health_check_config: None,
+                acr_instance_id: None,
             },
             memory_size: DEFAULT_MEMORY_SIZE,
             cpu: DEFAULT_CPU,
@@ -643,6 +949,8 @@ impl FunctionPatch {
             max_instances: None,
             idle_timeout: None,
             disk_size: DEFAULT_DISK_SIZE,
+            internet_access: true,
+            ignored: BTreeMap::new(),
         };
         self.apply_to(&mut spec);
         Ok((spec, image.reference))
@@ -658,8 +966,12 @@ impl FunctionPatch {
         }
         let cc = &mut spec.custom_container_config;
         set(&mut cc.image, self.image.map(|i| i.given));
-        set(&mut cc.command, self.command);
-        set(&mut cc.args, self.args);
+        set(&mut cc.entrypoint, self.entrypoint);
+        set(&mut cc.cmd, self.cmd);
+        set(&mut cc.health_check_config, self.health_check_config);
+        if self.acr_instance_id.is_some() {
+            cc.acr_instance_id = self.acr_instance_id;
+        }
         set(&mut cc.port, self.port);
         set(&mut cc.acceleration_type, self.acceleration_type);
         set(&mut spec.description, self.description);
@@ -674,6 +986,8 @@ impl FunctionPatch {
         );
         set(&mut spec.auth_type, self.auth_type);
         set(&mut spec.disk_size, self.disk_size);
+        set(&mut spec.internet_access, self.internet_access);
+        spec.ignored.extend(self.ignored);
         if self.max_instances.is_some() {
             spec.max_instances = self.max_instances;
         }
@@ -913,7 +1227,7 @@ mod tests {
         let (mut spec, _) = input(json!({
             "functionName": "f",
             "description": "d",
-            "customContainerConfig": {"image": "a:1", "command": ["/app"], "port": 8080},
+            "customContainerConfig": {"image": "a:1", "entrypoint": ["/app"], "port": 8080},
             "environmentVariables": {"A": "1", "B": "2"},
         }))
         .validate()
@@ -929,8 +1243,8 @@ mod tests {
         .validate()
         .unwrap()
         .apply_to(&mut spec);
-        assert_eq!(spec.custom_container_config.args, ["-v"]);
-        assert_eq!(spec.custom_container_config.command, ["/app"]);
+        assert_eq!(spec.custom_container_config.cmd, ["-v"]);
+        assert_eq!(spec.custom_container_config.entrypoint, ["/app"]);
         assert_eq!(spec.custom_container_config.port, 8080);
         assert_eq!(spec.custom_container_config.image, "a:1");
         assert_eq!(spec.description, "d");
@@ -940,6 +1254,250 @@ mod tests {
             BTreeMap::from([("C".to_string(), "3".to_string())])
         );
         assert_eq!(spec.function_name, before.function_name);
+    }
+
+    #[test]
+    fn entrypoint_and_command_have_function_compute_3_meanings_and_args_is_command() {
+        let spec = |cc: serde_json::Value| {
+            let mut cc = cc;
+            cc["image"] = json!("a:1");
+            input(json!({"functionName": "f", "customContainerConfig": cc}))
+                .validate()
+                .unwrap()
+                .into_new_spec()
+                .unwrap()
+                .0
+                .custom_container_config
+        };
+        let c = spec(json!({"entrypoint": ["/bin/app"], "command": ["-v"]}));
+        assert_eq!(
+            (c.entrypoint, c.cmd),
+            (vec!["/bin/app".into()], vec!["-v".into()])
+        );
+        let c = spec(json!({"args": ["-v"]}));
+        assert_eq!((c.entrypoint, c.cmd), (vec![], vec!["-v".into()]));
+        assert_eq!(
+            err(json!({"customContainerConfig": {"command": ["a"], "args": ["b"]}})),
+            "customContainerConfig.args: give command or args, not both: since the Function \
+             Compute 3.0 names, command is the container's arguments (what args was; it \
+             replaces the image CMD) and entrypoint replaces the image ENTRYPOINT (what \
+             command was)"
+        );
+        assert_eq!(
+            err(json!({"customContainerConfig": {"entrypoint": ["/a", "\u{0}"]}})),
+            "customContainerConfig.entrypoint[1]: must not contain NUL"
+        );
+    }
+
+    #[test]
+    fn rows_stored_with_the_older_names_keep_their_meaning() {
+        let old = json!({
+            "image": "a:1", "command": ["/bin/app"], "args": ["-v"], "port": 9000,
+            "accelerationType": "None",
+        });
+        let c: ContainerConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(c.entrypoint, ["/bin/app"]);
+        assert_eq!(c.cmd, ["-v"]);
+        assert_eq!(c.health_check_config, None);
+        // Written back with the new names only.
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["entrypoint"], json!(["/bin/app"]));
+        assert_eq!(back["cmd"], json!(["-v"]));
+        assert!(
+            back.get("command").is_none() && back.get("args").is_none(),
+            "{back}"
+        );
+        let spec: FunctionSpec = serde_json::from_value(json!({
+            "functionName": "f", "description": "", "customContainerConfig": back,
+            "memorySize": 512, "cpu": 1.0, "timeout": 60, "instanceConcurrency": 1,
+            "environmentVariables": {}, "initializationTimeout": 30, "authType": "function",
+        }))
+        .unwrap();
+        assert!(spec.internet_access, "true for rows from before the field");
+        assert!(spec.ignored.is_empty());
+    }
+
+    #[test]
+    fn health_check_defaults_and_limits_are_function_compute_s() {
+        let hc = |v: serde_json::Value| {
+            input(json!({"customContainerConfig": {"healthCheckConfig": v}}))
+                .validate()
+                .map(|p| p.health_check_config.unwrap())
+        };
+        assert_eq!(
+            hc(json!({"httpGetUrl": "/ready"})).unwrap(),
+            Some(HealthCheckConfig {
+                http_get_url: "/ready".into(),
+                initial_delay_seconds: 0,
+                period_seconds: 3,
+                timeout_seconds: 1,
+                failure_threshold: 3,
+                success_threshold: 1,
+            })
+        );
+        let at_limits = json!({
+            "httpGetUrl": format!("/{}", "a".repeat(2047)), "initialDelaySeconds": 120,
+            "periodSeconds": 120, "timeoutSeconds": 3, "failureThreshold": 120,
+            "successThreshold": 120,
+        });
+        assert!(hc(at_limits).unwrap().is_some());
+        assert_eq!(
+            hc(json!({"httpGetUrl": ""})).unwrap(),
+            None,
+            "empty removes it"
+        );
+        let at = "customContainerConfig.healthCheckConfig";
+        let cases = [
+            (json!({}), format!("{at}.httpGetUrl: is required")),
+            (
+                json!({"httpGetUrl": "ready"}),
+                format!(
+                    "{at}.httpGetUrl: must be a path starting with / of at most 2048 visible \
+                     ASCII characters (no spaces), got \"ready\""
+                ),
+            ),
+            (
+                json!({"httpGetUrl": "/a b"}),
+                format!(
+                    "{at}.httpGetUrl: must be a path starting with / of at most 2048 visible \
+                     ASCII characters (no spaces), got \"/a b\""
+                ),
+            ),
+            (
+                json!({"httpGetUrl": "/x\r\nHost: evil"}),
+                format!(
+                    "{at}.httpGetUrl: must be a path starting with / of at most 2048 visible \
+                     ASCII characters (no spaces), got \"/x\\r\\nHost: evil\""
+                ),
+            ),
+            (
+                json!({"httpGetUrl": "/r", "initialDelaySeconds": 121}),
+                format!("{at}.initialDelaySeconds: must be between 0 and 120, got 121"),
+            ),
+            (
+                json!({"httpGetUrl": "/r", "periodSeconds": 0}),
+                format!("{at}.periodSeconds: must be between 1 and 120, got 0"),
+            ),
+            (
+                json!({"httpGetUrl": "/r", "timeoutSeconds": 4}),
+                format!("{at}.timeoutSeconds: must be between 1 and 3, got 4"),
+            ),
+            (
+                json!({"httpGetUrl": "/r", "failureThreshold": 0}),
+                format!("{at}.failureThreshold: must be between 1 and 120, got 0"),
+            ),
+            (
+                json!({"httpGetUrl": "/r", "successThreshold": 121}),
+                format!("{at}.successThreshold: must be between 1 and 120, got 121"),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(hc(body.clone()).unwrap_err().to_string(), want, "{body}");
+        }
+        let long = format!("/{}", "a".repeat(2048));
+        assert!(hc(json!({ "httpGetUrl": long })).is_err());
+    }
+
+    #[test]
+    fn fields_pronto_does_not_act_on_are_kept_when_harmless_and_refused_otherwise() {
+        let p = input(json!({
+            "handler": "index.handler", "role": "acs:ram::1:role/fc",
+            "logConfig": {"project": "p", "logstore": "l"}, "tracingConfig": {},
+            "vpcConfig": {"vpcId": "", "vSwitchIds": [], "securityGroupId": ""},
+            "gpuConfig": {"gpuMemorySize": 0, "gpuType": ""}, "layers": [],
+            "instanceLifecycleConfig": {
+                "initializer": {"handler": "", "timeout": 3}, "preStop": {"timeout": 3},
+            },
+            "internetAccess": false,
+        }))
+        .validate()
+        .unwrap();
+        assert_eq!(
+            p.ignored.keys().collect::<Vec<_>>(),
+            [
+                "gpuConfig",
+                "handler",
+                "instanceLifecycleConfig",
+                "layers",
+                "logConfig",
+                "role",
+                "tracingConfig",
+                "vpcConfig"
+            ]
+        );
+        assert_eq!(p.ignored["role"], json!("acs:ram::1:role/fc"));
+        assert_eq!(p.internet_access, Some(false));
+        let cases = [
+            (
+                json!({"vpcConfig": {"vpcId": "vpc-1"}}),
+                "vpcConfig: not supported: functions cannot be attached to a VPC; leave it out \
+                 (or empty)",
+            ),
+            (
+                json!({"nasConfig": {"mountPoints": [{"serverAddr": "x"}]}}),
+                "nasConfig: not supported: NAS file systems cannot be mounted; leave it out (or \
+                 empty)",
+            ),
+            (
+                json!({"ossMountConfig": {"mountPoints": [{"bucketName": "b"}]}}),
+                "ossMountConfig: not supported: OSS buckets cannot be mounted; leave it out (or \
+                 empty)",
+            ),
+            (
+                json!({"layers": ["acs:fc:x"]}),
+                "layers: not supported: layers cannot be added to a custom container; leave it \
+                 out (or empty)",
+            ),
+            (
+                json!({"gpuConfig": {"gpuType": "fc.gpu.tesla.1"}}),
+                "gpuConfig: not supported: functions get no GPU; leave it out (or empty)",
+            ),
+            (
+                json!({"customDNS": {"nameServers": ["1.1.1.1"]}}),
+                "customDNS: not supported: a custom DNS configuration cannot be applied; leave \
+                 it out (or empty)",
+            ),
+            (
+                json!({"code": {"zipFile": "UEsDB"}}),
+                "code: not supported: only custom containers (customContainerConfig) run here; \
+                 leave it out (or empty)",
+            ),
+            (
+                json!({"instanceLifecycleConfig": {"initializer": {"handler": "init"}}}),
+                "instanceLifecycleConfig.initializer.handler: not supported: lifecycle hooks are \
+                 not called; leave it out (or empty)",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(err(body.clone()), want, "{body}");
+        }
+        let big = json!({"logConfig": {"x": "y".repeat(IGNORED_FIELDS_MAX_BYTES)}});
+        assert!(err(big).starts_with("logConfig: fields Pronto does not act on must total"));
+    }
+
+    #[test]
+    fn an_update_merges_ignored_fields_and_can_remove_the_health_check() {
+        let (mut spec, _) = input(json!({
+            "functionName": "f", "role": "r1", "handler": "h",
+            "customContainerConfig": {"image": "a:1", "healthCheckConfig": {"httpGetUrl": "/r"}},
+        }))
+        .validate()
+        .unwrap()
+        .into_new_spec()
+        .unwrap();
+        assert!(spec.custom_container_config.health_check_config.is_some());
+        input(json!({"role": "r2", "customContainerConfig": {"port": 8080}}))
+            .validate()
+            .unwrap()
+            .apply_to(&mut spec);
+        assert!(spec.custom_container_config.health_check_config.is_some());
+        assert_eq!(spec.ignored["role"], json!("r2"));
+        assert_eq!(spec.ignored["handler"], json!("h"));
+        input(json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": ""}}}))
+            .validate()
+            .unwrap()
+            .apply_to(&mut spec);
+        assert_eq!(spec.custom_container_config.health_check_config, None);
     }
 
     #[test]

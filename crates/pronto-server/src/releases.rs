@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pronto_runtime::bundle::ProcessOverrides;
-use pronto_runtime::InstanceSpec;
+use pronto_runtime::{InstanceSpec, ReadinessProbe};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
-use crate::model::{AccelerationStatus, Function, Qualifier, LATEST};
+use crate::model::{AccelerationStatus, Function, HealthCheckConfig, Qualifier, LATEST};
 use crate::pool::{Provision, RunSpec};
 use crate::AppState;
 
@@ -89,8 +89,8 @@ pub fn run_spec(
             function: s.function_name.clone(),
             image,
             overrides: ProcessOverrides {
-                command: (!c.command.is_empty()).then(|| c.command.clone()),
-                args: (!c.args.is_empty()).then(|| c.args.clone()),
+                command: (!c.entrypoint.is_empty()).then(|| c.entrypoint.clone()),
+                args: (!c.cmd.is_empty()).then(|| c.cmd.clone()),
                 env: s.environment_variables.clone().into_iter().collect(),
             },
             port: c.port,
@@ -103,6 +103,7 @@ pub fn run_spec(
                 .as_ref()
                 .is_some_and(|a| a.status == AccelerationStatus::Ready),
             prefetch: None,
+            readiness: c.health_check_config.as_ref().map(readiness_probe),
         },
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,
@@ -110,6 +111,19 @@ pub fn run_spec(
         idle_timeout: s
             .idle_timeout
             .map_or(state.idle_timeout, |t| Duration::from_secs(u64::from(t))),
+    }
+}
+
+/// The runtime's readiness check for a function's `healthCheckConfig`.
+fn readiness_probe(h: &HealthCheckConfig) -> ReadinessProbe {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    ReadinessProbe {
+        path: h.http_get_url.clone(),
+        initial_delay: secs(h.initial_delay_seconds),
+        period: secs(h.period_seconds),
+        timeout: secs(h.timeout_seconds),
+        failure_threshold: h.failure_threshold,
+        success_threshold: h.success_threshold,
     }
 }
 

@@ -30,7 +30,25 @@ async fn validation_errors_name_the_field_and_the_value() {
         (json!({"customContainerConfig": {"port": 70000}}), "customContainerConfig.port: must be between 1 and 65535, got 70000"),
         (json!({"customContainerConfig": {"accelerationType": "Turbo"}}), "customContainerConfig.accelerationType: must be \"Default\" or \"None\", got \"Turbo\""),
         (json!({"customContainerConfig": {"command": "/app"}}), "customContainerConfig.command: invalid type: string \"/app\", expected a sequence"),
-        (json!({"customContainerConfig": {"cmd": ["/app"]}}), "customContainerConfig.cmd: unknown field `cmd`, expected one of `image`, `command`, `args`, `port`, `accelerationType`"),
+        (json!({"customContainerConfig": {"cmd": ["/app"]}}), "customContainerConfig.cmd: unknown field `cmd`, expected one of `image`, `entrypoint`, `command`, `args`, `port`, `accelerationType`, `healthCheckConfig`, `acrInstanceId`"),
+        (json!({"customContainerConfig": {"entrypoint": "/app"}}), "customContainerConfig.entrypoint: invalid type: string \"/app\", expected a sequence"),
+        (json!({"customContainerConfig": {"command": ["/app"], "args": ["-v"]}}), "customContainerConfig.args: give command or args, not both: since the Function Compute 3.0 names, command is the container's arguments (what args was; it replaces the image CMD) and entrypoint replaces the image ENTRYPOINT (what command was)"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"periodSeconds": 5}}}), "customContainerConfig.healthCheckConfig.httpGetUrl: is required"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "ready"}}}), "customContainerConfig.healthCheckConfig.httpGetUrl: must be a path starting with / of at most 2048 visible ASCII characters (no spaces), got \"ready\""),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "initialDelaySeconds": -1}}}), "customContainerConfig.healthCheckConfig.initialDelaySeconds: must be between 0 and 120, got -1"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "periodSeconds": 121}}}), "customContainerConfig.healthCheckConfig.periodSeconds: must be between 1 and 120, got 121"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "timeoutSeconds": 0}}}), "customContainerConfig.healthCheckConfig.timeoutSeconds: must be between 1 and 3, got 0"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "failureThreshold": 121}}}), "customContainerConfig.healthCheckConfig.failureThreshold: must be between 1 and 120, got 121"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "successThreshold": 0}}}), "customContainerConfig.healthCheckConfig.successThreshold: must be between 1 and 120, got 0"),
+        (json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "path": "/x"}}}), "customContainerConfig.healthCheckConfig.path: unknown field `path`, expected one of `httpGetUrl`, `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`, `failureThreshold`, `successThreshold`"),
+        (json!({"internetAccess": "yes"}), "internetAccess: invalid type: string \"yes\", expected a boolean"),
+        (json!({"vpcConfig": {"vpcId": "vpc-1", "vSwitchIds": ["vsw-1"]}}), "vpcConfig: not supported: functions cannot be attached to a VPC; leave it out (or empty)"),
+        (json!({"nasConfig": {"mountPoints": [{"serverAddr": "x.nas.aliyuncs.com:/", "mountDir": "/mnt/nas"}]}}), "nasConfig: not supported: NAS file systems cannot be mounted; leave it out (or empty)"),
+        (json!({"ossMountConfig": {"mountPoints": [{"bucketName": "b", "mountDir": "/mnt/oss"}]}}), "ossMountConfig: not supported: OSS buckets cannot be mounted; leave it out (or empty)"),
+        (json!({"layers": ["acs:fc:cn-hangzhou:official:layers/Python310/versions/2"]}), "layers: not supported: layers cannot be added to a custom container; leave it out (or empty)"),
+        (json!({"gpuConfig": {"gpuMemorySize": 16384, "gpuType": "fc.gpu.tesla.1"}}), "gpuConfig: not supported: functions get no GPU; leave it out (or empty)"),
+        (json!({"instanceLifecycleConfig": {"preStop": {"handler": "stop", "timeout": 3}}}), "instanceLifecycleConfig.preStop.handler: not supported: lifecycle hooks are not called; leave it out (or empty)"),
+        (json!({"role": 7}), "role: invalid type: integer `7`, expected a string"),
         (json!({"memorySize": -5}), "memorySize: must be between 128 and 32768, got -5"),
         (json!({"memorySize": 32832}), "memorySize: must be between 128 and 32768, got 32832"),
         (json!({"memorySize": 200}), "memorySize: must be a multiple of 64, got 200"),
@@ -60,7 +78,7 @@ async fn validation_errors_name_the_field_and_the_value() {
         .call(
             Method::POST,
             FUNCTIONS,
-            Some(create_body(&env, json!({"handler": "x"}))),
+            Some(create_body(&env, json!({"hander": "x"}))),
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -68,7 +86,7 @@ async fn validation_errors_name_the_field_and_the_value() {
         r.body["message"]
             .as_str()
             .unwrap()
-            .starts_with("handler: unknown field `handler`, expected one of `functionName`"),
+            .starts_with("hander: unknown field `hander`, expected one of `functionName`"),
         "{}",
         r.body
     );
@@ -90,6 +108,14 @@ async fn validation_errors_name_the_field_and_the_value() {
         (
             json!({"functionName": "g"}),
             "functionName: cannot be changed from \"f\", got \"g\"",
+        ),
+        (
+            json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "timeoutSeconds": 5}}}),
+            "customContainerConfig.healthCheckConfig.timeoutSeconds: must be between 1 and 3, got 5",
+        ),
+        (
+            json!({"vpcConfig": {"vpcId": "vpc-1"}}),
+            "vpcConfig: not supported: functions cannot be attached to a VPC; leave it out (or empty)",
         ),
     ] {
         let r = env
@@ -297,6 +323,7 @@ async fn every_control_request_needs_the_token() {
     for path in [
         FUNCTIONS,
         "/2023-03-30/functions/f",
+        "/2023-03-30/functions/f/invocations",
         "/2023-03-30/nothing-here",
     ] {
         for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {

@@ -385,7 +385,7 @@ async fn failures_are_reported_and_nothing_leaks() {
     let image = env.image("fn/app:v1");
 
     // Exits at once.
-    env.create("crash", &image, json!({"customContainerConfig": {"image": image, "command": ["/bin/sh", "-c", "echo bad config >&2; exit 2"]}})).await;
+    env.create("crash", &image, json!({"customContainerConfig": {"image": image, "entrypoint": ["/bin/sh", "-c", "echo bad config >&2; exit 2"]}})).await;
     let r = get(&env, "crash", "/").await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -410,7 +410,7 @@ async fn failures_are_reported_and_nothing_leaks() {
     );
 
     // Never listens.
-    env.create("deaf", &image, json!({"initializationTimeout": 1, "customContainerConfig": {"image": image, "command": ["/bin/sleep", "1000"]}})).await;
+    env.create("deaf", &image, json!({"initializationTimeout": 1, "customContainerConfig": {"image": image, "entrypoint": ["/bin/sleep", "1000"]}})).await;
     let r = get(&env, "deaf", "/").await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -454,7 +454,7 @@ async fn failures_are_reported_and_nothing_leaks() {
     env.create(
         "drip",
         &image,
-        json!({"timeout": 2, "customContainerConfig": {"image": image, "command": nc}}),
+        json!({"timeout": 2, "customContainerConfig": {"image": image, "entrypoint": nc}}),
     )
     .await;
     assert_eq!(get(&env, "drip", "/").await.text().await.unwrap(), "ok\n");
@@ -473,7 +473,7 @@ async fn failures_are_reported_and_nothing_leaks() {
     env.create(
         "hog",
         &image,
-        json!({"memorySize": 128, "customContainerConfig": {"image": image, "command": nc}}),
+        json!({"memorySize": 128, "customContainerConfig": {"image": image, "entrypoint": nc}}),
     )
     .await;
     assert_eq!(get(&env, "hog", "/").await.text().await.unwrap(), "ok\n");

@@ -7,10 +7,26 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Env, FUNCTIONS};
+use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+/// For `nc -ll -e`: reads the request and answers 200 with a JSON body (InvokeFunction's
+/// `/invoke`).
+const INVOKE_HANDLER: &str = r#"#!/bin/sh
+len=0
+while read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  [ -z "$line" ] && break
+  case "$(printf '%s' "${line%%:*}" | tr 'A-Z' 'a-z')" in
+    content-length) len=${line#*: } ;;
+  esac
+done
+head -c "$len" > /dev/null
+printf 'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+"#;
 
 fn load() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
@@ -70,10 +86,12 @@ fn documented(doc: &Value) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// The JSON request body's schema, if the operation takes JSON.
 fn request_schema<'a>(doc: &'a Value, path: &str, method: &str) -> Option<&'a Value> {
     doc["paths"][path][method]
         .get("requestBody")
-        .map(|b| &b["content"]["application/json"]["schema"])
+        .and_then(|b| b["content"].get("application/json"))
+        .map(|m| &m["schema"])
 }
 
 struct Case {
@@ -109,6 +127,21 @@ async fn every_documented_response_is_served_as_documented() {
     let env = Env::start().await;
     env.push("app:v1", b"x").await;
     let image = env.image("app:v1");
+    // A function that serves: InvokeFunction's `/invoke` answers 200 with the event.
+    ImageBuilder::new()
+        .layer(busybox_layer().unwrap())
+        .layer(Layer::gzip().file("invoke.sh", INVOKE_HANDLER).mode(0o755))
+        .entrypoint(&["/bin/nc", "-ll", "-p", "9000", "-e", "/invoke.sh"])
+        .push(&env.client, &env.registry.reference("served:v1"))
+        .await
+        .unwrap();
+    env.create(
+        "served",
+        &env.image("served:v1"),
+        json!({"customContainerConfig": {"accelerationType": "None"}}),
+    )
+    .await;
+    let invocations = "/2023-03-30/functions/{functionName}/invocations";
     let one = "/2023-03-30/functions/{functionName}";
     let logs = "/2023-03-30/functions/{functionName}/logs";
     let versions = "/2023-03-30/functions/{functionName}/versions";
@@ -125,17 +158,66 @@ async fn every_documented_response_is_served_as_documented() {
     let full = json!({
         "functionName": "full", "description": "d", "runtime": "custom-container",
         "customContainerConfig": {
-            "image": image, "command": ["/app"], "args": ["a"], "port": 8080,
-            "accelerationType": "None",
+            "image": image, "entrypoint": ["/app"], "command": ["a"], "port": 8080,
+            "accelerationType": "None", "acrInstanceId": "cri-1",
+            "healthCheckConfig": {"httpGetUrl": "/ready", "periodSeconds": 2},
         },
         "memorySize": 1024, "cpu": 2, "timeout": 10, "instanceConcurrency": 5,
         "environmentVariables": {"A": "b"}, "initializationTimeout": 5, "authType": "anonymous",
+        "internetAccess": false, "handler": "index.handler", "role": "acs:ram::1:role/r",
+        "logConfig": {"project": "p"}, "tracingConfig": {}, "tags": [],
+        "vpcConfig": {"vpcId": "", "vSwitchIds": []}, "nasConfig": {"mountPoints": []},
+        "ossMountConfig": {}, "layers": [], "gpuConfig": {"gpuMemorySize": 0},
+        "customDNS": {}, "instanceLifecycleConfig": {"initializer": {"handler": "", "timeout": 3}},
     });
     use Method as M;
     let cases = [
         case(M::POST, all, all, true, Some(new("f")), 201),
         case(M::POST, all, all, true, Some(full), 201),
         case(M::POST, all, all, true, Some(new("9")), 400),
+        case(
+            M::POST,
+            all,
+            all,
+            true,
+            Some(
+                json!({"functionName": "vpc", "customContainerConfig": {"image": image},
+                "vpcConfig": {"vpcId": "vpc-1"}}),
+            ),
+            400,
+        ),
+        case(
+            M::POST,
+            invocations,
+            "/2023-03-30/functions/served/invocations",
+            true,
+            Some(json!({"event": 1})),
+            200,
+        ),
+        case(
+            M::POST,
+            invocations,
+            "/2023-03-30/functions/served/invocations?qualifier=bad.name",
+            true,
+            Some(json!({})),
+            400,
+        ),
+        case(
+            M::POST,
+            invocations,
+            "/2023-03-30/functions/served/invocations",
+            false,
+            Some(json!({})),
+            401,
+        ),
+        case(
+            M::POST,
+            invocations,
+            "/2023-03-30/functions/nope/invocations",
+            true,
+            Some(json!({})),
+            404,
+        ),
         case(M::POST, all, all, false, Some(new("g")), 401),
         case(M::POST, all, all, true, Some(new("f")), 409),
         case(M::GET, all, all, true, None, 200),
@@ -539,7 +621,7 @@ async fn every_documented_response_is_served_as_documented() {
                     .as_object()
                     .unwrap()
                     .iter()
-                    .find(|(m, _)| served.starts_with(m.as_str()))
+                    .find(|(m, _)| m.as_str() == "*/*" || served.starts_with(m.as_str()))
                     .unwrap_or_else(|| panic!("{what}: {served} is not documented"));
                 let errs = errors(&doc, &spec["schema"], &r.body);
                 assert!(errs.is_empty(), "{what} ({media}): {}\n{errs:#?}", r.body);
@@ -621,6 +703,24 @@ fn request_schemas_mirror_the_server_limits() {
         json!({"maxInstances": 1, "idleTimeout": 1}),
         json!({"diskSize": 512}),
         json!({"diskSize": 10240}),
+        json!({"customContainerConfig": {"image": "a", "entrypoint": ["/a"], "command": ["b"]}}),
+        json!({"customContainerConfig": {"image": "a", "args": ["b"]}}),
+        json!({"customContainerConfig": {"image": "a", "healthCheckConfig": {
+            "httpGetUrl": format!("/{}", "a".repeat(2047)), "initialDelaySeconds": 120,
+            "periodSeconds": 120, "timeoutSeconds": 3, "failureThreshold": 120,
+            "successThreshold": 120,
+        }}}),
+        json!({"customContainerConfig": {"image": "a", "healthCheckConfig": {
+            "httpGetUrl": "/r", "initialDelaySeconds": 0, "periodSeconds": 1,
+            "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1,
+        }}}),
+        json!({"customContainerConfig": {"image": "a", "healthCheckConfig": {"httpGetUrl": ""}}}),
+        json!({"internetAccess": false}),
+        json!({"handler": "x", "role": "r", "logConfig": {"project": "p"}, "tags": [{}]}),
+        json!({"vpcConfig": {"vpcId": "", "vSwitchIds": [], "securityGroupId": ""}}),
+        json!({"nasConfig": {"userId": 0, "mountPoints": []}, "layers": []}),
+        json!({"gpuConfig": {"gpuMemorySize": 0, "gpuType": ""}, "customDNS": {}}),
+        json!({"instanceLifecycleConfig": {"preStop": {"handler": "", "timeout": 3}}}),
     ];
     for extra in at_limits {
         let mut body = base();
@@ -646,7 +746,31 @@ fn request_schemas_mirror_the_server_limits() {
         json!({"authType": "token"}),
         json!({"runtime": "python3.10"}),
         json!({"description": "d".repeat(257)}),
-        json!({"handler": "x"}),
+        json!({"hander": "x"}),
+        json!({"customContainerConfig": {"command": ["b"], "args": ["c"]}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"periodSeconds": 3}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "ready"}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/a b"}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {
+            "httpGetUrl": format!("/{}", "a".repeat(2048)),
+        }}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "initialDelaySeconds": 121}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "periodSeconds": 0}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "timeoutSeconds": 4}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "failureThreshold": 0}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "successThreshold": 121}}}),
+        json!({"customContainerConfig": {"healthCheckConfig": {"httpGetUrl": "/r", "path": "/x"}}}),
+        json!({"internetAccess": "yes"}),
+        json!({"role": 7}),
+        json!({"vpcConfig": {"vpcId": "vpc-1"}}),
+        json!({"nasConfig": {"mountPoints": [{"serverAddr": "x"}]}}),
+        json!({"ossMountConfig": {"mountPoints": [{"bucketName": "b"}]}}),
+        json!({"layers": ["acs:fc:x"]}),
+        json!({"gpuConfig": {"gpuType": "fc.gpu.tesla.1"}}),
+        json!({"customDNS": {"nameServers": ["1.1.1.1"]}}),
+        json!({"code": {"zipFile": "UEsDB"}}),
+        json!({"customRuntimeConfig": {"command": ["/code/bootstrap"]}}),
+        json!({"instanceLifecycleConfig": {"initializer": {"handler": "init"}}}),
         json!({"maxInstances": 0}),
         json!({"maxInstances": 1001}),
         json!({"idleTimeout": 0}),
@@ -685,18 +809,26 @@ fn the_schema_validation_is_not_vacuous() {
         "functionId": "7f1d2c3e-0000-4000-8000-000000000000", "functionName": "f",
         "description": "", "runtime": "custom-container",
         "customContainerConfig": {
-            "image": "a", "command": [], "args": [], "port": 9000, "accelerationType": "Default",
+            "image": "a", "entrypoint": [], "command": [], "port": 9000,
+            "accelerationType": "Default",
             "resolvedImageUri": format!("docker.io/library/a@sha256:{}", "0".repeat(64)),
         },
         "memorySize": 512, "cpu": 0.35, "timeout": 60, "instanceConcurrency": 1,
         "environmentVariables": {}, "initializationTimeout": 30, "authType": "function",
         "state": "Active", "lastUpdateStatus": "Successful", "diskSize": 512,
+        "internetAccess": true, "role": "r", "ignoredFields": ["role"],
         "createdTime": "2024-05-01T12:00:00.123Z", "lastModifiedTime": "2024-05-01T12:00:00.123Z",
     });
     assert_eq!(errors(&doc, &function, &f), Vec::<String>::new());
     for (pointer, bad) in [
         ("/createdTime", json!("yesterday")),
         ("/customContainerConfig/resolvedImageUri", json!("a:latest")),
+        ("/customContainerConfig/args", json!([])),
+        (
+            "/customContainerConfig/healthCheckConfig",
+            json!({"httpGetUrl": "/r"}),
+        ),
+        ("/vpcConfig", json!({"vpcId": "vpc-1"})),
         ("/extra", json!(1)),
     ] {
         let mut g = f.clone();

@@ -169,7 +169,7 @@ async fn request_ids_round_trip_and_are_logged() {
     env.create(
         "broken",
         &image,
-        json!({"customContainerConfig": {"image": image, "command": ["/bin/sh", "-c", "exit 3"]}}),
+        json!({"customContainerConfig": {"image": image, "entrypoint": ["/bin/sh", "-c", "exit 3"]}}),
     )
     .await;
     let r = env

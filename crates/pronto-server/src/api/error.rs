@@ -34,6 +34,9 @@ pub enum ApiError {
     Body { status: StatusCode, message: String },
     #[error("{name}: {message}")]
     Query { name: &'static str, message: String },
+    /// A request header with a value the server does not take.
+    #[error("{name}: {message}")]
+    Header { name: &'static str, message: String },
     /// Boxed: a pull error is large, and every handler returns this type.
     #[error("customContainerConfig.image: {0}")]
     Image(Box<ImageError>),
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::Validation(_)
             | ApiError::MalformedJson(_)
             | ApiError::Query { .. }
+            | ApiError::Header { .. }
             | ApiError::Image(_)
             | ApiError::Rename { .. } => StatusCode::BAD_REQUEST,
             ApiError::Body { status, .. } => *status,
@@ -152,6 +156,7 @@ impl ApiError {
         match self {
             ApiError::Validation(_)
             | ApiError::Query { .. }
+            | ApiError::Header { .. }
             | ApiError::Image(_)
             | ApiError::Rename { .. } => "InvalidArgument",
             ApiError::MalformedJson(_) => "MalformedJSON",

@@ -1,6 +1,7 @@
 //! The control API: Function Compute 3.0-style REST over JSON, every route behind the API token.
 //!
-//! One file per function handler (`function_*.rs`), one per release resource (`versions.rs`,
+//! One file per function handler (`function_*.rs`; `function_invoke.rs` hands the request to
+//! the invocation path of [`crate::invoke`]), one per release resource (`versions.rs`,
 //! `aliases.rs`, `provision.rs`); [`route_table`] is the single list of routes, used to build
 //! the router and by the test that checks every route against `openapi.yaml`.
 
@@ -9,6 +10,7 @@ mod error;
 mod function_create;
 mod function_delete;
 mod function_get;
+mod function_invoke;
 mod function_list;
 mod function_logs;
 mod function_update;
@@ -27,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
+pub use function_invoke::{EVENT_PATH, INVOCATION_TYPE_HEADER};
 pub use metrics::METRICS_PATH;
 pub use view::{
     AliasView, ContainerConfigView, FunctionView, ListAliasesOutput, ListFunctionsOutput,
@@ -56,6 +59,10 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/2023-03-30/functions/{functionName}/logs",
             get(function_logs::function_logs),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/invocations",
+            post(function_invoke::invoke_function),
         ),
         (
             "/2023-03-30/functions/{functionName}/versions",

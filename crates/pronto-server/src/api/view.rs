@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    format_time, AccelerationInfo, AccelerationType, Alias, AuthType, Function, Version, RUNTIME,
+    format_time, AccelerationInfo, AccelerationType, Alias, AuthType, Function, HealthCheckConfig,
+    Version, RUNTIME,
 };
 
 /// A function as the API shows it: the spec with defaults, plus what the server decided.
@@ -33,6 +34,16 @@ pub struct FunctionView {
     /// Pronto: seconds an idle on-demand instance is kept (absent: the server's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u32>,
+    /// Whether the function may reach the internet (Function Compute's field, default true).
+    #[serde(default = "yes")]
+    pub internet_access: bool,
+    /// Pronto: the fields given that Pronto accepts but does not act on (`role`,
+    /// `logConfig`, `customContainerConfig.acrInstanceId`, ...), sorted; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_fields: Vec<String>,
+    /// The top-level ones among them, as given, under their own names.
+    #[serde(flatten)]
+    pub ignored: BTreeMap<String, serde_json::Value>,
     /// Always `Active` (Function Compute's field).
     pub state: String,
     /// `InProgress` while the last update waits for its acceleration (the configuration from
@@ -40,7 +51,9 @@ pub struct FunctionView {
     pub last_update_status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_status_reason: Option<String>,
-    /// Where the conversion stands; absent for `accelerationType: None` (see `accel.rs`).
+    /// Where the conversion stands; absent for `accelerationType: None` (see `accel.rs`). The
+    /// same as `customContainerConfig.accelerationInfo` (Function Compute 3.0's place), kept
+    /// here for the clients that read it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration_info: Option<AccelerationInfo>,
     /// Pronto: the access trace recorded by the image's first accelerated cold start (what
@@ -59,17 +72,34 @@ pub struct AccessTraceView {
     pub recorded_time: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerConfigView {
     /// As given (may be a tag).
     pub image: String,
     /// What runs: `registry/repo@sha256:...`, pinned at the last create/update that set `image`.
     pub resolved_image_uri: String,
+    /// Replaces the image's ENTRYPOINT (and drops its CMD) when not empty.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// The container's arguments: replace the image's CMD when not empty.
+    #[serde(default)]
     pub command: Vec<String>,
-    pub args: Vec<String>,
     pub port: u16,
     pub acceleration_type: AccelerationType,
+    /// When a new instance is ready; absent: as soon as its port answers HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_config: Option<HealthCheckConfig>,
+    /// Kept and shown, not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_instance_id: Option<String>,
+    /// Where the conversion stands; absent for `accelerationType: None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration_info: Option<AccelerationInfo>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,10 +123,13 @@ impl From<&Function> for FunctionView {
             custom_container_config: ContainerConfigView {
                 image: cc.image.clone(),
                 resolved_image_uri: f.image.reference.to_string(),
-                command: cc.command.clone(),
-                args: cc.args.clone(),
+                entrypoint: cc.entrypoint.clone(),
+                command: cc.cmd.clone(),
                 port: cc.port,
                 acceleration_type: cc.acceleration_type,
+                health_check_config: cc.health_check_config.clone(),
+                acr_instance_id: cc.acr_instance_id.clone(),
+                acceleration_info: f.acceleration.clone(),
             },
             memory_size: s.memory_size,
             cpu: s.cpu,
@@ -108,6 +141,16 @@ impl From<&Function> for FunctionView {
             disk_size: s.disk_size,
             max_instances: s.max_instances,
             idle_timeout: s.idle_timeout,
+            internet_access: s.internet_access,
+            ignored_fields: {
+                let mut names: Vec<String> = s.ignored.keys().cloned().collect();
+                if cc.acr_instance_id.is_some() {
+                    names.push("customContainerConfig.acrInstanceId".to_string());
+                }
+                names.sort();
+                names
+            },
+            ignored: s.ignored.clone(),
             state: "Active".to_string(),
             last_update_status: if f.update_in_progress() {
                 "InProgress"
