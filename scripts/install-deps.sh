@@ -7,6 +7,8 @@ packages=(
   docker-registry # the real OCI registry (Docker Distribution) the tests and demo start
   skopeo umoci    # ground truth in tests and the unpack benchmark
   runc fuse3 iproute2
+  nftables        # the NAT and filter rules of instances' outbound network
+  dnsmasq-base    # the tests' stand-in for the internet's DNS
   busybox-static  # the HTTP server (httpd + CGI) of the test and demo function images
   cmake pkg-config build-essential # zlib-ng (gzip backend) builds with cmake
   ca-certificates curl jq

@@ -59,6 +59,14 @@ pub struct ServeArgs {
     /// `host` runs them in the node's (root inside is root on the node).
     #[arg(long, env = "PRONTO_USERNS", default_value = "private")]
     userns: pronto_server::UsernsMode,
+    /// Where instances' addresses come from: each instance with `internetAccess` gets a /30
+    /// of it, a veth and NAT out of the node (it can reach neither the node itself nor other
+    /// instances); `none`: instances have only their loopback.
+    #[arg(long, env = "PRONTO_INSTANCE_SUBNET", default_value = pronto_server::DEFAULT_SUBNET, value_parser = parse_subnet)]
+    instance_subnet: Option<pronto_server::Subnet>,
+    /// The resolv.conf instances get (as /etc/resolv.conf), name servers on loopback left out.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: std::path::PathBuf,
     /// Log lines on stderr as text (colours only on a terminal, none with NO_COLOR) or one
     /// JSON object each; PRONTO_LOG sets the level (e.g. info, pronto_server=debug).
     #[arg(long, env = "PRONTO_LOG_FORMAT", value_enum, default_value_t = crate::LogFormat::Text)]
@@ -82,6 +90,12 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.metrics_public = args.metrics_public;
     config.isolation.seccomp = args.seccomp;
     config.isolation.userns = args.userns;
+    config.network = args
+        .instance_subnet
+        .map(|subnet| pronto_server::NetworkConfig {
+            subnet,
+            resolv_conf: args.resolv_conf.clone(),
+        });
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -114,4 +128,12 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
         eprintln!("pronto: stopped; all instances torn down");
     }
     Ok(())
+}
+
+/// `--instance-subnet`: a subnet, or `none`.
+fn parse_subnet(s: &str) -> Result<Option<pronto_server::Subnet>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse().map(Some)
 }

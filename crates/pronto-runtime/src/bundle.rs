@@ -16,7 +16,8 @@ use crate::userns::{IdRange, RANGE_SIZE};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder,
     LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, PosixRlimitBuilder, PosixRlimitType, RootBuilder, Spec, UserBuilder,
+    LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType, RootBuilder, Spec,
+    UserBuilder,
 };
 
 /// CFS period for `cpu` → quota.
@@ -163,6 +164,8 @@ pub struct BundleParams<'a> {
     pub netns: Option<&'a Path>,
     /// The user namespace's host ids; `None`: the node's user namespace.
     pub ids: Option<IdRange>,
+    /// Bound read-only on `/etc/resolv.conf` when the node gives instances a network.
+    pub resolv_conf: Option<&'a Path>,
     pub cgroups_path: &'a str,
     pub memory_bytes: i64,
     pub cpu: f64,
@@ -205,6 +208,18 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .soft(nofile)
         .build()?]));
     spec.set_process(Some(process));
+    if let Some(conf) = p.resolv_conf {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(conf)
+                .options(vec!["rbind".into(), "ro".into()])
+                .build()?,
+        );
+        spec.set_mounts(Some(mounts));
+    }
 
     let mut namespaces = vec![
         (LinuxNamespaceType::Pid, None),
@@ -356,6 +371,7 @@ mod tests {
             port: 9000,
             netns: Some(Path::new("/run/netns/x")),
             ids: None,
+            resolv_conf: None,
             cgroups_path: "/pronto-i1",
             memory_bytes: 256 << 20,
             cpu: 0.5,
@@ -410,6 +426,7 @@ mod tests {
             port: 9000,
             netns: None,
             ids: Some(IdRange { host_base: 1 << 30 }),
+            resolv_conf: Some(Path::new("/run/pronto/x/resolv.conf")),
             cgroups_path: "/pronto-i1",
             memory_bytes: 256 << 20,
             cpu: 0.5,

@@ -542,5 +542,6 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         accelerated: false,
         prefetch: None,
         readiness: None,
+        internet_access: true,
     }
 }

@@ -44,6 +44,9 @@ pub struct InstanceSpec {
     /// When the instance counts as ready: `None`, as soon as its port answers HTTP at all
     /// (`GET /`, any status); else the function's health check.
     pub readiness: Option<ReadinessProbe>,
+    /// Function Compute's `internetAccess`: a veth, an address and NAT out of the node (when
+    /// the node has an instance network); else only its loopback.
+    pub internet_access: bool,
 }
 
 /// A health check that decides when a new instance is ready (Function Compute's
@@ -209,6 +212,13 @@ impl Instance {
             .expect("instance lock poisoned")
             .as_ref()
             .and_then(|m| m.take_access_trace())
+    }
+
+    /// Its address on the node's instance network (its `eth0`), if it has one.
+    pub fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.layout
+            .recorded_network()
+            .map(|link| link.instance_addr())
     }
 
     /// The container's init process is still there.

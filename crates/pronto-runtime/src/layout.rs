@@ -23,6 +23,9 @@ pub struct InstanceState {
     pub function: String,
     pub netns: String,
     pub cgroups_path: String,
+    /// The network address of its /30 once it has an outbound network (see `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +74,7 @@ impl InstanceLayout {
             function: String::new(),
             netns: format!("pronto-{id}"),
             cgroups_path: format!("/pronto-{id}"),
+            network: None,
         });
         InstanceLayout {
             id: id.to_string(),
@@ -89,7 +93,29 @@ impl InstanceLayout {
             function: self.function.clone(),
             netns: self.netns.clone(),
             cgroups_path: self.cgroups_path.clone(),
+            network: None,
         }
+    }
+
+    /// Records the instance's /30 in `state.json` (before anything can fail without undoing
+    /// it), so teardown and crash cleanup release it.
+    pub fn record_network(&self, link: &crate::network::Link) -> io::Result<()> {
+        let state = InstanceState {
+            network: Some(link.network),
+            ..self.state()
+        };
+        let tmp = self.dir.join("state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&state).expect("state serializes"))?;
+        std::fs::rename(tmp, self.dir.join("state.json"))
+    }
+
+    /// The /30 recorded in `state.json`, if any.
+    pub fn recorded_network(&self) -> Option<crate::network::Link> {
+        let state: InstanceState =
+            serde_json::from_slice(&std::fs::read(self.dir.join("state.json")).ok()?).ok()?;
+        state
+            .network
+            .map(|network| crate::network::Link { network })
     }
 
     /// Creates the instance directory and records the state in it (the first step of a start).

@@ -15,6 +15,7 @@
 //! - [`userns`]: a user namespace per instance (an unprivileged id range, the image seen
 //!   through an idmapped mount).
 //! - [`netns`]: named network namespaces and sockets opened inside them.
+//! - [`network`]: instances' outbound network (veth, /30, NAT, filter rules, `resolv.conf`).
 //! - [`oci`]: calls to the OCI runtime binary.
 //! - [`output`]: the container's stdout and stderr through a pipe, stamped line by line
 //!   (time, instance, request) into its log file.
@@ -42,6 +43,7 @@ pub mod instance;
 pub mod layout;
 pub mod lazy;
 pub mod netns;
+pub mod network;
 pub mod node;
 pub mod oci;
 pub mod output;
@@ -59,7 +61,7 @@ pub use host::{Host, LinuxHost};
 pub use instance::{
     Instance, InstanceSpec, ReadinessProbe, RootfsSource, StartError, StartTimings,
 };
-pub use node::{Isolation, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
+pub use node::{Isolation, NetworkConfig, Node, NodeConfig, DEFAULT_CHUNK_CACHE_BYTES};
 pub use seccomp::SeccompMode;
 pub use teardown::{TeardownError, TeardownFailure};
 pub use userns::UsernsMode;

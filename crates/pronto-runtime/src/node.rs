@@ -16,6 +16,7 @@ use crate::host::{Host, LinuxHost};
 use crate::images::ImageStore;
 use crate::layout;
 use crate::lazy::LazyStore;
+use crate::network::{InstanceNetwork, Subnet, DEFAULT_SUBNET};
 use crate::oci::OciRuntime;
 use crate::seccomp::SeccompMode;
 use crate::userns::{IdRanges, UsernsMode};
@@ -33,6 +34,25 @@ pub struct NodeConfig {
     pub max_unpacked_bytes: u64,
     /// How the node's containers are confined beyond namespaces and cgroups.
     pub isolation: Isolation,
+    /// Instances' outbound network; `None`: they have only their loopback.
+    pub network: Option<NetworkConfig>,
+}
+
+/// Where instances' addresses come from and what they resolve names with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub subnet: Subnet,
+    /// The node's `resolv.conf`, the source of the instances' (`/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            subnet: DEFAULT_SUBNET.parse().expect("a valid subnet"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
 }
 
 /// How a node's containers are confined beyond namespaces, cgroups and the runtime's default
@@ -58,6 +78,7 @@ pub(crate) struct NodeInner {
     pub(crate) isolation: Isolation,
     /// The user namespace id ranges of live instances.
     pub(crate) id_ranges: IdRanges,
+    pub(crate) network: Option<InstanceNetwork>,
 }
 
 /// The instances of one node. Cheap to clone.
@@ -86,7 +107,12 @@ impl Node {
         }
         // One name for the data dir, whatever the caller's spelling: the run dir derives from it.
         let data_dir = config.data_dir.canonicalize()?;
-        create_run_dir(&layout::run_dir(&data_dir))?;
+        let run_dir = layout::run_dir(&data_dir);
+        create_run_dir(&run_dir)?;
+        let network = match &config.network {
+            Some(c) => Some(InstanceNetwork::open(c.subnet, &run_dir, &c.resolv_conf)?),
+            None => None,
+        };
         let lazy = LazyStore::open(
             data_dir.join("lazy"),
             &data_dir.join("chunks"),
@@ -107,10 +133,19 @@ impl Node {
                 host,
                 isolation: config.isolation,
                 id_ranges: IdRanges::default(),
+                network,
             }),
         };
         let cleaned = node.cleanup_stale().await;
         Ok((node, cleaned))
+    }
+
+    /// Removes what the node set up on the machine for all its instances (the network's
+    /// rules); call it when the daemon stops, after its instances are gone.
+    pub fn close(&self) {
+        if let Some(net) = &self.inner.network {
+            net.close();
+        }
     }
 
     /// The node's data dir (canonical).

@@ -272,6 +272,7 @@ impl Node {
             port: spec.port,
             netns: own_netns.as_deref(),
             ids,
+            resolv_conf: self.inner.network.as_ref().map(|n| n.resolv_conf()),
             cgroups_path: &l.cgroups_path,
             memory_bytes: (spec.memory_mb as i64) << 20,
             cpu: spec.cpu,
@@ -299,6 +300,14 @@ impl Node {
                         host.attach_netns(&l.netns, pid)
                             .map_err(setup("naming the container's network namespace"))?,
                     );
+                }
+                let netns_name = &l.netns;
+                if let (true, Some(net)) = (spec.internet_access, &self.inner.network) {
+                    let link = net
+                        .connect(netns_name)
+                        .map_err(setup("connecting the instance's network"))?;
+                    l.record_network(&link)
+                        .map_err(setup("recording the instance's network"))?;
                 }
                 host.start_container(&l.id).await.map(|()| pid)
             }

@@ -30,6 +30,12 @@ pub enum TeardownFailure {
         #[source]
         source: io::Error,
     },
+    #[error("releasing the instance's network {network}/30: {source}")]
+    Network {
+        network: std::net::Ipv4Addr,
+        #[source]
+        source: io::Error,
+    },
     #[error("removing {path}: {source}")]
     RemoveDir {
         path: PathBuf,
@@ -112,6 +118,17 @@ pub(crate) async fn teardown(host: &dyn Host, l: &InstanceLayout) -> Result<(), 
         if let Err(source) = host.unmount_disk(&l.disk_image(), &l.disk()) {
             failures.push(TeardownFailure::Unmount {
                 path: l.disk(),
+                source,
+            });
+        }
+    }
+    // The veth before the namespace: deleting its host end takes the pair at once, while a
+    // namespace's own devices go asynchronously after it is freed (and the /30 could be
+    // claimed again meanwhile).
+    if let Some(link) = l.recorded_network() {
+        if let Err(source) = crate::network::release(&link) {
+            failures.push(TeardownFailure::Network {
+                network: link.network,
                 source,
             });
         }

@@ -27,6 +27,7 @@ async fn env() -> Env {
         chunk_cache_bytes: 1 << 20,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         isolation: Default::default(),
+        network: None,
     };
     let (node, cleaned) = Node::open_on(config.clone(), host.clone()).await.unwrap();
     assert_eq!(cleaned, 0);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pronto_image::{pull, ClientOptions, RegistryClient};
 use pronto_runtime::bundle::ProcessOverrides;
 use pronto_runtime::{
-    InstanceSpec, Isolation, Node, NodeConfig, SeccompMode, StartError, UsernsMode,
+    InstanceSpec, Isolation, NetworkConfig, Node, NodeConfig, SeccompMode, StartError, UsernsMode,
 };
 use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
 use pronto_testkit::registry::TestRegistry;
@@ -19,10 +19,15 @@ const CGI_INFO: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \
 /// make a user namespace of its own, the owner of a file the image gives to uid 1000, and
 /// whether it can write its `/tmp`.
 const CGI_CONFINEMENT: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\ngrep '^Seccomp:' /proc/self/status | tr -d '\\t '\necho \"uid_map=$(tr -s ' ' < /proc/self/uid_map)\"\nif busybox unshare -U true 2>/tmp/unshare.err; then echo unshare=allowed; else echo \"unshare=refused $(cat /tmp/unshare.err)\"; fi\necho \"owner=$(busybox stat -c %u:%g /www/owned)\"\necho x > /tmp/written && echo tmp=writable\n";
+/// `GET /cgi-bin/net?HOST+PORT+PATH`: `GET PATH` from `HOST:PORT` with busybox `nc` within
+/// 2 s (a name is resolved with busybox `nslookup` through `/etc/resolv.conf`: the static
+/// busybox's libc resolver crashes, and so does its `wget`); prints the answer and `fetched`, or
+/// `unreachable`.
+const CGI_NET: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nset -- $(echo \"$QUERY_STRING\" | tr '+' ' ')\nhost=$1\ncase \"$host\" in *[a-z]*) host=$(nslookup -type=a \"$1\" 2>/dev/null | awk '/^Name:/ {n=1} n && /^Address/ {print $2; exit}') ;; esac\necho \"resolved=$host\"\nout=$( [ -n \"$host\" ] && printf 'GET %s HTTP/1.0\\r\\n\\r\\n' \"$3\" | nc -w 2 \"$host\" \"$2\" 2>/dev/null)\ncase \"$out\" in HTTP/*) echo \"$out\"; echo fetched ;; *) echo unreachable ;; esac\n";
 const CGI_HOG: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nawk 'BEGIN { s = \"x\"; while (length(s) < 400000000) s = s s }' && echo survived\n";
 
 struct Fixture {
-    _registry: TestRegistry,
+    registry: TestRegistry,
     data: tempfile::TempDir,
     node: Node,
     image: Arc<pull::ResolvedImage>,
@@ -33,6 +38,10 @@ async fn fixture() -> Fixture {
 }
 
 async fn fixture_with(isolation: Isolation) -> Fixture {
+    fixture_on(isolation, None).await
+}
+
+async fn fixture_on(isolation: Isolation, network: Option<NetworkConfig>) -> Fixture {
     let registry = TestRegistry::start();
     let client = RegistryClient::new(ClientOptions::default()).unwrap();
     let reference = registry.reference("fn/httpd:v1");
@@ -45,6 +54,8 @@ async fn fixture_with(isolation: Isolation) -> Fixture {
                 .file("www/cgi-bin/info", CGI_INFO)
                 .mode(0o755)
                 .file("www/cgi-bin/hog", CGI_HOG)
+                .mode(0o755)
+                .file("www/cgi-bin/net", CGI_NET)
                 .mode(0o755)
                 .file("www/cgi-bin/confinement", CGI_CONFINEMENT)
                 .mode(0o755)
@@ -65,12 +76,13 @@ async fn fixture_with(isolation: Isolation) -> Fixture {
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         isolation,
+        network,
     })
     .await
     .unwrap();
     assert_eq!(cleaned, 0);
     Fixture {
-        _registry: registry,
+        registry,
         data,
         node,
         image,
@@ -91,6 +103,7 @@ impl Drop for Fixture {
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
                 isolation: Default::default(),
+                network: None,
             }))
             .map(drop)
         })
@@ -111,6 +124,7 @@ fn spec(f: &Fixture) -> InstanceSpec {
         accelerated: false,
         prefetch: None,
         readiness: None,
+        internet_access: true,
     }
 }
 
@@ -384,9 +398,146 @@ async fn a_new_node_cleans_up_after_a_crashed_one() {
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         isolation: Default::default(),
+        network: None,
     })
     .await
     .unwrap();
     assert_eq!(cleaned, 1);
     assert_gone(f.data.path(), &id, pid);
+}
+
+/// The node's addresses other than loopback and the test's own links (e.g. `eth0`'s).
+fn node_addresses() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(" pn") && !l.contains(" ptinet"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A port on every address of the node answering HTTP `node` (what an instance must not reach).
+fn node_service() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            // Read the request first: closing with unread bytes would reset the connection.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nnode\n");
+        }
+    });
+    port
+}
+
+async fn fetch(instance: &pronto_runtime::Instance, host: &str, port: u16, path: &str) -> String {
+    // The whole answer: the CGI's own lines end in \n, the fetched answer's in \r\n.
+    get(instance, &format!("/cgi-bin/net?{host}+{port}+{path}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reaches_the_internet_by_name_but_not_the_node_nor_other_instances() {
+    let internet = pronto_testkit::internet::Internet::start(
+        &["example.test"],
+        &[("page.txt", b"hello from the internet\n")],
+    );
+    let f = fixture_on(
+        Isolation::default(),
+        Some(NetworkConfig {
+            resolv_conf: internet.resolv_conf(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let first = f.node.start(spec(&f)).await.unwrap();
+    let second = f.node.start(spec(&f)).await.unwrap();
+    let mut offline = spec(&f);
+    offline.internet_access = false;
+    let offline = f.node.start(offline).await.unwrap();
+    let (a1, a2) = (first.address().unwrap(), second.address().unwrap());
+    assert_ne!(a1, a2);
+    assert!(offline.address().is_none());
+
+    // By name, through the DNS answer of the test's internet, and NAT.
+    let page = fetch(&first, "example.test", 80, "/page.txt").await;
+    assert!(
+        page.contains(&format!("resolved={}", internet.addr))
+            && page.contains("hello from the internet\n")
+            && page.contains("fetched"),
+        "{page}"
+    );
+    let conf =
+        std::fs::read_to_string(format!("/proc/{}/root/etc/resolv.conf", first.pid())).unwrap();
+    assert!(
+        conf.contains(&format!("nameserver {}\n", internet.addr)),
+        "{conf}"
+    );
+
+    // Not the node: a port open on all its addresses, through its end of the veth or its
+    // own address; not the registry on its loopback (the instance's loopback is its own).
+    let port = node_service();
+    let gateway = std::net::Ipv4Addr::from(u32::from(a1) - 1);
+    let mut node = node_addresses();
+    node.push(gateway.to_string());
+    for addr in &node {
+        let out = fetch(&first, addr, port, "/").await;
+        assert!(
+            out.contains("unreachable") && !out.contains("node"),
+            "{addr}:{port}: {out}"
+        );
+    }
+    let registry_port = f.registry.addr().port();
+    let out = fetch(&first, "127.0.0.1", registry_port, "/v2/").await;
+    assert!(out.contains("unreachable"), "the node's registry: {out}");
+    // The node itself reaches that service (the test is sound) and the second instance.
+    let direct = reqwest_like(&format!("{}:{port}", node[0])).await;
+    assert!(direct.contains("node"), "{direct}");
+    assert!(reqwest_like(&format!("{a2}:9000")).await.contains("200 OK"));
+    // Not another instance.
+    let out = fetch(&first, &a2.to_string(), 9000, "/index.html").await;
+    assert!(out.contains("unreachable"), "the second instance: {out}");
+
+    // Without internet access: nothing but itself.
+    let out = fetch(&offline, "example.test", 80, "/page.txt").await;
+    assert!(out.contains("unreachable"), "{out}");
+    let out = fetch(&offline, &internet.addr.to_string(), 80, "/page.txt").await;
+    assert!(out.contains("unreachable"), "{out}");
+
+    let links: Vec<String> = [a1, a2]
+        .iter()
+        .map(|a| format!("pn{:08x}", u32::from(*a) - 2))
+        .collect();
+    for i in [first, second, offline] {
+        let (id, pid) = (i.id.clone(), i.pid());
+        i.stop().await.unwrap();
+        assert_gone(f.data.path(), &id, pid);
+    }
+    for l in links {
+        assert!(!Path::new("/sys/class/net").join(&l).exists(), "{l} left");
+    }
+}
+
+/// One HTTP/1.0 GET from the node (no client library needed for this).
+async fn reqwest_like(addr: &str) -> String {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {addr}: no answer in 5 s"))
+        .unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }

@@ -57,6 +57,7 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
         accelerated,
         prefetch: None,
         readiness: None,
+        internet_access: true,
     }
 }
 
@@ -68,6 +69,7 @@ async fn open_node(data: &Path) -> Node {
         chunk_cache_bytes: 1 << 30,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         isolation: Default::default(),
+        network: None,
     })
     .await
     .unwrap();

@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiToken;
 /// The node switches `pronto serve` sets (`--seccomp`, `--userns`).
-pub use pronto_runtime::{Isolation, SeccompMode, UsernsMode};
+pub use pronto_runtime::network::{Subnet, DEFAULT_SUBNET};
+pub use pronto_runtime::{Isolation, NetworkConfig, SeccompMode, UsernsMode};
 pub use store::Store;
 
 /// Where `pronto serve` listens for invocations unless told otherwise.
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     pub max_unpacked_bytes: u64,
     /// How containers are confined (seccomp profile, user namespaces); confined by default.
     pub isolation: pronto_runtime::Isolation,
+    /// Instances' outbound network (`--instance-subnet`, `--resolv-conf`); `None`: only
+    /// their loopback, whatever `internetAccess` says.
+    pub network: Option<pronto_runtime::NetworkConfig>,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -121,6 +125,7 @@ impl ServerConfig {
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
             max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
             isolation: pronto_runtime::Isolation::default(),
+            network: Some(pronto_runtime::NetworkConfig::default()),
         }
     }
 }
@@ -237,6 +242,7 @@ impl Server {
             chunk_cache_bytes: config.chunk_cache_bytes,
             max_unpacked_bytes: config.max_unpacked_bytes,
             isolation: config.isolation,
+            network: config.network.clone(),
         })
         .await
         .map_err(|source| ServerError::Node {
@@ -485,6 +491,7 @@ impl RunningServer {
         // In-flight requests have drained: now the conversions and the instances go.
         self.state.accel.stop().await;
         self.state.pool.shutdown().await;
+        self.state.pool.node().close();
         first
     }
 }

@@ -183,7 +183,7 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u32>,
     /// Function Compute's `internetAccess` (default true): whether the function may reach the
-    /// internet. Stored and shown; applied by the instances' network.
+    /// internet: without it an instance has only its loopback (no veth, no route).
     #[serde(default = "default_true")]
     pub internet_access: bool,
     /// Function Compute fields accepted without being acted on (`role`, `logConfig`, ...,

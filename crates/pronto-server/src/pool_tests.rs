@@ -39,6 +39,7 @@ async fn env_with(limits: PoolLimits) -> Env {
             chunk_cache_bytes: 1 << 20,
             max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
             isolation: Default::default(),
+            network: None,
         },
         host.clone(),
     )

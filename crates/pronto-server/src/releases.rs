@@ -104,6 +104,7 @@ pub fn run_spec(
                 .is_some_and(|a| a.status == AccelerationStatus::Ready),
             prefetch: None,
             readiness: c.health_check_config.as_ref().map(readiness_probe),
+            internet_access: s.internet_access,
         },
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,

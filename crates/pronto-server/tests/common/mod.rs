@@ -242,6 +242,7 @@ impl Drop for Env {
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
                 isolation: Default::default(),
+                network: None,
             }))
             .map(drop)
         })
