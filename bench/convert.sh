@@ -280,7 +280,7 @@ Targets:
 - Ready within 60 s for a 1 GB image: extrapolated, not measured: 1000 MB at {ref_size} zstd's {speeds[ref_size]:.0f} MB/s ≈ **{ready_1g:.1f} s** of conversion {'✓' if ready_1g <= 60 else '✗'} (linear in file data; a real 1 GB image also downloads its layers over a network, which this loopback registry does not).
 
 Raw `elapsed` seconds per run (unpack / chunking): {'; '.join(f"{s}: " + ', '.join(f"{x['json']['elapsed']:.2f} ({x['json']['unpackTime']:.2f}/{x['json']['chunkTime']:.2f})" for x in sorted(conv[s], key=lambda x: x['run'])) for s in sizes)}{'; 1M lz4: ' + ', '.join(f"{x['json']['elapsed']:.2f} ({x['json']['unpackTime']:.2f}/{x['json']['chunkTime']:.2f})" for x in lz4) if lz4 else ''}.
-pronto unpack's own summary (run 1): layers {uj.get('layers')}, compressed_bytes {uj.get('compressed_bytes')}, file_bytes {uj.get('file_bytes')}, entries {uj.get('entries')}.
+pronto unpack's own summary (run 1): layers {uj.get('layers')}, compressedBytes {uj.get('compressedBytes')}, fileBytes {uj.get('fileBytes')}, entries {uj.get('entries')}.
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY
 publish_report "$work/report.md" "$bench_dir/results/convert-$REPORT_DATE.md"

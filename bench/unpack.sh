@@ -105,7 +105,7 @@ done
 
 # ---------------------------------------------------------------------------------------------
 # 5. Report
-file_bytes=$(jq '.file_bytes' "$work/pronto-1.json")
+file_bytes=$(jq '.fileBytes' "$work/pronto-1.json")
 report_env "$work"
 VERSIONS="pronto $pronto_version, $(skopeo --version), umoci $(umoci --version | awk '{print $3}')"
 export RUNS=$runs FILE_BYTES=$file_bytes IMAGE_BYTES=$image_bytes IMAGE_FILES=$image_files \
@@ -129,7 +129,7 @@ def row(name, xs, cpu=None):
 med_p, med_u = med(pronto), med(umoci)
 print(f"""### Unpack throughput, {e['RUNS']} runs
 
-Image: {int(e['IMAGE_BYTES'])/1e6:.0f} MB uncompressed (du -sb), {e['IMAGE_FILES']} files ({e['IMAGE_ENTRIES']} entries), {e['NLAYERS']} gzip layers, {int(e['COMPRESSED'])/1e6:.0f} MB compressed; {mb:.0f} MB of file data (pronto's `file_bytes`, the data size used for MB/s of both). Cache key {e['KEY']}, manifest {e['REF_DIGEST']}.
+Image: {int(e['IMAGE_BYTES'])/1e6:.0f} MB uncompressed (du -sb), {e['IMAGE_FILES']} files ({e['IMAGE_ENTRIES']} entries), {e['NLAYERS']} gzip layers, {int(e['COMPRESSED'])/1e6:.0f} MB compressed; {mb:.0f} MB of file data (pronto's `fileBytes`, the data size used for MB/s of both). Cache key {e['KEY']}, manifest {e['REF_DIGEST']}.
 Machine: {e['MACHINE']}. Versions: {e['VERSIONS']}.
 Method: local docker-registry on loopback, fresh directories, `sync; echo 3 > /proc/sys/vm/drop_caches` before each measured command, order alternated between runs. CPU = user+sys of the tool's processes (not the registry's).
 
@@ -143,7 +143,7 @@ Method: local docker-registry on loopback, fresh directories, `sync; echo 3 > /p
 Ratio pronto / (skopeo + umoci), median times: **{med_p / med_u:.2f}** ({'pronto faster' if med_p < med_u else 'pronto slower'}, {max(med_p, med_u) / min(med_p, med_u):.2f}x).
 
 Raw wall seconds — pronto: {', '.join(f'{x:.2f}' for x in pronto)}; skopeo+umoci: {', '.join(f'{x:.2f}' for x in umoci)}.
-pronto's own summary (run 1): layers {summary.get('layers')}, compressed_bytes {summary.get('compressed_bytes')}, file_bytes {summary.get('file_bytes')}, entries {summary.get('entries')}, whiteouts {summary.get('whiteouts')}, elapsed {summary.get('elapsed')} s.
+pronto's own summary (run 1): layers {summary.get('layers')}, compressedBytes {summary.get('compressedBytes')}, fileBytes {summary.get('fileBytes')}, entries {summary.get('entries')}, whiteouts {summary.get('whiteouts')}, elapsed {summary.get('elapsed')} s.
 Whole benchmark script: {float(e['TOTAL_SECS']):.0f} s.""")
 PY
 publish_report "$work/report.md" "$bench_dir/results/unpack-$REPORT_DATE.md"

@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+use crate::output::{cell, fields, Output, Table};
+
 /// Where the daemon is and how to authenticate.
 #[derive(Args, Debug, Clone)]
 pub struct Endpoint {
@@ -63,6 +65,7 @@ pub enum FunctionCommand {
     Update(FunctionFields),
     /// Show a function, with its pinned image digest.
     Get {
+        /// Function name.
         name: String,
         /// `LATEST` (the default), a version number or an alias: show what it names.
         #[arg(long)]
@@ -70,11 +73,18 @@ pub enum FunctionCommand {
     },
     /// List functions.
     List {
+        /// Only the functions whose name starts with this.
         #[arg(long)]
         prefix: Option<String>,
     },
     /// Delete a function and stop its instances.
-    Delete { name: String },
+    Delete {
+        /// Function name.
+        name: String,
+    },
+    /// Explain the function's cold start from its access trace: which files it read, in what
+    /// order, what it never touched, and its predicted time on a given link.
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +94,7 @@ pub struct FunctionFields {
     /// A YAML or JSON file with the function's fields (Function Compute names); flags override it.
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
+    /// The image: `[REGISTRY/]REPO[:TAG][@sha256:...]` (`customContainerConfig.image`).
     #[arg(long)]
     pub image: Option<String>,
     /// The program (replaces the image ENTRYPOINT, and with it the image CMD:
@@ -95,25 +106,28 @@ pub struct FunctionFields {
     /// (values may start with `-`: `--arg -c`).
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
+    /// The port the program listens on inside the container (default 9000).
     #[arg(long)]
     pub port: Option<u16>,
     /// Memory in MB.
     #[arg(long)]
     pub memory_size: Option<i64>,
+    /// vCPUs, 0.05 to 16 (default 0.35).
     #[arg(long)]
     pub cpu: Option<f64>,
-    /// Seconds.
+    /// Seconds an invocation may take (default 60).
     #[arg(long)]
     pub timeout: Option<i64>,
+    /// Requests one instance serves at once (default 1).
     #[arg(long)]
     pub instance_concurrency: Option<i64>,
-    /// Seconds.
+    /// Seconds a new instance has to answer on its port (default 30).
     #[arg(long)]
     pub initialization_timeout: Option<i64>,
     /// `Default` (convert for lazy loading) or `None`.
     #[arg(long)]
     pub acceleration_type: Option<String>,
-    /// K=V, repeatable.
+    /// An environment variable K=V; repeat for each.
     #[arg(long = "env")]
     pub env: Vec<String>,
     /// Let anyone invoke it without the API token.
@@ -224,10 +238,10 @@ fn http() -> reqwest::Client {
 pub(crate) struct ApiRefusal {
     method: reqwest::Method,
     path: String,
-    status: reqwest::StatusCode,
+    pub status: reqwest::StatusCode,
     /// The error body's `code` (`FunctionNotFound`, `VersionInUse`, ...), if it had one.
     pub code: Option<String>,
-    message: String,
+    pub message: String,
 }
 
 impl std::fmt::Display for ApiRefusal {
@@ -239,7 +253,15 @@ impl std::fmt::Display for ApiRefusal {
             message,
             ..
         } = self;
-        write!(f, "{method} {path}: {status}: {message}")
+        write!(f, "{method} {path}: {status}: {message}")?;
+        if *status == reqwest::StatusCode::UNAUTHORIZED {
+            write!(
+                f,
+                " (the API token was refused: give the daemon's, from DATA_DIR/api-token, with \
+                 --token, PRONTO_TOKEN or --data-dir)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -319,15 +341,10 @@ pub(crate) async fn list_all(ep: &Endpoint, path: &str, key: &str) -> anyhow::Re
     Ok(out)
 }
 
-pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 pub(crate) const FUNCTIONS: &str = "/2023-03-30/functions";
 
-pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()> {
-    let out = match cmd {
+pub async fn function(ep: &Endpoint, out: &Output, cmd: FunctionCommand) -> anyhow::Result<()> {
+    let answer = match cmd {
         FunctionCommand::Create(fields) => {
             let (name, mut body) = fields.body()?;
             let name =
@@ -361,8 +378,18 @@ pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()>
             .await?
         }
         FunctionCommand::List { prefix } => {
-            let q = prefix.map(|p| format!("?prefix={p}")).unwrap_or_default();
-            call(ep, reqwest::Method::GET, &format!("{FUNCTIONS}{q}"), None).await?
+            let query: Vec<_> = prefix.map(|p| ("prefix", p)).into_iter().collect();
+            let mut page =
+                call_with_query(ep, reqwest::Method::GET, FUNCTIONS, &query, None).await?;
+            let mut items = page["functions"].as_array().cloned().unwrap_or_default();
+            while let Some(token) = page["nextToken"].as_str().map(str::to_string) {
+                let mut q = query.clone();
+                q.push(("nextToken", token));
+                page = call_with_query(ep, reqwest::Method::GET, FUNCTIONS, &q, None).await?;
+                items.extend(page["functions"].as_array().cloned().unwrap_or_default());
+            }
+            let all = json!({ "functions": items });
+            return out.print(&all, function_table);
         }
         FunctionCommand::Delete { name } => {
             call(
@@ -375,12 +402,76 @@ pub async fn function(ep: &Endpoint, cmd: FunctionCommand) -> anyhow::Result<()>
             println!("deleted {name}");
             return Ok(());
         }
+        FunctionCommand::Explain(args) => return crate::explain::run(ep, out, args).await,
     };
-    print_json(&out)
+    out.print(&answer, function_fields)
+}
+
+/// `function list` for people.
+fn function_table(v: &Value, out: &Output) -> String {
+    let mut t = Table::new([
+        "NAME",
+        "IMAGE",
+        "MEMORY",
+        "CPU",
+        "ACCELERATION",
+        "TRACE",
+        "MODIFIED",
+    ]);
+    for f in v["functions"].as_array().into_iter().flatten() {
+        t.row([
+            cell(&f["functionName"]),
+            cell(&f["customContainerConfig"]["image"]),
+            format!("{} MB", cell(&f["memorySize"])),
+            cell(&f["cpu"]),
+            acceleration(f, out),
+            f["accessTrace"]["chunks"]
+                .as_u64()
+                .map_or("-".into(), |n| format!("{n} chunks")),
+            cell(&f["lastModifiedTime"]),
+        ]);
+    }
+    t.render()
+}
+
+/// A function's acceleration state in a word (coloured on a terminal).
+fn acceleration(f: &Value, out: &Output) -> String {
+    match f["accelerationInfo"]["status"].as_str() {
+        Some(s) => out.status(s),
+        None => "off".into(),
+    }
+}
+
+/// One function for people: the fields that matter first, the rest after.
+pub(crate) fn function_fields(v: &Value, out: &Output) -> String {
+    let mut v = v.clone();
+    if let Some(s) = v["accelerationInfo"]["status"].as_str() {
+        v["accelerationInfo"]["status"] = out.status(s).into();
+    }
+    if let Some(o) = v["customContainerConfig"].as_object_mut() {
+        // Shown once, at the top level.
+        o.remove("accelerationInfo");
+    }
+    fields(
+        &v,
+        &[
+            "functionName",
+            "customContainerConfig.image",
+            "customContainerConfig.resolvedImageUri",
+            "accelerationInfo.status",
+            "accelerationInfo.reason",
+            "lastUpdateStatus",
+            "memorySize",
+            "cpu",
+            "timeout",
+            "instanceConcurrency",
+        ],
+    )
 }
 
 #[derive(Args, Debug)]
 pub struct InvokeArgs {
+    /// Function name.
     pub name: String,
     /// Request body: a string, or @FILE.
     #[arg(short, long)]
@@ -457,28 +548,64 @@ pub async fn invoke(ep: &Endpoint, a: InvokeArgs) -> anyhow::Result<()> {
         .and_then(|v| v.to_str().ok())
         .map(|v| format!("version {v}, "))
         .unwrap_or_default();
+    // Only an answer from an instance names one; Pronto's own errors (no such function, a
+    // start that failed, throttled) do not.
+    let served_by = resp
+        .headers()
+        .get(pronto_server::proxy::INSTANCE_HEADER)
+        .is_some()
+        .then_some(());
     let bytes = resp.bytes().await?;
     let elapsed = started.elapsed();
     use std::io::Write;
-    std::io::stdout().write_all(&bytes)?;
-    match cold {
-        Some(c) => eprintln!(
-            "[{status}] {version}cold start in {:.0} ms ({c})",
-            elapsed.as_secs_f64() * 1e3
-        ),
-        None => eprintln!(
-            "[{status}] {version}warm, {:.1} ms",
-            elapsed.as_secs_f64() * 1e3
-        ),
+    if served_by.is_some() || status.is_success() {
+        std::io::stdout().write_all(&bytes)?;
     }
+    let ms = elapsed.as_secs_f64() * 1e3;
+    eprintln!(
+        "{}",
+        invoke_label(status, &version, served_by, cold.as_deref(), ms)
+    );
     if !status.is_success() {
-        bail!("invocation failed with {status}");
+        match served_by {
+            Some(_) => bail!("the function answered {status}"),
+            None => bail!("invocation failed: {status}: {}", pronto_message(&bytes)),
+        }
     }
     Ok(())
 }
 
+/// The line `pronto invoke` prints on stderr: who answered, how, how fast.
+fn invoke_label(
+    status: reqwest::StatusCode,
+    version: &str,
+    served_by: Option<()>,
+    cold: Option<&str>,
+    ms: f64,
+) -> String {
+    match (served_by, cold) {
+        (None, _) => format!("[{status}] error from pronto, {ms:.1} ms"),
+        (Some(()), Some(c)) => format!("[{status}] {version}cold start in {ms:.0} ms ({c})"),
+        (Some(()), None) => format!("[{status}] {version}warm, {ms:.1} ms"),
+    }
+}
+
+/// The `message` of one of Pronto's error bodies, else the body as text.
+fn pronto_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| {
+            let code = v["code"].as_str()?;
+            let message = v["message"].as_str()?;
+            Some(format!("{code}: {message}"))
+        })
+        .unwrap_or_else(|| text.trim().to_string())
+}
+
 #[derive(Args, Debug)]
 pub struct LogsArgs {
+    /// Function name.
     pub name: String,
     /// Lines from the end.
     #[arg(long, default_value_t = 100)]
@@ -647,6 +774,34 @@ mod tests {
         assert_eq!(
             body["customContainerConfig"],
             serde_json::json!({"entrypoint": ["/app"], "command": ["-v"]})
+        );
+    }
+
+    #[test]
+    fn invoke_labels_cold_warm_and_errors() {
+        use reqwest::StatusCode as S;
+        assert_eq!(
+            super::invoke_label(S::BAD_GATEWAY, "", None, None, 380.94),
+            "[502 Bad Gateway] error from pronto, 380.9 ms"
+        );
+        assert_eq!(
+            super::invoke_label(S::NOT_FOUND, "", None, None, 1.0),
+            "[404 Not Found] error from pronto, 1.0 ms"
+        );
+        assert_eq!(
+            super::invoke_label(S::OK, "version 2, ", Some(()), Some("total=5"), 5.2),
+            "[200 OK] version 2, cold start in 5 ms (total=5)"
+        );
+        assert_eq!(
+            super::invoke_label(S::NOT_FOUND, "", Some(()), None, 2.0),
+            "[404 Not Found] warm, 2.0 ms",
+            "the function's own 404 is an answer, from a warm instance"
+        );
+        assert_eq!(
+            super::pronto_message(
+                br#"{"code":"FunctionNotFound","message":"function x not found"}"#
+            ),
+            "FunctionNotFound: function x not found"
         );
     }
 

@@ -13,6 +13,8 @@ use pronto_image::{Reference, RegistryClient};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::output::{camel_keys, Output, OutputFormat};
+
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Pull an image and unpack it into DIR (which must not exist or be empty), applying
@@ -20,8 +22,9 @@ pub enum ImageCommand {
     Unpack {
         /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
+        /// Where to unpack (must not exist, or be empty).
         dir: PathBuf,
-        /// Print the summary as JSON.
+        /// Print the summary as JSON (as `-o json`).
         #[arg(long)]
         json: bool,
         /// Bound of the image's uncompressed layers, all together (a decompression bomb
@@ -35,14 +38,19 @@ pub enum ImageCommand {
         skip_devices: bool,
     },
     /// Print an image's pinned digest, layers, sizes and config as JSON.
-    Inspect { reference: String },
+    Inspect {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
+        reference: String,
+    },
     /// Convert an image into the accelerated format and push it beside the image
     /// (tag `sha256-<digest>.pronto`).
     Convert {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
         /// Chunk size in bytes (a power of two, 4 KiB..16 MiB); suffixes K and M accepted.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         chunk_size: u32,
+        /// How chunks are compressed (a chunk that does not shrink is stored raw).
         #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
         compression: String,
         /// Scratch space for the unpacked tree and the packs.
@@ -51,6 +59,7 @@ pub enum ImageCommand {
         /// The chunk memo (dedup across conversions); "none" to disable.
         #[arg(long, default_value = "/var/lib/pronto/chunk-memo.db")]
         memo: String,
+        /// Print the report as JSON (as `-o json`).
         #[arg(long)]
         json: bool,
     },
@@ -58,6 +67,7 @@ pub enum ImageCommand {
     /// loading lazily: each chunk is fetched from the registry when first read and kept in
     /// the chunk cache. Runs until Ctrl-C or SIGTERM, then unmounts and prints what it fetched.
     Mount {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
         #[command(flatten)]
         args: MountArgs,
@@ -65,7 +75,9 @@ pub enum ImageCommand {
     /// Rebuild an image from its accelerated artifact (every chunk fetched and checked) and
     /// compare it with a plain unpack of the image.
     Verify {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
+        /// Scratch space for the plain unpack and the rebuilt tree.
         #[arg(long, default_value = "/var/tmp/pronto")]
         work_dir: PathBuf,
     },
@@ -87,7 +99,26 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
+/// `--json` or `-o json|yaml`: the summary as a document (camelCase keys), else text.
+fn document(json: bool, output: Option<OutputFormat>) -> Option<OutputFormat> {
+    match output {
+        Some(OutputFormat::Table) => None,
+        Some(f) => Some(f),
+        None => json.then_some(OutputFormat::Json),
+    }
+}
+
+/// Prints a library summary as JSON or YAML, its keys camelCase like the API's.
+fn print_document(v: &impl serde::Serialize, format: OutputFormat) -> anyhow::Result<()> {
+    let v = camel_keys(serde_json::to_value(v)?);
+    Output {
+        format,
+        color: false,
+    }
+    .print(&v, |_, _| String::new())
+}
+
+pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Result<()> {
     let client = RegistryClient::from_env().map_err(|e| anyhow::anyhow!(e))?;
     match cmd {
         ImageCommand::Inspect { reference } => {
@@ -109,7 +140,12 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 "configDigest": image.manifest.config.digest,
                 "config": image.config,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            // The image config keeps its own (Docker's) key names.
+            Output {
+                format: document(true, output).unwrap_or(OutputFormat::Json),
+                color: false,
+            }
+            .print(&out, |_, _| String::new())?;
         }
         ImageCommand::Convert {
             reference,
@@ -136,8 +172,8 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("converting {}", image.pinned));
             spinner.finish_and_clear();
             let report = report?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(format) = document(json, output) {
+                print_document(&report, format)?;
             } else {
                 let secs = report.elapsed.as_secs_f64();
                 println!(
@@ -162,15 +198,20 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ImageCommand::Mount { reference, args } => mount(&client, &reference, args).await?,
+        ImageCommand::Mount { reference, args } => mount(&client, &reference, args, output).await?,
         ImageCommand::Verify {
             reference,
             work_dir,
         } => {
             let image = resolve(&client, &reference).await?;
+            let spinner = ProgressBar::new_spinner();
+            spinner.set_message(format!("verifying the artifact of {}", image.pinned));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
             let report = pronto_convert::verify(&client, &image, &work_dir)
                 .await
-                .with_context(|| format!("verifying the artifact of {}", image.pinned))?;
+                .with_context(|| format!("verifying the artifact of {}", image.pinned));
+            spinner.finish_and_clear();
+            let report = report?;
             println!(
                 "ok: {} matches {}: {} entries, {} files, {} chunks, {:.1} MB",
                 report.artifact,
@@ -213,10 +254,10 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let summary = result
                 .with_context(|| format!("unpacking {} into {}", image.pinned, dir.display()))?;
             bar.bar.finish_and_clear();
-            if json {
+            if let Some(format) = document(json, output) {
                 let mut v = serde_json::to_value(&summary)?;
                 v["digest"] = json!(image.manifest_digest);
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_document(&v, format)?;
             } else {
                 let secs = summary.elapsed.as_secs_f64();
                 println!(
@@ -276,6 +317,7 @@ fn exit_on_signal(signalled: &AtomicI32, dir: &std::path::Path) -> ! {
 
 #[derive(clap::Args)]
 pub struct MountArgs {
+    /// The mount point (an existing empty directory).
     dir: PathBuf,
     /// The chunk cache (kept across mounts).
     #[arg(long, default_value = "/var/cache/pronto/chunks")]
@@ -290,12 +332,17 @@ pub struct MountArgs {
     /// Prefetch the access trace in FILE (from --save-trace) right after mounting.
     #[arg(long, value_name = "FILE", conflicts_with = "save_trace")]
     prefetch: Option<PathBuf>,
-    /// Print the counters as JSON on exit.
+    /// Print the counters as JSON on exit (as `-o json`).
     #[arg(long)]
     json: bool,
 }
 
-async fn mount(client: &RegistryClient, reference: &str, args: MountArgs) -> anyhow::Result<()> {
+async fn mount(
+    client: &RegistryClient,
+    reference: &str,
+    args: MountArgs,
+    output: Option<OutputFormat>,
+) -> anyhow::Result<()> {
     let MountArgs {
         dir,
         cache_dir,
@@ -369,8 +416,8 @@ async fn mount(client: &RegistryClient, reference: &str, args: MountArgs) -> any
     tokio::task::spawn_blocking(move || mount.unmount())
         .await?
         .with_context(|| format!("unmounting {}", dir.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+    if let Some(format) = document(json, output) {
+        print_document(&stats, format)?;
     } else {
         eprintln!("unmounted {}: {stats}", dir.display());
     }

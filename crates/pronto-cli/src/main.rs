@@ -3,10 +3,14 @@
 
 mod bench;
 mod client;
+mod deploy;
+mod explain;
 mod image;
 mod load;
+mod output;
 mod release;
 mod serve;
+mod spec_file;
 mod versions;
 
 use clap::{Parser, Subcommand};
@@ -22,16 +26,24 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     endpoint: client::Endpoint,
+    /// How answers are printed: `table` for people (the default on a terminal), `json` (the
+    /// default otherwise) or `yaml`.
+    #[arg(short = 'o', long, global = true, value_enum)]
+    output: Option<output::OutputFormat>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Work with OCI images: inspect, unpack (the full-pull path).
+    /// Work with OCI images: inspect, unpack (the full pull), convert to the accelerated
+    /// format, verify a conversion, mount lazily.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Run the daemon: control API, invoke listener, instances.
     Serve(serve::ServeArgs),
-    /// Create, show, change and delete functions.
+    /// Create or update the functions a spec file describes (Function Compute fields, or a
+    /// Serverless Devs s.yaml), idempotently: prints what changed.
+    Deploy(deploy::DeployArgs),
+    /// Create, show, change, delete and explain functions.
     #[command(subcommand)]
     Function(client::FunctionCommand),
     /// Publish, list and delete a function's versions (immutable snapshots of LATEST).
@@ -69,11 +81,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Colours only for a terminal, and never with `NO_COLOR` set to anything (no-color.org).
-fn use_ansi(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PRONTO_LOG")
@@ -85,7 +92,7 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder
-            .with_ansi(use_ansi(
+            .with_ansi(output::use_color(
                 std::io::stderr().is_terminal(),
                 std::env::var_os("NO_COLOR"),
             ))
@@ -109,15 +116,17 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let out = output::Output::new(cli.output);
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Image(cmd) => image::run(cmd).await,
+            Command::Image(cmd) => image::run(cmd, cli.output).await,
             Command::Serve(args) => serve::run(args, &cli.endpoint).await,
-            Command::Function(cmd) => client::function(&cli.endpoint, cmd).await,
-            Command::Version(cmd) => versions::version(&cli.endpoint, cmd).await,
-            Command::Alias(cmd) => versions::alias(&cli.endpoint, cmd).await,
-            Command::Provision(cmd) => versions::provision(&cli.endpoint, cmd).await,
-            Command::Release(args) => release::release(&cli.endpoint, args).await,
+            Command::Deploy(args) => deploy::deploy(&cli.endpoint, &out, args).await,
+            Command::Function(cmd) => client::function(&cli.endpoint, &out, cmd).await,
+            Command::Version(cmd) => versions::version(&cli.endpoint, &out, cmd).await,
+            Command::Alias(cmd) => versions::alias(&cli.endpoint, &out, cmd).await,
+            Command::Provision(cmd) => versions::provision(&cli.endpoint, &out, cmd).await,
+            Command::Release(args) => release::release(&cli.endpoint, &out, args).await,
             Command::Invoke(args) => client::invoke(&cli.endpoint, args).await,
             Command::Logs(args) => client::logs(&cli.endpoint, args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
@@ -134,20 +143,44 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::use_ansi;
+    use clap::CommandFactory;
+
+    /// Every argument of every subcommand says what it is for (`--help` shows it).
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "pronto", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 
     #[test]
-    fn colours_only_on_a_terminal_without_no_color() {
-        assert!(use_ansi(true, None));
-        assert!(
-            !use_ansi(false, None),
-            "a pipe or a file gets no escape codes"
-        );
-        assert!(!use_ansi(true, Some("1".into())));
-        assert!(!use_ansi(true, Some("anything".into())));
-        assert!(
-            use_ansi(true, Some("".into())),
-            "NO_COLOR set but empty: no effect"
-        );
+    fn image_help_lists_all_its_subcommands() {
+        let cli = super::Cli::command();
+        let image = cli.find_subcommand("image").unwrap();
+        let about = image.get_about().unwrap().to_string();
+        for sub in ["inspect", "unpack", "convert", "verify", "mount"] {
+            assert!(image.find_subcommand(sub).is_some(), "{sub}");
+            assert!(
+                about.contains(sub),
+                "`pronto --help` says of image: {about}"
+            );
+        }
     }
 }

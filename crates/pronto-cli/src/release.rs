@@ -17,7 +17,8 @@ use pronto_server::model::{AccelerationStatus, DESCRIPTION_MAX};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{call, parse_duration, print_json, ApiRefusal, Endpoint, FUNCTIONS};
+use crate::client::{call, parse_duration, ApiRefusal, Endpoint, FUNCTIONS};
+use crate::output::{fields, Output};
 
 /// How often the wait asks the server.
 const POLL: Duration = Duration::from_millis(500);
@@ -63,7 +64,7 @@ fn parse_canary_weight(s: &str) -> Result<f64, String> {
     Ok(w)
 }
 
-pub async fn release(ep: &Endpoint, args: ReleaseArgs) -> anyhow::Result<()> {
+pub async fn release(ep: &Endpoint, o: &Output, args: ReleaseArgs) -> anyhow::Result<()> {
     let progress = Progress {
         terminal: std::io::stderr().is_terminal(),
     };
@@ -145,7 +146,9 @@ pub async fn release(ep: &Endpoint, args: ReleaseArgs) -> anyhow::Result<()> {
     let switched: AliasView =
         serde_json::from_value(out.clone()).context("reading the switched alias")?;
     step.done(describe(&switched));
-    print_json(&out)
+    o.print(&out, |v, _| {
+        fields(v, &["aliasName", "versionId", "additionalVersionWeight"])
+    })
 }
 
 /// Polls the function until `accessTrace` appears, within what is left of `--timeout`.

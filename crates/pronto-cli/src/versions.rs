@@ -5,7 +5,8 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::client::{call, call_with_query, list_all, print_json, Endpoint, FUNCTIONS};
+use crate::client::{call, call_with_query, list_all, Endpoint, FUNCTIONS};
+use crate::output::{cell, fields, Output, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum VersionCommand {
@@ -31,7 +32,7 @@ pub enum VersionCommand {
     },
 }
 
-pub async fn version(ep: &Endpoint, cmd: VersionCommand) -> anyhow::Result<()> {
+pub async fn version(ep: &Endpoint, o: &Output, cmd: VersionCommand) -> anyhow::Result<()> {
     match cmd {
         VersionCommand::Publish { name, description } => {
             let body = description.map(|d| json!({ "description": d }));
@@ -42,11 +43,13 @@ pub async fn version(ep: &Endpoint, cmd: VersionCommand) -> anyhow::Result<()> {
                 body,
             )
             .await?;
-            print_json(&out)
+            o.print(&out, |v, _| {
+                fields(v, &["versionId", "description", "resolvedImageUri"])
+            })
         }
         VersionCommand::List { name } => {
             let out = list_all(ep, &format!("{FUNCTIONS}/{name}/versions"), "versions").await?;
-            print_json(&out)
+            o.print(&out, version_table)
         }
         VersionCommand::Delete { name, version } => {
             call(
@@ -148,7 +151,7 @@ pub enum AliasCommand {
     },
 }
 
-pub async fn alias(ep: &Endpoint, cmd: AliasCommand) -> anyhow::Result<()> {
+pub async fn alias(ep: &Endpoint, o: &Output, cmd: AliasCommand) -> anyhow::Result<()> {
     let out = match cmd {
         AliasCommand::Create {
             name,
@@ -229,10 +232,66 @@ pub async fn alias(ep: &Endpoint, cmd: AliasCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         AliasCommand::List { name } => {
-            list_all(ep, &format!("{FUNCTIONS}/{name}/aliases"), "aliases").await?
+            let out = list_all(ep, &format!("{FUNCTIONS}/{name}/aliases"), "aliases").await?;
+            return o.print(&out, alias_table);
         }
     };
-    print_json(&out)
+    o.print(&out, |v, _| {
+        fields(v, &["aliasName", "versionId", "additionalVersionWeight"])
+    })
+}
+
+/// `version list` for people.
+fn version_table(v: &Value, o: &Output) -> String {
+    let mut t = Table::new(["VERSION", "IMAGE", "ACCELERATION", "CREATED", "DESCRIPTION"]);
+    for x in v["versions"].as_array().into_iter().flatten() {
+        t.row([
+            cell(&x["versionId"]),
+            cell(&x["resolvedImageUri"]),
+            x["accelerationInfo"]["status"]
+                .as_str()
+                .map_or("off".into(), |s| o.status(s)),
+            cell(&x["createdTime"]),
+            cell(&x["description"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `alias list` for people.
+fn alias_table(v: &Value, _: &Output) -> String {
+    let mut t = Table::new(["ALIAS", "VERSION", "ADDITIONAL", "DESCRIPTION", "MODIFIED"]);
+    for a in v["aliases"].as_array().into_iter().flatten() {
+        let additional = a["additionalVersionWeight"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(v, w)| format!("{v} ({w})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.row([
+            cell(&a["aliasName"]),
+            cell(&a["versionId"]),
+            cell(&Value::String(additional)),
+            cell(&a["description"]),
+            cell(&a["lastModifiedTime"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `provision list` for people.
+fn provision_table(v: &Value, _: &Output) -> String {
+    let mut t = Table::new(["FUNCTION", "QUALIFIER", "TARGET", "CURRENT"]);
+    for p in v["provisionConfigs"].as_array().into_iter().flatten() {
+        t.row([
+            cell(&p["functionName"]),
+            cell(&p["qualifier"]),
+            cell(&p["target"]),
+            cell(&p["current"]),
+        ]);
+    }
+    t.render()
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,7 +331,7 @@ pub enum ProvisionCommand {
     },
 }
 
-pub async fn provision(ep: &Endpoint, cmd: ProvisionCommand) -> anyhow::Result<()> {
+pub async fn provision(ep: &Endpoint, o: &Output, cmd: ProvisionCommand) -> anyhow::Result<()> {
     let config = |name: &str| format!("{FUNCTIONS}/{name}/provision-config");
     // Absent: the server's default, LATEST.
     let query = |q: Option<String>| -> Vec<(&str, String)> {
@@ -304,17 +363,20 @@ pub async fn provision(ep: &Endpoint, cmd: ProvisionCommand) -> anyhow::Result<(
         }
         ProvisionCommand::List { function } => {
             let query: Vec<_> = function.map(|f| ("functionName", f)).into_iter().collect();
-            call_with_query(
+            let out = call_with_query(
                 ep,
                 Method::GET,
                 "/2023-03-30/provision-configs",
                 &query,
                 None,
             )
-            .await?
+            .await?;
+            return o.print(&out, provision_table);
         }
     };
-    print_json(&out)
+    o.print(&out, |v, _| {
+        fields(v, &["functionName", "qualifier", "target", "current"])
+    })
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ async fn inspect_and_unpack() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["layers"], 2);
     assert_eq!(summary["whiteouts"], 1);
-    assert_eq!(summary["file_bytes"], 6);
+    assert_eq!(summary["fileBytes"], 6);
     assert_eq!(std::fs::read(dir.join("hello.txt")).unwrap(), b"hello\n");
     assert!(!dir.join("var/empty").exists());
 }

@@ -144,6 +144,7 @@ async fn every_documented_response_is_served_as_documented() {
     let invocations = "/2023-03-30/functions/{functionName}/invocations";
     let one = "/2023-03-30/functions/{functionName}";
     let logs = "/2023-03-30/functions/{functionName}/logs";
+    let trace = "/2023-03-30/functions/{functionName}/access-trace";
     let versions = "/2023-03-30/functions/{functionName}/versions";
     let version = "/2023-03-30/functions/{functionName}/versions/{versionId}";
     let aliases = "/2023-03-30/functions/{functionName}/aliases";
@@ -234,6 +235,31 @@ async fn every_documented_response_is_served_as_documented() {
         case(M::GET, one, "/2023-03-30/functions/f", true, None, 200),
         case(M::GET, one, "/2023-03-30/functions/f", false, None, 401),
         case(M::GET, one, "/2023-03-30/functions/nope", true, None, 404),
+        // No cold start yet: an empty trace (a recorded one: pronto-cli/tests/explain.rs).
+        case(
+            M::GET,
+            trace,
+            "/2023-03-30/functions/f/access-trace",
+            true,
+            None,
+            200,
+        ),
+        case(
+            M::GET,
+            trace,
+            "/2023-03-30/functions/f/access-trace",
+            false,
+            None,
+            401,
+        ),
+        case(
+            M::GET,
+            trace,
+            "/2023-03-30/functions/nope/access-trace",
+            true,
+            None,
+            404,
+        ),
         case(
             M::PUT,
             one,

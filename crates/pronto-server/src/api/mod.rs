@@ -1,6 +1,7 @@
 //! The control API: Function Compute 3.0-style REST over JSON, every route behind the API token.
 //!
-//! One file per function handler (`function_*.rs`; `function_invoke.rs` hands the request to
+//! One file per function handler (`function_*.rs`; `function_trace.rs` serves the access trace
+//! chunk by chunk; `function_invoke.rs` hands the request to
 //! the invocation path of [`crate::invoke`]), one per release resource (`versions.rs`,
 //! `aliases.rs`, `provision.rs`); [`route_table`] is the single list of routes, used to build
 //! the router and by the test that checks every route against `openapi.yaml`.
@@ -13,6 +14,7 @@ mod function_get;
 mod function_invoke;
 mod function_list;
 mod function_logs;
+mod function_trace;
 mod function_update;
 mod metrics;
 mod provision;
@@ -30,6 +32,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
 pub use function_invoke::{EVENT_PATH, INVOCATION_TYPE_HEADER};
+pub use function_trace::AccessTraceOutput;
 pub use metrics::METRICS_PATH;
 pub use view::{
     AliasView, ContainerConfigView, FunctionView, ListAliasesOutput, ListFunctionsOutput,
@@ -59,6 +62,10 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/2023-03-30/functions/{functionName}/logs",
             get(function_logs::function_logs),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/access-trace",
+            get(function_trace::get_access_trace),
         ),
         (
             "/2023-03-30/functions/{functionName}/invocations",
