@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// of it, a veth and NAT out of the node (it can reach neither the node itself nor other
     /// instances); `none`: instances have only their loopback.
     #[arg(long, env = "PRONTO_INSTANCE_SUBNET", default_value = pronto_server::DEFAULT_SUBNET, value_parser = parse_subnet)]
-    instance_subnet: Option<pronto_server::Subnet>,
+    instance_subnet: InstanceSubnet,
     /// The resolv.conf instances get (as /etc/resolv.conf), name servers on loopback left out.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: std::path::PathBuf,
@@ -92,6 +92,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.isolation.userns = args.userns;
     config.network = args
         .instance_subnet
+        .0
         .map(|subnet| pronto_server::NetworkConfig {
             subnet,
             resolv_conf: args.resolv_conf.clone(),
@@ -130,10 +131,13 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--instance-subnet`: a subnet, or `none`.
-fn parse_subnet(s: &str) -> Result<Option<pronto_server::Subnet>, String> {
+/// `--instance-subnet`: a subnet, or `none` (no outbound network).
+#[derive(Debug, Clone)]
+struct InstanceSubnet(Option<pronto_server::Subnet>);
+
+fn parse_subnet(s: &str) -> Result<InstanceSubnet, String> {
     if s == "none" {
-        return Ok(None);
+        return Ok(InstanceSubnet(None));
     }
-    s.parse().map(Some)
+    s.parse().map(|subnet| InstanceSubnet(Some(subnet)))
 }

@@ -12,6 +12,27 @@ use pronto_image::{ClientOptions, RegistryClient};
 use pronto_testkit::image::{httpd_image, Layer};
 use pronto_testkit::registry::TestRegistry;
 
+/// The host end of an instance's veth, from its recorded /30.
+fn veth_of(data: &Path, id: &str) -> String {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("node/instances").join(id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let network: std::net::Ipv4Addr = state["network"].as_str().unwrap().parse().unwrap();
+    format!("pn{:08x}", u32::from(network))
+}
+
+/// The daemon's nftables table exists.
+fn has_rules(data: &Path) -> bool {
+    let run = pronto_runtime::layout::run_dir(&data.join("node").canonicalize().unwrap());
+    let table = format!("pronto_{}", run.file_name().unwrap().to_string_lossy());
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&table)
+}
+
 fn instance_dirs(data: &Path) -> Vec<String> {
     std::fs::read_dir(data.join("node/instances"))
         .map(|d| {
@@ -59,6 +80,9 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
     // kill -9 with an instance running: the next daemon cleans it up and still serves.
     let running = instance_dirs(&data);
     assert_eq!(running.len(), 1);
+    let veth = veth_of(&data, &running[0]);
+    assert!(Path::new("/sys/class/net").join(&veth).exists(), "{veth}");
+    assert!(has_rules(&data), "the instances' network rules");
     daemon.signal(libc::SIGKILL);
     let _ = daemon.child.wait();
     assert!(
@@ -72,6 +96,10 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
         "stale instance cleaned at start"
     );
     assert!(!Path::new(&format!("/run/netns/pronto-{}", running[0])).exists());
+    assert!(
+        !Path::new("/sys/class/net").join(&veth).exists(),
+        "{veth} left"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&data.join("node/instances").display().to_string()));
     for cgroup in [
@@ -103,6 +131,7 @@ async fn cli_drives_the_daemon_and_nothing_leaks_across_kill_and_stop() {
     assert!(status.success(), "{status}");
     assert!(instance_dirs(&data).is_empty());
     assert!(!Path::new(&format!("/run/netns/pronto-{}", now[0])).exists());
+    assert!(!has_rules(&data), "the network rules go with the daemon");
     let out = daemon.cli(&["function", "get", "web"]);
     assert!(!out.status.success(), "the daemon is gone");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach pronto serve"));
