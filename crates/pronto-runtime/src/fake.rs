@@ -542,5 +542,7 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         accelerated: false,
         prefetch: None,
         readiness: None,
+        registry: None,
+        artifact_repository: None,
     }
 }

@@ -111,6 +111,8 @@ fn spec(f: &Fixture) -> InstanceSpec {
         accelerated: false,
         prefetch: None,
         readiness: None,
+        registry: None,
+        artifact_repository: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The control plane of `pronto serve`.
 //!
+//! - [`access`]: per-function registry credentials (own or named) and artifact repositories.
 //! - [`accel`]: acceleration jobs (`Preparing` → `Ready`/`Failed`).
 //! - [`model`]: function specs, the API's input patch and its validation.
 //! - [`store`]: the SQLite metadata store (`DATA_DIR/pronto.db`).
@@ -16,6 +17,7 @@
 //! does all of it until a shutdown future completes.
 
 pub mod accel;
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod images;
@@ -85,6 +87,9 @@ pub struct ServerConfig {
     pub max_unpacked_bytes: u64,
     /// How containers are confined (seccomp profile, user namespaces); confined by default.
     pub isolation: pronto_runtime::Isolation,
+    /// Where converted artifacts are pushed for functions without an `artifactRepository`
+    /// of their own (`pronto serve --artifact-repository`); `None`: beside each image.
+    pub artifact_repository: Option<pronto_image::Reference>,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -121,6 +126,7 @@ impl ServerConfig {
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
             max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
             isolation: pronto_runtime::Isolation::default(),
+            artifact_repository: None,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct AppState {
     pub token: ApiToken,
     /// Pins images at create/update and rebuilds them from what was kept.
     pub images: std::sync::Arc<images::Images>,
+    /// Each function's registry client and artifact repository; the named credentials.
+    pub access: std::sync::Arc<access::RegistryAccess>,
     /// Defaults of the functions' `maxInstances` and `idleTimeout`.
     pub max_instances: usize,
     pub idle_timeout: std::time::Duration,
@@ -261,9 +269,17 @@ impl Server {
             }
         }
         let images = std::sync::Arc::new(images::Images::new(config.registry.clone()));
+        let access = std::sync::Arc::new(
+            access::RegistryAccess::load(
+                store.clone(),
+                config.registry.clone(),
+                config.artifact_repository.clone(),
+            )
+            .await?,
+        );
         let metrics = std::sync::Arc::new(metrics::Metrics::default());
         let accel = accel::Accelerator::new(
-            config.registry.clone(),
+            access.clone(),
             images.clone(),
             store.clone(),
             convert,
@@ -298,6 +314,7 @@ impl Server {
             provision_kick: std::sync::Arc::default(),
             token: token.clone(),
             images,
+            access,
             max_instances: config.max_instances,
             idle_timeout: config.idle_timeout,
         };
