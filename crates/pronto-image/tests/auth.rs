@@ -153,7 +153,7 @@ async fn bearer_token_auth_with_a_token_server() {
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
-            "registry {}: token request to {}",
+            "registry {}: authentication failed: token request to {}",
             registry.host(),
             tokens.realm()
         )),
