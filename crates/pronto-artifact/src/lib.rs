@@ -1,9 +1,11 @@
 //! The accelerated artifact in the registry: an OCI image manifest whose `subject` is the
 //! source image manifest, with the index and the packs as its layers (`docs/format.md`).
 //!
-//! It lives in the source's repository under a tag derived from the source digest
-//! (`sha256-<hex>.pronto`), so it can be found from the digest alone, on any OCI registry, even
-//! one without the referrers API.
+//! It lives under a tag derived from the source digest (`sha256-<hex>.pronto`), so it can be
+//! found from the digest alone, on any OCI registry, even one without the referrers API: in the
+//! source's repository by default, or in an *artifact repository* (any repository, on any
+//! registry: for images the converter cannot push beside, read-only or public ones), where the
+//! tag and the `subject` still tie it to the source digest.
 //!
 //! This crate owns the artifact's manifest and nothing else, so that what reads artifacts (the
 //! lazy filesystem, the node) does not depend on what writes them (the converter, with its
@@ -11,7 +13,7 @@
 //! - the constants: [`ARTIFACT_TYPE`], the layer media types, the empty config;
 //! - where an artifact is: [`artifact_tag`], [`artifact_reference`];
 //! - writing one (the converter): [`build_manifest`], [`push_manifest`];
-//! - reading one: [`fetch_artifact`] fetches the manifest and the index and checks everything
+//! - reading one: [`fetch_artifact`] ([`fetch_artifact_in`] for an artifact repository) fetches the manifest and the index and checks everything
 //!   they claim before returning an [`Artifact`]; [`ArtifactError`] says what was wrong.
 
 use std::fmt::Display;
@@ -41,6 +43,39 @@ pub fn artifact_reference(repo: &Reference, source: &Digest) -> Reference {
         digest: None,
         ..repo.clone()
     }
+}
+
+/// Why a string is not an artifact repository.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RepositoryError {
+    #[error("{given:?} is not a repository: {source}")]
+    Parse {
+        given: String,
+        #[source]
+        source: pronto_image::reference::ReferenceError,
+    },
+    #[error("{given:?} names a tag or digest; give the repository alone (REGISTRY/REPO)")]
+    Qualified { given: String },
+}
+
+/// Parses an artifact repository, `[REGISTRY/]REPO` without tag or digest (the artifacts'
+/// tags are derived from their sources' digests).
+pub fn parse_repository(given: &str) -> Result<Reference, RepositoryError> {
+    let reference: Reference = given.parse().map_err(|source| RepositoryError::Parse {
+        given: given.to_string(),
+        source,
+    })?;
+    let last = given.rsplit('/').next().unwrap_or(given);
+    if given.contains('@') || last.contains(':') {
+        return Err(RepositoryError::Qualified {
+            given: given.to_string(),
+        });
+    }
+    Ok(Reference {
+        tag: None,
+        digest: None,
+        ..reference
+    })
 }
 
 fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
@@ -213,8 +248,18 @@ pub async fn fetch_artifact(
     client: &RegistryClient,
     image: &ResolvedImage,
 ) -> Result<Artifact, ArtifactError> {
+    fetch_artifact_in(client, image, &image.pinned).await
+}
+
+/// [`fetch_artifact`] from the repository `repo` names (its tag or digest ignored): an
+/// artifact repository, or the image's own.
+pub async fn fetch_artifact_in(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    repo: &Reference,
+) -> Result<Artifact, ArtifactError> {
     let source = &image.manifest_digest;
-    let reference = artifact_reference(&image.pinned, source);
+    let reference = artifact_reference(repo, source);
     let fetched =
         client
             .fetch_manifest(&reference)
@@ -231,7 +276,7 @@ pub async fn fetch_artifact(
     };
     let (index_desc, packs) = check_manifest(&reference, source, &manifest)?;
     let index_bytes = client
-        .fetch_blob(&image.pinned, &index_desc.digest, Some(index_desc.size))
+        .fetch_blob(&reference, &index_desc.digest, Some(index_desc.size))
         .await
         .map_err(|error| ArtifactError::FetchIndex {
             source: Box::new(error),

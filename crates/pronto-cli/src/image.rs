@@ -43,10 +43,12 @@ pub enum ImageCommand {
         reference: String,
     },
     /// Convert an image into the accelerated format and push it beside the image
-    /// (tag `sha256-<digest>.pronto`).
+    /// (tag `sha256-<digest>.pronto`), or to --artifact-repository.
     Convert {
         /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
+        #[command(flatten)]
+        artifacts: ArtifactRepositoryArg,
         /// Chunk size in bytes (a power of two, 4 KiB..16 MiB); suffixes K and M accepted.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         chunk_size: u32,
@@ -77,10 +79,26 @@ pub enum ImageCommand {
     Verify {
         /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
+        #[command(flatten)]
+        artifacts: ArtifactRepositoryArg,
         /// Scratch space for the plain unpack and the rebuilt tree.
         #[arg(long, default_value = "/var/tmp/pronto")]
         work_dir: PathBuf,
     },
+}
+
+/// `--artifact-repository`, shared by convert, verify and mount.
+#[derive(clap::Args)]
+pub struct ArtifactRepositoryArg {
+    /// The repository (REGISTRY/REPO, no tag) that holds the artifact instead of the image's
+    /// own: for images you cannot push beside (read-only or public). The artifact is still
+    /// tagged `sha256-<source digest>.pronto` and names the source as its subject.
+    #[arg(long, value_name = "REPO", value_parser = parse_artifact_repository)]
+    artifact_repository: Option<Reference>,
+}
+
+pub(crate) fn parse_artifact_repository(s: &str) -> Result<Reference, String> {
+    pronto_artifact::parse_repository(s).map_err(|e| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {
@@ -149,6 +167,7 @@ pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Res
         }
         ImageCommand::Convert {
             reference,
+            artifacts,
             chunk_size,
             compression,
             work_dir,
@@ -164,6 +183,7 @@ pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Res
                 _ => pronto_format::Compression::Zstd,
             };
             opts.memo = (memo != "none").then(|| PathBuf::from(memo));
+            opts.artifact_repository = artifacts.artifact_repository;
             let spinner = ProgressBar::new_spinner();
             spinner.set_message(format!("converting {}", image.pinned));
             spinner.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -201,13 +221,15 @@ pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Res
         ImageCommand::Mount { reference, args } => mount(&client, &reference, args, output).await?,
         ImageCommand::Verify {
             reference,
+            artifacts,
             work_dir,
         } => {
             let image = resolve(&client, &reference).await?;
             let spinner = ProgressBar::new_spinner();
             spinner.set_message(format!("verifying the artifact of {}", image.pinned));
             spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let report = pronto_convert::verify(&client, &image, &work_dir)
+            let repo = artifacts.artifact_repository.as_ref();
+            let report = pronto_convert::verify(&client, &image, repo, &work_dir)
                 .await
                 .with_context(|| format!("verifying the artifact of {}", image.pinned));
             spinner.finish_and_clear();
@@ -319,6 +341,8 @@ fn exit_on_signal(signalled: &AtomicI32, dir: &std::path::Path) -> ! {
 pub struct MountArgs {
     /// The mount point (an existing empty directory).
     dir: PathBuf,
+    #[command(flatten)]
+    artifacts: ArtifactRepositoryArg,
     /// The chunk cache (kept across mounts).
     #[arg(long, default_value = "/var/cache/pronto/chunks")]
     cache_dir: PathBuf,
@@ -345,6 +369,7 @@ async fn mount(
 ) -> anyhow::Result<()> {
     let MountArgs {
         dir,
+        artifacts,
         cache_dir,
         cache_size,
         save_trace,
@@ -364,7 +389,11 @@ async fn mount(
         None => None,
     };
     let image = resolve(client, reference).await?;
-    let artifact = pronto_artifact::fetch_artifact(client, &image)
+    let repo = artifacts
+        .artifact_repository
+        .as_ref()
+        .unwrap_or(&image.pinned);
+    let artifact = pronto_artifact::fetch_artifact_in(client, &image, repo)
         .await
         .with_context(|| format!("fetching the accelerated artifact of {}", image.pinned))?;
     let cache = pronto_lazyfs::ChunkCache::open(cache_dir, cache_size)

@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// has no token); the rest of the API still needs it.
     #[arg(long)]
     metrics_public: bool,
+    /// Push converted artifacts to this repository (REGISTRY/REPO, no tag) instead of beside
+    /// each image, for images the server cannot push to (read-only, public); a function's
+    /// customContainerConfig.artifactRepository overrides it.
+    #[arg(long, value_name = "REPO", value_parser = crate::image::parse_artifact_repository)]
+    artifact_repository: Option<pronto_image::Reference>,
     /// The containers' seccomp filter: `default` is Docker's default profile (no `unshare`,
     /// `mount`, `setns`, `bpf`, namespace flags to `clone`, ...), `unconfined` none.
     #[arg(long, env = "PRONTO_SECCOMP", default_value = "default")]
@@ -88,6 +93,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.chunk_cache_bytes = args.chunk_cache_size;
     config.max_unpacked_bytes = args.max_unpacked_size;
     config.metrics_public = args.metrics_public;
+    config.artifact_repository = args.artifact_repository;
     config.isolation.seccomp = args.seccomp;
     config.isolation.userns = args.userns;
     config.network = args

@@ -60,6 +60,10 @@ pub struct ConvertOptions {
     /// it is still inflated and hashed: without a bound, a 436 KB layer of 12 GiB of zeros is
     /// minutes of CPU.
     pub max_unpacked_bytes: u64,
+    /// Where the artifact is pushed: this repository (tag and digest ignored), for images the
+    /// converter cannot push beside (read-only or public); `None`: the source's repository.
+    /// Either way it is tagged `sha256-<source hex>.pronto` with the source as its `subject`.
+    pub artifact_repository: Option<pronto_image::Reference>,
 }
 
 /// The prefix of a conversion's scratch directory in [`ConvertOptions::work_dir`].
@@ -100,6 +104,7 @@ impl ConvertOptions {
             work_dir,
             memo: None,
             max_unpacked_bytes: pull::DEFAULT_MAX_UNPACKED_BYTES,
+            artifact_repository: None,
         }
     }
 }
@@ -176,7 +181,9 @@ mod secs {
     }
 }
 
-/// Converts `image` and pushes the artifact next to it.
+/// Converts `image` and pushes the artifact next to it, or to
+/// [`ConvertOptions::artifact_repository`]. `client` reads the source and pushes the artifact:
+/// it needs credentials for both.
 pub async fn convert(
     client: &RegistryClient,
     image: &ResolvedImage,
@@ -205,9 +212,14 @@ pub async fn convert(
         .map(|l| l.digest.clone())
         .collect();
 
+    // The repository the artifact goes to.
+    let target = opts
+        .artifact_repository
+        .clone()
+        .unwrap_or_else(|| image.pinned.clone());
     // Chunks this repository already stores, and files of layers converted before, in packs
     // that are still there.
-    let repo_key = format!("{}/{}", image.pinned.registry, image.pinned.repository);
+    let repo_key = format!("{}/{}", target.registry, target.repository);
     let mut known: HashMap<[u8; 32], memo::MemoChunk> = HashMap::new();
     let mut remembered: HashMap<stream::EntryKey, Remembered> = HashMap::new();
     if let Some(path) = &opts.memo {
@@ -215,7 +227,7 @@ pub async fn convert(
         let mut present = HashSet::new();
         for pack in recalled.packs() {
             let exists = client
-                .blob_exists(&image.pinned, &pack)
+                .blob_exists(&target, &pack)
                 .await
                 .map_err(|e| ConvertError::Push(Box::new(e)))?;
             if exists {
@@ -279,7 +291,7 @@ pub async fn convert(
     let chunk_started = Instant::now();
     // Packs upload as soon as the packer closes them, while packing goes on.
     let (ready_tx, ready_rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
-    let uploads = tokio::spawn(upload_packs(client.clone(), image.pinned.clone(), ready_rx));
+    let uploads = tokio::spawn(upload_packs(client.clone(), target.clone(), ready_rx));
     let opts2 = opts.clone();
     let (root, packs_dir) = (rootfs.clone(), scratch.path().join("packs"));
     let source = image.manifest_digest.clone();
@@ -320,7 +332,7 @@ pub async fn convert(
     // Then the index, then the manifest that makes them reachable.
     let index_size = built.index.len() as u64;
     let index_digest = client
-        .push_blob(&image.pinned, Bytes::from(built.index))
+        .push_blob(&target, Bytes::from(built.index))
         .await
         .map_err(|e| ConvertError::Push(Box::new(e)))?;
     let source_desc = pronto_image::manifest::Descriptor {
@@ -346,7 +358,7 @@ pub async fn convert(
         &pack_list,
     );
     let artifact_digest =
-        pronto_artifact::push_manifest(client, &image.pinned, &image.manifest_digest, &manifest)
+        pronto_artifact::push_manifest(client, &target, &image.manifest_digest, &manifest)
             .await
             .map_err(|e| ConvertError::Push(Box::new(e)))?;
     if let Some(path) = &opts.memo {
@@ -354,7 +366,7 @@ pub async fn convert(
         memo.record(&repo_key, &built.new_chunks)?;
         memo.record_layer_files(&repo_key, &built.layer_files)?;
     }
-    let artifact_ref = pronto_artifact::artifact_reference(&image.pinned, &image.manifest_digest);
+    let artifact_ref = pronto_artifact::artifact_reference(&target, &image.manifest_digest);
     Ok(ConvertReport {
         source: image.manifest_digest.clone(),
         artifact: artifact_ref.to_string(),

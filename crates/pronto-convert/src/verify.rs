@@ -14,7 +14,7 @@ use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
-use pronto_artifact::{fetch_artifact, Artifact, ArtifactError};
+use pronto_artifact::{fetch_artifact_in, Artifact, ArtifactError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -72,10 +72,12 @@ pub struct VerifyReport {
     pub file_bytes: u64,
 }
 
-/// Fetches the artifact of `image` and compares it with a plain unpack of `image`.
+/// Fetches the artifact of `image` (from `artifact_repository`, else beside the image) and
+/// compares it with a plain unpack of `image`.
 pub async fn verify(
     client: &RegistryClient,
     image: &ResolvedImage,
+    artifact_repository: Option<&pronto_image::Reference>,
     work_dir: &Path,
 ) -> Result<VerifyReport, VerifyError> {
     let Artifact {
@@ -84,7 +86,7 @@ pub async fn verify(
         index,
         packs,
         ..
-    } = fetch_artifact(client, image).await?;
+    } = fetch_artifact_in(client, image, artifact_repository.unwrap_or(&image.pinned)).await?;
     let io = |op, path: &Path| {
         let path = path.to_owned();
         move |source| VerifyError::Io { op, path, source }
@@ -99,7 +101,7 @@ pub async fn verify(
     for (i, (digest, size)) in packs.iter().enumerate() {
         let path = scratch.path().join(format!("pack-{i}"));
         client
-            .download_blob(&image.pinned, digest, Some(*size), &path, &|_| {})
+            .download_blob(&reference, digest, Some(*size), &path, &|_| {})
             .await?;
         pack_files.push(path);
     }

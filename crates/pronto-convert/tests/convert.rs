@@ -94,7 +94,9 @@ async fn every_image_converts_and_verifies_against_a_plain_unpack() {
                 "replaced and removed contents are not stored: {report:?}"
             );
         }
-        let v = verify(&client(), &resolved, work.path()).await.unwrap();
+        let v = verify(&client(), &resolved, None, work.path())
+            .await
+            .unwrap();
         assert_eq!(v.index_digest, report.index_digest);
         assert!(v.entries > 3, "{name}: {v:?}");
         assert_eq!(v.file_bytes, report.file_bytes, "{name}");
@@ -128,7 +130,9 @@ async fn conversion_is_deterministic_and_lz4_and_raw_work_too() {
         o.compression = c;
         let r = convert(&client(), &resolved, &o).await.unwrap();
         assert_ne!(r.index_digest, a.index_digest);
-        verify(&client(), &resolved, work.path()).await.unwrap();
+        verify(&client(), &resolved, None, work.path())
+            .await
+            .unwrap();
     }
 }
 
@@ -155,7 +159,7 @@ async fn tampering_is_detected_and_named() {
     let mut bad = original.clone();
     bad[original.len() / 2] ^= 1;
     std::fs::write(&path, &bad).unwrap();
-    let e = verify(&client(), &resolved, work.path())
+    let e = verify(&client(), &resolved, None, work.path())
         .await
         .unwrap_err()
         .to_string();
@@ -175,7 +179,7 @@ async fn tampering_is_detected_and_named() {
     let mut bad = original.clone();
     bad[100] ^= 1;
     std::fs::write(&path, &bad).unwrap();
-    let e = verify(&client(), &resolved, work.path())
+    let e = verify(&client(), &resolved, None, work.path())
         .await
         .unwrap_err()
         .to_string();
@@ -188,11 +192,13 @@ async fn tampering_is_detected_and_named() {
     );
     std::fs::write(&path, &original).unwrap();
 
-    verify(&client(), &resolved, work.path()).await.unwrap();
+    verify(&client(), &resolved, None, work.path())
+        .await
+        .unwrap();
 
     // No artifact at all.
     let (_, other) = push(&registry, images().remove(1).1, "never-converted:v1").await;
-    let e = verify(&client(), &other, work.path())
+    let e = verify(&client(), &other, None, work.path())
         .await
         .unwrap_err()
         .to_string();
@@ -249,8 +255,8 @@ async fn shared_chunks_are_stored_once() {
         bytes_after - bytes_before
     );
     assert!(bytes_after_first > 40 * CHUNK as u64);
-    verify(&client(), &v2, work.path()).await.unwrap();
-    verify(&client(), &v1, work.path()).await.unwrap();
+    verify(&client(), &v2, None, work.path()).await.unwrap();
+    verify(&client(), &v1, None, work.path()).await.unwrap();
 }
 
 #[tokio::test]
@@ -294,7 +300,7 @@ async fn a_layer_converted_before_is_not_chunked_again() {
         second.hashed_bytes, 5000,
         "only the new layer's file was read and hashed"
     );
-    verify(&client(), &b, work.path()).await.unwrap();
+    verify(&client(), &b, None, work.path()).await.unwrap();
 
     // A memo whose packs are gone from the registry is not trusted.
     let other = TestRegistry::start();
@@ -311,7 +317,7 @@ async fn a_layer_converted_before_is_not_chunked_again() {
         third.layer_reused_files, 0,
         "another registry: nothing to reuse"
     );
-    verify(&client(), &c, work.path()).await.unwrap();
+    verify(&client(), &c, None, work.path()).await.unwrap();
 }
 
 /// A plain HTTP proxy to `upstream` that answers 500 to every blob upload (`PUT …/blobs/uploads/…`)
@@ -428,7 +434,7 @@ async fn a_failed_upload_tags_nothing_and_teaches_the_memo_nothing() {
     // Straight to the registry, with the same memo: converts and verifies.
     let report = convert(&client(), &direct, &opts).await.unwrap();
     assert_eq!(report.reused_chunks, 0, "{report:?}");
-    verify(&client(), &direct, work.path()).await.unwrap();
+    verify(&client(), &direct, None, work.path()).await.unwrap();
 }
 
 /// An image listing the same layer twice (same digest) converts and verifies.
@@ -455,7 +461,9 @@ async fn the_same_layer_listed_twice_converts_and_verifies() {
         report.file_bytes,
         3 * CHUNK as u64 + b"repeated layer".len() as u64
     );
-    let v = verify(&client(), &resolved, work.path()).await.unwrap();
+    let v = verify(&client(), &resolved, None, work.path())
+        .await
+        .unwrap();
     assert_eq!(v.index_digest, report.index_digest);
     // Converted again with the memo: both places of the layer are taken from it.
     let again = convert(&client(), &resolved, &memo_options(work.path()))

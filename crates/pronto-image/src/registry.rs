@@ -50,13 +50,15 @@ pub enum RegistryError {
         what: &'static str,
         reference: String,
     },
-    #[error("registry {registry} denied access to {repository} ({status}); check credentials")]
+    #[error("registry {registry} denied access to {repository} ({status}): authentication failed; check credentials")]
     Unauthorized {
         registry: String,
         repository: String,
         status: StatusCode,
     },
-    #[error("registry {registry}: token request to {realm} failed: {detail}")]
+    #[error(
+        "registry {registry}: authentication failed: token request to {realm} failed: {detail}"
+    )]
     Token {
         registry: String,
         realm: String,
@@ -191,6 +193,21 @@ impl RegistryClient {
             options: Arc::new(options),
             tokens: Arc::default(),
         })
+    }
+
+    /// This client with `credentials` for `registry` (host[:port]) in place of any it has
+    /// there, its other registries' credentials kept: a function's own client beside the
+    /// daemon's. It shares the connection pool but starts with an empty token cache of its own,
+    /// so what it may read is only what these credentials prove (never a token another
+    /// client's credentials earned).
+    pub fn with_credentials(&self, registry: &str, credentials: Credentials) -> RegistryClient {
+        let mut options = (*self.options).clone();
+        options.credentials.insert(registry, credentials);
+        RegistryClient {
+            http: self.http.clone(),
+            options: Arc::new(options),
+            tokens: Arc::default(),
+        }
     }
 
     /// A client with credentials from the default Docker config location.

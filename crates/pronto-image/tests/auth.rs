@@ -69,7 +69,7 @@ async fn basic_auth_from_credentials() {
         assert_eq!(
             msg,
             format!(
-                "registry {} denied access to private/app (401 Unauthorized); check credentials",
+                "registry {} denied access to private/app (401 Unauthorized): authentication failed; check credentials",
                 registry.host()
             ),
             "{name}"
@@ -153,7 +153,7 @@ async fn bearer_token_auth_with_a_token_server() {
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
-            "registry {}: token request to {}",
+            "registry {}: authentication failed: token request to {}",
             registry.host(),
             tokens.realm()
         )),
@@ -162,4 +162,54 @@ async fn bearer_token_auth_with_a_token_server() {
     assert!(msg.ends_with("failed: status 401 Unauthorized"), "{msg}");
     assert!(!msg.contains("wrong"));
     assert_eq!(tokens.denied(), 1);
+}
+
+/// A client made `with_credentials` reads what its credentials allow, and its tokens are its
+/// own: the client it was made from (no credentials) is still refused afterwards, and so is a
+/// sibling with a wrong password (both registry kinds).
+#[tokio::test]
+async fn a_client_with_credentials_shares_no_tokens() {
+    for auth in [
+        RegistryAuth::Basic {
+            username: "alice".into(),
+            password: "pw-one".into(),
+        },
+        RegistryAuth::Token {
+            username: "alice".into(),
+            password: "pw-one".into(),
+        },
+    ] {
+        let registry = TestRegistry::start_with(Some(auth)).unwrap();
+        let reference = registry.reference("private/shared:v1");
+        ImageBuilder::new()
+            .layer(Layer::gzip().file("f", b"x"))
+            .push(&client_with(&registry, "alice", "pw-one"), &reference)
+            .await
+            .unwrap();
+        let base = common::client();
+        let good = base.with_credentials(
+            &registry.host(),
+            Credentials {
+                username: "alice".into(),
+                password: "pw-one".into(),
+            },
+        );
+        good.authorize_pull(&reference).await.unwrap();
+        good.fetch_manifest(&reference).await.unwrap();
+        let bad = base.with_credentials(
+            &registry.host(),
+            Credentials {
+                username: "alice".into(),
+                password: "wrong".into(),
+            },
+        );
+        for (name, client) in [("base", &base), ("wrong password", &bad)] {
+            let e = client.authorize_pull(&reference).await.unwrap_err();
+            assert!(
+                e.to_string().contains("authentication failed"),
+                "{name}: {e}"
+            );
+            assert!(!e.to_string().contains("pw-one"), "{name}: {e}");
+        }
+    }
 }

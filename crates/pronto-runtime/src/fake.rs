@@ -543,5 +543,7 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         prefetch: None,
         readiness: None,
         internet_access: true,
+        registry: None,
+        artifact_repository: None,
     }
 }

@@ -9,6 +9,16 @@
 //! fresh pull. Starts of the same digest from another registry or repository do not wait for
 //! it at all: they pull on their own, and whichever finishes first puts the tree in place (the
 //! other finds it there). So one stalled registry holds up no start of another.
+//!
+//! **Sharing and credentials.** A tree is shared per digest, whoever pulled it, but a start may
+//! use a tree it did not prove it could read only under one rule: a tree the node's own
+//! credentials pulled (the daemon-wide ones) serves every start that uses them without asking
+//! the registry. Any other start — a function with credentials of its own, or a tree that a
+//! function's own credentials pulled (marked by a `<digest hex>.private` file, written before
+//! the pull) — first proves its access with its own client ([`ImageStore::trusts`], then
+//! [`RegistryClient::authorize_pull`], once per client and repository while the daemon runs),
+//! and a refusal fails the start. So a function without credentials never starts a private
+//! image another function pulled.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,22 +73,35 @@ impl ImageStore {
         is_complete(&self.path_of(digest))
     }
 
-    /// Answers the registry's auth challenge for `image`'s repository now, if no credential is
-    /// at hand ([`RegistryClient::authorize_pull`]).
-    pub async fn authorize(
-        &self,
-        image: &ResolvedImage,
-    ) -> Result<(), pronto_image::registry::RegistryError> {
-        self.client.authorize_pull(&image.pinned).await
+    /// The node's own client (the daemon-wide credentials).
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
     }
 
-    /// The unpacked tree of `image`, pulling it first if this node does not have it.
-    /// Returns the path and whether this call pulled it.
-    pub async fn ensure(&self, image: &ResolvedImage) -> Result<(PathBuf, bool), PullError> {
+    /// A start with `own` credentials (else the node's) may use the tree of `digest` without
+    /// proving its access to the registry: the node's credentials pulled it and the start uses
+    /// them.
+    pub fn trusts(&self, digest: &Digest, own: bool) -> bool {
+        !own && self.has(digest) && !self.private_marker(digest).exists()
+    }
+
+    fn private_marker(&self, digest: &Digest) -> PathBuf {
+        self.root.join(format!("{}.private", digest.hex()))
+    }
+
+    /// The unpacked tree of `image`, pulling it first (with `own`, a function's client, else
+    /// the node's) if this node does not have it. Returns the path and whether this call
+    /// pulled it. The caller has checked the start's access ([`ImageStore::trusts`]).
+    pub async fn ensure(
+        &self,
+        image: &ResolvedImage,
+        own: Option<&RegistryClient>,
+    ) -> Result<(PathBuf, bool), PullError> {
         let path = self.path_of(&image.manifest_digest);
         if is_complete(&path) {
             return Ok((path, false));
         }
+        let client = own.unwrap_or(&self.client);
         let key = (
             image.manifest_digest.clone(),
             format!("{}/{}", image.pinned.registry, image.pinned.repository),
@@ -94,18 +117,21 @@ impl ImageStore {
         let result = cell
             .get_or_try_init(|| async {
                 if !is_complete(&path) {
+                    if own.is_some() {
+                        // Before the tree can exist: a crash cannot leave it unmarked.
+                        let marker = self.private_marker(&image.manifest_digest);
+                        std::fs::write(&marker, b"").map_err(|source| PullError::Io {
+                            op: "marking a private pull",
+                            path: marker,
+                            source,
+                        })?;
+                    }
                     let options = pull::UnpackOptions {
                         max_unpacked_bytes: self.max_unpacked_bytes,
                         ..Default::default()
                     };
-                    pull::unpack_image_with(
-                        &self.client,
-                        image,
-                        &path,
-                        Arc::new(NoProgress),
-                        &options,
-                    )
-                    .await?;
+                    pull::unpack_image_with(client, image, &path, Arc::new(NoProgress), &options)
+                        .await?;
                     pulled = true;
                 }
                 Ok::<_, PullError>(path.clone())

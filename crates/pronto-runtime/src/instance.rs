@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pronto_image::pull::{PullError, ResolvedImage};
+use pronto_image::{Reference, RegistryClient};
 use pronto_lazyfs::AccessTrace;
 use serde::Serialize;
 
@@ -47,6 +48,12 @@ pub struct InstanceSpec {
     /// Function Compute's `internetAccess`: a veth, an address and NAT out of the node (when
     /// the node has an instance network); else only its loopback.
     pub internet_access: bool,
+    /// The function's own registry client (its credentials, its own token cache); `None`:
+    /// the node's. What another start put on the node is used only by a start that proves its
+    /// own access first (see [`crate::images`]).
+    pub registry: Option<RegistryClient>,
+    /// The repository holding the accelerated artifact; `None`: the image's own.
+    pub artifact_repository: Option<Reference>,
 }
 
 /// A health check that decides when a new instance is ready (Function Compute's

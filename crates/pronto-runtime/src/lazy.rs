@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use pronto_artifact::{fetch_artifact, ArtifactError};
+use pronto_artifact::{fetch_artifact_in, ArtifactError};
 use pronto_image::pull::ResolvedImage;
-use pronto_image::{Digest, RegistryClient};
+use pronto_image::{Digest, Reference, RegistryClient};
 use pronto_lazyfs::stats::Stats;
 use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};
 use tracing::{info, warn};
@@ -190,10 +190,17 @@ impl LazyStore {
     /// The mounted tree of `image`'s artifact, mounting it if no instance has it yet. A new
     /// mount starts prefetching `trace` (a previous start's reads) before this returns, or, with
     /// none, records what is read from it. Also says whether the mount is new and prefetches.
+    ///
+    /// A new mount reads the artifact from `repo` (an artifact repository; `None`: beside the
+    /// image) with `own` (a function's client; `None`: the node's), for as long as it lives.
+    /// Mounts are shared per image digest whoever made them: the caller has checked this
+    /// start's own access to the image first (see [`crate::images`]).
     pub async fn acquire(
         &self,
         image: &ResolvedImage,
         trace: Option<&AccessTrace>,
+        own: Option<&RegistryClient>,
+        repo: Option<&Reference>,
     ) -> Result<(Arc<SharedMount>, Acquired), LazyError> {
         let slot = {
             let mut mounts = self.mounts.lock().expect("mounts lock poisoned");
@@ -208,7 +215,8 @@ impl LazyStore {
         if let Some(m) = held.upgrade() {
             return Ok((m, Acquired::Shared));
         }
-        let artifact = fetch_artifact(&self.client, image).await?;
+        let client = own.unwrap_or(&self.client);
+        let artifact = fetch_artifact_in(client, image, repo.unwrap_or(&image.pinned)).await?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self
             .root
@@ -219,7 +227,7 @@ impl LazyStore {
         };
         std::fs::create_dir_all(&path).map_err(mount_err(&path))?;
         let (client, cache, options, rt, at) = (
-            self.client.clone(),
+            client.clone(),
             self.cache.clone(),
             self.options.clone(),
             self.fetch_rt.handle(),

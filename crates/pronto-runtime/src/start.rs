@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pronto_image::pull::PullError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -152,22 +153,27 @@ impl Node {
         started: Instant,
     ) -> Result<(PathBuf, RootfsSource, bool), StartError> {
         let n = &self.inner;
-        // Registry authentication, timed apart from the transfers, when this start will talk
-        // to the registry. A failure here is left for the transfer to report.
-        let digest = &spec.image.manifest_digest;
-        let needs_registry = if spec.accelerated {
-            !n.lazy.has_mount(digest)
-        } else {
-            !n.images.has(digest)
-        };
-        if needs_registry {
-            if let Err(e) = n.images.authorize(&spec.image).await {
-                tracing::debug!(image = %spec.image.pinned, error = %e, "registry authentication");
-            }
+        // Registry authentication, timed apart from the transfers: every start proves its own
+        // access to the image (a refusal ends it, whatever is on the node), except one using
+        // the node's credentials on a tree they pulled (see `images`).
+        let own = spec.registry.as_ref();
+        if !n.images.trusts(&spec.image.manifest_digest, own.is_some()) {
+            own.unwrap_or(n.images.client())
+                .authorize_pull(&spec.image.pinned)
+                .await
+                .map_err(|e| StartError::Image {
+                    image: spec.image.pinned.to_string(),
+                    source: PullError::Registry(e),
+                })?;
         }
         timings.auth_done = started.elapsed();
         if spec.accelerated {
-            match n.lazy.acquire(&spec.image, spec.prefetch.as_deref()).await {
+            let repo = spec.artifact_repository.as_ref();
+            match n
+                .lazy
+                .acquire(&spec.image, spec.prefetch.as_deref(), own, repo)
+                .await
+            {
                 Ok((mount, acquired)) => {
                     let path = mount.path().to_owned();
                     *lazy = Some(mount);
@@ -183,7 +189,7 @@ impl Node {
         }
         let (path, pulled) =
             n.images
-                .ensure(&spec.image)
+                .ensure(&spec.image, own)
                 .await
                 .map_err(|source| StartError::Image {
                     image: spec.image.pinned.to_string(),

@@ -125,6 +125,8 @@ fn spec(f: &Fixture) -> InstanceSpec {
         prefetch: None,
         readiness: None,
         internet_access: true,
+        registry: None,
+        artifact_repository: None,
     }
 }
 

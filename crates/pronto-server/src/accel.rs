@@ -8,20 +8,27 @@
 //!   ([`Accelerator::resume`]).
 //! - A result is recorded only if the function still runs the image it was made for: an update
 //!   during a job supersedes it, and the old result can never mark the new image `Ready`.
-//! - Functions with the same image share one job (by manifest digest); at most
-//!   `max_concurrent` conversions run at once.
+//! - Functions with the same image and artifact repository share one job (by manifest digest
+//!   and repository); at most `max_concurrent` conversions run at once.
+//! - A job reads the source and pushes the artifact with the function's own registry client
+//!   when it has credentials ([`RegistryAccess::client_for`]), else the node's; the artifact
+//!   goes to the function's artifact repository ([`RegistryAccess::artifact_repository`]), so
+//!   an image the server cannot push beside (read-only, public) still ends `Ready`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pronto_convert::{ConvertError, ConvertOptions};
-use pronto_image::{Digest, RegistryClient};
+use pronto_image::{Digest, Reference};
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::access::{AccessError, RegistryAccess};
 use crate::images::{ImageError, Images};
 use crate::metrics::Metrics;
-use crate::model::{AccelerationInfo, AccelerationStatus, AccelerationType, PinnedImage};
+use crate::model::{
+    AccelerationInfo, AccelerationStatus, AccelerationType, ContainerConfig, PinnedImage,
+};
 use crate::store::{ListQuery, Store, StoreError};
 
 /// What a finished conversion produced.
@@ -45,18 +52,23 @@ pub enum JobError {
     },
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// Shared by every function waiting on one image's job, hence the `Arc`.
 type JobResult = Result<Converted, Arc<JobError>>;
 
+/// A job: the image's digest and the repository its artifact goes to (`None`: beside it).
+type JobKey = (Digest, Option<String>);
+
 pub struct Accelerator {
-    registry: RegistryClient,
+    access: Arc<RegistryAccess>,
     images: Arc<Images>,
     store: Store,
     options: ConvertOptions,
     limit: Semaphore,
-    jobs: Mutex<HashMap<Digest, Arc<OnceCell<JobResult>>>>,
+    jobs: Mutex<HashMap<JobKey, Arc<OnceCell<JobResult>>>>,
     tasks: tokio_util::task::TaskTracker,
     /// Cancelled when the daemon stops.
     stop: tokio_util::sync::CancellationToken,
@@ -71,7 +83,7 @@ impl std::fmt::Debug for Accelerator {
 
 impl Accelerator {
     pub fn new(
-        registry: RegistryClient,
+        access: Arc<RegistryAccess>,
         images: Arc<Images>,
         store: Store,
         options: ConvertOptions,
@@ -79,7 +91,7 @@ impl Accelerator {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Accelerator {
-            registry,
+            access,
             images,
             store,
             options,
@@ -99,8 +111,9 @@ impl Accelerator {
         })
     }
 
-    /// Converts `image` for `function` in the background.
-    pub fn submit(self: &Arc<Self>, function: String, image: PinnedImage) {
+    /// Converts `image` for `function` (whose container settings are `config`: registry
+    /// credentials, artifact repository) in the background.
+    pub fn submit(self: &Arc<Self>, function: String, image: PinnedImage, config: ContainerConfig) {
         let this = self.clone();
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
@@ -108,7 +121,7 @@ impl Accelerator {
             // they stay `Preparing` and resume at the next start.
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = this.run(function, image) => {}
+                _ = this.run(function, image, config) => {}
             }
         });
     }
@@ -139,7 +152,11 @@ impl Accelerator {
             for f in &page {
                 if f.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
                 {
-                    self.submit(f.spec.function_name.clone(), f.image.clone());
+                    self.submit(
+                        f.spec.function_name.clone(),
+                        f.image.clone(),
+                        f.spec.custom_container_config.clone(),
+                    );
                     n += 1;
                 }
             }
@@ -147,19 +164,21 @@ impl Accelerator {
         Ok(n)
     }
 
-    async fn run(&self, function: String, image: PinnedImage) {
+    async fn run(&self, function: String, image: PinnedImage, config: ContainerConfig) {
         let digest = image.manifest_digest.clone();
+        let repo = self.access.artifact_repository(&config);
+        let key = (digest.clone(), repo.as_ref().map(ToString::to_string));
         let cell = self
             .jobs
             .lock()
             .expect("job table poisoned")
-            .entry(digest.clone())
+            .entry(key.clone())
             .or_default()
             .clone();
         let result = cell
             .get_or_init(|| async {
                 let started = Instant::now();
-                let result = self.convert(&image).await.map_err(Arc::new);
+                let result = self.convert(&image, &config, repo).await.map_err(Arc::new);
                 self.metrics.conversion(result.is_ok(), started.elapsed());
                 result
             })
@@ -168,8 +187,8 @@ impl Accelerator {
         {
             // Done: a later submit of this image (say, after a failure) runs a new job.
             let mut jobs = self.jobs.lock().expect("job table poisoned");
-            if jobs.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                jobs.remove(&digest);
+            if jobs.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                jobs.remove(&key);
             }
         }
         match &result {
@@ -228,9 +247,21 @@ impl Accelerator {
     }
 
     /// One conversion, at most `max_concurrent` at a time.
-    async fn convert(&self, image: &PinnedImage) -> Result<Converted, JobError> {
+    async fn convert(
+        &self,
+        image: &PinnedImage,
+        config: &ContainerConfig,
+        repo: Option<Reference>,
+    ) -> Result<Converted, JobError> {
         let _permit = self.limit.acquire().await.expect("semaphore never closed");
-        tracing::info!(image = %image.reference, "acceleration job started");
+        let own = self.access.client_for(config, &image.reference)?;
+        let client = own.as_ref().unwrap_or(self.access.node());
+        tracing::info!(
+            image = %image.reference,
+            artifact_repository = repo.as_ref().map(tracing::field::display),
+            own_credentials = own.is_some(),
+            "acceleration job started"
+        );
         let started = Instant::now();
         let resolved = self
             .images
@@ -240,7 +271,11 @@ impl Accelerator {
                 reference: image.reference.to_string(),
                 source,
             })?;
-        let report = pronto_convert::convert(&self.registry, &resolved, &self.options).await?;
+        let options = ConvertOptions {
+            artifact_repository: repo,
+            ..self.options.clone()
+        };
+        let report = pronto_convert::convert(client, &resolved, &options).await?;
         Ok(Converted {
             artifact: report.artifact,
             artifact_digest: report.artifact_digest,

@@ -46,9 +46,16 @@ impl Images {
     }
 
     /// Resolves `reference` for the host platform and pins it (tag dropped: it is not what
-    /// runs), keeping what the registry said.
-    pub async fn pin(&self, reference: &Reference) -> Result<PinnedImage, ImageError> {
-        let resolved = self.resolve(reference).await?;
+    /// runs), keeping what the registry said. With `own`, the function's own client (its
+    /// credentials), else the node's.
+    pub async fn pin(
+        &self,
+        reference: &Reference,
+        own: Option<&RegistryClient>,
+    ) -> Result<PinnedImage, ImageError> {
+        let resolved = self
+            .resolve_with(own.unwrap_or(&self.registry), reference)
+            .await?;
         tracing::debug!(%reference, pinned = %resolved.pinned, "resolved image");
         let pinned = PinnedImage {
             reference: resolved.pinned.clone(),
@@ -99,7 +106,15 @@ impl Images {
     }
 
     async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, ImageError> {
-        tokio::time::timeout(RESOLVE_TIMEOUT, pull::resolve(&self.registry, reference))
+        self.resolve_with(&self.registry, reference).await
+    }
+
+    async fn resolve_with(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+    ) -> Result<ResolvedImage, ImageError> {
+        tokio::time::timeout(RESOLVE_TIMEOUT, pull::resolve(client, reference))
             .await
             .map_err(|_| ImageError::Timeout {
                 reference: reference.clone(),

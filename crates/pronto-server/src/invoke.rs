@@ -229,7 +229,10 @@ async fn invoke_function(
         looked_up,
         resolved: Instant::now(),
     };
-    let spec = releases::run_spec(&target, image, state);
+    let spec = match releases::run_spec(&target, image, state) {
+        Ok(spec) => spec,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, Body::new(body));
     proxy::forward(

@@ -1,5 +1,6 @@
 //! The control plane of `pronto serve`.
 //!
+//! - [`access`]: per-function registry credentials (own or named) and artifact repositories.
 //! - [`accel`]: acceleration jobs (`Preparing` → `Ready`/`Failed`).
 //! - [`model`]: function specs, the API's input patch and its validation.
 //! - [`store`]: the SQLite metadata store (`DATA_DIR/pronto.db`).
@@ -16,6 +17,7 @@
 //! does all of it until a shutdown future completes.
 
 pub mod accel;
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod images;
@@ -89,6 +91,9 @@ pub struct ServerConfig {
     /// Instances' outbound network (`--instance-subnet`, `--resolv-conf`); `None`: only
     /// their loopback, whatever `internetAccess` says.
     pub network: Option<pronto_runtime::NetworkConfig>,
+    /// Where converted artifacts are pushed for functions without an `artifactRepository`
+    /// of their own (`pronto serve --artifact-repository`); `None`: beside each image.
+    pub artifact_repository: Option<pronto_image::Reference>,
 }
 
 /// The node's memory less a reserve for the daemon and the system (1/8, at least 512 MiB):
@@ -126,6 +131,7 @@ impl ServerConfig {
             max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
             isolation: pronto_runtime::Isolation::default(),
             network: Some(pronto_runtime::NetworkConfig::default()),
+            artifact_repository: None,
         }
     }
 }
@@ -179,6 +185,8 @@ pub struct AppState {
     pub token: ApiToken,
     /// Pins images at create/update and rebuilds them from what was kept.
     pub images: std::sync::Arc<images::Images>,
+    /// Each function's registry client and artifact repository; the named credentials.
+    pub access: std::sync::Arc<access::RegistryAccess>,
     /// Defaults of the functions' `maxInstances` and `idleTimeout`.
     pub max_instances: usize,
     pub idle_timeout: std::time::Duration,
@@ -267,9 +275,17 @@ impl Server {
             }
         }
         let images = std::sync::Arc::new(images::Images::new(config.registry.clone()));
+        let access = std::sync::Arc::new(
+            access::RegistryAccess::load(
+                store.clone(),
+                config.registry.clone(),
+                config.artifact_repository.clone(),
+            )
+            .await?,
+        );
         let metrics = std::sync::Arc::new(metrics::Metrics::default());
         let accel = accel::Accelerator::new(
-            config.registry.clone(),
+            access.clone(),
             images.clone(),
             store.clone(),
             convert,
@@ -304,6 +320,7 @@ impl Server {
             provision_kick: std::sync::Arc::default(),
             token: token.clone(),
             images,
+            access,
             max_instances: config.max_instances,
             idle_timeout: config.idle_timeout,
         };

@@ -127,6 +127,67 @@ pub struct ContainerConfig {
     /// used (Pronto pulls from the registry the image names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acr_instance_id: Option<String>,
+    /// Credentials for the image's registry (Function Compute 3.0's `registryConfig`):
+    /// used for the pull, the conversion and the lazy reads. Holds a secret: never shown
+    /// (see `RegistryConfigView`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_config: Option<RegistryConfig>,
+    /// Pronto: the repository (`REGISTRY/REPO`) the converted artifact is pushed to instead of
+    /// the image's own (or the server's `--artifact-repository`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_repository: Option<String>,
+}
+
+/// How a function authenticates to its image's registry: exactly one of its own username and
+/// password (Function Compute 3.0's `authConfig`) or a credential stored by the server
+/// (Pronto's `credentialName`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_config: Option<RegistryAuthConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+}
+
+/// Function Compute 3.0's `RegistryAuthConfig`. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAuthConfig {
+    pub user_name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuthConfig")
+            .field("user_name", &self.user_name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A registry credential stored by the server under a name (`/registry-credentials`), for
+/// functions to refer to. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    pub name: String,
+    /// `host[:port]`, as in image references.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    pub created_time: OffsetDateTime,
+}
+
+impl fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("name", &self.name)
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Function Compute's `healthCheckConfig`, every default applied: how a new instance shows it
@@ -481,6 +542,128 @@ pub struct ContainerConfigInput {
     pub acceleration_type: Option<String>,
     pub health_check_config: Option<HealthCheckConfigInput>,
     pub acr_instance_id: Option<String>,
+    pub registry_config: Option<RegistryConfigInput>,
+    /// Pronto: where the converted artifact is pushed; `""` removes it.
+    pub artifact_repository: Option<String>,
+}
+
+/// Function Compute 3.0's `registryConfig` as sent, plus Pronto's `credentialName`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfigInput {
+    pub auth_config: Option<RegistryAuthConfigInput>,
+    /// Pronto: the name of a credential stored with `POST /2023-03-30/registry-credentials`.
+    pub credential_name: Option<String>,
+    /// Function Compute's certificate settings: accepted only when empty (registries on
+    /// loopback speak plain HTTP, others HTTPS with the system's roots).
+    pub cert_config: Option<JsonObject>,
+    /// Function Compute's VPC settings for the pull: accepted only when empty.
+    pub network_config: Option<JsonObject>,
+}
+
+#[derive(Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryAuthConfigInput {
+    pub user_name: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for RegistryAuthConfigInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuthConfigInput")
+            .field("user_name", &self.user_name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl RegistryConfigInput {
+    /// `None`: configures nothing (an update that gives it removes the stored one).
+    fn validate(self) -> Result<Option<RegistryConfig>, ValidationError> {
+        const FIELD: &str = "customContainerConfig.registryConfig";
+        for (name, value, why) in [
+            (
+                "certConfig",
+                &self.cert_config,
+                "registries on loopback are spoken to over HTTP, others over HTTPS with the \
+                 system's roots",
+            ),
+            (
+                "networkConfig",
+                &self.network_config,
+                "images are pulled over the node's own network",
+            ),
+        ] {
+            if let Some(v) = value {
+                if !is_empty_value(&serde_json::Value::Object(v.clone())) {
+                    return Err(ValidationError::new(
+                        format!("{FIELD}.{name}"),
+                        format!("not supported: {why}; leave it out (or empty)"),
+                    ));
+                }
+            }
+        }
+        let auth = match self.auth_config {
+            Some(RegistryAuthConfigInput {
+                user_name,
+                password,
+            }) => {
+                let (user_name, password) =
+                    (user_name.unwrap_or_default(), password.unwrap_or_default());
+                match (user_name.is_empty(), password.is_empty()) {
+                    (true, true) => None,
+                    (false, false) => Some(RegistryAuthConfig {
+                        user_name,
+                        password,
+                    }),
+                    (true, false) => {
+                        return Err(ValidationError::new(
+                            format!("{FIELD}.authConfig.userName"),
+                            "is required with a password",
+                        ))
+                    }
+                    (false, true) => {
+                        return Err(ValidationError::new(
+                            format!("{FIELD}.authConfig.password"),
+                            "is required with a userName",
+                        ))
+                    }
+                }
+            }
+            None => None,
+        };
+        let name = self.credential_name.filter(|n| !n.is_empty());
+        if let Some(n) = &name {
+            check_credential_name(&format!("{FIELD}.credentialName"), n)?;
+        }
+        match (auth, name) {
+            (Some(_), Some(_)) => Err(ValidationError::new(
+                FIELD,
+                "give authConfig or credentialName, not both",
+            )),
+            (None, None) => Ok(None),
+            (auth_config, credential_name) => Ok(Some(RegistryConfig {
+                auth_config,
+                credential_name,
+            })),
+        }
+    }
+}
+
+/// A stored credential's name: `[A-Za-z_][A-Za-z0-9_-]*`, 1 to 64 characters (a function
+/// name's rule).
+pub fn check_credential_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if is_function_name(name) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1-64 letters, digits, '_' or '-', not starting with a digit or '-', \
+                 got {name:?}"
+            ),
+        ))
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -603,6 +786,10 @@ pub struct FunctionPatch {
     /// `Some(None)`: remove the health check.
     pub health_check_config: Option<Option<HealthCheckConfig>>,
     pub acr_instance_id: Option<String>,
+    /// `Some(None)`: remove the stored one.
+    pub registry_config: Option<Option<RegistryConfig>>,
+    /// `Some(None)`: remove the stored one; `Some(Some(_))` is `REGISTRY/REPO`, normalized.
+    pub artifact_repository: Option<Option<String>>,
     pub internet_access: Option<bool>,
     /// Function Compute fields kept without being acted on; each replaces the stored one.
     pub ignored: BTreeMap<String, serde_json::Value>,
@@ -888,9 +1075,31 @@ impl FunctionInput {
             .health_check_config
             .map(HealthCheckConfigInput::validate)
             .transpose()?;
+        let registry_config = cc
+            .registry_config
+            .map(RegistryConfigInput::validate)
+            .transpose()?;
+        let artifact_repository = cc
+            .artifact_repository
+            .map(|r| {
+                if r.is_empty() {
+                    return Ok(None);
+                }
+                pronto_artifact::parse_repository(&r)
+                    .map(|r| Some(r.to_string()))
+                    .map_err(|e| {
+                        ValidationError::new(
+                            "customContainerConfig.artifactRepository",
+                            e.to_string(),
+                        )
+                    })
+            })
+            .transpose()?;
         Ok(FunctionPatch {
             health_check_config,
             acr_instance_id: cc.acr_instance_id,
+            registry_config,
+            artifact_repository,
             internet_access: self.internet_access,
             ignored,
             entrypoint: cc.entrypoint,
@@ -938,6 +1147,8 @@ impl FunctionPatch {
                 acceleration_type: AccelerationType::Default,
                 health_check_config: None,
                 acr_instance_id: None,
+                registry_config: None,
+                artifact_repository: None,
             },
             memory_size: DEFAULT_MEMORY_SIZE,
             cpu: DEFAULT_CPU,
@@ -972,6 +1183,8 @@ impl FunctionPatch {
         if self.acr_instance_id.is_some() {
             cc.acr_instance_id = self.acr_instance_id;
         }
+        set(&mut cc.registry_config, self.registry_config);
+        set(&mut cc.artifact_repository, self.artifact_repository);
         set(&mut cc.port, self.port);
         set(&mut cc.acceleration_type, self.acceleration_type);
         set(&mut spec.description, self.description);

@@ -13,6 +13,7 @@ use pronto_runtime::bundle::ProcessOverrides;
 use pronto_runtime::{InstanceSpec, ReadinessProbe};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessError;
 use crate::api::ApiError;
 use crate::model::{AccelerationStatus, Function, HealthCheckConfig, Qualifier, LATEST};
 use crate::pool::{Provision, RunSpec};
@@ -67,16 +68,31 @@ pub async fn resolve(
 }
 
 /// What the pool runs for `target`: the track is `LATEST` or the version; the revision
-/// changes with any change of the configuration.
+/// changes with any change of the configuration. Fails when the function names a registry
+/// credential that is gone.
 pub fn run_spec(
     target: &Target,
     image: Arc<pronto_image::pull::ResolvedImage>,
     state: &AppState,
-) -> RunSpec {
+) -> Result<RunSpec, AccessError> {
     let f = &target.config;
     let s = &f.spec;
     let c = &s.custom_container_config;
-    RunSpec {
+    let registry = state.access.client_for(c, &f.image.reference)?;
+    let ready = f
+        .acceleration
+        .as_ref()
+        .filter(|a| a.status == AccelerationStatus::Ready);
+    // Where the conversion put the artifact (it records the reference).
+    let artifact_repository = ready
+        .and_then(|a| a.artifact.as_deref())
+        .and_then(|a| a.parse::<pronto_image::Reference>().ok())
+        .map(|r| pronto_image::Reference {
+            tag: None,
+            digest: None,
+            ..r
+        });
+    Ok(RunSpec {
         // A version never changes; any change of LATEST bumps its modified time.
         revision: format!(
             "{}@{}@{}",
@@ -98,13 +114,12 @@ pub fn run_spec(
             disk_mb: u64::from(s.disk_size),
             cpu: s.cpu,
             init_timeout: Duration::from_secs(u64::from(s.initialization_timeout)),
-            accelerated: f
-                .acceleration
-                .as_ref()
-                .is_some_and(|a| a.status == AccelerationStatus::Ready),
+            accelerated: ready.is_some(),
             prefetch: None,
             readiness: c.health_check_config.as_ref().map(readiness_probe),
             internet_access: s.internet_access,
+            registry,
+            artifact_repository,
         },
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,
@@ -112,7 +127,7 @@ pub fn run_spec(
         idle_timeout: s
             .idle_timeout
             .map_or(state.idle_timeout, |t| Duration::from_secs(u64::from(t))),
-    }
+    })
 }
 
 /// The runtime's readiness check for a function's `healthCheckConfig`.
@@ -157,14 +172,18 @@ async fn wanted(state: &AppState) -> Vec<Provision> {
                 continue;
             }
         };
-        match state.images.resolved(&target.config.image).await {
-            Ok(image) => out.push(Provision {
+        let spec = match state.images.resolved(&target.config.image).await {
+            Ok(image) => run_spec(&target, image, state).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match spec {
+            Ok(spec) => out.push(Provision {
                 qualifier: p.qualifier.clone(),
-                spec: run_spec(&target, image, state),
+                spec,
                 target: p.target as usize,
             }),
-            Err(e) => {
-                tracing::warn!(function = %p.function_name, qualifier = %p.qualifier, error = %e, "provision config skipped")
+            Err(error) => {
+                tracing::warn!(function = %p.function_name, qualifier = %p.qualifier, error, "provision config skipped")
             }
         }
     }

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::model::{
     format_time, AccelerationInfo, AccelerationStatus, Alias, Function, FunctionSpec, KeptImage,
-    PinnedImage, ProvisionConfig, TraceSummary, Version,
+    PinnedImage, ProvisionConfig, RegistryCredential, TraceSummary, Version,
 };
 
 /// The database file inside the data directory.
@@ -95,6 +95,16 @@ const MIGRATIONS: &[&str] = &[
         updated_time TEXT NOT NULL,
         PRIMARY KEY (function_id, qualifier)
     ) STRICT;",
+    // 5: registry credentials stored under a name, for functions to refer to
+    // (`registryConfig.credentialName`). The password is a secret: never returned by the API;
+    // the database file is 0600 in a 0700 directory.
+    "CREATE TABLE registry_credentials (
+        name TEXT PRIMARY KEY NOT NULL,
+        registry TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password TEXT NOT NULL,
+        created_time TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// `function_configs.version` of the configuration still serving LATEST during an update.
@@ -124,8 +134,18 @@ pub enum StoreError {
         found: i64,
         supported: usize,
     },
+    #[error("making {path} private (0600): {source}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("function {0} already exists")]
     AlreadyExists(String),
+    #[error("registry credential {0} already exists")]
+    CredentialAlreadyExists(String),
+    #[error("registry credential {0} not found")]
+    CredentialNotFound(String),
     #[error("function {0} not found")]
     NotFound(String),
     #[error("function {from} cannot be renamed to {to}")]
@@ -180,6 +200,12 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // Rows hold secrets (registry credentials): the file and its WAL and shared-memory
+        // files (which SQLite creates with the database's mode) are the daemon's alone.
+        restrict_db_file(&path).map_err(|source| StoreError::Permissions {
+            path: path.clone(),
+            source,
+        })?;
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
@@ -832,6 +858,90 @@ impl Store {
         .await
     }
 
+    /// Stores a named registry credential; [`StoreError::CredentialAlreadyExists`] if the name
+    /// is taken.
+    pub async fn create_credential(&self, cred: RegistryCredential) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            let r = c.execute(
+                "INSERT INTO registry_credentials (name, registry, username, password, created_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    cred.name,
+                    cred.registry,
+                    cred.username,
+                    cred.password,
+                    format_time(cred.created_time)
+                ],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::CredentialAlreadyExists(cred.name.clone()))
+                }
+                Err(source) => Err(StoreError::Query {
+                    op: "insert registry credential",
+                    source,
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Every named registry credential, by name.
+    pub async fn credentials(&self) -> Result<Vec<RegistryCredential>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name, registry, username, password, created_time
+                     FROM registry_credentials ORDER BY name",
+                )
+                .map_err(query("list registry credentials"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(query("list registry credentials"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, registry, username, password, created) =
+                    row.map_err(query("list registry credentials"))?;
+                let created_time = parse_time(&format!("registry credential {name}"), &created)?;
+                out.push(RegistryCredential {
+                    name,
+                    registry,
+                    username,
+                    password,
+                    created_time,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a named registry credential; [`StoreError::CredentialNotFound`] if none.
+    pub async fn delete_credential(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |c| {
+            let n = c
+                .execute("DELETE FROM registry_credentials WHERE name = ?1", [&name])
+                .map_err(query("delete registry credential"))?;
+            if n == 0 {
+                return Err(StoreError::CredentialNotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Deletes the function named `name`; [`StoreError::NotFound`] if there is none.
     pub async fn delete_function(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
@@ -846,6 +956,30 @@ impl Store {
         })
         .await
     }
+}
+
+/// Creates `path` 0600 if it is missing, and removes group and other bits from it and from
+/// its `-wal` and `-shm` files if they exist (a database written by an older daemon).
+fn restrict_db_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::metadata(&name) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600))?
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn query(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {

@@ -55,7 +55,7 @@ async fn preparing_then_ready_and_the_artifact_verifies() {
         .unwrap()
         .ends_with(&format!("sha256-{}.pronto", image.manifest_digest.hex())));
     let work = tempfile::tempdir().unwrap();
-    pronto_convert::verify(&env.client, &image, work.path())
+    pronto_convert::verify(&env.client, &image, None, work.path())
         .await
         .unwrap();
 

@@ -155,6 +155,10 @@ async fn every_documented_response_is_served_as_documented() {
     let al = |f: &str| format!("/2023-03-30/functions/{f}/aliases");
     let pc = |f: &str, q: &str| format!("/2023-03-30/functions/{f}/provision-config?qualifier={q}");
     let all = FUNCTIONS;
+    let creds = "/2023-03-30/registry-credentials";
+    let cred_one = "/2023-03-30/registry-credentials/{credentialName}";
+    let registry_host = env.registry.host();
+    let cred = |name: &str| json!({"credentialName": name, "registry": registry_host, "userName": "u", "password": "p"});
     let new = |name: &str| json!({"functionName": name, "customContainerConfig": {"image": image}});
     let full = json!({
         "functionName": "full", "description": "d", "runtime": "custom-container",
@@ -613,6 +617,55 @@ async fn every_documented_response_is_served_as_documented() {
         ),
         case(M::GET, "/metrics", "/metrics", true, None, 200),
         case(M::GET, "/metrics", "/metrics", false, None, 401),
+        case(M::POST, creds, creds, true, Some(cred("c")), 201),
+        case(M::POST, creds, creds, true, Some(cred("c")), 409),
+        case(M::POST, creds, creds, false, Some(cred("c")), 401),
+        case(
+            M::POST,
+            creds,
+            creds,
+            true,
+            Some(json!({"credentialName": "c2", "registry": env.registry.host(), "userName": "u"})),
+            400,
+        ),
+        case(M::GET, creds, creds, true, None, 200),
+        case(M::GET, creds, creds, false, None, 401),
+        case(M::GET, cred_one, &format!("{creds}/c"), true, None, 200),
+        case(M::GET, cred_one, &format!("{creds}/c"), false, None, 401),
+        case(M::GET, cred_one, &format!("{creds}/nope"), true, None, 404),
+        case(
+            M::POST,
+            all,
+            all,
+            true,
+            Some(json!({"functionName": "private", "customContainerConfig": {
+                "image": image, "accelerationType": "None",
+                "registryConfig": {"credentialName": "c", "certConfig": {"insecure": false}},
+                "artifactRepository": format!("{}/team/artifacts", env.registry.host())}})),
+            201,
+        ),
+        case(
+            M::POST,
+            all,
+            all,
+            true,
+            Some(json!({"functionName": "both", "customContainerConfig": {
+                "image": image, "registryConfig": {"credentialName": "c",
+                    "authConfig": {"userName": "u", "password": "p"}}}})),
+            400,
+        ),
+        case(
+            M::POST,
+            all,
+            all,
+            true,
+            Some(json!({"functionName": "tagged", "customContainerConfig": {
+                "image": image, "artifactRepository": "x.io/repo:tag"}})),
+            400,
+        ),
+        case(M::DELETE, cred_one, &format!("{creds}/c"), false, None, 401),
+        case(M::DELETE, cred_one, &format!("{creds}/c"), true, None, 204),
+        case(M::DELETE, cred_one, &format!("{creds}/c"), true, None, 404),
         case(M::DELETE, one, "/2023-03-30/functions/f", false, None, 401),
         case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 204),
         case(M::DELETE, one, "/2023-03-30/functions/f", true, None, 404),

@@ -191,6 +191,21 @@ impl TestRegistry {
         Ok(())
     }
 
+    /// Restarts the registry read-only (Distribution's `maintenance.readonly`): reads as
+    /// before, every push refused (405): a registry the server cannot push to.
+    pub fn make_read_only(&mut self) -> anyhow::Result<()> {
+        let config = self.dir.path().join("config.yml");
+        let yaml = std::fs::read_to_string(&config)?;
+        let yaml = yaml.replacen(
+            "storage:\n",
+            "storage:\n  maintenance:\n    readonly:\n      enabled: true\n",
+            1,
+        );
+        std::fs::write(&config, yaml)?;
+        self.stop();
+        self.restart()
+    }
+
     /// The process id (tests check it is gone after a stop).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

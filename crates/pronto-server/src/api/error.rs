@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
 
+use crate::access::AccessError;
 use crate::images::ImageError;
 use crate::model::ValidationError;
 use crate::pool::AcquireError;
@@ -46,6 +47,12 @@ pub enum ApiError {
     FunctionNotFound(String),
     #[error("function {0} already exists")]
     FunctionAlreadyExists(String),
+    /// A function's registry settings name a credential that cannot be used.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A named registry credential missing or in the way.
+    #[error(transparent)]
+    Credential(StoreError),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("no route for {method} {path}")]
@@ -111,6 +118,9 @@ impl From<StoreError> for ApiError {
             | StoreError::AliasAlreadyExists { .. }
             | StoreError::VersionInUse { .. }
             | StoreError::ProvisionConfigNotFound { .. }) => ApiError::Release(e),
+            e @ (StoreError::CredentialAlreadyExists(_) | StoreError::CredentialNotFound(_)) => {
+                ApiError::Credential(e)
+            }
             e => ApiError::Store(e),
         }
     }
@@ -124,7 +134,10 @@ impl ApiError {
             | ApiError::Query { .. }
             | ApiError::Header { .. }
             | ApiError::Image(_)
+            | ApiError::Access(_)
             | ApiError::Rename { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Credential(StoreError::CredentialAlreadyExists(_)) => StatusCode::CONFLICT,
+            ApiError::Credential(_) => StatusCode::NOT_FOUND,
             ApiError::Body { status, .. } => *status,
             ApiError::FunctionNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::FunctionAlreadyExists(_) => StatusCode::CONFLICT,
@@ -158,7 +171,12 @@ impl ApiError {
             | ApiError::Query { .. }
             | ApiError::Header { .. }
             | ApiError::Image(_)
+            | ApiError::Access(_)
             | ApiError::Rename { .. } => "InvalidArgument",
+            ApiError::Credential(StoreError::CredentialAlreadyExists(_)) => {
+                "CredentialAlreadyExists"
+            }
+            ApiError::Credential(_) => "CredentialNotFound",
             ApiError::MalformedJson(_) => "MalformedJSON",
             ApiError::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
                 "PayloadTooLarge"

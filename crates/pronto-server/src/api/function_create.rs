@@ -19,7 +19,11 @@ pub(super) async fn create_function(
     if state.store.function_exists(&name).await? {
         return Err(ApiError::FunctionAlreadyExists(name));
     }
-    let image = state.images.pin(&reference).await?;
+    // The function's own credentials, if it has some (an unknown credential name is a 400).
+    let own = state
+        .access
+        .client_for(&spec.custom_container_config, &reference)?;
+    let image = state.images.pin(&reference, own.as_ref()).await?;
     let t = now();
     let acceleration = Accelerator::initial_status(spec.custom_container_config.acceleration_type);
     let function = Function {
@@ -34,7 +38,11 @@ pub(super) async fn create_function(
     };
     state.store.create_function(function.clone()).await?;
     if function.acceleration.is_some() && state.accelerate {
-        state.accel.submit(name.clone(), function.image.clone());
+        state.accel.submit(
+            name.clone(),
+            function.image.clone(),
+            function.spec.custom_container_config.clone(),
+        );
     }
     tracing::info!(function = %name, image = %function.image.reference, "created function");
     Ok((StatusCode::CREATED, Json(FunctionView::from(&function))))

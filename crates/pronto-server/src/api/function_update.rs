@@ -28,11 +28,20 @@ pub(super) async fn update_function(
         }
     }
     // 404 before the registry round trip.
-    if !state.store.function_exists(&name).await? {
-        return Err(ApiError::FunctionNotFound(name));
-    }
+    let stored = state.store.get_function(&name).await?;
+    // The registry settings the function will have: checked now (an unknown credential name
+    // is a 400), and the new image, if any, pinned with them.
+    let mut after = stored.spec.clone();
+    patch.clone().apply_to(&mut after);
+    let reference = patch
+        .image
+        .as_ref()
+        .map_or(&stored.image.reference, |i| &i.reference);
+    let own = state
+        .access
+        .client_for(&after.custom_container_config, reference)?;
     let pinned = match &patch.image {
-        Some(image) => Some(state.images.pin(&image.reference).await?),
+        Some(image) => Some(state.images.pin(&image.reference, own.as_ref()).await?),
         None => None,
     };
     let accelerate = state.accelerate;
@@ -64,7 +73,11 @@ pub(super) async fn update_function(
     if function.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
         && state.accelerate
     {
-        state.accel.submit(name.clone(), function.image.clone());
+        state.accel.submit(
+            name.clone(),
+            function.image.clone(),
+            function.spec.custom_container_config.clone(),
+        );
     }
     if !function.update_in_progress() {
         // Instances of the old settings take no new requests; idle ones stop now.

@@ -3,10 +3,12 @@
 //! One file per function handler (`function_*.rs`; `function_trace.rs` serves the access trace
 //! chunk by chunk; `function_invoke.rs` hands the request to
 //! the invocation path of [`crate::invoke`]), one per release resource (`versions.rs`,
-//! `aliases.rs`, `provision.rs`); [`route_table`] is the single list of routes, used to build
+//! `aliases.rs`, `provision.rs`), one for named registry credentials (`credentials.rs`);
+//! [`route_table`] is the single list of routes, used to build
 //! the router and by the test that checks every route against `openapi.yaml`.
 
 mod aliases;
+mod credentials;
 mod error;
 mod function_create;
 mod function_delete;
@@ -30,6 +32,7 @@ use axum::{middleware, Router};
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
+pub use credentials::ListCredentialsOutput;
 pub use error::{ApiError, ErrorBody};
 pub use function_invoke::{EVENT_PATH, INVOCATION_TYPE_HEADER};
 pub use function_trace::AccessTraceOutput;
@@ -98,6 +101,14 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/2023-03-30/provision-configs",
             get(provision::list_provision_configs),
+        ),
+        (
+            "/2023-03-30/registry-credentials",
+            post(credentials::create_credential).get(credentials::list_credentials),
+        ),
+        (
+            "/2023-03-30/registry-credentials/{credentialName}",
+            get(credentials::get_credential).delete(credentials::delete_credential),
         ),
         (METRICS_PATH, get(metrics::get_metrics)),
     ]

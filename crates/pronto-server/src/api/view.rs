@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     format_time, AccelerationInfo, AccelerationType, Alias, AuthType, Function, HealthCheckConfig,
-    Version, RUNTIME,
+    RegistryConfig, Version, RUNTIME,
 };
 
 /// A function as the API shows it: the spec with defaults, plus what the server decided.
@@ -96,6 +96,42 @@ pub struct ContainerConfigView {
     /// Where the conversion stands; absent for `accelerationType: None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration_info: Option<AccelerationInfo>,
+    /// The function's registry credentials, without the password; absent when it uses the
+    /// server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_config: Option<RegistryConfigView>,
+    /// Pronto: where the converted artifact is pushed (absent: the server's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_repository: Option<String>,
+}
+
+/// `registryConfig` as shown: which credentials, never their secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryConfigView {
+    /// Function Compute 3.0's `authConfig`, its `userName` only (the password is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_config: Option<RegistryAuthConfigView>,
+    /// Pronto: the stored credential it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAuthConfigView {
+    pub user_name: String,
+}
+
+impl From<&RegistryConfig> for RegistryConfigView {
+    fn from(r: &RegistryConfig) -> RegistryConfigView {
+        RegistryConfigView {
+            auth_config: r.auth_config.as_ref().map(|a| RegistryAuthConfigView {
+                user_name: a.user_name.clone(),
+            }),
+            credential_name: r.credential_name.clone(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -130,6 +166,8 @@ impl From<&Function> for FunctionView {
                 health_check_config: cc.health_check_config.clone(),
                 acr_instance_id: cc.acr_instance_id.clone(),
                 acceleration_info: f.acceleration.clone(),
+                registry_config: cc.registry_config.as_ref().map(RegistryConfigView::from),
+                artifact_repository: cc.artifact_repository.clone(),
             },
             memory_size: s.memory_size,
             cpu: s.cpu,
