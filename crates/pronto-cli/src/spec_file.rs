@@ -617,7 +617,7 @@ mod tests {
             err("functionName: web\ncustomContainerConfig:\n  image: a:v1\n  prot: 80\n"),
             "f.yaml:4:3: customContainerConfig.prot: unknown field `prot`, expected one of \
              `image`, `entrypoint`, `command`, `args`, `port`, `accelerationType`, \
-             `healthCheckConfig`, `acrInstanceId`"
+             `healthCheckConfig`, `acrInstanceId`, `registryConfig`, `artifactRepository`"
         );
         assert_eq!(
             err("functionName: web\ncustomContainerConfig:\n  image: a:v1\nmemorySize: 200\n"),

@@ -517,26 +517,59 @@ async fn a_stopped_registry_is_eio_within_the_retry_bound_then_recovers() {
     mount.unmount().unwrap();
 }
 
-/// A registry that accepts the request and never answers: a program's read is EIO within the
-/// retry policy's bound (attempts × per-attempt timeout + backoffs), counted for the read as
-/// the program sees it (the kernel asks again after a failed readahead), and reads work again
-/// once the registry answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_registry_is_eio_within_the_documented_bound() {
+/// An accelerated image of one 4-chunk file (`f`, `data`), its artifact read through a
+/// [`FaultyProxy`] in front of its registry, a chunk cache and a mount point.
+struct ProxiedImage {
+    _registry: TestRegistry,
+    work: tempfile::TempDir,
+    data: Vec<u8>,
+    proxy: FaultyProxy,
+    artifact: pronto_artifact::Artifact,
+    cache: Arc<ChunkCache>,
+    dir: std::path::PathBuf,
+}
+
+async fn proxied_image(repo_tag: &str, seed: u64) -> ProxiedImage {
     logs();
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
-    let data = noise(4 * CHUNK as usize, 51);
+    let data = noise(4 * CHUNK as usize, seed);
     let image = ImageBuilder::new().layer(Layer::gzip().file("f", &data));
-    accelerate(&registry, image, "stall/app:v1", CHUNK, work.path()).await;
+    accelerate(&registry, image, repo_tag, CHUNK, work.path()).await;
     let proxy = FaultyProxy::start(registry.addr());
-    let via: pronto_image::Reference = format!("{}/stall/app:v1", proxy.host()).parse().unwrap();
+    let via: pronto_image::Reference = format!("{}/{repo_tag}", proxy.host()).parse().unwrap();
     let resolved = pull::resolve(&client(), &via).await.unwrap();
     let artifact = pronto_artifact::fetch_artifact(&client(), &resolved)
         .await
         .unwrap();
     let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
     let dir = work.path().join("mnt");
+    ProxiedImage {
+        _registry: registry,
+        work,
+        data,
+        proxy,
+        artifact,
+        cache,
+        dir,
+    }
+}
+
+/// A registry that accepts the request and never answers: a program's read is EIO within the
+/// retry policy's bound (attempts × per-attempt timeout + backoffs), counted for the read as
+/// the program sees it (the kernel asks again after a failed readahead), and reads work again
+/// once the registry answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_registry_is_eio_within_the_documented_bound() {
+    let ProxiedImage {
+        _registry,
+        work: _work,
+        data,
+        proxy,
+        artifact,
+        cache,
+        dir,
+    } = proxied_image("stall/app:v1", 51).await;
     let retry = RetryPolicy {
         attempts: 3,
         first_backoff: Duration::from_millis(50),
@@ -586,20 +619,15 @@ async fn a_stalled_registry_is_eio_within_the_documented_bound() {
 /// wrong bytes; a single reset is retried and the read returns the exact file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_or_truncated_chunk_is_eio_never_short_or_wrong_bytes() {
-    logs();
-    let registry = TestRegistry::start();
-    let work = tempfile::tempdir().unwrap();
-    let data = noise(4 * CHUNK as usize, 52);
-    let image = ImageBuilder::new().layer(Layer::gzip().file("f", &data));
-    accelerate(&registry, image, "cut/app:v1", CHUNK, work.path()).await;
-    let proxy = FaultyProxy::start(registry.addr());
-    let via: pronto_image::Reference = format!("{}/cut/app:v1", proxy.host()).parse().unwrap();
-    let resolved = pull::resolve(&client(), &via).await.unwrap();
-    let artifact = pronto_artifact::fetch_artifact(&client(), &resolved)
-        .await
-        .unwrap();
-    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
-    let dir = work.path().join("mnt");
+    let ProxiedImage {
+        _registry,
+        work: _work,
+        data,
+        proxy,
+        artifact,
+        cache,
+        dir,
+    } = proxied_image("cut/app:v1", 52).await;
     let mount = mount_at(&artifact, &cache, &dir, fast_retry());
     for fault in [Fault::ResetAfter(1000), Fault::TruncateAfter(1000)] {
         proxy.clear();

@@ -359,15 +359,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn spec_has_limits_namespaces_and_default_capabilities_only() {
-        let root = tempfile::tempdir().unwrap();
-        let o = ProcessOverrides::default();
-        let spec = build_spec(&BundleParams {
+    /// The parameters of a 256 MiB, half-CPU instance running `/app` from `rootfs`, joining
+    /// `/run/netns/x`.
+    fn params<'a>(
+        rootfs: &'a Path,
+        config: &'a serde_json::Value,
+        o: &'a ProcessOverrides,
+    ) -> BundleParams<'a> {
+        BundleParams {
             hostname: "i1",
-            rootfs: root.path(),
-            image_config: &json!({"config": {"Cmd": ["/app"]}}),
-            overrides: &o,
+            rootfs,
+            image_config: config,
+            overrides: o,
             port: 9000,
             netns: Some(Path::new("/run/netns/x")),
             ids: None,
@@ -376,8 +379,17 @@ mod tests {
             memory_bytes: 256 << 20,
             cpu: 0.5,
             seccomp: SeccompMode::Default,
-        })
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn spec_has_limits_namespaces_and_default_capabilities_only() {
+        let root = tempfile::tempdir().unwrap();
+        let (o, config) = (
+            ProcessOverrides::default(),
+            json!({"config": {"Cmd": ["/app"]}}),
+        );
+        let spec = build_spec(&params(root.path(), &config, &o)).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 256 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
@@ -417,20 +429,15 @@ mod tests {
     #[test]
     fn a_user_namespace_maps_the_range_and_the_runtime_makes_the_network_namespace() {
         let root = tempfile::tempdir().unwrap();
-        let o = ProcessOverrides::default();
+        let (o, config) = (
+            ProcessOverrides::default(),
+            json!({"config": {"Cmd": ["/app"]}}),
+        );
         let spec = build_spec(&BundleParams {
-            hostname: "i1",
-            rootfs: root.path(),
-            image_config: &json!({"config": {"Cmd": ["/app"]}}),
-            overrides: &o,
-            port: 9000,
             netns: None,
             ids: Some(IdRange { host_base: 1 << 30 }),
             resolv_conf: Some(Path::new("/run/pronto/x/resolv.conf")),
-            cgroups_path: "/pronto-i1",
-            memory_bytes: 256 << 20,
-            cpu: 0.5,
-            seccomp: SeccompMode::Default,
+            ..params(root.path(), &config, &o)
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -438,6 +445,14 @@ mod tests {
         assert!(ns.iter().any(|n| n["type"] == "user"));
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert!(net.get("path").is_none(), "{net}");
+        let resolv = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/etc/resolv.conf")
+            .expect("resolv.conf is bound");
+        assert_eq!(resolv["source"], "/run/pronto/x/resolv.conf");
+        assert!(resolv["options"].as_array().unwrap().contains(&json!("ro")));
         for key in ["uidMappings", "gidMappings"] {
             assert_eq!(
                 v["linux"][key],

@@ -30,7 +30,7 @@ async fn validation_errors_name_the_field_and_the_value() {
         (json!({"customContainerConfig": {"port": 70000}}), "customContainerConfig.port: must be between 1 and 65535, got 70000"),
         (json!({"customContainerConfig": {"accelerationType": "Turbo"}}), "customContainerConfig.accelerationType: must be \"Default\" or \"None\", got \"Turbo\""),
         (json!({"customContainerConfig": {"command": "/app"}}), "customContainerConfig.command: invalid type: string \"/app\", expected a sequence"),
-        (json!({"customContainerConfig": {"cmd": ["/app"]}}), "customContainerConfig.cmd: unknown field `cmd`, expected one of `image`, `entrypoint`, `command`, `args`, `port`, `accelerationType`, `healthCheckConfig`, `acrInstanceId`"),
+        (json!({"customContainerConfig": {"cmd": ["/app"]}}), "customContainerConfig.cmd: unknown field `cmd`, expected one of `image`, `entrypoint`, `command`, `args`, `port`, `accelerationType`, `healthCheckConfig`, `acrInstanceId`, `registryConfig`, `artifactRepository`"),
         (json!({"customContainerConfig": {"entrypoint": "/app"}}), "customContainerConfig.entrypoint: invalid type: string \"/app\", expected a sequence"),
         (json!({"customContainerConfig": {"command": ["/app"], "args": ["-v"]}}), "customContainerConfig.args: give command or args, not both: since the Function Compute 3.0 names, command is the container's arguments (what args was; it replaces the image CMD) and entrypoint replaces the image ENTRYPOINT (what command was)"),
         (json!({"customContainerConfig": {"healthCheckConfig": {"periodSeconds": 5}}}), "customContainerConfig.healthCheckConfig.httpGetUrl: is required"),
