@@ -103,16 +103,16 @@ d_pid=()
 
 report_env "$work"
 out="${repo_root:-.}/bench/results/$(date +%Y-%m-%d)-isolation.md"
-"$PY" - "$work/samples.txt" "$runs" >"$work/report.md" <<'PY'
+"$PY" - "$work/samples.txt" "$runs" "$pronto_version" >"$work/report.md" <<'PY'
 import os, statistics, sys
-path, runs = sys.argv[1], int(sys.argv[2])
+path, runs, version = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [l.split() for l in open(path)]
 by = {}
 for m, total, setup, start in rows:
     by.setdefault(m, []).append((float(total), float(setup), float(start)))
 med = lambda xs: statistics.median(xs)
 print(f"### Cold-start cost of the isolation layers, {runs} rounds\n")
-print(f"Machine: {os.environ['MACHINE']}; load {os.environ['LOAD_START']} → {os.environ['LOAD_END']}.")
+print(f"Machine: {os.environ['MACHINE']}; load {os.environ['LOAD_START']} → {os.environ['LOAD_END']}. pronto {version}.")
 print("Function: busybox httpd, unpacked image reused (no pull), 3 daemons side by side, order rotated per round. Milliseconds, medians.\n")
 print("| setting | cold start total | setup | start (runc create + network + start) |")
 print("|---|---|---|---|")
