@@ -61,6 +61,7 @@ log "seed $seed"
 # What this daemon made, and what is left of it
 
 seen_ids="$work/ids.seen"   # instance ids: from response headers and the instance dirs
+seen_links="$work/links.seen" # "ID NETWORK" of the instances' /30s
 seen_pids="$work/pids.seen" # "PID STARTTIME ID" of the instances' container inits
 : >"$seen_ids"
 : >"$seen_pids"
@@ -81,6 +82,8 @@ record_instances() {
     [ -d "$d" ] || continue
     id=$(basename "$d")
     echo "$id" >>"$seen_ids"
+    # Its /30, once its outbound network is wired: the veth and the claim to check later.
+    jq -r --arg id "$id" 'select(.network) | "\($id) \(.network)"' "$d/state.json" 2>/dev/null >>"$seen_links" || true
     if [ -s "$d/pid" ]; then
       pid=$(tr -dc 0-9 <"$d/pid")
       [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && echo "$pid $(starttime "$pid") $id" >>"$seen_pids"
@@ -90,8 +93,9 @@ record_instances() {
   sort -u -o "$seen_pids" "$seen_pids"
 }
 our_ids() { grep -E '^[0-9a-f]{12}$' "$seen_ids" | sort -u || true; }
-# "MOUNTID MOUNTPOINT" of the mounts under the data dir
-our_mounts() { awk -v d="$data/" 'index($5, d) == 1 { print $1, $5 }' /proc/self/mountinfo; }
+# "MOUNTID MOUNTPOINT" of the mounts under the data dir, and of the rootfs overlays (under
+# /run/pronto/) whose layers are there
+our_mounts() { awk -v d="$data/" 'index($0, d) > 0 { print $1, $5 }' /proc/self/mountinfo; }
 # "loopN BACKINGFILE" of the loop devices backed by a file under the data dir
 our_loops() {
   local f b
@@ -125,6 +129,13 @@ instance_leftovers() {
     compgen -G "/sys/fs/cgroup/*/pronto-$id" | sed 's/^/cgroup /' || true
     [ -e "/sys/fs/cgroup/pronto-$id" ] && echo "cgroup /sys/fs/cgroup/pronto-$id"
     [ -e "$data/node/instances/$id" ] && echo "instance dir node/instances/$id"
+    compgen -G "/run/pronto/*/$id" | sed 's/^/mount point dir /' || true
+    local net hex
+    for net in $(awk -v id="$id" '$1 == id { print $2 }' "$seen_links" 2>/dev/null); do
+      hex=$(printf 'pn%02x%02x%02x%02x' ${net//./ })
+      [ -e "/sys/class/net/$hex" ] && echo "veth $hex ($net/30)"
+      [ -e "/run/pronto/net/$net" ] && echo "address claim /run/pronto/net/$net"
+    done
     [[ "$rl" == *" $id "* ]] && echo "runc container $id"
   done
   return 0
@@ -488,6 +499,10 @@ for ((it = 1; it <= iterations; it++)); do
       temp_dirs | sed "s|^$data/|temp dir |"
       find "$data/convert" -mindepth 1 -maxdepth 1 ! -name 'pronto-convert-*' 2>/dev/null | sed "s|^$data/|left in |"
       find "$data/node/lazy" -mindepth 1 -maxdepth 1 2>/dev/null | sed "s|^$data/|lazy mount dir |"
+      # The daemon's nftables table goes with it (named after its run dir: 12 hex digits of
+      # the SHA-256 of the node's data dir).
+      t="pronto_$(printf '%s' "$(realpath "$data/node")" | sha256sum | cut -c1-12)"
+      nft list table inet "$t" >/dev/null 2>&1 && echo "nftables table $t"
     ) | awk '!seen[$0]++')
     sl+=("${l[@]}")
     n_ids=$(echo "$ids" | grep -c . || true)

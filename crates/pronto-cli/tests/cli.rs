@@ -278,3 +278,59 @@ async fn unpack_cleans_up_on_sigterm_and_sigint() {
         assert!(left.is_empty(), "left behind after {name}: {left:?}");
     }
 }
+
+/// An image converted into another repository (as for a source you cannot push to): `verify`
+/// with that repository rebuilds the image from it and matches a plain unpack; without it the
+/// artifact is not found, and the message says where it looked.
+#[tokio::test]
+async fn convert_into_an_artifact_repository_then_verify_from_it() {
+    let registry = TestRegistry::start();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let reference = registry.reference("cli/source:v1");
+    ImageBuilder::new()
+        .layer(
+            Layer::gzip()
+                .file("etc/app.conf", b"conf\n")
+                .file("data.bin", pronto_testkit::fixtures::noise(300 << 10, 9)),
+        )
+        .push(&client, &reference)
+        .await
+        .unwrap();
+    let (r, artifacts) = (
+        reference.to_string(),
+        format!("{}/cli/artifacts", registry.host()),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(pronto(&[
+        "image",
+        "convert",
+        &r,
+        "--artifact-repository",
+        &artifacts,
+        "--work-dir",
+        w,
+    ]));
+    let verified = ok(pronto(&[
+        "image",
+        "verify",
+        &r,
+        "--artifact-repository",
+        &artifacts,
+        "--work-dir",
+        w,
+    ]));
+    assert!(verified.starts_with("ok: "), "{verified}");
+    let beside = pronto(&["image", "verify", &r, "--work-dir", w]);
+    assert!(!beside.status.success(), "no artifact beside the image");
+    let err = String::from_utf8_lossy(&beside.stderr);
+    assert!(err.contains("cli/source"), "{err}");
+}

@@ -343,3 +343,43 @@ async fn invoke_function_posts_the_event_to_invoke_and_returns_the_response() {
     );
     assert_eq!(ok, Some(1.0));
 }
+
+/// `internetAccess` reaches the instance: with it (the default) an instance gets its /30 and
+/// a veth; with `false`, none (only its loopback). What each can reach is tested on the
+/// runtime (`pronto-runtime/tests/instances.rs`, with a stand-in internet).
+#[tokio::test]
+async fn internet_access_decides_whether_an_instance_gets_a_network() {
+    let env = Env::start_with(no_acceleration).await;
+    let image = push_app(&env).await;
+    for (name, access) in [("online", true), ("offline", false)] {
+        env.create(name, &image, json!({"internetAccess": access}))
+            .await;
+        let r = get(&env, name, "/index.html").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let id = r.headers()["x-pronto-instance"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                env.data_dir()
+                    .join("node/instances")
+                    .join(&id)
+                    .join("state.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let network = state["network"].as_str();
+        assert_eq!(network.is_some(), access, "{name}: {state}");
+        if let Some(net) = network {
+            let net: std::net::Ipv4Addr = net.parse().unwrap();
+            let veth = format!("pn{:08x}", u32::from(net));
+            assert!(Path::new("/sys/class/net").join(&veth).exists(), "{veth}");
+        }
+        let shown = env
+            .call(Method::GET, &format!("/2023-03-30/functions/{name}"), None)
+            .await;
+        assert_eq!(shown.body["internetAccess"], access);
+    }
+}
