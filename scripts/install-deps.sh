@@ -12,6 +12,7 @@ packages=(
   busybox-static  # the HTTP server (httpd + CGI) of the test and demo function images
   cmake pkg-config build-essential # zlib-ng (gzip backend) builds with cmake
   ca-certificates curl jq
+  chromium chromium-driver # the web console's browser test (tests/console.rs) and docs screenshot
 )
 
 missing=()

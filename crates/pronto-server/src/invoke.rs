@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::api::ApiError;
 use crate::model::{AuthType, LATEST};
 use crate::releases::{self, Target};
-use crate::{auth, proxy, AppState};
+use crate::{auth, proxy, recent, AppState};
 
 pub const TARGET_HEADER: &str = "x-fc-invocation-target";
 /// The request id header (Function Compute's name).
@@ -177,10 +177,33 @@ async fn invoke_named(
         }
     };
     let version = target.version.clone();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let mut response =
         invoke_function(&state, target, req, destination.path_and_query, arrived).await;
     let status = response.status().as_u16();
     state.metrics.invocation(&name, &version, status);
+    // Only here, where the function is known to exist: names made up by callers take no room.
+    state.recent.record(
+        &name,
+        recent::Invocation {
+            time: time::OffsetDateTime::now_utc() - arrived.elapsed(),
+            request_id,
+            version: version.clone(),
+            status,
+            duration: arrived.elapsed(),
+            instance: response
+                .headers()
+                .get(proxy::INSTANCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            cold_start: response.extensions_mut().remove::<proxy::Breakdown>(),
+        },
+    );
     if let Ok(v) = HeaderValue::from_str(&version) {
         response.headers_mut().insert(VERSION_HEADER, v);
     }

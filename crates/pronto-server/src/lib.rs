@@ -11,6 +11,8 @@
 //! - [`pool`]: instances per function: warm reuse, cold starts, idle reclaim.
 //! - [`proxy`]: streams one request to an instance and its response back.
 //! - [`metrics`]: what `/metrics` exports (Prometheus/OpenMetrics text).
+//! - [`recent`]: each function's last invocations and their cold-start breakdowns.
+//! - [`console`]: the web console (`/console`, server-rendered HTML behind the API token).
 //!
 //! [`Server::new`] opens the data directory; [`Server::start`] (or [`Server::start_on`] with
 //! listeners already bound) serves both listeners and returns a [`RunningServer`]; [`serve`]
@@ -20,12 +22,14 @@ pub mod accel;
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod images;
 pub mod invoke;
 pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod proxy;
+pub mod recent;
 pub mod releases;
 pub mod store;
 
@@ -201,6 +205,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Wakes the provisioner (provision configs, aliases or versions changed).
     pub provision_kick: std::sync::Arc<tokio::sync::Notify>,
+    /// Each function's last invocations (for the console).
+    pub recent: std::sync::Arc<recent::RecentInvocations>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -318,6 +324,7 @@ impl Server {
             exporter,
             shutdown: CancellationToken::new(),
             provision_kick: std::sync::Arc::default(),
+            recent: std::sync::Arc::default(),
             token: token.clone(),
             images,
             access,
@@ -375,7 +382,8 @@ impl Server {
             self.state.clone(),
             self.token.clone(),
             self.config.metrics_public,
-        );
+        )
+        .merge(console::router(self.state.clone()));
         for (listener, tcp, router) in [
             ("control", control, control_router),
             ("invoke", invoke, self.invoke),

@@ -384,6 +384,22 @@ pub struct FunctionLoad {
     pub provisioned: usize,
 }
 
+/// One instance of a function, as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// `LATEST`, or the version it runs.
+    pub track: String,
+    /// `idle`, `busy` or `draining` (an older revision finishing its requests).
+    pub state: &'static str,
+    /// Requests it is serving.
+    pub in_flight: usize,
+    /// The provision config keeping it warm, if any.
+    pub provisioned: Option<String>,
+    /// Since its last request ended (or it became ready).
+    pub idle_for: Duration,
+}
+
 /// One request's claim on an instance; dropping it releases the claim.
 pub struct Lease {
     pool: Arc<Pool>,
@@ -471,6 +487,30 @@ impl Pool {
             .collect();
         out.sort_by(|a, b| a.function.cmp(&b.function));
         out
+    }
+
+    /// `function`'s live instances (serving and draining; not those still starting), and how
+    /// many are starting.
+    pub fn instances(&self, function: &str) -> (Vec<InstanceInfo>, usize) {
+        let st = self.lock();
+        let Some(f) = st.functions.get(function) else {
+            return (Vec::new(), 0);
+        };
+        let info = |s: &Slot, draining: bool| InstanceInfo {
+            id: s.instance.id.clone(),
+            track: s.track.clone(),
+            state: match (draining, s.in_flight) {
+                (true, _) => "draining",
+                (false, 0) => "idle",
+                _ => "busy",
+            },
+            in_flight: s.in_flight,
+            provisioned: s.provisioned.clone(),
+            idle_for: s.last_used.elapsed(),
+        };
+        let mut out: Vec<InstanceInfo> = f.slots.iter().map(|s| info(s, false)).collect();
+        out.extend(f.draining.iter().map(|s| info(s, true)));
+        (out, f.starting.len())
     }
 
     /// MiB of `memorySize` the live instances hold, and the budget.

@@ -140,7 +140,8 @@ pub async fn forward(
         HeaderName::from_static(INSTANCE_HEADER),
         HeaderValue::from_str(&lease.instance.id).expect("hex id"),
     );
-    if let Some(b) = Breakdown::of(&lease, marks, first_byte) {
+    let breakdown = Breakdown::of(&lease, marks, first_byte);
+    if let Some(b) = &breakdown {
         pool.keep_access_trace(&lease, spec);
         b.record(metrics, spec.name());
         tracing::info!(
@@ -158,14 +159,19 @@ pub async fn forward(
         // Nothing to stream: nobody may poll the body, so release the connection now.
         lease.mark_reusable();
     }
-    builder
+    let mut response = builder
         .body(Body::new(LeasedBody {
             inner: body,
             lease: Some(lease),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout: spec.timeout,
         }))
-        .expect("valid response parts")
+        .expect("valid response parts");
+    if let Some(b) = breakdown {
+        // For the invoke path's record of recent invocations (`crate::recent`).
+        response.extensions_mut().insert(b);
+    }
+    response
 }
 
 /// Where a cold start's time went, from the request's arrival to the first byte of the

@@ -740,6 +740,16 @@ async fn every_served_route_is_documented_and_nothing_else() {
         .collect();
     let served: BTreeSet<&str> = pronto_server::api::route_paths().into_iter().collect();
     assert_eq!(served, paths);
+    // The web console's routes answer HTML for people, not the API: deliberately left out of
+    // the document, and all under /console, where no API route is.
+    for path in pronto_server::console::route_paths() {
+        assert!(path.starts_with("/console"), "{path}");
+        assert!(
+            !paths.contains(path),
+            "{path} is a console page, not an API route"
+        );
+    }
+    assert!(!served.iter().any(|p| p.starts_with("/console")));
 
     // Methods: a documented one is routed (not 405), any other is 405.
     let env = Env::start().await;

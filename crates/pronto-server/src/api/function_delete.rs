@@ -14,6 +14,7 @@ pub(super) async fn delete_function(
     let name = function_name(path)?;
     state.store.delete_function(&name).await?;
     state.pool.retire(&name);
+    state.recent.forget(&name);
     tracing::info!(function = %name, "deleted function");
     Ok(StatusCode::NO_CONTENT)
 }

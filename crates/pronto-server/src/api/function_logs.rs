@@ -202,6 +202,14 @@ pub(super) async fn function_logs(
         .into_response())
 }
 
+/// The last `n` lines `name`'s instances printed, merged by time (the console's log view).
+pub(crate) async fn recent_lines(state: &AppState, name: &str, n: usize) -> Vec<String> {
+    let dir = state.pool.node().function_log_dir(name);
+    tokio::task::spawn_blocking(move || last_lines(&dir, &Filter::default(), n).0)
+        .await
+        .unwrap_or_default()
+}
+
 /// Per file, how far it has been read (up to the end of its last complete line).
 type Offsets = HashMap<PathBuf, u64>;
 

@@ -35,6 +35,7 @@ use tower_http::trace::TraceLayer;
 pub use credentials::ListCredentialsOutput;
 pub use error::{ApiError, ErrorBody};
 pub use function_invoke::{EVENT_PATH, INVOCATION_TYPE_HEADER};
+pub(crate) use function_logs::recent_lines;
 pub use function_trace::AccessTraceOutput;
 pub use metrics::METRICS_PATH;
 pub use view::{
