@@ -104,6 +104,9 @@ pub fn remove_stale_temp_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub enum PullError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A pull shared by several waiters failed: each gets its error.
+    #[error(transparent)]
+    Shared(std::sync::Arc<PullError>),
     #[error("image {reference}: {source}")]
     Manifest {
         reference: String,

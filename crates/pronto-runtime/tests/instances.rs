@@ -543,3 +543,53 @@ async fn reqwest_like(addr: &str) -> String {
     let _ = s.read_to_string(&mut out).await;
     out
 }
+
+/// A pull slower than a start may wait: the start gives up at its initialization timeout, the
+/// pull goes on, and the next start finds the image on the node (one pull in all, not one per
+/// attempt, which would never finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_outlasts_its_start_goes_on_for_the_next_one() {
+    use pronto_testkit::faulty::{Fault, FaultyProxy, Rule};
+    let f = fixture().await;
+    let proxy = FaultyProxy::start(f.registry.addr());
+    let via: pronto_image::Reference = format!("{}/fn/httpd:v1", proxy.host()).parse().unwrap();
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let image = Arc::new(pull::resolve(&client, &via).await.unwrap());
+    proxy.add(
+        Rule::path("/blobs/")
+            .method("GET")
+            .fault(Fault::Delay(Duration::from_millis(1500))),
+    );
+    let mut first = spec(&f);
+    first.image = image.clone();
+    first.init_timeout = Duration::from_millis(500);
+    let e = f.node.start(first).await.unwrap_err();
+    assert!(matches!(e, StartError::ImageTimeout { .. }), "{e}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f.node.images().has(&image.manifest_digest) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull did not go on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = spec(&f);
+    second.image = image.clone();
+    let instance = f.node.start(second).await.unwrap();
+    assert!(
+        !instance.timings.image_pulled,
+        "the pull already done is used"
+    );
+    let blob_gets = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/blobs/"))
+        .count();
+    // The config was read at resolve (before the delay); each layer once.
+    let layers = image.manifest.layers.len();
+    assert!(
+        blob_gets <= layers + 1,
+        "{blob_gets} blob reads for {layers} layers"
+    );
+    instance.stop().await.unwrap();
+}
