@@ -231,6 +231,8 @@ impl InstanceNetwork {
     }
 
     /// Removes the node's rules (the daemon is stopping; its instances are gone).
+    /// Removes the node's rules and the instances' `resolv.conf` (the daemon is stopping;
+    /// its instances are gone). Closing twice is harmless.
     pub fn close(&self) {
         if let Err(e) = nft(&format!(
             "table inet {t}\ndelete table inet {t}\n",
@@ -238,6 +240,7 @@ impl InstanceNetwork {
         )) {
             tracing::warn!(table = %self.table, error = %e, "removing the instances' network rules");
         }
+        let _ = fs::remove_file(&self.resolv_conf);
     }
 }
 

@@ -81,6 +81,15 @@ pub(crate) struct NodeInner {
     pub(crate) network: Option<InstanceNetwork>,
 }
 
+impl Drop for NodeInner {
+    /// The last handle is gone: the network's rules and files go, then the run dir if nothing
+    /// of an instance is left in it (a crashed daemon's instances keep theirs for the next).
+    fn drop(&mut self) {
+        drop(self.network.take());
+        let _ = std::fs::remove_dir(layout::run_dir(&self.data_dir));
+    }
+}
+
 /// The instances of one node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Node {

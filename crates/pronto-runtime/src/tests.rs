@@ -451,3 +451,15 @@ async fn output_lines_are_stamped_with_the_instance_and_the_request_it_serves() 
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_dropped_node_leaves_no_run_dir() {
+    let env = env().await;
+    let run = crate::layout::run_dir(&env.config.data_dir);
+    let instance = env.node.start(spec(&env, "hello")).await.unwrap();
+    instance.stop().await.unwrap();
+    drop(instance);
+    assert!(run.is_dir());
+    drop(env);
+    assert!(!run.exists(), "{} left", run.display());
+}
