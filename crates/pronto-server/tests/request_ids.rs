@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use common::Env;
 use pronto_testkit::image::{busybox_layer, ImageBuilder, Layer};
@@ -15,32 +14,9 @@ use serde_json::json;
 /// Answers with the request id it was given, and prints it to stderr.
 const REQID: &str = "#!/bin/sh\necho \"handling $HTTP_X_FC_REQUEST_ID\" >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s' \"$HTTP_X_FC_REQUEST_ID\"\n";
 
-/// The daemon's log output, captured for this test binary (one global subscriber).
+/// The daemon's log output, captured for this test binary.
 fn captured() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("pronto_server=debug")
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    common::captured_logs("pronto_server=debug")
 }
 
 /// The function's logs (`query` added), once they have a line (bounded wait: the output pump
