@@ -549,7 +549,11 @@ impl RegistryClient {
             path: path.display().to_string(),
             source,
         };
-        let file = tokio::fs::File::create(path).await.map_err(io_err)?;
+        // Created here, not on the blocking pool (`tokio::fs::File::create`): a download
+        // aborted while the create is in flight would otherwise still create the file after its
+        // task is gone, racing the removal of the download directory.
+        let file = std::fs::File::create(path).map_err(io_err)?;
+        let file = tokio::fs::File::from_std(file);
         let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let resp = self.get_blob(r, digest).await?;
         let mut verifier = Verifier::default();
