@@ -36,6 +36,9 @@ bench_name=${bench_name#"$bench_dir"/}
 
 # ---- logging ----------------------------------------------------------------------------------
 log() { printf '== [+%ss] %s: %s\n' "$(secs_since "$script_start")" "$bench_name" "$*" >&2; }
+# progress DONE TOTAL WHAT: for `pronto bench`'s progress bar, which reads the last line written
+# to $PRONTO_BENCH_PROGRESS (unset: nothing).
+progress() { [ -z "${PRONTO_BENCH_PROGRESS:-}" ] || printf '%s %s %s\n' "$1" "$2" "$3" >"$PRONTO_BENCH_PROGRESS"; }
 warn() { printf '%s: warning: %s\n' "$bench_name" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$bench_name" "$*" >&2; exit 1; }
 

@@ -71,6 +71,7 @@ build_pronto
 
 # ---- the layer trees (cached) ---------------------------------------------------------------
 declare -A layers
+progress 0 0 "building the workload images (cached in ${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench})"
 build_out=$(bash "$here/build.sh" ${workloads//,/ })
 while read -r w dirs; do layers[$w]=$dirs; done <<<"$build_out"
 
@@ -126,6 +127,7 @@ wl_config() {
     data-loader) entry[$1]="--entrypoint /usr/bin/python3 --cmd /app/app.py" mem[$1]=1024 cpu[$1]=1 path[$1]="/" ;;
   esac
 }
+progress 0 0 "pushing the workload images"
 for w in ${workloads//,/ }; do
   wl_config "$w"
   largs=(); for d in ${layers[$w]}; do largs+=(--layer "$d"); done
@@ -164,6 +166,7 @@ for w in ${workloads//,/ }; do
   P function create "$w-full" "${common[@]}" --acceleration-type None >/dev/null
   P function create "$w-acc" "${common[@]}" --acceleration-type Default >/dev/null
 done
+progress 0 0 "waiting for the accelerated images"
 for w in ${workloads//,/ }; do
   t0=$EPOCHREALTIME
   for _ in $(seq 3600); do
@@ -248,19 +251,27 @@ takes() {
   case ",$modes," in *,floor,* | *,warm,*) return 0 ;; esac
   return 1
 }
+per_run=0
+for mode in full floor accel-first accel; do takes "$mode" && per_run=$((per_run + 1)); done
+[[ ",$modes," == *,warm,* ]] && per_run=$((per_run + 1))
+total=$(( $(wc -w <<<"${workloads//,/ }") * runs * per_run )) done_samples=0
 for w in ${workloads//,/ }; do
   for i in $(seq "$runs"); do
     for mode in full floor accel-first accel; do
       takes "$mode" || continue
       fn="$w-full"; case $mode in accel*) fn="$w-acc" ;; esac
+      progress "$done_samples" "$total" "$w $mode run $i"
       cold_node "$mode" "$w"
       invoke_once "$w" "$fn" "$mode" "$i"
+      done_samples=$((done_samples + 1))
       if [ "$mode" = full ] && [[ ",$modes," == *,warm,* ]]; then
         invoke_once "$w" "$fn" warm "$i"
+        done_samples=$((done_samples + 1))
       fi
     done
   done
 done
+progress "$total" "$total" "report"
 stop_daemon
 
 # ---- nothing left behind ----------------------------------------------------------------------

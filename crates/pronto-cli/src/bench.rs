@@ -121,19 +121,86 @@ async fn coldstart(args: &ColdstartArgs) -> anyhow::Result<()> {
         .context("creating a directory for the bench scripts")?;
     write_files(dir.path())?;
     let signals = Signals::new()?;
+    let progress_file = dir.path().join("progress");
     let mut child = tokio::process::Command::new("bash")
         .arg(dir.path().join(RUN_SH))
         .args(args.script_args())
         .env("PRONTO_BIN", &exe)
+        .env("PRONTO_BENCH_PROGRESS", &progress_file)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("running bash")?;
+    // The script's log (stderr) is printed above the bar, so that the two do not interleave.
+    let bar = indicatif::ProgressBar::new_spinner();
+    let log = child.stderr.take().expect("piped");
+    let printer = tokio::spawn(print_above(bar.clone(), log));
+    let ticker = tokio::spawn(follow_progress(bar.clone(), progress_file));
     let status = signals.wait(&mut child).await;
+    ticker.abort();
+    // Bounded: a process the script left behind could hold its stderr open.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
+    bar.finish_and_clear();
     let removed = dir.close();
     let status = status.context("waiting for bash")?;
     if !status.success() {
         bail!("{RUN_SH} failed ({status})");
     }
     removed.context("removing the bench scripts")
+}
+
+/// Prints each line of `log` above `bar` (as is when stderr is not a terminal: the bar is
+/// hidden then).
+async fn print_above(bar: indicatif::ProgressBar, log: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(log).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    }
+}
+
+/// Shows on `bar` what the script last wrote to `file` ([`parse_progress`]), every 200 ms.
+async fn follow_progress(bar: indicatif::ProgressBar, file: PathBuf) {
+    let counting = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} samples, {msg} (ETA {eta})",
+    )
+    .expect("a valid template");
+    let waiting = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+        .expect("a valid template");
+    bar.set_style(waiting.clone());
+    bar.set_message("starting");
+    let mut last = String::new();
+    loop {
+        bar.tick();
+        if let Ok(text) = tokio::fs::read_to_string(&file).await {
+            if text != last {
+                if let Some((done, total, what)) = parse_progress(&text) {
+                    if total == 0 {
+                        bar.set_style(waiting.clone());
+                    } else {
+                        bar.set_style(counting.clone());
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    }
+                    bar.set_message(what.to_string());
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `DONE TOTAL WHAT` (bench/lib.sh's `progress`); TOTAL 0: a phase without a count.
+fn parse_progress(text: &str) -> Option<(u64, u64, &str)> {
+    let line = text.lines().next()?;
+    let mut parts = line.splitn(3, ' ');
+    let done = parts.next()?.parse().ok()?;
+    let total = parts.next()?.parse().ok()?;
+    Some((done, total, parts.next().unwrap_or("")))
 }
 
 /// Writes [`FILES`] under `dir`: directories 0755 and files 0644, as in a checkout (build.sh
@@ -227,6 +294,22 @@ mod tests {
         files_under(&root, &root.join("bench/coldstart"), &mut in_tree);
         let embedded: BTreeSet<String> = FILES.iter().map(|(p, _)| (*p).to_owned()).collect();
         assert_eq!(embedded, in_tree);
+    }
+
+    #[test]
+    fn progress_lines_parse() {
+        assert_eq!(
+            parse_progress("3 40 python-ml accel run 2\n"),
+            Some((3, 40, "python-ml accel run 2"))
+        );
+        assert_eq!(
+            parse_progress("0 0 pushing the workload images"),
+            Some((0, 0, "pushing the workload images"))
+        );
+        assert_eq!(parse_progress("3 4"), Some((3, 4, "")));
+        assert_eq!(parse_progress(""), None, "a file being written");
+        assert_eq!(parse_progress("3"), None);
+        assert_eq!(parse_progress("x 4 y"), None);
     }
 
     #[test]

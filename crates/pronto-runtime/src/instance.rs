@@ -221,6 +221,16 @@ impl Instance {
             .and_then(|m| m.take_access_trace())
     }
 
+    /// The counters of its lazy mount (shared with the image's other instances on this node),
+    /// if its rootfs is lazy.
+    pub fn lazy_stats(&self) -> Option<pronto_lazyfs::StatsSnapshot> {
+        self.lazy
+            .lock()
+            .expect("instance lock poisoned")
+            .as_ref()
+            .and_then(|m| m.stats())
+    }
+
     /// Its address on the node's instance network (its `eth0`), if it has one.
     pub fn address(&self) -> Option<std::net::Ipv4Addr> {
         self.layout

@@ -23,6 +23,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod console;
+pub mod explain;
 pub mod images;
 pub mod invoke;
 pub mod metrics;

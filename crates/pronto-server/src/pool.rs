@@ -756,7 +756,12 @@ impl Pool {
 
     /// After the first response of a cold start: stores the access trace its new lazy mount
     /// recorded (in the background), so that the next cold starts prefetch it.
-    pub fn keep_access_trace(&self, lease: &Lease, spec: &RunSpec) {
+    pub fn keep_access_trace(
+        &self,
+        lease: &Lease,
+        spec: &RunSpec,
+        profile: crate::explain::StartProfile,
+    ) {
         let Some(trace) = lease.instance.take_access_trace() else {
             return;
         };
@@ -774,7 +779,14 @@ impl Pool {
                 Ok(()) => {
                     tracing::info!(%function, image = %digest, chunks, "access trace recorded")
                 }
-                Err(e) => tracing::warn!(%function, error = %e, "storing the access trace"),
+                Err(e) => {
+                    tracing::warn!(%function, error = %e, "storing the access trace");
+                    return;
+                }
+            }
+            let profile = serde_json::to_string(&profile).expect("plain numbers");
+            if let Err(e) = store.set_start_profile(&function, &digest, profile).await {
+                tracing::warn!(%function, error = %e, "storing the start's profile");
             }
         });
     }

@@ -142,7 +142,7 @@ pub async fn forward(
     );
     let breakdown = Breakdown::of(&lease, marks, first_byte);
     if let Some(b) = &breakdown {
-        pool.keep_access_trace(&lease, spec);
+        pool.keep_access_trace(&lease, spec, b.start_profile(&lease));
         b.record(metrics, spec.name());
         tracing::info!(
             rootfs = b.rootfs,
@@ -237,6 +237,29 @@ impl Breakdown {
             image_pulled: t.image_pulled,
             prefetched: t.prefetched,
         })
+    }
+
+    /// What this start spent besides the image (see [`crate::explain::StartProfile`]): the
+    /// setup and start phases, and the program's time to its first byte less the time its
+    /// reads waited on fetches (the lazy mount's fetch latencies).
+    pub fn start_profile(&self, lease: &Lease) -> crate::explain::StartProfile {
+        let ms = |names: &[&str]| -> f64 {
+            self.phases
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(_, d)| d.as_secs_f64() * 1e3)
+                .sum()
+        };
+        let fetch_wait_ms = lease
+            .instance
+            .lazy_stats()
+            .map_or(0.0, |s| s.fetch_micros_total as f64 / 1e3);
+        let program = ms(&["ready", "response"]);
+        crate::explain::StartProfile {
+            setup_ms: ms(&["setup", "start"]),
+            program_ms: (program - fetch_wait_ms).max(0.0),
+            fetch_wait_ms: fetch_wait_ms.min(program),
+        }
     }
 
     pub fn total(&self) -> Duration {

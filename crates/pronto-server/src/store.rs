@@ -105,6 +105,9 @@ const MIGRATIONS: &[&str] = &[
         password TEXT NOT NULL,
         created_time TEXT NOT NULL
     ) STRICT;",
+    // 6: with an access trace, the profile of the start that recorded it (JSON of
+    // `explain::StartProfile`: what `explain` predicts whole cold starts from).
+    "ALTER TABLE access_traces ADD COLUMN start_profile TEXT;",
 ];
 
 /// `function_configs.version` of the configuration still serving LATEST during an update.
@@ -418,6 +421,47 @@ impl Store {
             )
             .optional()
             .map_err(query("read access trace"))
+        })
+        .await
+    }
+
+    /// The access trace of `function` running `image_digest` (as [`Store::access_trace`]) and
+    /// the profile of the start that recorded it (JSON), if it was kept.
+    pub async fn access_trace_and_profile(
+        &self,
+        function: &str,
+        image_digest: &str,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
+        let (function, image_digest) = (function.to_string(), image_digest.to_string());
+        self.with_conn(move |c| {
+            c.query_row(
+                "SELECT chunks, start_profile FROM access_traces
+                 WHERE function_name = ?1 AND image_digest = ?2",
+                [&function, &image_digest],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(query("read access trace"))
+        })
+        .await
+    }
+
+    /// Keeps `profile` (JSON) with `function`'s trace of `image_digest`, if that trace exists.
+    pub async fn set_start_profile(
+        &self,
+        function: &str,
+        image_digest: &str,
+        profile: String,
+    ) -> Result<(), StoreError> {
+        let (function, image_digest) = (function.to_string(), image_digest.to_string());
+        self.with_conn(move |c| {
+            c.execute(
+                "UPDATE access_traces SET start_profile = ?3
+                 WHERE function_name = ?1 AND image_digest = ?2",
+                [&function, &image_digest, &profile],
+            )
+            .map(drop)
+            .map_err(query("store start profile"))
         })
         .await
     }

@@ -215,6 +215,41 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
         !trace.chunks.contains(&big_first),
         "big.bin is not in the trace"
     );
+    // Explained from the trace and the index: what was read, what was not, the start's profile
+    // and the predicted cold starts (the CLI's and the console's view of it).
+    let e = env
+        .call(
+            Method::GET,
+            &format!("{FUNCTIONS}/lazy/explain?link=1gbit,2ms"),
+            None,
+        )
+        .await;
+    assert_eq!(e.status, StatusCode::OK, "{}", e.body);
+    let e = e.body;
+    let read: Vec<&str> = e["read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(read.contains(&"www/index.html"), "{read:?}");
+    assert!(!read.contains(&"www/big.bin"), "{read:?}");
+    assert_eq!(e["largestUntouched"][0]["path"], "www/big.bin", "{e}");
+    assert_eq!(e["traceChunks"], json!(trace.len()));
+    let profile = &e["startProfile"];
+    let setup = profile["setupMs"].as_f64().expect("a start profile");
+    let program = profile["programMs"].as_f64().unwrap();
+    assert!(setup > 0.0 && program >= 0.0, "{profile}");
+    // The prediction adds the recorded local time to each path's image part.
+    let p = &e["prediction"];
+    let cold = &p["coldStart"];
+    let accelerated = cold["acceleratedMs"].as_f64().unwrap();
+    let transfer = p["accelerated"]["seconds"].as_f64().unwrap() * 1e3;
+    assert!(
+        (accelerated - (transfer + setup + program)).abs() < 1e-6,
+        "{p}"
+    );
+    assert!(cold["fullMs"].as_f64().unwrap() >= p["full"]["seconds"].as_f64().unwrap() * 1e3);
     let r = invoke(&env, "/big.bin").await;
     assert!(r.headers().get("x-pronto-cold-start").is_none(), "warm");
     assert!(

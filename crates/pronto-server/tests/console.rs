@@ -421,6 +421,107 @@ async fn a_person_signs_in_sees_the_function_invokes_it_and_sees_its_cold_start(
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/console/login");
 
+    // Explain needs a trace, recorded by a cold start on a new lazy mount: `hello`'s first
+    // start if its acceleration was Ready by then, else that of a second function of the image
+    // (`hello`'s instance runs the pulled tree, so the second mounts the artifact anew).
+    let get = |name: &str| {
+        let path = format!("/2023-03-30/functions/{name}");
+        let env = &env;
+        async move { env.call(reqwest::Method::GET, &path, None).await.body }
+    };
+    for tries in 0.. {
+        let f = get("hello").await;
+        match f["accelerationInfo"]["status"].as_str() {
+            Some("Ready") => break,
+            Some("Preparing") if tries < 300 => {}
+            _ => panic!("acceleration never became Ready: {f}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let explained = if get("hello").await["accessTrace"]["chunks"].is_u64() {
+        "hello"
+    } else {
+        env.create(
+            "lazyhello",
+            &image,
+            json!({"authType": "anonymous", "customContainerConfig": {"port": 9000}}),
+        )
+        .await;
+        for tries in 0.. {
+            let f = get("lazyhello").await;
+            match f["accelerationInfo"]["status"].as_str() {
+                Some("Ready") => break,
+                Some("Preparing") if tries < 300 => {}
+                _ => panic!("acceleration never became Ready: {f}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = env
+            .http
+            .get(format!(
+                "http://{}/invoke/lazyhello/index.html",
+                env.server().invoke_addr
+            ))
+            .send()
+            .await
+            .unwrap();
+        let timing = r.headers()["x-pronto-cold-start"].to_str().unwrap();
+        assert!(timing.contains("rootfs=lazy;"), "{timing}");
+        for tries in 0.. {
+            let f = get("lazyhello").await;
+            if f["accessTrace"]["chunks"].is_u64() {
+                break;
+            }
+            assert!(tries < 300, "no access trace: {f}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        "lazyhello"
+    };
+    let page = format!("/console/functions/{explained}");
+    browser.goto(&env.url(&page)).await;
+    browser.wait_url(&page).await;
+    browser.click("#explain-link").await;
+    browser.wait_url(&format!("{page}/explain")).await;
+    let read = browser.text("#explain-read").await;
+    assert!(read.contains("www/index.html"), "{read}");
+    assert!(read.contains("bin/busybox"), "{read}");
+    let prediction = browser.text("#explain-prediction").await;
+    for path in [
+        "Full pull",
+        "Accelerated, first start",
+        "Accelerated + prefetch",
+    ] {
+        assert!(prediction.contains(path), "{prediction}");
+    }
+    assert!(
+        prediction.contains("100 Mbit/s, 20.0 ms RTT"),
+        "{prediction}"
+    );
+    assert!(
+        prediction.contains("The recorded start: setup"),
+        "{prediction}"
+    );
+    assert_eq!(
+        browser.count("#explain-prediction svg.coldbar").await,
+        3,
+        "a bar per path"
+    );
+    // Another link, from the form.
+    browser.type_into("#link-input", "1gbit,2ms").await;
+    browser.click("#explain-form button").await;
+    browser.wait_url("/explain?link=1gbit%2C2ms").await;
+    let prediction = browser.text("#explain-prediction").await;
+    assert!(
+        prediction.contains("1000 Mbit/s, 2.0 ms RTT"),
+        "{prediction}"
+    );
+    // A link that is not one: the reason, on the page.
+    browser
+        .goto(&env.url(&format!("{page}/explain?link=fast")))
+        .await;
+    let error = browser.text("#explain-error").await;
+    assert!(error.contains("expected BANDWIDTH,RTT"), "{error}");
+
     // Signing out ends the session.
     browser.click("#logout").await;
     browser.wait_url("/console/login").await;

@@ -141,6 +141,38 @@ async fn every_documented_response_is_served_as_documented() {
         json!({"customContainerConfig": {"accelerationType": "None"}}),
     )
     .await;
+    // Accelerated, and its first (lazy) cold start recorded a trace: what explain needs.
+    env.create("explained", &env.image("served:v1"), json!({}))
+        .await;
+    let explained = "/2023-03-30/functions/explained";
+    let mut waited = 0;
+    loop {
+        let f = env.call(Method::GET, explained, None).await.body;
+        match f["accelerationInfo"]["status"].as_str() {
+            Some("Ready") => break,
+            Some("Preparing") if waited < 300 => {}
+            _ => panic!("acceleration never became Ready: {f}"),
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = env
+        .call(
+            Method::POST,
+            &format!("{explained}/invocations"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for tries in 0.. {
+        let f = env.call(Method::GET, explained, None).await.body;
+        if f["accessTrace"]["chunks"].is_u64() {
+            break;
+        }
+        assert!(tries < 300, "no access trace recorded: {f}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let explain = "/2023-03-30/functions/{functionName}/explain";
     let invocations = "/2023-03-30/functions/{functionName}/invocations";
     let one = "/2023-03-30/functions/{functionName}";
     let logs = "/2023-03-30/functions/{functionName}/logs";
@@ -239,6 +271,47 @@ async fn every_documented_response_is_served_as_documented() {
         case(M::GET, one, "/2023-03-30/functions/f", true, None, 200),
         case(M::GET, one, "/2023-03-30/functions/f", false, None, 401),
         case(M::GET, one, "/2023-03-30/functions/nope", true, None, 404),
+        case(
+            M::GET,
+            explain,
+            &format!("{explained}/explain?link=1gbit,2ms"),
+            true,
+            None,
+            200,
+        ),
+        case(
+            M::GET,
+            explain,
+            &format!("{explained}/explain?link=fast"),
+            true,
+            None,
+            400,
+        ),
+        case(
+            M::GET,
+            explain,
+            &format!("{explained}/explain"),
+            false,
+            None,
+            401,
+        ),
+        case(
+            M::GET,
+            explain,
+            "/2023-03-30/functions/nope/explain",
+            true,
+            None,
+            404,
+        ),
+        // Not accelerated: nothing to explain.
+        case(
+            M::GET,
+            explain,
+            "/2023-03-30/functions/served/explain",
+            true,
+            None,
+            409,
+        ),
         // No cold start yet: an empty trace (a recorded one: pronto-cli/tests/explain.rs).
         case(
             M::GET,

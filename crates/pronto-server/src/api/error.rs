@@ -64,6 +64,12 @@ pub enum ApiError {
     /// A version, alias or provision config missing or in the way.
     #[error(transparent)]
     Release(StoreError),
+    /// The function cannot be explained yet (not accelerated, or no trace recorded).
+    #[error("{0}")]
+    NothingToExplain(String),
+    /// Its artifact or layers could not be read from the registry.
+    #[error("function {function}: {message}")]
+    ExplainFailed { function: String, message: String },
 
     // Invocations.
     #[error("invoke a function at /invoke/{{functionName}}/{{path}} or with the x-fc-invocation-target header")]
@@ -140,7 +146,10 @@ impl ApiError {
             ApiError::Credential(_) => StatusCode::NOT_FOUND,
             ApiError::Body { status, .. } => *status,
             ApiError::FunctionNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::FunctionAlreadyExists(_) => StatusCode::CONFLICT,
+            ApiError::FunctionAlreadyExists(_) | ApiError::NothingToExplain(_) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::ExplainFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +193,8 @@ impl ApiError {
             ApiError::Body { .. } => "InvalidArgument",
             ApiError::FunctionNotFound(_) => "FunctionNotFound",
             ApiError::FunctionAlreadyExists(_) => "FunctionAlreadyExists",
+            ApiError::NothingToExplain(_) => "NothingToExplain",
+            ApiError::ExplainFailed { .. } => "ArtifactUnavailable",
             ApiError::Unauthorized(_) => "Unauthorized",
             ApiError::RouteNotFound { .. } => "NotFound",
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",

@@ -12,6 +12,7 @@ mod credentials;
 mod error;
 mod function_create;
 mod function_delete;
+mod function_explain;
 mod function_get;
 mod function_invoke;
 mod function_list;
@@ -34,6 +35,7 @@ use tower_http::trace::TraceLayer;
 
 pub use credentials::ListCredentialsOutput;
 pub use error::{ApiError, ErrorBody};
+pub(crate) use function_explain::{explanation, parse_link};
 pub use function_invoke::{EVENT_PATH, INVOCATION_TYPE_HEADER};
 pub(crate) use function_logs::recent_lines;
 pub use function_trace::AccessTraceOutput;
@@ -70,6 +72,10 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/2023-03-30/functions/{functionName}/access-trace",
             get(function_trace::get_access_trace),
+        ),
+        (
+            "/2023-03-30/functions/{functionName}/explain",
+            get(function_explain::explain_function),
         ),
         (
             "/2023-03-30/functions/{functionName}/invocations",

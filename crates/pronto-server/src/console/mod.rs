@@ -65,6 +65,7 @@ pub fn route_paths() -> Vec<&'static str> {
         "/console/logout",
         "/console/functions/{functionName}",
         "/console/functions/{functionName}/invoke",
+        "/console/functions/{functionName}/explain",
         "/console/static/{file}",
     ]
 }
@@ -87,6 +88,10 @@ pub fn router(app: AppState) -> Router {
             "/console/functions/{functionName}/invoke",
             post(invoke_form),
         )
+        .route(
+            "/console/functions/{functionName}/explain",
+            get(explain_page),
+        )
         .route("/console/static/{file}", get(asset))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -102,6 +107,7 @@ fn templates() -> &'static Environment<'static> {
             ("index.html", include_str!("templates/index.html")),
             ("function.html", include_str!("templates/function.html")),
             ("bar.html", include_str!("templates/bar.html")),
+            ("explain.html", include_str!("templates/explain.html")),
         ] {
             env.add_template(name, text).expect("a valid template");
         }
@@ -300,6 +306,46 @@ async fn render_function(c: &Console, name: &str, result: Option<view::InvokeRes
         "function.html",
         context! { f => detail, logs => logs.join("\n"), result => result, csrf => &*c.csrf },
     )
+}
+
+#[derive(Deserialize)]
+struct ExplainParams {
+    link: Option<String>,
+}
+
+/// Files listed per table on the explain page (the API lists all).
+const EXPLAIN_TOP: usize = 25;
+
+async fn explain_page(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::Query(params): axum::extract::Query<ExplainParams>,
+) -> Response {
+    if !signed_in(&c.app, &headers) {
+        return redirect("/console/login");
+    }
+    let link_text = params.link.unwrap_or_else(|| "100mbit,20ms".to_string());
+    let result = match crate::api::parse_link(Some(&link_text)) {
+        Ok(link) => crate::api::explanation(&c.app, &name, link, false).await,
+        Err(e) => Err(e),
+    };
+    let (status, ctx) = match result {
+        Ok(e) => (
+            StatusCode::OK,
+            context! {
+                name => &name,
+                link => &link_text,
+                e => view::explain_view(&e, EXPLAIN_TOP),
+                csrf => &*c.csrf,
+            },
+        ),
+        Err(err) => (
+            err.status(),
+            context! { name => &name, link => &link_text, error => err.to_string(), csrf => &*c.csrf },
+        ),
+    };
+    page(status, "explain.html", ctx)
 }
 
 #[derive(Deserialize)]

@@ -377,3 +377,133 @@ mod tests {
         assert_eq!(bytes(3 * 1024 * 1024 + 512 * 1024), "3.5 MiB");
     }
 }
+
+/// The explain page: [`crate::explain::Explanation`] cut to what a page shows.
+#[derive(Debug, Serialize)]
+pub struct ExplainView {
+    pub image: String,
+    pub files_read: u64,
+    pub image_files: u64,
+    pub bytes_read: String,
+    pub image_bytes: String,
+    pub read_percent: String,
+    pub bytes_fetched: String,
+    pub untouched_percent: String,
+    pub read: Vec<FileRow>,
+    pub more_read: usize,
+    pub untouched: Vec<FileRow>,
+    pub link: String,
+    pub model: String,
+    pub paths: Vec<PathRow>,
+    /// The recorded start's setup / program / waiting, when it was kept.
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileRow {
+    pub n: usize,
+    pub path: String,
+    pub read: String,
+    pub size: String,
+}
+
+/// One way to start the function, predicted.
+#[derive(Debug, Serialize)]
+pub struct PathRow {
+    pub label: &'static str,
+    pub bytes: String,
+    pub round_trips: u64,
+    pub transfer: String,
+    /// Predicted cold start, and its parts as widths (per mille of the slowest path's).
+    pub cold_start: Option<String>,
+    pub image_width: u64,
+    pub local_width: u64,
+}
+
+pub(super) fn explain_view(e: &crate::explain::Explanation, top: usize) -> ExplainView {
+    let percent = |n: u64, of: u64| {
+        if of == 0 {
+            "0.0".to_string()
+        } else {
+            format!("{:.1}", 100.0 * n as f64 / of as f64)
+        }
+    };
+    let row = |(i, f): (usize, &crate::explain::FileUse)| FileRow {
+        n: i + 1,
+        path: f.path.clone(),
+        read: bytes(f.bytes_read),
+        size: bytes(f.size),
+    };
+    let p = &e.prediction;
+    let cold = p.cold_start.as_ref();
+    let local_ms = e.start_profile.map_or(0.0, |s| s.setup_ms + s.program_ms);
+    let paths = [
+        ("Full pull", &p.full, cold.map(|c| c.full_ms)),
+        (
+            "Accelerated, first start",
+            &p.accelerated,
+            cold.map(|c| c.accelerated_ms),
+        ),
+        (
+            "Accelerated + prefetch",
+            &p.prefetched,
+            cold.map(|c| c.prefetched_ms),
+        ),
+    ];
+    let slowest = paths
+        .iter()
+        .map(|(_, t, c)| c.unwrap_or(t.seconds * 1e3))
+        .fold(1e-9, f64::max);
+    let width = |ms: f64| (1000.0 * ms / slowest).round().max(0.0) as u64;
+    ExplainView {
+        image: e.resolved_image_uri.clone(),
+        files_read: e.files_read,
+        image_files: e.image_files,
+        bytes_read: bytes(e.bytes_read),
+        image_bytes: bytes(e.image_file_bytes),
+        read_percent: percent(e.bytes_read, e.image_file_bytes),
+        bytes_fetched: bytes(e.bytes_fetched),
+        untouched_percent: format!("{:.1}", 100.0 * e.untouched_share),
+        read: e.read.iter().take(top).enumerate().map(row).collect(),
+        more_read: e.read.len().saturating_sub(top),
+        untouched: e
+            .largest_untouched
+            .iter()
+            .take(top)
+            .enumerate()
+            .map(row)
+            .collect(),
+        link: format!(
+            "{:.0} Mbit/s, {:.1} ms RTT",
+            p.link.bits_per_second / 1e6,
+            p.link.rtt_seconds * 1e3
+        ),
+        model: p.model.clone(),
+        paths: paths
+            .iter()
+            .map(|(label, t, c)| {
+                let total = c.unwrap_or(t.seconds * 1e3);
+                let local = if c.is_some() {
+                    local_ms.min(total)
+                } else {
+                    0.0
+                };
+                PathRow {
+                    label,
+                    bytes: bytes(t.bytes),
+                    round_trips: t.round_trips,
+                    transfer: format!("{:.2} s", t.seconds),
+                    cold_start: c.map(|ms| format!("{:.2} s", ms / 1e3)),
+                    image_width: width(total - local),
+                    local_width: width(local),
+                }
+            })
+            .collect(),
+        profile: e.start_profile.map(|s| {
+            format!(
+                "setup {:.0} ms, program {:.0} ms, waiting on the registry {:.0} ms",
+                s.setup_ms, s.program_ms, s.fetch_wait_ms
+            )
+        }),
+    }
+}
