@@ -1,5 +1,6 @@
 """Writes report.md and breakdown.svg from the cold-start samples (bench/coldstart/run.sh)."""
 import csv
+import json
 import math
 import os
 import statistics
@@ -74,6 +75,29 @@ for w in workloads:
             f"{tm / fm:.2f} | {tm / flm:.2f} | {ph} | {extra} |" if fm and flm else
             f"| {m} | {rootfs} | {len(rs)} | {tm:.0f} [{min(t):.0f}–{max(t):.0f}] | – | – | {ph} | {extra} |")
     lines.append("")
+# ---- explain's predictions against the measured medians ---------------------------------------
+predicted = []
+for w in workloads:
+    path = os.path.join(e.get("EXPLAIN_DIR", ""), f"{w}-explain.json")
+    if not e.get("EXPLAIN_DIR") or not os.path.exists(path):
+        continue
+    try:
+        cold = json.load(open(path))["prediction"].get("coldStart")
+    except (ValueError, KeyError):
+        cold = None
+    if not cold:
+        continue
+    for m, key in (("full", "fullMs"), ("accel-first", "acceleratedMs"), ("accel", "prefetchedMs")):
+        rs = by.get((w, m))
+        if rs:
+            measured = med(col(rs, "ttfb_ms"))
+            predicted.append(f"| {w} | {m} | {cold[key]:.0f} | {measured:.0f} | {cold[key] / measured:.2f} |")
+if predicted:
+    lines += ["## `pronto function explain`'s predictions", "",
+              "Predicted by `pronto function explain FN --link` (this run's link) from the access trace and start profile "
+              "of the last `accel-first` sample, against the measured median TTFB of each mode.", "",
+              "| workload | mode | predicted ms | measured ms (median) | predicted / measured |", "|---|---|---|---|---|"]
+    lines += predicted + [""]
 lines += ["## Checks", "", "- Every response: HTTP 200, the body checked per workload (puppeteer-pdf: starts with `%PDF-` and is > 2 kB; "
           "python-ml: species `setosa` for the iris sample 5.1,3.5,1.4,0.2; python-small: `primes below 100000: 9592`; "
           "data-loader: the SHA-256 of its 300 MiB file as computed at build time); a wrong body fails the run.",

@@ -272,6 +272,14 @@ for w in ${workloads//,/ }; do
   done
 done
 progress "$total" "$total" "report"
+# what `pronto function explain` predicts from the last accel-first start's trace, to set
+# against the measured medians in the report
+if [[ ",$modes," == *,accel-first,* ]]; then
+  for w in ${workloads//,/ }; do
+    P function explain "$w-acc" --link "$rate,$rtt" --no-layers -o json >"$work/$w-explain.json" ||
+      warn "$w: explain failed"
+  done
+fi
 stop_daemon
 
 # ---- nothing left behind ----------------------------------------------------------------------
@@ -303,7 +311,7 @@ report_env "$work"
 mkdir -p "$out"
 cp "$samples" "$out/samples.tsv"
 sizes=""; for w in ${workloads//,/ }; do sizes+="$w=${size[$w]},$(jq -r '.customContainerConfig.accelerationInfo // .accelerationInfo | tojson' "$work/$w-acc.json" | tr -d '\t');"; done
-export RUNS=$runs LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
+export EXPLAIN_DIR=$work RUNS=$runs LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
   MACHINE="$MACHINE, load average at the end $LOAD_END (a shared machine)" VERSION="pronto $pronto_version"
 "$PY" "$here/report.py" "$samples" "$out"
 log "written: $out/report.md, $out/breakdown.svg"
