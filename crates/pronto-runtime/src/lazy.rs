@@ -20,7 +20,9 @@ use pronto_artifact::{fetch_artifact_in, ArtifactError};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient};
 use pronto_lazyfs::stats::Stats;
-use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};
+use pronto_lazyfs::{
+    AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot, StreamPolicy,
+};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +181,11 @@ impl LazyStore {
             root,
             client,
             cache: Arc::new(ChunkCache::open(cache_dir, cache_bytes)?),
-            options: MountOptions::default(),
+            // Stream the rest of an image when it pays (see `pronto_lazyfs::stream`).
+            options: MountOptions {
+                background_stream: StreamPolicy::Auto,
+                ..MountOptions::default()
+            },
             fetch_rt: FetchRuntime::new()?,
             mounts: Mutex::default(),
             next: AtomicU64::new(0),
