@@ -584,3 +584,66 @@ async fn a_miss_is_not_queued_behind_prefetch_or_the_stream() {
     assert_eq!(s.demand_range_requests, 1, "the probe's own request: {s}");
     mount.unmount().unwrap();
 }
+
+/// `Auto` on a mount whose program reads a little and then stops: the stream measures the
+/// link (its first request when nothing else did), waits for the reads to settle or streams
+/// at once when the rest is small for the link, and ends with every chunk cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_measures_the_link_and_streams_the_rest() {
+    let _serial = SERIAL.lock().await;
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<Vec<u8>> = (0..8).map(|i| noise(1 << 20, 90 + i)).collect();
+    let mut layer = Layer::zstd();
+    for (i, data) in files.iter().enumerate() {
+        layer = layer.file(format!("f{i}"), data);
+    }
+    accelerate_with(
+        &registry,
+        ImageBuilder::new().layer(layer),
+        "stream/auto:v1",
+        CHUNK,
+        4 << 20,
+        work.path(),
+    )
+    .await;
+    let proxy = FaultyProxy::start(registry.addr());
+    let artifact = via_proxy(&proxy, "stream/auto:v1").await;
+    proxy.set_link(Some(Link::mbit(100, 10)));
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mount = mount_with(&artifact, &cache, &dir, &options(StreamPolicy::Auto));
+    let (d, expect) = (dir.clone(), files[5].clone());
+    blocking(move || assert!(std::fs::read(d.join("f5")).unwrap() == expect)).await;
+    wait_until(Duration::from_secs(30), "the stream is done", || {
+        mount.stats().stream_state == StreamState::Done as u64
+    })
+    .await;
+    let s = mount.stats();
+    eprintln!("auto: {s}");
+    assert!(
+        s.link_bytes_per_sec > 1_000_000,
+        "the link was measured: {s}"
+    );
+    assert!(s.streamed_chunks > 0, "{s}");
+    for c in all_chunks(&artifact) {
+        assert!(cache.contains(&c.digest), "every chunk cached: {s}");
+    }
+    let d = dir.clone();
+    blocking(move || {
+        for (i, data) in files.iter().enumerate() {
+            assert!(
+                std::fs::read(d.join(format!("f{i}"))).unwrap() == *data,
+                "f{i}"
+            );
+        }
+    })
+    .await;
+    assert_eq!(
+        mount.stats().fetched_chunks,
+        s.fetched_chunks,
+        "nothing more fetched"
+    );
+    mount.unmount().unwrap();
+}
