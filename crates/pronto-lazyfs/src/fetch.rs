@@ -60,6 +60,10 @@ const AHEAD_RUN_BYTES: u64 = 8 << 20;
 /// fetch runtime's two workers (which carry every reader's requests).
 const BLOCKING_DECODE_BYTES: u64 = 1 << 20;
 
+/// Why a flight ended without its chunk when the request that claimed it was dropped (the
+/// stream stopped, the runtime went): its waiters fetch the chunk themselves.
+pub(crate) const ABANDONED: &str = "the request that claimed this chunk was dropped before it came";
+
 /// A chunk whose fetch gave up this recently, after trying at least this long, fails again at
 /// once, without a request (see the module docs); later reads try the registry again.
 pub const FAILED_RECENTLY: Duration = Duration::from_millis(500);
@@ -191,6 +195,15 @@ pub struct ChunkFetcher {
     foreground: AtomicUsize,
     /// When the last of those ended (or the fetcher was made).
     last_foreground: Mutex<Instant>,
+}
+
+/// Releases its flights ([`ABANDONED`]) if dropped: `forget` it once the request is done.
+struct Abandoned<'a>(&'a ChunkFetcher, &'a [(ChunkRef, Arc<Flight>)]);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1, ABANDONED);
+    }
 }
 
 /// Counts a foreground request in flight for as long as it lives (a cancelled future too).
@@ -458,8 +471,8 @@ impl ChunkFetcher {
                 match s {
                     Source::Failed(e) => Err(e),
                     Source::Flight(f) => match f.wait() {
-                        // Claimed by the stream, which stopped before fetching it.
-                        Err(e) if e.reason == crate::stream::STREAM_STOPPED => self
+                        // Claimed by a request that was dropped (the stream stopped).
+                        Err(e) if e.reason == ABANDONED => self
                             .fetch_runs(&[*c], FetchKind::Demand)
                             .remove(0)
                             .map(|(data, _)| data.slice(range)),
@@ -736,7 +749,11 @@ impl ChunkFetcher {
             let fetcher = self.clone();
             self.rt.spawn(async move {
                 let refs: Vec<ChunkRef> = run.iter().map(|(c, _)| *c).collect();
+                // A task dropped before it lands (the runtime shutting down) must not leave
+                // readers waiting on its flights forever.
+                let guard = Abandoned(&fetcher, &run);
                 let results = fetcher.fetch_run(&refs, FetchKind::ReadAhead).await;
+                std::mem::forget(guard);
                 // Cache writes are file I/O: off the runtime's workers.
                 let landed = tokio::task::spawn_blocking(move || {
                     drop(fetcher.land(&run, results));

@@ -9,7 +9,7 @@
 //! (the others wait before claiming). Requests are sized from the measured link (about
 //! `REQUEST_TIME` of transfer) so a reader that needs a chunk the stream already claimed waits
 //! for at most one such request. A stop (unmount) drops the requests in flight at once; their
-//! chunks' flights fail with [`STREAM_STOPPED`] and whoever waits on one fetches it itself.
+//! chunks' flights fail with `fetch::ABANDONED` and whoever waits on one fetches it itself.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,10 +55,6 @@ pub(crate) const EAGER_TIME: Duration = Duration::from_secs(5);
 pub(crate) const QUIET_TIME: Duration = Duration::from_secs(1);
 /// How often a waiting stream looks again, and how soon a stop is seen.
 const POLL: Duration = Duration::from_millis(20);
-
-/// Why a flight the stream had claimed ended without its chunk: its waiters fetch it
-/// themselves.
-pub(crate) const STREAM_STOPPED: &str = "the background stream stopped before this chunk came";
 
 /// Streams the rest of the image until every chunk is cached (`Done`), `cancel` is set or a
 /// request fails (`Stopped`). Blocking: run it on a thread of its own.
@@ -171,7 +167,7 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
                 let results = tokio::select! {
                     r = fetcher.fetch_run(&refs, FetchKind::Stream) => r,
                     () = stopped(cancel) => {
-                        fetcher.release(&lead[at..], STREAM_STOPPED);
+                        fetcher.release(&lead[at..], crate::fetch::ABANDONED);
                         break;
                     }
                 };
