@@ -195,6 +195,8 @@ pub struct ChunkFetcher {
     foreground: AtomicUsize,
     /// When the last of those ended (or the fetcher was made).
     last_foreground: Mutex<Instant>,
+    /// Prefetches running: `Auto` streaming waits for them.
+    prefetching: AtomicUsize,
 }
 
 /// Releases its flights ([`ABANDONED`]) if dropped: `forget` it once the request is done.
@@ -253,6 +255,7 @@ impl ChunkFetcher {
             failed: Mutex::default(),
             foreground: AtomicUsize::new(0),
             last_foreground: Mutex::new(Instant::now()),
+            prefetching: AtomicUsize::new(0),
         }
     }
 
@@ -775,6 +778,19 @@ impl ChunkFetcher {
             .expect("last_foreground lock poisoned")
             .elapsed();
         (self.foreground.load(Ordering::SeqCst), idle)
+    }
+
+    /// A prefetch starts (`true`) or ends.
+    pub(crate) fn set_prefetching(&self, running: bool) {
+        if running {
+            self.prefetching.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn is_prefetching(&self) -> bool {
+        self.prefetching.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn stats(&self) -> &Stats {

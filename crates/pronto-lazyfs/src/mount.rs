@@ -237,11 +237,14 @@ impl LazyMount {
         let cancel = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = std::sync::mpsc::channel();
         let (fetcher, stop, stats) = (self.fetcher.clone(), cancel.clone(), self.stats.clone());
+        // Before the thread starts: a stream started next sees it (`Auto` waits for it).
+        self.fetcher.set_prefetching(true);
         let spawned = std::thread::Builder::new()
             .name("pronto-prefetch".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
                 fetcher.prefetch(&chunks, &stop);
+                fetcher.set_prefetching(false);
                 let s = stats.snapshot();
                 info!(
                     chunks = count,
@@ -260,6 +263,7 @@ impl LazyMount {
             }
             Err(e) => {
                 warn!(error = %e, "starting the prefetch thread");
+                self.fetcher.set_prefetching(false);
                 0
             }
         }
@@ -299,6 +303,14 @@ impl LazyMount {
             if p.done.recv_timeout(JOIN_TIMEOUT).is_err() {
                 warn!(mountpoint = %self.mountpoint.display(), "prefetch still running {JOIN_TIMEOUT:?} after it was cancelled; leaving it");
             }
+        }
+    }
+
+    /// Starts the background stream with `policy` if none was started (by the mount options
+    /// or before); call it after [`LazyMount::prefetch`], which `Auto` then waits for.
+    pub fn start_stream(&mut self, policy: StreamPolicy) {
+        if self.stream.is_none() {
+            self.stream = start_stream(&self.fetcher, policy);
         }
     }
 

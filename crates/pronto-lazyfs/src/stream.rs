@@ -83,6 +83,13 @@ pub(crate) fn run(
     }
     let mut failed = false;
     if policy == StreamPolicy::Auto {
+        // A prefetch fetches what the start will read first: after it.
+        while fetcher.is_prefetching() {
+            if cancel.load(Ordering::Relaxed) {
+                return StreamState::Stopped;
+            }
+            std::thread::sleep(POLL);
+        }
         if stats.link_rate() == 0 {
             // Nothing measured the link yet (a start's misses are small): one request of the
             // stream does, the first of the image.

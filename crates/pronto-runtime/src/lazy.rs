@@ -181,11 +181,7 @@ impl LazyStore {
             root,
             client,
             cache: Arc::new(ChunkCache::open(cache_dir, cache_bytes)?),
-            // Stream the rest of an image when it pays (see `pronto_lazyfs::stream`).
-            options: MountOptions {
-                background_stream: StreamPolicy::Auto,
-                ..MountOptions::default()
-            },
+            options: MountOptions::default(),
             fetch_rt: FetchRuntime::new()?,
             mounts: Mutex::default(),
             next: AtomicU64::new(0),
@@ -255,6 +251,8 @@ impl LazyStore {
             Some(t) if mount.prefetch(t) > 0 => Acquired::Prefetching,
             _ => Acquired::Recording,
         };
+        // The rest of the image, when it pays, after the prefetch (see `pronto_lazyfs::stream`).
+        mount.start_stream(StreamPolicy::Auto);
         self.book.add(n, mount.stats_handle());
         let shared = Arc::new(SharedMount {
             digest: image.manifest_digest.clone(),
