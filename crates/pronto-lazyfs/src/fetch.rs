@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use pronto_image::{Digest, Reference, RegistryClient};
 use tracing::{error, warn};
 
 use crate::cache::{ChunkCache, Lookup};
-use crate::stats::Stats;
+use crate::stats::{FetchKind, Stats};
 
 /// A run is at most this many stored bytes (one Range request).
 const MAX_RUN_BYTES: u64 = 16 << 20;
@@ -52,6 +52,17 @@ const PREFETCH_GAP_BYTES: u64 = 256 << 10;
 /// holds whole directories' worth of neighbours, small enough that the start of the trace
 /// (what the program reads first) goes out first.
 const PREFETCH_WINDOW_BYTES: u64 = 16 << 20;
+
+/// Stored bytes per read-ahead request at most: a sequential reader's window is cut into
+/// requests this size, several in flight.
+const AHEAD_RUN_BYTES: u64 = 8 << 20;
+/// A run at least this large is decompressed and verified on the blocking pool, not on the
+/// fetch runtime's two workers (which carry every reader's requests).
+const BLOCKING_DECODE_BYTES: u64 = 1 << 20;
+
+/// Why a flight ended without its chunk when the request that claimed it was dropped (the
+/// stream stopped, the runtime went): its waiters fetch the chunk themselves.
+pub(crate) const ABANDONED: &str = "the request that claimed this chunk was dropped before it came";
 
 /// A chunk whose fetch gave up this recently, after trying at least this long, fails again at
 /// once, without a request (see the module docs); later reads try the registry again.
@@ -105,7 +116,7 @@ pub struct FetchError {
 
 /// One chunk being fetched: the leader fills `result`, waiters block on `ready`.
 #[derive(Default)]
-struct Flight {
+pub(crate) struct Flight {
     result: Mutex<Option<Result<Bytes, FetchError>>>,
     ready: Condvar,
 }
@@ -179,6 +190,36 @@ pub struct ChunkFetcher {
     /// Chunks whose fetch gave up, when, and why: failed again at once for
     /// [`FAILED_RECENTLY`].
     failed: Mutex<HashMap<[u8; 32], (Instant, FetchError)>>,
+    /// Range requests in flight that are not the background stream's (readers' misses,
+    /// read-ahead, prefetch): the stream yields to them.
+    foreground: AtomicUsize,
+    /// When the last of those ended (or the fetcher was made).
+    last_foreground: Mutex<Instant>,
+    /// Prefetches running: `Auto` streaming waits for them.
+    prefetching: AtomicUsize,
+}
+
+/// Releases its flights ([`ABANDONED`]) if dropped: `forget` it once the request is done.
+struct Abandoned<'a>(&'a ChunkFetcher, &'a [(ChunkRef, Arc<Flight>)]);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1, ABANDONED);
+    }
+}
+
+/// Counts a foreground request in flight for as long as it lives (a cancelled future too).
+struct Foreground<'a>(&'a ChunkFetcher);
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_foreground
+            .lock()
+            .expect("last_foreground lock poisoned") = Instant::now();
+        self.0.foreground.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -212,6 +253,9 @@ impl ChunkFetcher {
             layout: Vec::new(),
             closing: AtomicBool::new(false),
             failed: Mutex::default(),
+            foreground: AtomicUsize::new(0),
+            last_foreground: Mutex::new(Instant::now()),
+            prefetching: AtomicUsize::new(0),
         }
     }
 
@@ -419,23 +463,30 @@ impl ChunkFetcher {
         let mut unstored = self.unstored(Vec::new());
         if !lead.is_empty() {
             let refs: Vec<ChunkRef> = lead.iter().map(|(c, _)| *c).collect();
-            let results = self.fetch_runs(&refs);
+            let results = self.fetch_runs(&refs, FetchKind::Demand);
             unstored = self.land(&lead, results);
         }
         let results = sources
             .into_iter()
             .zip(pieces)
-            .map(|(s, (_, r))| {
+            .map(|(s, (c, r))| {
                 let range = r.start as usize..r.end as usize;
                 match s {
                     Source::Failed(e) => Err(e),
-                    Source::Flight(f) => f.wait().map(|data| data.slice(range)),
+                    Source::Flight(f) => match f.wait() {
+                        // Claimed by a request that was dropped (the stream stopped).
+                        Err(e) if e.reason == ABANDONED => self
+                            .fetch_runs(&[*c], FetchKind::Demand)
+                            .remove(0)
+                            .map(|(data, _)| data.slice(range)),
+                        r => r.map(|data| data.slice(range)),
+                    },
                     Source::Cached(c) => {
                         match self.cache.read(&c.digest, c.uncompressed_size, r.clone()) {
                             Lookup::Hit(data) => Ok(Bytes::from(data)),
                             // Evicted or corrupt since: fetch it after all.
                             _ => self
-                                .fetch_runs(&[c])
+                                .fetch_runs(&[c], FetchKind::Demand)
                                 .remove(0)
                                 .map(|(data, _)| data.slice(range)),
                         }
@@ -451,7 +502,11 @@ impl ChunkFetcher {
     /// returned [`Unstored`] has written them to the cache, so that "not in flight" and "not
     /// cached" are never both true of a chunk someone fetched: no chunk is fetched twice (see
     /// `get_chunks`). Failed ones leave the map now, for the next reader to try again.
-    fn land(&self, lead: &[(ChunkRef, Arc<Flight>)], results: Vec<Fetched>) -> Unstored<'_> {
+    pub(crate) fn land(
+        &self,
+        lead: &[(ChunkRef, Arc<Flight>)],
+        results: Vec<Fetched>,
+    ) -> Unstored<'_> {
         let mut fetched = Vec::new();
         for ((c, flight), result) in lead.iter().zip(results) {
             match result {
@@ -469,6 +524,22 @@ impl ChunkFetcher {
             }
         }
         self.unstored(fetched)
+    }
+
+    /// Ends flights claimed for a request that will not be made (the stream stopped): out of
+    /// the in-flight map, their waiters told `reason` (they fetch the chunks themselves).
+    pub(crate) fn release(&self, lead: &[(ChunkRef, Arc<Flight>)], reason: &str) {
+        let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
+        for (c, flight) in lead {
+            inflight.remove(&c.digest);
+            flight.finish(Err(FetchError {
+                chunk: hex::encode(c.digest),
+                pack: format!("#{}", c.pack),
+                offset: c.offset,
+                len: c.compressed_size,
+                reason: reason.to_string(),
+            }));
+        }
     }
 
     /// Why `digest`'s fetch gave up, if it did less than [`FAILED_RECENTLY`] ago.
@@ -495,7 +566,7 @@ impl ChunkFetcher {
 
     /// Flights for those of `chunks` that are neither cached nor being fetched: the caller
     /// leads them.
-    fn claim(&self, chunks: &[ChunkRef]) -> Vec<(ChunkRef, Arc<Flight>)> {
+    pub(crate) fn claim(&self, chunks: &[ChunkRef]) -> Vec<(ChunkRef, Arc<Flight>)> {
         let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
         let mut lead = Vec::new();
         for c in chunks {
@@ -533,7 +604,7 @@ impl ChunkFetcher {
                     end += 1;
                 }
                 let refs: Vec<ChunkRef> = lead[at..end].iter().map(|(c, _)| *c).collect();
-                let results = self.fetch_run(&refs).await;
+                let results = self.fetch_run(&refs, FetchKind::Prefetch).await;
                 let content = results
                     .iter()
                     .flatten()
@@ -619,7 +690,7 @@ impl ChunkFetcher {
 
     /// Fetches `chunks` (distinct digests) in as few Range requests as adjacency allows, all at
     /// once; one result per chunk, in order.
-    fn fetch_runs(&self, chunks: &[ChunkRef]) -> Vec<Fetched> {
+    fn fetch_runs(&self, chunks: &[ChunkRef], kind: FetchKind) -> Vec<Fetched> {
         let mut order: Vec<usize> = (0..chunks.len()).collect();
         order.sort_by_key(|&i| (chunks[i].pack, chunks[i].offset));
         let mut runs: Vec<Vec<usize>> = Vec::new();
@@ -642,7 +713,7 @@ impl ChunkFetcher {
             .rt
             .block_on(futures_util::future::join_all(runs.iter().map(|run| {
                 let refs: Vec<ChunkRef> = run.iter().map(|&i| chunks[i]).collect();
-                async move { self.fetch_run(&refs).await }
+                async move { self.fetch_run(&refs, kind).await }
             })));
         let mut results: Vec<Option<Fetched>> = vec![None; chunks.len()];
         for (run, run_result) in runs.iter().zip(run_results) {
@@ -656,8 +727,90 @@ impl ChunkFetcher {
             .collect()
     }
 
+    /// Starts fetching those of `chunks` (the next ones of a file read in order) that are
+    /// neither cached nor in flight, in requests of at most `AHEAD_RUN_BYTES` stored bytes, in
+    /// the background: the read that asked does not wait for them (its own chunks are its
+    /// own request), readers that reach them wait on their flights. Landed in the node cache
+    /// as they arrive.
+    pub(crate) fn fetch_ahead(self: &Arc<Self>, chunks: &[ChunkRef]) {
+        let lead = self.claim(chunks);
+        let mut runs: Vec<Vec<(ChunkRef, Arc<Flight>)>> = Vec::new();
+        for (c, f) in lead {
+            if let Some(run) = runs.last_mut() {
+                let (first, last) = (&run[0].0, &run[run.len() - 1].0);
+                if last.pack == c.pack
+                    && last.pack_range().end == c.offset
+                    && c.pack_range().end - first.offset <= AHEAD_RUN_BYTES
+                {
+                    run.push((c, f));
+                    continue;
+                }
+            }
+            runs.push(vec![(c, f)]);
+        }
+        for run in runs {
+            let fetcher = self.clone();
+            self.rt.spawn(async move {
+                let refs: Vec<ChunkRef> = run.iter().map(|(c, _)| *c).collect();
+                // A task dropped before it lands (the runtime shutting down) must not leave
+                // readers waiting on its flights forever.
+                let guard = Abandoned(&fetcher, &run);
+                let results = fetcher.fetch_run(&refs, FetchKind::ReadAhead).await;
+                std::mem::forget(guard);
+                // Cache writes are file I/O: off the runtime's workers.
+                let landed = tokio::task::spawn_blocking(move || {
+                    drop(fetcher.land(&run, results));
+                })
+                .await;
+                if let Err(e) = landed {
+                    warn!(error = %e, "landing read-ahead chunks");
+                }
+            });
+        }
+    }
+
+    /// Whether any foreground request (not the stream's) is in flight, and how long ago the
+    /// last one ended.
+    pub(crate) fn foreground(&self) -> (usize, Duration) {
+        let idle = self
+            .last_foreground
+            .lock()
+            .expect("last_foreground lock poisoned")
+            .elapsed();
+        (self.foreground.load(Ordering::SeqCst), idle)
+    }
+
+    /// A prefetch starts (`true`) or ends.
+    pub(crate) fn set_prefetching(&self, running: bool) {
+        if running {
+            self.prefetching.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn is_prefetching(&self) -> bool {
+        self.prefetching.load(Ordering::SeqCst) > 0
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub(crate) fn layout(&self) -> &[Vec<ChunkRef>] {
+        &self.layout
+    }
+
+    pub(crate) fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     /// One Range request for a run of adjacent chunks, retried; each chunk verified.
-    async fn fetch_run(&self, run: &[ChunkRef]) -> Vec<Fetched> {
+    pub(crate) async fn fetch_run(&self, run: &[ChunkRef], kind: FetchKind) -> Vec<Fetched> {
         let first = run[0];
         let start = first.offset;
         let end = run.last().expect("runs are not empty").pack_range().end;
@@ -683,29 +836,52 @@ impl ChunkFetcher {
         let began = Instant::now();
         for attempt in 1..=self.retry.attempts.max(1) {
             let started = Instant::now();
+            let _foreground = (kind != FetchKind::Stream).then(|| {
+                self.foreground.fetch_add(1, Ordering::SeqCst);
+                Foreground(self)
+            });
             let got = tokio::time::timeout(
                 self.retry.attempt_timeout,
                 self.client
                     .read_blob_range(&self.repo, pack, start, end - start),
             )
             .await;
+            drop(_foreground);
             last = match got {
                 Ok(Ok(bytes)) => {
                     let content = run.iter().map(|c| u64::from(c.uncompressed_size)).sum();
                     self.stats.range_request(
+                        kind,
                         bytes.len() as u64,
                         run.len() as u64,
                         content,
                         started.elapsed(),
                     );
+                    let chunks = run.to_vec();
+                    let decode = move || -> Vec<Result<(Bytes, Vec<SegmentValue>), String>> {
+                        chunks
+                            .iter()
+                            .map(|c| {
+                                let at = (c.offset - start) as usize;
+                                let stored = bytes
+                                    .get(at..at + c.compressed_size as usize)
+                                    .ok_or_else(|| "short body".to_string())?;
+                                pronto_format::decompress_chunk_with_segments(stored, c)
+                                    .map(|(data, values)| (Bytes::from(data), values))
+                                    .map_err(|e| e.to_string())
+                            })
+                            .collect()
+                    };
+                    let decoded = if end - start >= BLOCKING_DECODE_BYTES {
+                        tokio::task::spawn_blocking(decode)
+                            .await
+                            .unwrap_or_else(|e| vec![Err(format!("decoding: {e}")); run.len()])
+                    } else {
+                        decode()
+                    };
                     run.iter()
-                        .map(|c| {
-                            let at = (c.offset - start) as usize;
-                            let stored = &bytes[at..at + c.compressed_size as usize];
-                            pronto_format::decompress_chunk_with_segments(stored, c)
-                                .map(|(data, values)| (Bytes::from(data), values))
-                                .map_err(|e| fail(c, e.to_string()))
-                        })
+                        .zip(decoded)
+                        .map(|(c, r)| r.map_err(|e| fail(c, e)))
                         .collect()
                 }
                 Ok(Err(e)) => run.iter().map(|c| Err(fail(c, e.to_string()))).collect(),

@@ -42,8 +42,23 @@ use crate::trace::AccessRecorder;
 /// How long the kernel may cache entries and attributes: the tree is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const BLOCK_SIZE: u32 = 4096;
-/// Chunks fetched ahead of a sequential reader, with the chunk it misses.
+/// A sequential reader's read-ahead window starts at this many chunks...
 const READ_AHEAD_CHUNKS: u64 = 3;
+/// ... and doubles each time it is topped up while the reader stays sequential, up to this
+/// many bytes (at 1 Gbit/s, 268 ms of transfer: requests of `AHEAD_RUN_BYTES` keep the link
+/// busy whatever the round trip; a seek starts over).
+const MAX_READ_AHEAD_BYTES: u64 = 32 << 20;
+
+/// A file's sequential reader (per inode: the kernel gives no per-reader handle here).
+#[derive(Debug, Clone, Copy)]
+struct Sequential {
+    /// First chunk of the last read.
+    first: u64,
+    /// Chunks before this one have been asked for (read or read ahead).
+    issued_until: u64,
+    /// Chunks to keep asked for ahead of the reader; 0: not sequential (yet).
+    window: u64,
+}
 /// The FUSE mount's place in the stack of filesystems, as the kernel counts for passthrough:
 /// its backing files must be on a filesystem of a lower depth (0: ext4, xfs, ...), and the
 /// container's overlayfs, mounted over this one, adds one more: 1 + 1 is the kernel's limit
@@ -93,6 +108,8 @@ pub(crate) struct LazyFs {
     policy: PassthroughPolicy,
     /// The kernel granted passthrough at init, and has not refused a backing file since.
     passthrough: AtomicBool,
+    /// Per inode being read: its reader's read-ahead state.
+    sequential: std::sync::Mutex<std::collections::HashMap<u32, Sequential>>,
 }
 
 impl LazyFs {
@@ -111,7 +128,55 @@ impl LazyFs {
             materializer: parts.materializer,
             policy: parts.passthrough,
             passthrough: AtomicBool::new(false),
+            sequential: std::sync::Mutex::default(),
         }
+    }
+
+    /// The chunks of inode `n` (of `count`) to fetch ahead of a read of chunks
+    /// `first..=last`: none for a random read; for a sequential one (it continues the last
+    /// read, or the chunk before it is cached or coming) the window ahead is topped up when
+    /// less than half of it is left, and doubles each time, up to `MAX_READ_AHEAD_BYTES`.
+    fn plan_ahead(&self, n: u32, first: u64, last: u64, count: u64) -> std::ops::Range<u64> {
+        let cs = u64::from(self.index.chunk_size()).max(1);
+        let max_window = (MAX_READ_AHEAD_BYTES / cs).max(READ_AHEAD_CHUNKS);
+        let mut seq = self.sequential.lock().expect("sequential lock poisoned");
+        let before = seq.get(&n).copied();
+        // The kernel's readahead sends reads of consecutive chunks in parallel, slightly out
+        // of order: anything from just before the last read to what was asked for continues.
+        let continues =
+            before.is_some_and(|s| first + 2 >= s.first && first <= s.issued_until && s.window > 0);
+        let mut st = match before {
+            Some(s) if continues => s,
+            _ => {
+                // The chunk just before may not be claimed yet: either of the two before will do.
+                let ordered = (first.saturating_sub(2)..first).any(|i| {
+                    self.index
+                        .chunk(n, i as u32)
+                        .is_ok_and(|c| self.fetcher.is_cached_or_coming(&c.digest))
+                });
+                Sequential {
+                    first,
+                    issued_until: last + 1,
+                    window: if ordered { READ_AHEAD_CHUNKS } else { 0 },
+                }
+            }
+        };
+        st.first = first;
+        st.issued_until = st.issued_until.max(last + 1);
+        let mut ahead = 0..0;
+        let left = st.issued_until - (last + 1);
+        if st.window > 0 && left * 2 <= st.window && st.issued_until < count {
+            let to = count.min(last + 1 + st.window);
+            ahead = st.issued_until..to;
+            st.issued_until = to;
+            st.window = (st.window * 2).min(max_window);
+        }
+        if seq.len() > 4096 && !seq.contains_key(&n) {
+            // Bounded: readers of that many files at once lose their windows, nothing else.
+            seq.clear();
+        }
+        seq.insert(n, st);
+        ahead
     }
 
     fn index_ino(ino: INodeNo) -> Result<u32, Errno> {
@@ -197,26 +262,18 @@ impl LazyFs {
             pieces.push((chunk, from as u32..to as u32));
         }
         self.recorder.record(pieces.iter().map(|(c, _)| c));
-        // Read in order (a chunk just before this read is cached or coming): fetch the next few
-        // with it.
+        // Read in order: the next chunks are asked for in the background before this read
+        // waits for its own.
         let last = (end - 1) / cs;
         let count = u64::from(self.index.chunk_count(n).map_err(|e| self.corrupt(e))?);
-        // The kernel's readahead sends reads of consecutive chunks in parallel, so the one just
-        // before may not be claimed yet: either of the two before will do.
-        let first = offset / cs;
-        let sequential = (first.saturating_sub(2)..first).any(|i| {
-            self.index
-                .chunk(n, i as u32)
-                .is_ok_and(|c| self.fetcher.is_cached_or_coming(&c.digest))
-        });
-        let ahead: Vec<_> = if sequential {
-            (last + 1..count.min(last + 1 + READ_AHEAD_CHUNKS))
-                .filter_map(|i| self.index.chunk(n, i as u32).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (data, unstored) = self.fetcher.read_ahead(&pieces, &ahead).map_err(|e| {
+        let ahead: Vec<_> = self
+            .plan_ahead(n, offset / cs, last, count)
+            .filter_map(|i| self.index.chunk(n, i as u32).ok())
+            .collect();
+        if !ahead.is_empty() {
+            self.fetcher.fetch_ahead(&ahead);
+        }
+        let (data, unstored) = self.fetcher.read_ahead(&pieces, &[]).map_err(|e| {
             error!(inode = n, offset, size, "read failed: {e}");
             Errno::EIO
         })?;

@@ -15,6 +15,7 @@
 //!   backing files of FUSE passthrough (whole files built from cached chunks);
 //! - `passthrough`: which files are open how, and the thread that builds backing files;
 //! - [`stats`]: per-mount counters;
+//! - [`stream`]: the background stream of the rest of an image into the node cache;
 //! - [`trace`]: access traces (which chunks a start read), recorded by a fresh mount and
 //!   prefetched by later ones ([`LazyMount::prefetch`]).
 
@@ -25,10 +26,12 @@ pub mod mount;
 pub mod mountinfo;
 mod passthrough;
 pub mod stats;
+pub mod stream;
 pub mod trace;
 
 pub use cache::{CacheStats, ChunkCache};
 pub use fetch::{FetchError, RetryPolicy};
 pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
-pub use stats::StatsSnapshot;
+pub use stats::{StatsSnapshot, StreamState};
+pub use stream::StreamPolicy;
 pub use trace::AccessTrace;

@@ -20,7 +20,8 @@ use crate::fetch::{ChunkFetcher, RetryPolicy};
 use crate::fs::{LazyFs, LazyFsParts, PassthroughPolicy};
 use crate::mountinfo;
 use crate::passthrough::{Busy, Materializer, MaterializerContext};
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{Stats, StatsSnapshot, StreamState};
+use crate::stream::StreamPolicy;
 use crate::trace::{AccessRecorder, AccessTrace};
 
 /// How a mount's source starts in `/proc/self/mountinfo` (then the index digest).
@@ -34,6 +35,9 @@ const QUIESCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long an unmount waits for the `RELEASE` of files closed just before it (the kernel sends
 /// them after the program's `close`, without waiting): a mount still in use waits this long.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long an unmount waits for the background stream to end: it drops its requests at
+/// once (it looks every 20 ms), landing what it has takes a few ms.
+const STREAM_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -54,6 +58,9 @@ pub struct MountOptions {
     /// Log the mount's and the node cache's counters (debug level) this often, when they
     /// changed.
     pub stats_log_interval: Option<std::time::Duration>,
+    /// Stream the rest of the image into the node cache in the background (behind the
+    /// programs' reads; see [`crate::stream`]). Off by default here; the runtime uses `Auto`.
+    pub background_stream: StreamPolicy,
 }
 
 impl Default for MountOptions {
@@ -66,6 +73,7 @@ impl Default for MountOptions {
             passthrough: true,
             passthrough_min_size: 64 << 10,
             stats_log_interval: Some(std::time::Duration::from_secs(60)),
+            background_stream: StreamPolicy::Off,
         }
     }
 }
@@ -83,6 +91,8 @@ pub struct LazyMount {
     cache: Arc<ChunkCache>,
     recorder: Arc<AccessRecorder>,
     prefetch: Option<Prefetch>,
+    /// The background stream, if one was started.
+    stream: Option<Prefetch>,
     /// Requests the FUSE workers are answering.
     busy: Arc<Busy>,
     /// Stops the building of backing files.
@@ -91,7 +101,7 @@ pub struct LazyMount {
     materialize_done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
-/// A prefetch under way: its thread reports on `done` when it ends.
+/// A prefetch (or the stream) under way: its thread reports on `done` when it ends.
 #[derive(Debug)]
 struct Prefetch {
     cancel: Arc<AtomicBool>,
@@ -178,6 +188,7 @@ impl LazyMount {
         };
         let dev = std::fs::metadata(mountpoint)?.dev();
         set_readahead(dev, options.readahead_kb);
+        let stream = start_stream(&fetcher, options.background_stream);
         Ok(LazyMount {
             session: Some(session),
             mountpoint: mountpoint.to_owned(),
@@ -188,6 +199,7 @@ impl LazyMount {
             cache,
             recorder,
             prefetch: None,
+            stream,
             busy,
             materialize_cancel,
             materialize_done,
@@ -225,11 +237,14 @@ impl LazyMount {
         let cancel = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = std::sync::mpsc::channel();
         let (fetcher, stop, stats) = (self.fetcher.clone(), cancel.clone(), self.stats.clone());
+        // Before the thread starts: a stream started next sees it (`Auto` waits for it).
+        self.fetcher.set_prefetching(true);
         let spawned = std::thread::Builder::new()
             .name("pronto-prefetch".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
                 fetcher.prefetch(&chunks, &stop);
+                fetcher.set_prefetching(false);
                 let s = stats.snapshot();
                 info!(
                     chunks = count,
@@ -248,6 +263,7 @@ impl LazyMount {
             }
             Err(e) => {
                 warn!(error = %e, "starting the prefetch thread");
+                self.fetcher.set_prefetching(false);
                 0
             }
         }
@@ -290,7 +306,26 @@ impl LazyMount {
         }
     }
 
+    /// Starts the background stream with `policy` if none was started (by the mount options
+    /// or before); call it after [`LazyMount::prefetch`], which `Auto` then waits for.
+    pub fn start_stream(&mut self, policy: StreamPolicy) {
+        if self.stream.is_none() {
+            self.stream = start_stream(&self.fetcher, policy);
+        }
+    }
+
+    /// Stops the background stream (its requests in flight are dropped; bounded wait).
+    pub fn stop_stream(&mut self) {
+        if let Some(s) = self.stream.take() {
+            s.cancel.store(true, Ordering::Relaxed);
+            if s.done.recv_timeout(STREAM_STOP_WAIT).is_err() {
+                warn!(mountpoint = %self.mountpoint.display(), "background stream still running {STREAM_STOP_WAIT:?} after it was stopped; leaving it");
+            }
+        }
+    }
+
     fn unmount_inner(&mut self) -> io::Result<()> {
+        self.stop_stream();
         self.stop_prefetch();
         self.materialize_cancel.store(true, Ordering::Relaxed);
         let Some(session) = self.session.take() else {
@@ -343,6 +378,31 @@ impl Drop for LazyMount {
     fn drop(&mut self) {
         if let Err(e) = self.unmount_inner() {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmounting lazy rootfs");
+        }
+    }
+}
+
+/// Starts the background stream's thread (none for `Off`).
+fn start_stream(fetcher: &Arc<ChunkFetcher>, policy: StreamPolicy) -> Option<Prefetch> {
+    if policy == StreamPolicy::Off {
+        return None;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let (streamer, stop) = (fetcher.clone(), cancel.clone());
+    let spawned = std::thread::Builder::new()
+        .name("pronto-stream".into())
+        .spawn(move || {
+            let state = crate::stream::run(&streamer, policy, &stop);
+            streamer.stats().set_stream_state(state);
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => Some(Prefetch { cancel, done }),
+        Err(e) => {
+            warn!(error = %e, "starting the background stream");
+            fetcher.stats().set_stream_state(StreamState::Stopped);
+            None
         }
     }
 }

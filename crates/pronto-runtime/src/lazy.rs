@@ -20,7 +20,9 @@ use pronto_artifact::{fetch_artifact_in, ArtifactError};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient};
 use pronto_lazyfs::stats::Stats;
-use pronto_lazyfs::{AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot};
+use pronto_lazyfs::{
+    AccessTrace, ChunkCache, LazyMount, MountOptions, StatsSnapshot, StreamPolicy,
+};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +251,8 @@ impl LazyStore {
             Some(t) if mount.prefetch(t) > 0 => Acquired::Prefetching,
             _ => Acquired::Recording,
         };
+        // The rest of the image, when it pays, after the prefetch (see `pronto_lazyfs::stream`).
+        mount.start_stream(StreamPolicy::Auto);
         self.book.add(n, mount.stats_handle());
         let shared = Arc::new(SharedMount {
             digest: image.manifest_digest.clone(),

@@ -277,7 +277,7 @@ impl Collector for NodeCollector {
 
         let lazy = self.pool.node().lazy();
         let s = lazy.totals();
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 27] = [
             (
                 "pronto_lazyfs_read_requests",
                 "FUSE reads answered by lazy rootfs mounts",
@@ -349,6 +349,41 @@ impl Collector for NodeCollector {
                 s.prefetched_content_bytes,
             ),
             (
+                "pronto_lazyfs_prefetched_bytes",
+                "Bytes the prefetcher's Range requests returned (compressed)",
+                s.prefetched_bytes,
+            ),
+            (
+                "pronto_lazyfs_readahead_bytes",
+                "Bytes fetched ahead of sequential readers (compressed)",
+                s.readahead_bytes,
+            ),
+            (
+                "pronto_lazyfs_streamed_chunks",
+                "Chunks the background stream of the rest of images stored in the node cache",
+                s.streamed_chunks,
+            ),
+            (
+                "pronto_lazyfs_streamed_bytes",
+                "Bytes the background stream's Range requests returned (compressed)",
+                s.streamed_bytes,
+            ),
+            (
+                "pronto_lazyfs_streamed_content_bytes",
+                "Content bytes of the streamed chunks",
+                s.streamed_content_bytes,
+            ),
+            (
+                "pronto_lazyfs_stream_range_requests",
+                "Range requests of the background stream",
+                s.stream_range_requests,
+            ),
+            (
+                "pronto_lazyfs_miss_range_requests",
+                "Range requests a program's read waited for (not read-ahead, prefetch or stream)",
+                s.demand_range_requests,
+            ),
+            (
                 "pronto_lazyfs_file_opens",
                 "Regular files opened through lazy mounts",
                 s.file_opens,
@@ -385,13 +420,13 @@ impl Collector for NodeCollector {
         put(
             &mut enc,
             "pronto_lazyfs_fetch_seconds",
-            "Time spent in successful Range requests (divide by range requests for the mean)",
+            "Time programs' reads waited in successful Range requests (divide by miss range requests for the mean)",
             &ConstCounter::new(s.fetch_micros_total as f64 / 1e6),
         )?;
         put(
             &mut enc,
             "pronto_lazyfs_fetch_max_seconds",
-            "The slowest successful Range request so far",
+            "The slowest successful Range request a program's read waited for",
             &ConstGauge::new(s.fetch_micros_max as f64 / 1e6),
         )?;
         let cache = lazy.cache();

@@ -283,7 +283,13 @@ async fn invocations_use_the_full_pull_until_ready_then_the_lazy_rootfs() {
     let fetched = metric(&m, "pronto_lazyfs_fetched_content_bytes_total", &[]).unwrap();
     assert!(fetched >= big.len() as f64, "{fetched}");
     assert!(metric(&m, "pronto_lazyfs_range_requests_total", &[]).unwrap() >= 1.0);
-    assert!(metric(&m, "pronto_lazyfs_cache_misses_total", &[]).unwrap() >= 1.0);
+    // The reads missed, or the background stream had fetched the (small) image before them.
+    let misses = metric(&m, "pronto_lazyfs_cache_misses_total", &[]).unwrap();
+    let streamed = metric(&m, "pronto_lazyfs_streamed_chunks_total", &[]).unwrap();
+    assert!(
+        misses + streamed >= 1.0,
+        "{misses} misses, {streamed} streamed"
+    );
     assert_eq!(
         metric(&m, "pronto_lazyfs_fetch_errors_total", &[]),
         Some(0.0)

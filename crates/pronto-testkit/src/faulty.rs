@@ -122,10 +122,55 @@ pub struct Seen {
     pub fault: Option<Fault>,
 }
 
+/// A link to emulate between the proxy's clients and the registry: every response body shares
+/// one rate (a token bucket over all connections, as a real link would), and every request waits
+/// one round trip before it reaches the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub bytes_per_sec: u64,
+    pub rtt: Duration,
+}
+
+impl Link {
+    /// `mbit` Mbit/s with `rtt_ms` ms of round trip.
+    pub fn mbit(mbit: u64, rtt_ms: u64) -> Link {
+        Link {
+            bytes_per_sec: mbit * 1_000_000 / 8,
+            rtt: Duration::from_millis(rtt_ms),
+        }
+    }
+}
+
+/// Bytes the link may send at once after being idle, as time at its rate: lets the pacing
+/// absorb the timer's millisecond granularity without losing rate.
+const LINK_BURST: Duration = Duration::from_millis(4);
+
 #[derive(Debug, Default)]
 struct Shared {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
+    link: Option<Link>,
+    /// The link's virtual clock: when the bytes reserved so far have been sent.
+    link_busy_until: Option<tokio::time::Instant>,
+}
+
+/// Waits until the link has sent `len` more bytes (reserved now, in order of asking).
+async fn pace(shared: &Mutex<Shared>, len: usize) {
+    let until = {
+        let mut st = shared.lock().expect("proxy state poisoned");
+        let Some(link) = st.link else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let start = st
+            .link_busy_until
+            .map_or(now, |t| t.max(now.checked_sub(LINK_BURST).unwrap_or(now)));
+        let took = Duration::from_secs_f64(len as f64 / link.bytes_per_sec.max(1) as f64);
+        let until = start + took;
+        st.link_busy_until = Some(until);
+        until
+    };
+    tokio::time::sleep_until(until).await;
 }
 
 /// The proxy; stopped (every connection closed) on drop.
@@ -191,6 +236,13 @@ impl FaultyProxy {
     /// Adds a rule; the first rule that applies to a request decides its fault.
     pub fn add(&self, rule: Rule) {
         self.lock().rules.push(rule);
+    }
+
+    /// Emulates `link` for every exchange from now on (`None`: as fast as loopback).
+    pub fn set_link(&self, link: Option<Link>) {
+        let mut st = self.lock();
+        st.link = link;
+        st.link_busy_until = None;
     }
 
     /// Removes every rule: from now on everything passes through (stalled connections stay
@@ -316,6 +368,11 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Mutex<Sh
         Some(Fault::StallBodyAfter(n) | Fault::ResetAfter(n) | Fault::TruncateAfter(n)) => Some(n),
         None => None,
     };
+    let link = shared.lock().expect("proxy state poisoned").link;
+    if let Some(link) = link {
+        // The request's way there and the first byte's way back.
+        tokio::time::sleep(link.rtt).await;
+    }
     let Ok(mut up) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -347,6 +404,7 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Mutex<Sh
         }
         let room = body_limit.map_or(u64::MAX, |l| l - sent);
         let take = (pending.len() as u64).min(room) as usize;
+        pace(&shared, take).await;
         if client.write_all(&pending[..take]).await.is_err() {
             return;
         }

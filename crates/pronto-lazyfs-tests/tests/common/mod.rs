@@ -27,13 +27,25 @@ pub async fn accelerate(
     chunk: u32,
     work: &Path,
 ) -> (ResolvedImage, Artifact) {
+    // Several packs per image, each holding runs of adjacent chunks.
+    accelerate_with(registry, image, tag, chunk, 16 * u64::from(chunk), work).await
+}
+
+/// As [`accelerate`], with packs of about `pack_target` bytes.
+pub async fn accelerate_with(
+    registry: &TestRegistry,
+    image: ImageBuilder,
+    tag: &str,
+    chunk: u32,
+    pack_target: u64,
+    work: &Path,
+) -> (ResolvedImage, Artifact) {
     let reference = registry.reference(tag);
     image.push(&client(), &reference).await.unwrap();
     let resolved = pull::resolve(&client(), &reference).await.unwrap();
     let mut opts = ConvertOptions::new(work.join("convert"));
     opts.chunk_size = chunk;
-    // Several packs per image, each holding runs of adjacent chunks.
-    opts.pack_target = 16 * u64::from(chunk);
+    opts.pack_target = pack_target;
     convert(&client(), &resolved, &opts).await.unwrap();
     let artifact = fetch_artifact(&client(), &resolved).await.unwrap();
     (resolved, artifact)
