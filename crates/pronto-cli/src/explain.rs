@@ -431,7 +431,8 @@ pub async fn run(ep: &Endpoint, out: &Output, args: ExplainArgs) -> anyhow::Resu
             .map(|l| (l.digest.to_string(), l.size))
             .collect(),
         config_size: resolved.config_bytes.len() as u64,
-        index_size: artifact.index.as_bytes().len() as u64,
+        // what a mount fetches: the compressed layer
+        index_size: artifact.index_layer_size,
         owners,
     };
     let e = explain(name, &image, &artifact.index, &chunks, &facts, args.link)?;
