@@ -6,6 +6,7 @@
 //!     cargo run --release -p pronto-format --example index_size -- [DIR [MAX_ENTRIES [OUT]]]
 //!
 //! Default: /usr, 40000 entries (the bench's python-ml and puppeteer-pdf images have ~38k).
+//! A file instead of DIR is read as an index blob.
 //! With OUT, writes the index to OUT/index and its compressed form to OUT/index.zst (to time
 //! their transfer over a shaped link).
 
@@ -26,7 +27,14 @@ fn main() {
         .next()
         .map_or(40_000, |n| n.parse().expect("MAX_ENTRIES"));
     let out = args.next().map(PathBuf::from);
-    let (blob, files) = build(&root, max);
+    // A file is taken as an index blob (e.g. one fetched from a registry) instead.
+    let (blob, files) = if root.is_file() {
+        let blob = std::fs::read(&root).unwrap();
+        let n = Index::open(blob.clone()).unwrap().inode_count() as usize;
+        (blob, n)
+    } else {
+        build(&root, max)
+    };
     println!(
         "{}: {files} entries, index {} bytes ({:.0} B/entry)",
         root.display(),
