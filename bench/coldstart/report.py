@@ -67,7 +67,7 @@ def lazy_table(w):
     def fmt(v, spec):
         return "–" if v is None else format(v, spec)
 
-    head = ["mode", "n", "MB read", "MB fetched (wire)", "MB fetched (content)", "wire/read", "content/read",
+    head = ["mode", "n", "mount ms", "MB read", "MB fetched (wire)", "MB fetched (content)", "wire/read", "content/read",
             "Range req", "fetch ms mean", "fetch ms max"] + [
             f"{k} {'MB' if k.endswith('bytes') else ''}".strip() for k in extra] + ["passthrough opens", "daemon CPU s"]
     out = ["Lazy mount, per start (medians; counters of the daemon's `/metrics`, which restarts per sample):", "",
@@ -76,7 +76,8 @@ def lazy_table(w):
         rs = by[(w, m)]
         means = [c["fetch_seconds"] * 1e3 / c["range_requests"] for c in cs if c.get("range_requests") and "fetch_seconds" in c]
         maxes = [c["fetch_max_seconds"] * 1e3 for c in cs if "fetch_max_seconds" in c]
-        row = [m, str(len(cs)),
+        mounts = [float(r["mount_ms"]) for r in rs if (r.get("mount_ms") or "-") != "-"]
+        row = [m, str(len(cs)), fmt(med(mounts) if mounts else None, ".0f"),
                fmt(m_of(cs, lambda c: c.get("read_bytes", 0) / 1e6), ".1f"),
                fmt(m_of(cs, lambda c: c.get("fetched_bytes", 0) / 1e6), ".1f"),
                fmt(m_of(cs, lambda c: c.get("fetched_content_bytes", 0) / 1e6), ".1f"),
@@ -108,7 +109,8 @@ lines = [
     "which is per start: the daemon is restarted for every sample.",
     "",
     "Lazy mount table: the `pronto_lazyfs_*` counters of the daemon's `/metrics` read right after the "
-    "response. MB read = bytes the program read through the mount (`read_bytes`; reads of files opened "
+    "response. mount ms = the `mount` phase of the `x-pronto-cold-start` header (artifact manifest, index, "
+    "its checks, the FUSE mount). MB read = bytes the program read through the mount (`read_bytes`; reads of files opened "
     "with FUSE passthrough bypass the daemon and are not in it: see passthrough opens); fetched (wire) = "
     "bytes the Range requests returned (`fetched_bytes`, compressed), (content) = the chunks' uncompressed "
     "bytes (`fetched_content_bytes`); wire/read and content/read = their ratios per start (over-fetch); "

@@ -199,7 +199,7 @@ lazy_stats() {
 }
 samples="$work/samples.tsv"
 : >"$work/ids.seen"
-printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\tlazy\n' >"$samples"
+printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\tlazy\tmount_ms\n' >"$samples"
 invoke_once() { # workload function mode run
   local w=$1 fn=$2 mode=$3 i=$4 res code ttfb cold
   res=$(curl -sS -o "$work/body" -D "$work/hdr" -w '%{http_code} %{time_starttransfer}' --max-time 900 \
@@ -213,12 +213,14 @@ invoke_once() { # workload function mode run
   else [ -n "$cold" ] || die "$w $mode: not a cold start"; fi
   # bytes, Range requests, CPU and the lazy counters from the daemon's start to now (the lazy
   # rootfs keeps fetching only what is read, so a sample counts what its start read)
-  local lazy=-
+  local lazy=- mount_ms
   [ "$mode" = warm ] || lazy=$(lazy_stats)
+  # the lazy rootfs's `mount` phase (artifact manifest, index, its checks, the FUSE mount); - if none
+  mount_ms=$(echo "$cold" | tr ';' '\n' | awk -F= '$1=="mount"{m=$2} END{print (m == "" ? "-" : m)}')
   # shellcheck disable=SC2046,SC2183 # the cold-start fields split into 5 of the arguments
-  printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
+  printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
     $(echo "$cold" | tr ';' '\n' | awk -F= '$1=="imageReady"||$1=="containerStarted"||$1=="appReady"||$1=="firstByte"{printf "%s ", $2} $1=="rootfs"{r=$2} $1=="prefetch"&&$2=="true"{r=r "+prefetch"} END{print r}') \
-    "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" "$lazy" >>"$samples"
+    "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" "$lazy" "$mount_ms" >>"$samples"
   log "$w $mode run $i: ttfb $(awk -v t="$ttfb" 'BEGIN{printf "%.0f", t*1000}') ms ($cold), $(( ($(rx) - rx_start) / 1000000 )) MB fetched"
 }
 # access traces stored for a function (the daemon's SQLite store), or deleted: accel-first must
