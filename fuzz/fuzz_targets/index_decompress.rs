@@ -14,9 +14,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let size = u64::from(u32::from_le_bytes(*size));
     // Above 2^31 the declared size is past the 1 GiB cap: refused before decoding.
-    let size = if size > 1 << 31 { MAX_INDEX_BYTES + (size & 0xff) } else { size & 0xf_ffff };
+    let size = if size > 1 << 31 {
+        MAX_INDEX_BYTES + (size & 0xff)
+    } else {
+        size & 0xf_ffff
+    };
     if let Ok(out) = decompress_index(stored, size) {
-        assert_eq!(out.len() as u64, size, "Ok must be exactly the declared size");
+        assert_eq!(
+            out.len() as u64,
+            size,
+            "Ok must be exactly the declared size"
+        );
     }
     let packed = compress_index(stored);
     assert_eq!(
