@@ -32,8 +32,72 @@ def mb(x):
     return f"{x / 1e6:.0f}"
 
 
+def lazy(r):
+    """The start's lazy-mount counters (run.sh's `lazy` column: name=value;...), {} if none."""
+    out = {}
+    for item in (r.get("lazy") or "").split(";"):
+        k, sep, v = item.partition("=")
+        if sep:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def lazy_table(w):
+    """Per start, medians per mode: what the program read through the mount against what was
+    fetched, and how long the mount waited for the registry. Counters named streamed_* or
+    prefetched_* are shown whichever exist."""
+    starts = {m: [lazy(r) for r in by.get((w, m), [])] for m in MODES if m != "warm"}
+    starts = {m: [c for c in cs if c] for m, cs in starts.items()}
+    starts = {m: cs for m, cs in starts.items() if cs and any(c.get("read_requests") or c.get("range_requests") for c in cs)}
+    if not starts:
+        return []
+    extra = sorted({k for cs in starts.values() for c in cs for k in c
+                    if k.startswith(("streamed_", "prefetched_"))})
+
+    def m_of(cs, f):
+        vals = [f(c) for c in cs]
+        vals = [v for v in vals if v is not None]
+        return med(vals) if vals else None
+
+    def ratio(a, b):
+        return lambda c: c.get(a, 0) / c[b] if c.get(b) else None
+
+    def fmt(v, spec):
+        return "–" if v is None else format(v, spec)
+
+    head = ["mode", "n", "mount ms", "MB read", "MB fetched (wire)", "MB fetched (content)", "wire/read", "content/read",
+            "Range req", "fetch ms mean", "fetch ms max"] + [
+            f"{k} {'MB' if k.endswith('bytes') else ''}".strip() for k in extra] + ["passthrough opens", "daemon CPU s"]
+    out = ["Lazy mount, per start (medians; counters of the daemon's `/metrics`, which restarts per sample):", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, cs in starts.items():
+        rs = by[(w, m)]
+        means = [c["fetch_seconds"] * 1e3 / c["range_requests"] for c in cs if c.get("range_requests") and "fetch_seconds" in c]
+        maxes = [c["fetch_max_seconds"] * 1e3 for c in cs if "fetch_max_seconds" in c]
+        mounts = [float(r["mount_ms"]) for r in rs if (r.get("mount_ms") or "-") != "-"]
+        row = [m, str(len(cs)), fmt(med(mounts) if mounts else None, ".0f"),
+               fmt(m_of(cs, lambda c: c.get("read_bytes", 0) / 1e6), ".1f"),
+               fmt(m_of(cs, lambda c: c.get("fetched_bytes", 0) / 1e6), ".1f"),
+               fmt(m_of(cs, lambda c: c.get("fetched_content_bytes", 0) / 1e6), ".1f"),
+               fmt(m_of(cs, ratio("fetched_bytes", "read_bytes")), ".2f"),
+               fmt(m_of(cs, ratio("fetched_content_bytes", "read_bytes")), ".2f"),
+               fmt(m_of(cs, lambda c: c.get("range_requests", 0)), ".0f"),
+               fmt(med(means) if means else None, ".1f"),
+               fmt(max(maxes) if maxes else None, ".1f")]
+        for k in extra:
+            row.append(fmt(m_of(cs, lambda c, k=k: c.get(k, 0) / (1e6 if k.endswith("bytes") else 1)),
+                           ".1f" if k.endswith("bytes") else ".0f"))
+        row.append(fmt(m_of(cs, lambda c: c.get("passthrough_opens", 0)), ".0f"))
+        row.append(fmt(med(col(rs, "cpu_s")), ".2f"))
+        out.append("| " + " | ".join(row) + " |")
+    return out + [""]
+
+
 lines = [
-    f"# Cold starts over a shaped link: full pull vs accelerated ({e.get('VERSION', '')})",
+    f"# Cold starts over a shaped link ({e.get('LINK_SHORT') or e.get('LINK', '').split(' (')[0]}): full pull vs accelerated ({e.get('VERSION', '')})",
     "",
     f"Link: {e.get('LINK', '')} (registry in its own network namespace; veth shaped with tc tbf, delay from a relay: this kernel has no netem). "
     f"Machine: {e.get('MACHINE', '')}. {e.get('RUNS')} runs per mode; whole run {e.get('TOTAL_SECS')} s.",
@@ -42,7 +106,19 @@ lines = [
     "`time_starttransfer`, ms; every body checked), median [min–max]; breakdown = medians of the "
     "`x-pronto-cold-start` fields (ms since the request reached the daemon, cumulative). Bytes = "
     "received over the link from the daemon's start to the response; Range = 206 responses the "
-    "registry logged; CPU = the daemon's user+sys seconds (with reaped children) since its start.",
+    "registry logged; CPU = the daemon's user+sys seconds (with reaped children) since its start, "
+    "which is per start: the daemon is restarted for every sample.",
+    "",
+    "Lazy mount table: the `pronto_lazyfs_*` counters of the daemon's `/metrics` read right after the "
+    "response. mount ms = the `mount` phase of the `x-pronto-cold-start` header (artifact manifest, index, "
+    "its checks, the FUSE mount). MB read = bytes the program read through the mount (`read_bytes`; reads of files opened "
+    "with FUSE passthrough bypass the daemon and are not in it: see passthrough opens); fetched (wire) = "
+    "bytes the Range requests returned (`fetched_bytes`, compressed), (content) = the chunks' uncompressed "
+    "bytes (`fetched_content_bytes`); wire/read and content/read = their ratios per start (over-fetch); "
+    "fetched includes what the prefetch fetched (prefetched_*); "
+    "Range req = the mount's Range requests; fetch ms = the mount's Range request latency (on-demand misses "
+    "and prefetch alike): the per-start mean (`fetch_seconds` / `range_requests`; the counters keep no median), "
+    "median over starts, and the largest single request of any start (`fetch_max_seconds`).",
     "",
     "Modes: `full` = full pull and unpack; `accel-first` = lazy rootfs, empty chunk cache, no access trace (it records one); "
     "`accel` = lazy rootfs, empty chunk cache, prefetching the trace the `accel-first` sample before it recorded "
@@ -75,6 +151,7 @@ for w in workloads:
             f"{tm / fm:.2f} | {tm / flm:.2f} | {ph} | {extra} |" if fm and flm else
             f"| {m} | {rootfs} | {len(rs)} | {tm:.0f} [{min(t):.0f}–{max(t):.0f}] | – | – | {ph} | {extra} |")
     lines.append("")
+    lines += lazy_table(w)
 # ---- explain's predictions against the measured medians ---------------------------------------
 predicted = []
 for w in workloads:

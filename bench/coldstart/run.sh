@@ -192,9 +192,17 @@ check_body() { # workload bodyfile -> 0 if correct
 rx() { cat "/sys/class/net/$vh/statistics/rx_bytes"; }
 ranges() { grep -c '" 206 ' "$work/registry.log" || true; }
 daemon_cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14+$15+$16+$17)/t}' "/proc/$daemon_pid/stat"; }
+# The lazy mounts' counters from the daemon's /metrics, as name=value;... (`pronto_lazyfs_`
+# and a counter's `_total` dropped): node totals since the daemon's start, and the daemon starts
+# fresh for every sample, so they are this start's. Every pronto_lazyfs_* metric is kept, so
+# counters added later (streamed_*) show up without a change here; `-` if /metrics failed.
+lazy_stats() {
+  { curl -sf --max-time 10 -H "Authorization: Bearer $token" "http://127.0.0.1:$cport/metrics" || true; } \
+    | awk '$1 ~ /^pronto_lazyfs_[a-z_]+$/ { n = substr($1, 15); sub(/_total$/, "", n); printf "%s%s=%s", s, n, $2; s = ";" } END { if (!s) printf "-" }'
+}
 samples="$work/samples.tsv"
 : >"$work/ids.seen"
-printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\n' >"$samples"
+printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\tlazy\tmount_ms\n' >"$samples"
 invoke_once() { # workload function mode run
   local w=$1 fn=$2 mode=$3 i=$4 res code ttfb cold
   res=$(curl -sS -o "$work/body" -D "$work/hdr" -w '%{http_code} %{time_starttransfer}' --max-time 900 \
@@ -206,12 +214,16 @@ invoke_once() { # workload function mode run
   cold=$(awk -F': ' 'tolower($1) == "x-pronto-cold-start" { sub(/\r$/, "", $2); print $2 }' "$work/hdr")
   if [ "$mode" = warm ]; then [ -z "$cold" ] || die "$w warm: was a cold start"; cold="imageReady=0;containerStarted=0;appReady=0;firstByte=0;rootfs=warm"
   else [ -n "$cold" ] || die "$w $mode: not a cold start"; fi
-  # bytes and Range requests from the daemon's start to now (the lazy rootfs keeps fetching only
-  # what is read, so a sample counts what its start read)
+  # bytes, Range requests, CPU and the lazy counters from the daemon's start to now (the lazy
+  # rootfs keeps fetching only what is read, so a sample counts what its start read)
+  local lazy=- mount_ms
+  [ "$mode" = warm ] || lazy=$(lazy_stats)
+  # the lazy rootfs's `mount` phase (artifact manifest, index, its checks, the FUSE mount); - if none
+  mount_ms=$(echo "$cold" | tr ';' '\n' | awk -F= '$1=="mount"{m=$2} END{print (m == "" ? "-" : m)}')
   # shellcheck disable=SC2046,SC2183 # the cold-start fields split into 5 of the arguments
-  printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
+  printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
     $(echo "$cold" | tr ';' '\n' | awk -F= '$1=="imageReady"||$1=="containerStarted"||$1=="appReady"||$1=="firstByte"{printf "%s ", $2} $1=="rootfs"{r=$2} $1=="prefetch"&&$2=="true"{r=r "+prefetch"} END{print r}') \
-    "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" >>"$samples"
+    "$(( $(rx) - rx_start ))" "$(( $(ranges) - rg_start ))" "$(daemon_cpu)" "$lazy" "$mount_ms" >>"$samples"
   log "$w $mode run $i: ttfb $(awk -v t="$ttfb" 'BEGIN{printf "%.0f", t*1000}') ms ($cold), $(( ($(rx) - rx_start) / 1000000 )) MB fetched"
 }
 # access traces stored for a function (the daemon's SQLite store), or deleted: accel-first must
@@ -311,7 +323,7 @@ report_env "$work"
 mkdir -p "$out"
 cp "$samples" "$out/samples.tsv"
 sizes=""; for w in ${workloads//,/ }; do sizes+="$w=${size[$w]},$(jq -r '.customContainerConfig.accelerationInfo // .accelerationInfo | tojson' "$work/$w-acc.json" | tr -d '\t');"; done
-export EXPLAIN_DIR=$work RUNS=$runs LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
+export EXPLAIN_DIR=$work RUNS=$runs LINK_SHORT="$rate, $rtt RTT" LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
   MACHINE="$MACHINE, load average at the end $LOAD_END (a shared machine)" VERSION="pronto $pronto_version"
 "$PY" "$here/report.py" "$samples" "$out"
 log "written: $out/report.md, $out/breakdown.svg"

@@ -12,10 +12,12 @@
 //! SQLite memo and its thread pool):
 //! - the constants: [`ARTIFACT_TYPE`], the layer media types, the empty config;
 //! - where an artifact is: [`artifact_tag`], [`artifact_reference`];
-//! - writing one (the converter): [`build_manifest`], [`push_manifest`];
+//! - writing one (the converter): [`IndexLayer::compress`], [`build_manifest`],
+//!   [`push_manifest`];
 //! - reading one: [`fetch_artifact`] ([`fetch_artifact_in`] for an artifact repository) fetches the manifest and the index and checks everything
 //!   they claim before returning an [`Artifact`]; [`ArtifactError`] says what was wrong.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 
 use bytes::Bytes;
@@ -24,8 +26,20 @@ use pronto_image::manifest::{Descriptor, ImageManifest, ManifestKind, OCI_MANIFE
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient, RegistryError};
 
-pub const ARTIFACT_TYPE: &str = "application/vnd.pronto.image.v1";
+/// The artifact version written: layer 0 is the index compressed ([`INDEX_ZSTD_MEDIA_TYPE`]).
+pub const ARTIFACT_TYPE: &str = "application/vnd.pronto.image.v2";
+/// Artifacts converted before the index was compressed: layer 0 is the index as is
+/// ([`INDEX_MEDIA_TYPE`]). Still read; no longer written.
+pub const ARTIFACT_TYPE_V1: &str = "application/vnd.pronto.image.v1";
+/// The index blob as is (artifact v1).
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1";
+/// The index blob as one zstd stream (artifact v2). The layer's digest and size are the
+/// compressed bytes'; the uncompressed blob's are in the two annotations below.
+pub const INDEX_ZSTD_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1+zstd";
+/// The sha256 digest of the uncompressed index (`sha256:<hex>`): the index's identity, as in v1.
+pub const INDEX_DIGEST_ANNOTATION: &str = "vnd.pronto.index.uncompressed-digest";
+/// The uncompressed index's size in bytes (decimal): the bound of its decompression.
+pub const INDEX_SIZE_ANNOTATION: &str = "vnd.pronto.index.uncompressed-size";
 pub const PACK_MEDIA_TYPE: &str = "application/vnd.pronto.pack.v1";
 /// The OCI "empty" config (`{}`), as artifacts without a config use.
 pub const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -89,13 +103,60 @@ fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
     }
 }
 
-/// The artifact manifest: layer 0 is the index, the rest are packs in index order.
+/// The index as the artifact stores it: compressed, with both identities.
+#[derive(Debug, Clone)]
+pub struct IndexLayer {
+    /// What is pushed: the index as one zstd stream.
+    pub bytes: Bytes,
+    /// Digest of `bytes` (the layer's digest).
+    pub digest: Digest,
+    /// Digest of the uncompressed index (the index's identity).
+    pub index_digest: Digest,
+    /// Length of the uncompressed index.
+    pub index_size: u64,
+}
+
+impl IndexLayer {
+    /// Compresses an index blob for the artifact.
+    pub fn compress(index: &[u8]) -> IndexLayer {
+        let bytes = Bytes::from(pronto_format::compress_index(index));
+        IndexLayer {
+            digest: Digest::of(&bytes),
+            bytes,
+            index_digest: Digest::of(index),
+            index_size: index.len() as u64,
+        }
+    }
+
+    /// The manifest's layer 0 for this index.
+    pub fn descriptor(&self) -> Descriptor {
+        let mut d = descriptor(
+            INDEX_ZSTD_MEDIA_TYPE,
+            self.digest.clone(),
+            self.bytes.len() as u64,
+        );
+        d.annotations = Some(HashMap::from([
+            (
+                INDEX_DIGEST_ANNOTATION.to_string(),
+                self.index_digest.to_string(),
+            ),
+            (
+                INDEX_SIZE_ANNOTATION.to_string(),
+                self.index_size.to_string(),
+            ),
+        ]));
+        d
+    }
+}
+
+/// The artifact manifest (the current version, [`ARTIFACT_TYPE`]): layer 0 is the compressed
+/// index, the rest are packs in index order.
 pub fn build_manifest(
     source: &Descriptor,
-    index: (Digest, u64),
+    index: &IndexLayer,
     packs: &[(Digest, u64)],
 ) -> ImageManifest {
-    let mut layers = vec![descriptor(INDEX_MEDIA_TYPE, index.0, index.1)];
+    let mut layers = vec![index.descriptor()];
     layers.extend(
         packs
             .iter()
@@ -147,7 +208,10 @@ pub enum ArtifactError {
     },
     #[error("{reference} is an image index, not a Pronto artifact manifest")]
     NotAManifest { reference: String },
-    #[error("{reference} has artifact type {}, expected {ARTIFACT_TYPE}", or_none(.found))]
+    #[error(
+        "{reference} has artifact type {}, expected {ARTIFACT_TYPE} (or {ARTIFACT_TYPE_V1})",
+        or_none(.found)
+    )]
     ArtifactType {
         reference: String,
         found: Option<String>,
@@ -166,6 +230,32 @@ pub enum ArtifactError {
         layer: usize,
         found: String,
         expected: &'static str,
+    },
+    /// The compressed index layer lacks an annotation, or its value does not parse.
+    #[error(
+        "{reference}: the index layer's annotation {name} is {}, expected {expected}",
+        or_missing(.found)
+    )]
+    IndexAnnotation {
+        reference: String,
+        name: &'static str,
+        found: Option<String>,
+        expected: &'static str,
+    },
+    /// The compressed index layer does not decompress to the size it declares (a bomb is
+    /// stopped at that size), or is not a zstd stream.
+    #[error("index layer {layer}: {source}")]
+    IndexDecompress {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
+    /// The compressed index layer decompresses to bytes other than the index it names.
+    #[error("index layer {layer} decompresses to {found}, its annotation says {expected}")]
+    IndexDigest {
+        layer: Digest,
+        expected: Digest,
+        found: Digest,
     },
     /// The index blob could not be fetched, or its bytes do not match its digest (the registry
     /// client checks size and digest; its error names the blob).
@@ -226,6 +316,12 @@ fn or_none<T: Display>(value: &Option<T>) -> String {
         .map_or_else(|| "none".to_string(), ToString::to_string)
 }
 
+fn or_missing(value: &Option<String>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
+}
+
 /// An artifact fetched and checked: its index (validated whole) and its packs.
 #[derive(Debug, Clone)]
 pub struct Artifact {
@@ -233,17 +329,21 @@ pub struct Artifact {
     pub reference: Reference,
     /// Digest of the artifact manifest.
     pub digest: Digest,
+    /// Digest of the uncompressed index (whatever the artifact version).
     pub index_digest: Digest,
     pub index: Index,
+    /// Bytes fetched for the index: the compressed layer (v2), the index itself (v1).
+    pub index_layer_size: u64,
     /// Pack digests and sizes, in index order (the manifest agrees).
     pub packs: Vec<(Digest, u64)>,
 }
 
 /// Fetches the artifact of `image` and checks everything it claims before anyone trusts it:
-/// the manifest's artifact type, subject and layer media types; the index blob's digest (by
-/// the registry client), header, checksum and whole tree (`Index::validate`); that the index
-/// names `image` as its source and carries its config; and that the index and the manifest
-/// list the same packs.
+/// the manifest's artifact type (v2, or v1 from before the index was compressed), subject and
+/// layer media types; the index layer's digest (by the registry client) and, compressed, its
+/// bounded decompression to the size and digest its annotations declare; the index's header,
+/// checksum and whole tree (`Index::validate`); that the index names `image` as its source and
+/// carries its config; and that the index and the manifest list the same packs.
 pub async fn fetch_artifact(
     client: &RegistryClient,
     image: &ResolvedImage,
@@ -274,15 +374,16 @@ pub async fn fetch_artifact_in(
             reference: reference.to_string(),
         });
     };
-    let (index_desc, packs) = check_manifest(&reference, source, &manifest)?;
-    let index_bytes = client
-        .fetch_blob(&reference, &index_desc.digest, Some(index_desc.size))
+    let (layer, packs) = check_manifest(&reference, source, &manifest)?;
+    let stored = client
+        .fetch_blob(&reference, &layer.stored.digest, Some(layer.stored.size))
         .await
         .map_err(|error| ArtifactError::FetchIndex {
             source: Box::new(error),
         })?;
+    let index_bytes = layer.open(stored)?;
     let index = check_index(
-        &index_desc.digest,
+        &layer.index_digest,
         index_bytes,
         source,
         &image.config_bytes,
@@ -291,30 +392,72 @@ pub async fn fetch_artifact_in(
     Ok(Artifact {
         reference,
         digest: fetched.digest,
-        index_digest: index_desc.digest.clone(),
+        index_digest: layer.index_digest,
         index,
+        index_layer_size: layer.stored.size,
         packs,
     })
+}
+
+/// Layer 0 of an artifact manifest, checked: what to fetch, and what it must turn into.
+#[derive(Debug)]
+struct IndexLayerDesc<'m> {
+    stored: &'m Descriptor,
+    /// The uncompressed index's digest.
+    index_digest: Digest,
+    /// When compressed: the uncompressed size its annotation declares (the decompression
+    /// bound); `None` for an index stored as is (v1).
+    declared_size: Option<u64>,
+}
+
+impl IndexLayerDesc<'_> {
+    /// The index blob from the layer's bytes (digest-checked by the registry client): as is
+    /// (v1), or decompressed within the declared size and checked against the declared digest.
+    fn open(&self, stored: Bytes) -> Result<Bytes, ArtifactError> {
+        let Some(size) = self.declared_size else {
+            return Ok(stored);
+        };
+        let bytes = pronto_format::decompress_index(&stored, size).map_err(|source| {
+            ArtifactError::IndexDecompress {
+                layer: self.stored.digest.clone(),
+                source,
+            }
+        })?;
+        let found = Digest::of(&bytes);
+        if found != self.index_digest {
+            return Err(ArtifactError::IndexDigest {
+                layer: self.stored.digest.clone(),
+                expected: self.index_digest.clone(),
+                found,
+            });
+        }
+        Ok(Bytes::from(bytes))
+    }
 }
 
 /// Pack digests and sizes, in index order.
 type PackList = Vec<(Digest, u64)>;
 
-/// What the artifact manifest at `reference` claims, checked: its artifact type, that its
-/// subject is `image`, and its layers' media types. Returns the index's descriptor and the packs
-/// the manifest lists, in order.
+/// What the artifact manifest at `reference` claims, checked: its artifact type (either
+/// version), that its subject is `image`, its layers' media types (layer 0 as the version
+/// wants) and the index layer's annotations. Returns the index layer and the packs the manifest
+/// lists, in order.
 fn check_manifest<'m>(
     reference: &Reference,
     image: &Digest,
     manifest: &'m ImageManifest,
-) -> Result<(&'m Descriptor, PackList), ArtifactError> {
+) -> Result<(IndexLayerDesc<'m>, PackList), ArtifactError> {
     let reference = || reference.to_string();
-    if manifest.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-        return Err(ArtifactError::ArtifactType {
-            reference: reference(),
-            found: manifest.artifact_type.clone(),
-        });
-    }
+    let index_type = match manifest.artifact_type.as_deref() {
+        Some(ARTIFACT_TYPE) => INDEX_ZSTD_MEDIA_TYPE,
+        Some(ARTIFACT_TYPE_V1) => INDEX_MEDIA_TYPE,
+        _ => {
+            return Err(ArtifactError::ArtifactType {
+                reference: reference(),
+                found: manifest.artifact_type.clone(),
+            })
+        }
+    };
     let subject = manifest.subject.as_ref().map(|s| &s.digest);
     if subject != Some(image) {
         return Err(ArtifactError::Subject {
@@ -328,7 +471,7 @@ fn check_manifest<'m>(
             reference: reference(),
         });
     };
-    let expected = std::iter::once(INDEX_MEDIA_TYPE).chain(std::iter::repeat(PACK_MEDIA_TYPE));
+    let expected = std::iter::once(index_type).chain(std::iter::repeat(PACK_MEDIA_TYPE));
     for (layer, (desc, expected)) in manifest.layers.iter().zip(expected).enumerate() {
         if desc.media_type != expected {
             return Err(ArtifactError::LayerMediaType {
@@ -340,7 +483,44 @@ fn check_manifest<'m>(
         }
     }
     let packs = packs.iter().map(|p| (p.digest.clone(), p.size)).collect();
-    Ok((index, packs))
+    if index_type == INDEX_MEDIA_TYPE {
+        let layer = IndexLayerDesc {
+            stored: index,
+            index_digest: index.digest.clone(),
+            declared_size: None,
+        };
+        return Ok((layer, packs));
+    }
+    // An annotation's value, parsed; refused by name when missing or malformed.
+    fn annotation<T: std::str::FromStr>(
+        reference: String,
+        index: &Descriptor,
+        name: &'static str,
+        expected: &'static str,
+    ) -> Result<T, ArtifactError> {
+        let found = index.annotations.as_ref().and_then(|a| a.get(name));
+        found
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ArtifactError::IndexAnnotation {
+                reference,
+                name,
+                found: found.cloned(),
+                expected,
+            })
+    }
+    let index_digest: Digest = annotation(
+        reference(),
+        index,
+        INDEX_DIGEST_ANNOTATION,
+        "a digest sha256:<64 hex>",
+    )?;
+    let size: u64 = annotation(reference(), index, INDEX_SIZE_ANNOTATION, "a size in bytes")?;
+    let layer = IndexLayerDesc {
+        stored: index,
+        index_digest,
+        declared_size: Some(size),
+    };
+    Ok((layer, packs))
 }
 
 /// Opens the index blob `bytes` (whose digest the registry client checked) and checks it whole:
@@ -437,8 +617,15 @@ mod tests {
 
     /// The manifest the converter pushes, through JSON and back, as a fetch would see it.
     fn pushed(packs: &[(Digest, u64)]) -> ImageManifest {
-        let manifest = build_manifest(&source(), (Digest::of(b"index"), 5), packs);
-        let body = serde_json::to_vec(&manifest).unwrap();
+        through_json(&build_manifest(
+            &source(),
+            &IndexLayer::compress(b"index"),
+            packs,
+        ))
+    }
+
+    fn through_json(manifest: &ImageManifest) -> ImageManifest {
+        let body = serde_json::to_vec(manifest).unwrap();
         match parse_manifest(Some(OCI_MANIFEST), &body).unwrap() {
             ManifestKind::Image(m) => *m,
             ManifestKind::Index(_) => panic!("an artifact manifest parses as an image manifest"),
@@ -494,7 +681,8 @@ mod tests {
     #[test]
     fn the_manifest_lists_the_index_then_the_packs_and_names_its_subject() {
         let packs = two_packs();
-        let m = build_manifest(&source(), (Digest::of(b"index"), 5), &packs);
+        let layer = IndexLayer::compress(b"index");
+        let m = build_manifest(&source(), &layer, &packs);
         assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
         assert_eq!(m.media_type.as_deref(), Some(OCI_MANIFEST));
         assert_eq!(m.subject.as_ref(), Some(&source()));
@@ -510,19 +698,218 @@ mod tests {
             .iter()
             .map(|l| (l.media_type.as_str(), l.digest.clone(), l.size))
             .collect();
+        // Layer 0 is the compressed bytes; the index's own digest and size are annotations.
+        let stored = zstd::bulk::decompress(&layer.bytes, 5).unwrap();
+        assert_eq!(stored, b"index");
         assert_eq!(
             layers,
             [
-                (INDEX_MEDIA_TYPE, Digest::of(b"index"), 5),
+                (
+                    INDEX_ZSTD_MEDIA_TYPE,
+                    Digest::of(&layer.bytes),
+                    layer.bytes.len() as u64
+                ),
                 (PACK_MEDIA_TYPE, pack(0xa0), 4096),
                 (PACK_MEDIA_TYPE, pack(0xb0), 10),
             ]
         );
+        let annotations = m.layers[0].annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations[INDEX_DIGEST_ANNOTATION],
+            Digest::of(b"index").to_string()
+        );
+        assert_eq!(annotations[INDEX_SIZE_ANNOTATION], "5");
         // What the converter pushes is what a fetch accepts.
         let pushed = pushed(&packs);
         let (index, listed) = check_manifest(&reference(), &image(), &pushed).unwrap();
-        assert_eq!(index.digest, Digest::of(b"index"));
+        assert_eq!(index.stored.digest, layer.digest);
+        assert_eq!(index.index_digest, Digest::of(b"index"));
+        assert_eq!(index.declared_size, Some(5));
+        assert_eq!(&index.open(layer.bytes.clone()).unwrap()[..], b"index");
         assert_eq!(listed, packs);
+    }
+
+    /// A manifest as converters wrote them before the index was compressed.
+    fn v1_manifest(index: &[u8], packs: &[(Digest, u64)]) -> ImageManifest {
+        let mut m = build_manifest(&source(), &IndexLayer::compress(index), packs);
+        m.artifact_type = Some(ARTIFACT_TYPE_V1.into());
+        m.layers[0] = descriptor(INDEX_MEDIA_TYPE, Digest::of(index), index.len() as u64);
+        through_json(&m)
+    }
+
+    #[test]
+    fn a_v1_artifact_with_an_uncompressed_index_is_still_read() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let m = v1_manifest(&blob, &packs);
+        let (layer, listed) = check_manifest(&reference(), &image(), &m).unwrap();
+        assert_eq!(layer.declared_size, None);
+        assert_eq!(layer.index_digest, Digest::of(&blob));
+        assert_eq!(listed, packs);
+        let bytes = layer.open(blob.clone()).unwrap();
+        assert_eq!(bytes, blob);
+        check_index(&layer.index_digest, bytes, &image(), CONFIG, &packs).unwrap();
+
+        // Each version with its own index layer, never the other's.
+        let mut mixed = m.clone();
+        mixed.layers[0].media_type = INDEX_ZSTD_MEDIA_TYPE.into();
+        assert!(matches!(
+            check_manifest(&reference(), &image(), &mixed),
+            Err(ArtifactError::LayerMediaType {
+                layer: 0,
+                expected: INDEX_MEDIA_TYPE,
+                ..
+            })
+        ));
+        let mut mixed = pushed(&packs);
+        mixed.layers[0].media_type = INDEX_MEDIA_TYPE.into();
+        assert!(matches!(
+            check_manifest(&reference(), &image(), &mixed),
+            Err(ArtifactError::LayerMediaType {
+                layer: 0,
+                expected: INDEX_ZSTD_MEDIA_TYPE,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_compressed_index_round_trips_through_manifest_and_check() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let layer = IndexLayer::compress(&blob);
+        assert!(layer.bytes.len() < blob.len());
+        let m = through_json(&build_manifest(&source(), &layer, &packs));
+        let (desc, _) = check_manifest(&reference(), &image(), &m).unwrap();
+        let bytes = desc.open(layer.bytes.clone()).unwrap();
+        assert_eq!(bytes, blob);
+        let index = check_index(&desc.index_digest, bytes, &image(), CONFIG, &packs).unwrap();
+        assert_eq!(index.as_bytes(), &blob);
+    }
+
+    #[test]
+    fn a_compressed_index_that_is_not_what_it_claims_is_refused_by_name() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let layer = IndexLayer::compress(&blob);
+        let r = reference();
+        let shown = r.to_string();
+        let good = through_json(&build_manifest(&source(), &layer, &packs));
+        let with = |name: &str, value: Option<&str>| {
+            let mut m = good.clone();
+            let a = m.layers[0].annotations.as_mut().unwrap();
+            match value {
+                Some(v) => a.insert(name.to_string(), v.to_string()),
+                None => a.remove(name),
+            };
+            m
+        };
+        let open = |m: &ImageManifest, bytes: &[u8]| {
+            let (desc, _) = check_manifest(&r, &image(), m)?;
+            desc.open(Bytes::copy_from_slice(bytes)).map(|_| ())
+        };
+
+        // Annotations missing or malformed: refused before anything is fetched.
+        let e = check_manifest(&r, &image(), &with(INDEX_DIGEST_ANNOTATION, None)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{shown}: the index layer's annotation vnd.pronto.index.uncompressed-digest is \
+                 missing, expected a digest sha256:<64 hex>"
+            )
+        );
+        let e = check_manifest(&r, &image(), &with(INDEX_SIZE_ANNOTATION, Some("-1"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{shown}: the index layer's annotation vnd.pronto.index.uncompressed-size is \
+                 \"-1\", expected a size in bytes"
+            )
+        );
+        let mut m = good.clone();
+        m.layers[0].annotations = None;
+        assert!(matches!(
+            check_manifest(&r, &image(), &m),
+            Err(ArtifactError::IndexAnnotation { found: None, .. })
+        ));
+
+        // Decompresses to another index than the annotation names.
+        let other = Digest::of(b"another index");
+        let e = open(
+            &with(INDEX_DIGEST_ANNOTATION, Some(&other.to_string())),
+            &layer.bytes,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "index layer {} decompresses to {}, its annotation says {other}",
+                layer.digest,
+                Digest::of(&blob)
+            )
+        );
+
+        // A size other than the stream's: a bomb is stopped at the declared size.
+        let n = blob.len();
+        let e = open(&with(INDEX_SIZE_ANNOTATION, Some("100")), &layer.bytes).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ArtifactError::IndexDecompress {
+                    source: FormatError::IndexLargerThanDeclared { declared: 100 },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "index layer {}: compressed index: decompresses to more than its declared 100 \
+                 bytes (refused: decompression is bounded by the declared size)",
+                layer.digest
+            )
+        );
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+        let e = open(&with(INDEX_SIZE_ANNOTATION, Some(&n.to_string())), &bomb).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArtifactError::IndexDecompress {
+                    source: FormatError::IndexLargerThanDeclared { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = open(
+            &with(INDEX_SIZE_ANNOTATION, Some(&(n + 1).to_string())),
+            &layer.bytes,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().ends_with(&format!(
+                "compressed index: decompresses to {n} bytes, declared {}",
+                n + 1
+            )),
+            "{e}"
+        );
+
+        // Corrupt compressed bytes (consistent with their own digest): refused, by the
+        // decoder or by the digest of what they decompress to.
+        let mut bad = layer.bytes.to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x55;
+        let e = open(&good, &bad).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArtifactError::IndexDecompress { .. } | ArtifactError::IndexDigest { .. }
+            ),
+            "{e}"
+        );
+        // The good one still opens.
+        open(&good, &layer.bytes).unwrap();
     }
 
     #[test]
@@ -542,7 +929,7 @@ mod tests {
             check(&m),
             format!(
                 "{shown} has artifact type application/vnd.other, expected \
-                 application/vnd.pronto.image.v1"
+                 application/vnd.pronto.image.v2 (or application/vnd.pronto.image.v1)"
             )
         );
         m.artifact_type = None;
@@ -552,7 +939,10 @@ mod tests {
         ));
         assert_eq!(
             check(&m),
-            format!("{shown} has artifact type none, expected application/vnd.pronto.image.v1")
+            format!(
+                "{shown} has artifact type none, expected application/vnd.pronto.image.v2 (or \
+                 application/vnd.pronto.image.v1)"
+            )
         );
 
         let mut m = pushed(&two_packs());
@@ -588,7 +978,7 @@ mod tests {
             check(&m),
             format!(
                 "{shown}: layer 0 has media type \"application/vnd.pronto.pack.v1\", expected \
-                 application/vnd.pronto.index.v1"
+                 application/vnd.pronto.index.v1+zstd"
             )
         );
         let mut m = pushed(&two_packs());

@@ -197,11 +197,12 @@ pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Res
             } else {
                 let secs = report.elapsed.as_secs_f64();
                 println!(
-                    "converted {} → {}\n  index {} ({} bytes, {:.2}% of the files)\n  {} files, {:.1} MB in {} chunks ({} reused), {} packs ({} new), {:.1} MB stored, {:.1} MB uploaded\n  {:.2} s ({:.2} s unpack + {:.2} s chunking), {:.0} MB/s of file data",
+                    "converted {} → {}\n  index {} ({} bytes, {} compressed, {:.2}% of the files)\n  {} files, {:.1} MB in {} chunks ({} reused), {} packs ({} new), {:.1} MB stored, {:.1} MB uploaded\n  {:.2} s ({:.2} s unpack + {:.2} s chunking), {:.0} MB/s of file data",
                     image.reference,
                     report.artifact,
                     report.index_digest,
                     report.index_size,
+                    report.index_layer_size,
                     100.0 * report.index_size as f64 / report.file_bytes.max(1) as f64,
                     report.files,
                     report.file_bytes as f64 / 1e6,

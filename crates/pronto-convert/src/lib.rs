@@ -29,7 +29,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use pronto_format::{ChunkRef, Compression, IndexBuilder};
 use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::unpack::FileOrigin;
@@ -141,8 +140,11 @@ pub struct ConvertReport {
     /// `REGISTRY/REPO:sha256-<hex>.pronto`
     pub artifact: String,
     pub artifact_digest: Digest,
+    /// Digest and size of the index blob (uncompressed).
     pub index_digest: Digest,
     pub index_size: u64,
+    /// Size of the index as stored and fetched: compressed.
+    pub index_layer_size: u64,
     pub chunk_size: u32,
     pub files: u64,
     /// Bytes of regular-file content in the image.
@@ -329,10 +331,13 @@ pub async fn convert(
     };
     let built = built?;
 
-    // Then the index, then the manifest that makes them reachable.
-    let index_size = built.index.len() as u64;
-    let index_digest = client
-        .push_blob(&target, Bytes::from(built.index))
+    // Then the index (compressed: it is fetched before every lazy mount), then the manifest
+    // that makes them reachable.
+    let index_layer = pronto_artifact::IndexLayer::compress(&built.index);
+    let (index_digest, index_size) = (index_layer.index_digest.clone(), index_layer.index_size);
+    let index_layer_size = index_layer.bytes.len() as u64;
+    client
+        .push_blob(&target, index_layer.bytes.clone())
         .await
         .map_err(|e| ConvertError::Push(Box::new(e)))?;
     let source_desc = pronto_image::manifest::Descriptor {
@@ -352,11 +357,7 @@ pub async fn convert(
         .iter()
         .map(|p| (p.digest.clone(), p.size))
         .collect();
-    let manifest = pronto_artifact::build_manifest(
-        &source_desc,
-        (index_digest.clone(), index_size),
-        &pack_list,
-    );
+    let manifest = pronto_artifact::build_manifest(&source_desc, &index_layer, &pack_list);
     let artifact_digest =
         pronto_artifact::push_manifest(client, &target, &image.manifest_digest, &manifest)
             .await
@@ -373,6 +374,7 @@ pub async fn convert(
         artifact_digest,
         index_digest,
         index_size,
+        index_layer_size,
         chunk_size: opts.chunk_size,
         files: built.files,
         file_bytes: built.file_bytes,

@@ -42,6 +42,39 @@ fn esc(b: &[u8]) -> Esc<'_> {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FormatError {
+    // --- a compressed index (compressed::decompress_index) ---
+    /// A compressed index that declares an uncompressed size over the cap.
+    #[error("compressed index: declared size {declared} bytes exceeds the {max}-byte cap")]
+    IndexTooLarge {
+        /// The declared uncompressed size.
+        declared: u64,
+        /// [`crate::compressed::MAX_INDEX_BYTES`].
+        max: u64,
+    },
+    /// A compressed index that would decompress to more bytes than it declares: a
+    /// decompression bomb, or a wrong declared size. Decompression stopped at `declared + 1`.
+    #[error(
+        "compressed index: decompresses to more than its declared {declared} bytes (refused: \
+         decompression is bounded by the declared size)"
+    )]
+    IndexLargerThanDeclared {
+        /// The declared uncompressed size.
+        declared: u64,
+    },
+    /// A compressed index that decompresses to fewer bytes than it declares.
+    #[error("compressed index: decompresses to {actual} bytes, declared {declared}")]
+    IndexSmallerThanDeclared {
+        /// The declared uncompressed size.
+        declared: u64,
+        /// Bytes produced.
+        actual: u64,
+    },
+    /// Bytes that are not a valid zstd stream.
+    #[error("compressed index: not a valid zstd stream: {reason}")]
+    IndexDecompress {
+        /// The decoder's message.
+        reason: String,
+    },
     // --- the blob as a whole (Index::open) ---
     /// The blob is shorter than its header or than the size the header declares.
     #[error("truncated blob: need {needed} bytes, have {actual}")]

@@ -21,6 +21,8 @@
 //!   context), [`decompress_chunk`] (bounded, digest-checked) and [`chunk_digest`]; a chunk's
 //!   BLAKE3 tree in 64 KiB segments ([`segment_values`], [`digest_of_segments`]), so that a
 //!   copy of it can be checked piece by piece.
+//! - [`compressed`]: the index as the artifact stores it, one zstd stream
+//!   ([`compress_index`], [`decompress_index`]: bounded by the declared size).
 //! - [`FormatError`] (`error`): every way a blob or a build can be wrong, with the bad value.
 //!
 //! Every input is hostile: a blob from a registry, a chunk from a pack, a tree from a layer.
@@ -29,6 +31,7 @@
 
 pub mod builder;
 pub mod chunk;
+pub mod compressed;
 pub mod error;
 pub mod index;
 pub mod layout;
@@ -39,6 +42,7 @@ pub use chunk::{
     digest_of_segments, segment_value, segment_values, ChunkCompressor, ChunkProblem, ChunkRef,
     Compression, SegmentValue, MAX_CHUNK_BYTES, SEGMENT_SIZE, ZSTD_LEVEL,
 };
+pub use compressed::{compress_index, decompress_index, INDEX_ZSTD_LEVEL, MAX_INDEX_BYTES};
 pub use error::FormatError;
 pub use index::{Index, Inode};
 pub use layout::{NodeKind, Section};

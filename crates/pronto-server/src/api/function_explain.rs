@@ -110,7 +110,8 @@ pub(crate) async fn explanation(
             .map(|l| (l.digest.to_string(), l.size))
             .collect(),
         config_size: image.config_bytes.len() as u64,
-        index_size: artifact.index.as_bytes().len() as u64,
+        // what a mount fetches: the index layer as stored (compressed)
+        index_size: artifact.index_layer_size,
         owners,
         start_profile,
     };
