@@ -79,7 +79,8 @@ bench_init pronto-bench-coldstart
 data="$work/data"
 ns="pb8reg-$$"
 vh="pb8h$$" vn="pb8n$$"
-host_ip=10.208.8.1 reg_ip=10.208.8.2 reg_port=5000
+# outside the instances' default subnet (10.208.0.0/16), where the daemon claims /30s
+host_ip=10.209.8.1 reg_ip=10.209.8.2 reg_port=5000
 reg_root=${PRONTO_BENCH_CACHE:-/var/cache/pronto-bench}/coldstart-registry # blobs kept between runs: pushes are cached
 registry_pid="" daemon_pid="" relay_pid=""
 export PRONTO_INSECURE_REGISTRIES="$reg_ip:$reg_port"
