@@ -123,6 +123,12 @@ pub struct RelayoutReport {
     pub range_reads: u64,
     /// sha256 of the trace (its chunk digests concatenated).
     pub trace_digest: Digest,
+    /// Reading, checking and writing the hot chunks.
+    #[serde(with = "crate::secs")]
+    pub copy_time: Duration,
+    /// Hashing and uploading the hot packs.
+    #[serde(with = "crate::secs")]
+    pub upload_time: Duration,
     #[serde(with = "crate::secs")]
     pub elapsed: Duration,
 }
@@ -186,6 +192,7 @@ pub async fn relayout(
         .collect::<Result<Vec<_>, RelayoutError>>()?;
 
     // Read the stored bytes, check each chunk, write it at its place in its hot pack.
+    let copy_started = Instant::now();
     let reads = read_runs(&moves);
     let range_reads = reads.len() as u64;
     let base = Arc::new(base);
@@ -199,6 +206,8 @@ pub async fn relayout(
         .collect()
         .await;
     results.into_iter().collect::<Result<(), _>>()?;
+    let copy_time = copy_started.elapsed();
+    let upload_started = Instant::now();
 
     // Upload the hot packs (named by their sha256), then the index, then the manifest.
     let mut hot_packs = Vec::with_capacity(hot_count);
@@ -210,6 +219,7 @@ pub async fn relayout(
             .map_err(|e| RelayoutError::Push(Box::new(e)))?;
         hot_packs.push((digest, *size));
     }
+    let upload_time = upload_started.elapsed();
     let index_bytes = hot_index(&base.index, &base.packs, &hot_packs, &moves)?;
     let index_size = index_bytes.len() as u64;
     let index_digest = client
@@ -261,6 +271,8 @@ pub async fn relayout(
         skipped,
         range_reads,
         trace_digest,
+        copy_time,
+        upload_time,
         elapsed: started.elapsed(),
     })
 }

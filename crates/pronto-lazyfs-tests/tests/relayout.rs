@@ -271,3 +271,74 @@ async fn a_hot_revision_of_another_image_is_refused() {
         .unwrap_err();
     assert!(matches!(e, ArtifactError::NoArtifact { .. }), "{e}");
 }
+
+/// The job's cost for a large image (issue 20's target: ≤ 10 s for a 1 GB image, off the
+/// request path), on a local registry: `PRONTO_RELAYOUT_MIB=1024 cargo test -p
+/// pronto-lazyfs-tests --test relayout -- --ignored --nocapture`. Half the image is hot (every
+/// other 8 MiB file, in reverse order): far more than a start reads, so an upper bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes and a GiB of memory"]
+async fn relayout_time_of_a_large_image() {
+    let mib: usize = std::env::var("PRONTO_RELAYOUT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let files = mib / 8;
+    let mut layer = Layer::plain();
+    for i in 0..files {
+        // Half noise, half text that compresses: like binaries and sources.
+        let mut data = noise(4 << 20, 7000 + i as u64);
+        let text = format!("def function_{i}(x):\n    return x * {i} + 1\n\n");
+        while data.len() < 8 << 20 {
+            data.extend_from_slice(text.as_bytes());
+        }
+        data.truncate(8 << 20);
+        layer = layer.file(format!("lib/f{i:04}"), data);
+    }
+    let image = ImageBuilder::new().layer(layer);
+    let started = Instant::now();
+    let (resolved, base) = accelerate(
+        &registry,
+        image,
+        "big/app:v1",
+        pronto_format::DEFAULT_CHUNK_SIZE,
+        work.path(),
+    )
+    .await;
+    eprintln!(
+        "{mib} MiB image pushed and converted in {:?}",
+        started.elapsed()
+    );
+    let mut trace = Vec::new();
+    for i in (0..files).rev().step_by(2) {
+        let ino = base
+            .index
+            .resolve(format!("lib/f{i:04}").as_bytes())
+            .unwrap()
+            .unwrap();
+        trace.extend(base.index.chunks(ino).unwrap().iter().map(|c| c.digest));
+    }
+    let report = relayout(
+        &client(),
+        &resolved,
+        &trace,
+        &RelayoutOptions::new(work.path().join("relayout")),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "relayout of a {mib} MiB image: {} chunks ({} MiB of content, {} MiB stored) in {} hot \
+         packs, {} Range reads, {:.2} s (copy {:.2} s, hash + upload {:.2} s)",
+        report.hot_chunks,
+        report.hot_content_bytes >> 20,
+        report.hot_bytes >> 20,
+        report.hot_packs.len(),
+        report.range_reads,
+        report.elapsed.as_secs_f64(),
+        report.copy_time.as_secs_f64(),
+        report.upload_time.as_secs_f64()
+    );
+    assert!(report.hot_chunks as usize == trace.len());
+}

@@ -242,6 +242,8 @@ impl HotPacker {
                     content_bytes = r.hot_content_bytes,
                     packs = r.hot_packs.len(),
                     range_reads = r.range_reads,
+                    copy_secs = r.copy_time.as_secs_f64(),
+                    upload_secs = r.upload_time.as_secs_f64(),
                     secs,
                     "hot pack ready"
                 );

@@ -62,7 +62,9 @@ async fn invoke(env: &Env, name: &str) -> (String, String) {
         env.server().invoke_addr
     );
     let r = env.http.get(url).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    if r.status() != StatusCode::OK {
+        panic!("{name}: {} {}", r.status(), r.text().await.unwrap());
+    }
     let timing = r
         .headers()
         .get("x-pronto-cold-start")
@@ -246,8 +248,10 @@ async fn a_refused_push_leaves_the_base_in_use_and_says_why_once() {
     })
     .await;
     let base = index_of(&env, "fn/ro:v1", Revision::Base).await;
-    // From now on the registry serves reads and refuses every push.
+    // From now on the registry serves reads and refuses every push (a new daemon: no
+    // connection to the registry's previous process is reused).
     env.registry.make_read_only().unwrap();
+    env.restart().await;
 
     let (timing, _) = invoke(&env, "ro").await;
     assert!(timing.contains("rootfs=lazy"), "{timing}");
@@ -279,4 +283,64 @@ async fn a_refused_push_leaves_the_base_in_use_and_says_why_once() {
     env.server().state().hot.idle().await;
     let again = get(&env, "ro").await;
     assert_eq!(again["accelerationInfo"]["hotPack"], hot, "no retry");
+}
+
+/// A daemon stopped mid-job (here: the record says `Preparing`, nothing was recorded) leaves
+/// cold starts on the base revision, and the next daemon resumes the job to `Ready`.
+#[tokio::test]
+async fn a_job_cut_short_by_a_stop_keeps_the_base_and_resumes() {
+    let mut env = Env::start().await;
+    push_app(&env, "fn/cut:v1", "cut\n").await;
+    env.create(
+        "cut",
+        &env.image("fn/cut:v1"),
+        json!({"authType": "anonymous"}),
+    )
+    .await;
+    wait_for(&env, "cut", "Ready", |f| {
+        f["accelerationInfo"]["status"] == "Ready"
+    })
+    .await;
+    let base = index_of(&env, "fn/cut:v1", Revision::Base).await;
+    invoke(&env, "cut").await;
+    let done = wait_for(&env, "cut", "a Ready hot pack", |f| {
+        hot_status(f) == Some("Ready")
+    })
+    .await;
+    // As if the daemon had died after claiming the job, before recording it; the registry
+    // refuses pushes meanwhile, so the cold start below cannot race a resumed job to `Ready`.
+    env.registry.make_read_only().unwrap();
+    env.restart_after(async |store| {
+        store
+            .update_function("cut", |f| {
+                let h = f
+                    .acceleration
+                    .as_mut()
+                    .and_then(|a| a.hot_pack.as_mut())
+                    .unwrap();
+                h.status = pronto_server::model::AccelerationStatus::Preparing;
+                h.artifact_digest = None;
+                h.artifact = None;
+            })
+            .await
+            .unwrap();
+    })
+    .await;
+    let (timing, body) = invoke(&env, "cut").await;
+    assert!(timing.contains("rootfs=lazy"), "{timing}");
+    assert_eq!(body, "cut\n");
+    assert_eq!(mounted_indexes(&env), vec![base], "Preparing never mounts");
+    // Resumed at the start: it failed against the read-only registry, once.
+    let failed = wait_for(&env, "cut", "the resumed job's end", |f| {
+        hot_status(f) == Some("Failed")
+    })
+    .await;
+    let reason = failed["accelerationInfo"]["hotPack"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("pushing the hot revision"), "{reason}");
+    assert_ne!(
+        done["accelerationInfo"]["hotPack"],
+        failed["accelerationInfo"]["hotPack"]
+    );
 }
