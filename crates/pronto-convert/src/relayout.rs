@@ -212,7 +212,11 @@ pub async fn relayout(
     // Upload the hot packs (named by their sha256), then the index, then the manifest.
     let mut hot_packs = Vec::with_capacity(hot_count);
     for (path, size) in paths.iter().zip(&hot_sizes) {
-        let digest = sha256_file(path).map_err(io("hashing", path))?;
+        let hashed = path.clone();
+        let digest = tokio::task::spawn_blocking(move || sha256_file(&hashed))
+            .await
+            .expect("hash task panicked")
+            .map_err(io("hashing", path))?;
         client
             .push_blob_file(&repo, &digest, path)
             .await
