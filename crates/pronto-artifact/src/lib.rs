@@ -16,6 +16,10 @@
 //!   [`push_manifest`];
 //! - reading one: [`fetch_artifact`] ([`fetch_artifact_in`] for an artifact repository) fetches the manifest and the index and checks everything
 //!   they claim before returning an [`Artifact`]; [`ArtifactError`] says what was wrong.
+//! - *hot revisions* (the hot-set re-layout): the same tree, its hot chunks moved into packs
+//!   written in access-trace order; same `subject`, tagged [`hot_artifact_tag`], annotated with
+//!   the base revision and the trace ([`build_hot_manifest`], [`push_hot_manifest`]); read
+//!   with [`fetch_artifact_revision`] and the same checks.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -48,6 +52,31 @@ pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// The tag of the artifact converted from `source`.
 pub fn artifact_tag(source: &Digest) -> String {
     format!("sha256-{}.pronto", source.hex())
+}
+
+/// The tag of the latest hot revision of the artifact converted from `source`. Readers that
+/// must not follow a moving tag (cold starts) pin the revision by its manifest digest.
+pub fn hot_artifact_tag(source: &Digest) -> String {
+    format!("sha256-{}.pronto-hot", source.hex())
+}
+
+/// Annotation of a hot revision: the digest of the base revision's manifest it was made from.
+pub const ANNOTATION_HOT_BASE: &str = "dev.pronto.hot.base";
+/// Annotation of a hot revision: the sha256 of the access trace (its stored bytes) it follows.
+pub const ANNOTATION_HOT_TRACE: &str = "dev.pronto.hot.trace";
+/// Annotation of a hot revision: how many of its packs (the last ones) are hot packs.
+pub const ANNOTATION_HOT_PACKS: &str = "dev.pronto.hot.packs";
+
+/// Which revision of an image's artifact to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revision {
+    /// The conversion's, under [`artifact_tag`].
+    Base,
+    /// The latest hot revision, under [`hot_artifact_tag`].
+    Hot,
+    /// Exactly this manifest (either kind), fetched by digest: what a cold start uses, so a
+    /// tag moved meanwhile changes nothing.
+    Pinned(Digest),
 }
 
 /// Where the artifact of the image `source` (in `repo`'s repository) is.
@@ -175,6 +204,46 @@ pub fn build_manifest(
         subject: Some(source.clone()),
         annotations: None,
     }
+}
+
+/// A hot revision's manifest: like [`build_manifest`] (same subject, index first, the base's
+/// packs, then the hot packs), annotated with where it comes from.
+pub fn build_hot_manifest(
+    source: &Descriptor,
+    index: &IndexLayer,
+    packs: &[(Digest, u64)],
+    hot_packs: usize,
+    base: &Digest,
+    trace: &Digest,
+) -> ImageManifest {
+    let mut manifest = build_manifest(source, index, packs);
+    manifest.annotations = Some(
+        [
+            (ANNOTATION_HOT_BASE, base.to_string()),
+            (ANNOTATION_HOT_TRACE, trace.to_string()),
+            (ANNOTATION_HOT_PACKS, hot_packs.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    );
+    manifest
+}
+
+/// Pushes a hot revision's manifest under [`hot_artifact_tag`]; returns its digest.
+pub async fn push_hot_manifest(
+    client: &RegistryClient,
+    repo: &Reference,
+    source: &Digest,
+    manifest: &ImageManifest,
+) -> Result<Digest, RegistryError> {
+    client
+        .push_blob(repo, Bytes::from_static(EMPTY_CONFIG))
+        .await?;
+    let body = Bytes::from(serde_json::to_vec(manifest).expect("manifest serializes"));
+    client
+        .push_manifest(repo, &hot_artifact_tag(source), OCI_MANIFEST, body)
+        .await
 }
 
 /// Pushes the manifest under the artifact tag; returns its digest.
@@ -336,6 +405,8 @@ pub struct Artifact {
     pub index_layer_size: u64,
     /// Pack digests and sizes, in index order (the manifest agrees).
     pub packs: Vec<(Digest, u64)>,
+    /// A hot revision: the base revision's manifest digest (its annotation); `None`: a base.
+    pub hot_base: Option<Digest>,
 }
 
 /// Fetches the artifact of `image` and checks everything it claims before anyone trusts it:
@@ -358,8 +429,31 @@ pub async fn fetch_artifact_in(
     image: &ResolvedImage,
     repo: &Reference,
 ) -> Result<Artifact, ArtifactError> {
+    fetch_artifact_revision(client, image, repo, &Revision::Base).await
+}
+
+/// [`fetch_artifact_in`] of one revision: every revision gets the same checks (its subject
+/// and its index's source are `image`, so a hot revision of another image is refused).
+pub async fn fetch_artifact_revision(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    repo: &Reference,
+    revision: &Revision,
+) -> Result<Artifact, ArtifactError> {
     let source = &image.manifest_digest;
-    let reference = artifact_reference(repo, source);
+    let reference = match revision {
+        Revision::Base => artifact_reference(repo, source),
+        Revision::Hot => Reference {
+            tag: Some(hot_artifact_tag(source)),
+            digest: None,
+            ..repo.clone()
+        },
+        Revision::Pinned(digest) => Reference {
+            tag: None,
+            digest: Some(digest.clone()),
+            ..repo.clone()
+        },
+    };
     let fetched =
         client
             .fetch_manifest(&reference)
@@ -389,6 +483,11 @@ pub async fn fetch_artifact_in(
         &image.config_bytes,
         &packs,
     )?;
+    let hot_base = manifest
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_HOT_BASE))
+        .and_then(|d| d.parse().ok());
     Ok(Artifact {
         reference,
         digest: fetched.digest,
@@ -396,6 +495,7 @@ pub async fn fetch_artifact_in(
         index,
         index_layer_size: layer.stored.size,
         packs,
+        hot_base,
     })
 }
 
@@ -910,6 +1010,32 @@ mod tests {
         );
         // The good one still opens.
         open(&good, &layer.bytes).unwrap();
+    }
+
+    #[test]
+    fn a_hot_revision_has_its_own_tag_the_same_subject_and_says_where_it_comes_from() {
+        let digest = Digest::from_bytes([0xab; 32]);
+        assert_eq!(
+            hot_artifact_tag(&digest),
+            format!("sha256-{}.pronto-hot", "ab".repeat(32))
+        );
+        let (base, trace) = (pack(0x01), pack(0x02));
+        let index = IndexLayer::compress(b"index");
+        let m = build_hot_manifest(&source(), &index, &two_packs(), 1, &base, &trace);
+        let a = m.annotations.as_ref().unwrap();
+        assert_eq!(a[ANNOTATION_HOT_BASE], base.to_string());
+        assert_eq!(a[ANNOTATION_HOT_TRACE], trace.to_string());
+        assert_eq!(a[ANNOTATION_HOT_PACKS], "1");
+        // Otherwise the manifest a base would have, and a fetch checks it the same way.
+        let mut plain = m.clone();
+        plain.annotations = None;
+        assert_eq!(plain, build_manifest(&source(), &index, &two_packs()));
+        let body = serde_json::to_vec(&m).unwrap();
+        let ManifestKind::Image(parsed) = parse_manifest(Some(OCI_MANIFEST), &body).unwrap() else {
+            panic!("an image manifest")
+        };
+        let (_, listed) = check_manifest(&reference(), &image(), &parsed).unwrap();
+        assert_eq!(listed, two_packs());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub enum ImageCommand {
         args: MountArgs,
     },
     /// Rebuild an image from its accelerated artifact (every chunk fetched and checked) and
-    /// compare it with a plain unpack of the image.
+    /// compare it with a plain unpack of the image; its hot revision too, if it has one.
     Verify {
         /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
         reference: String,
@@ -244,6 +244,12 @@ pub async fn run(cmd: ImageCommand, output: Option<OutputFormat>) -> anyhow::Res
                 report.chunks,
                 report.file_bytes as f64 / 1e6
             );
+            if let Some(hot) = &report.hot {
+                println!(
+                    "ok: {} (hot revision, index {}) matches {} too: {} chunks",
+                    hot.artifact, hot.index_digest, image.pinned, hot.chunks
+                );
+            }
         }
         ImageCommand::Unpack {
             reference,

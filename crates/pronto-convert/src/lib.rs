@@ -15,11 +15,15 @@
 //! The output depends only on the tree, the options and the memo's packs, so converting an
 //! image twice gives the same index digest.
 //!
+//! [`relayout`] writes a recorded access trace's chunks into hot packs in trace order and pushes
+//! a hot revision of the artifact beside the base ([`relayout`](mod@relayout)).
+//!
 //! [`verify`] rebuilds every file from the artifact (each chunk fetched, decompressed and its
 //! digest checked) and compares it with a plain unpack of the source image: ground truth.
 
 pub mod memo;
 pub mod packer;
+pub mod relayout;
 pub mod stream;
 pub mod tree;
 pub mod verify;
@@ -35,6 +39,7 @@ use pronto_image::unpack::FileOrigin;
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
+pub use relayout::{relayout, RelayoutError, RelayoutOptions, RelayoutReport};
 pub use verify::{verify, VerifyError, VerifyReport};
 
 /// Packs uploaded at once while packing goes on.
@@ -172,6 +177,22 @@ pub struct ConvertReport {
     pub chunk_time: Duration,
     #[serde(with = "secs")]
     pub elapsed: Duration,
+}
+
+/// The artifact's `subject`: the source image's platform manifest.
+fn source_descriptor(image: &ResolvedImage) -> pronto_image::manifest::Descriptor {
+    pronto_image::manifest::Descriptor {
+        media_type: image
+            .manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| pronto_image::manifest::OCI_MANIFEST.to_string()),
+        digest: image.manifest_digest.clone(),
+        size: image.manifest_bytes.len() as u64,
+        platform: None,
+        annotations: None,
+        artifact_type: None,
+    }
 }
 
 mod secs {
@@ -340,18 +361,7 @@ pub async fn convert(
         .push_blob(&target, index_layer.bytes.clone())
         .await
         .map_err(|e| ConvertError::Push(Box::new(e)))?;
-    let source_desc = pronto_image::manifest::Descriptor {
-        media_type: image
-            .manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| pronto_image::manifest::OCI_MANIFEST.to_string()),
-        digest: image.manifest_digest.clone(),
-        size: image.manifest_bytes.len() as u64,
-        platform: None,
-        annotations: None,
-        artifact_type: None,
-    };
+    let source_desc = source_descriptor(image);
     let pack_list: Vec<(Digest, u64)> = built
         .packs
         .iter()

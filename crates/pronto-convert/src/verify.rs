@@ -1,6 +1,6 @@
 //! `pronto image verify`: the artifact rebuilt chunk by chunk must equal a plain unpack of its
 //! source image — every path, type, mode, owner, mtime, size, device, symlink target, xattr,
-//! hardlink and byte.
+//! hardlink and byte. Both revisions when the artifact has a hot one (`relayout`).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,7 +14,9 @@ use pronto_image::pull::{self, NoProgress, PullError, ResolvedImage};
 use pronto_image::{Digest, RegistryClient, RegistryError};
 use serde::Serialize;
 
-use pronto_artifact::{fetch_artifact_in, Artifact, ArtifactError};
+use pronto_artifact::{
+    fetch_artifact_in, fetch_artifact_revision, Artifact, ArtifactError, Revision,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -70,23 +72,30 @@ pub struct VerifyReport {
     pub files: u64,
     pub chunks: u64,
     pub file_bytes: u64,
+    /// The hot revision (`sha256-<hex>.pronto-hot`), checked the same way, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot: Option<Box<VerifyReport>>,
 }
 
 /// Fetches the artifact of `image` (from `artifact_repository`, else beside the image) and
-/// compares it with a plain unpack of `image`.
+/// compares it with a plain unpack of `image`; then its hot revision, if it has one.
 pub async fn verify(
     client: &RegistryClient,
     image: &ResolvedImage,
     artifact_repository: Option<&pronto_image::Reference>,
     work_dir: &Path,
 ) -> Result<VerifyReport, VerifyError> {
-    let Artifact {
-        reference,
-        index_digest,
-        index,
-        packs,
-        ..
-    } = fetch_artifact_in(client, image, artifact_repository.unwrap_or(&image.pinned)).await?;
+    let repo = artifact_repository.unwrap_or(&image.pinned);
+    let base = fetch_artifact_in(client, image, repo).await?;
+    let hot = match fetch_artifact_revision(client, image, repo, &Revision::Hot).await {
+        Ok(a) => Some(a),
+        Err(ArtifactError::NoArtifact { source, .. })
+            if matches!(*source, RegistryError::NotFound { .. }) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let io = |op, path: &Path| {
         let path = path.to_owned();
         move |source| VerifyError::Io { op, path, source }
@@ -96,20 +105,45 @@ pub async fn verify(
         .prefix("pronto-verify-")
         .tempdir_in(work_dir)
         .map_err(io("creating scratch dir in", work_dir))?;
-    // Every pack whole (each verified against its digest), then the ground truth.
-    let mut pack_files = Vec::new();
-    for (i, (digest, size)) in packs.iter().enumerate() {
-        let path = scratch.path().join(format!("pack-{i}"));
-        client
-            .download_blob(&reference, digest, Some(*size), &path, &|_| {})
-            .await?;
-        pack_files.push(path);
-    }
     let rootfs = scratch.path().join("rootfs");
     pull::unpack_image(client, image, &rootfs, Arc::new(NoProgress))
         .await
         .map_err(|e| VerifyError::Unpack(Box::new(e)))?;
+    let mut report = verify_revision(client, base, &rootfs, scratch.path()).await?;
+    if let Some(hot) = hot {
+        report.hot = Some(Box::new(
+            verify_revision(client, hot, &rootfs, scratch.path()).await?,
+        ));
+    }
+    Ok(report)
+}
 
+/// One revision against the unpacked `rootfs`: every pack downloaded whole (each verified
+/// against its digest; into `scratch`, reused by a later revision listing the same pack), then
+/// every node and chunk compared.
+async fn verify_revision(
+    client: &RegistryClient,
+    artifact: Artifact,
+    rootfs: &Path,
+    scratch: &Path,
+) -> Result<VerifyReport, VerifyError> {
+    let Artifact {
+        reference,
+        index_digest,
+        index,
+        packs,
+        ..
+    } = artifact;
+    let mut pack_files = Vec::new();
+    for (digest, size) in &packs {
+        let path = scratch.join(format!("pack-{}", digest.hex()));
+        if !path.exists() {
+            client
+                .download_blob(&reference, digest, Some(*size), &path, &|_| {})
+                .await?;
+        }
+        pack_files.push(path);
+    }
     let mut report = VerifyReport {
         artifact: reference.to_string(),
         index_digest,
@@ -117,14 +151,14 @@ pub async fn verify(
         files: 0,
         chunks: 0,
         file_bytes: 0,
+        hot: None,
     };
-    let rootfs2 = rootfs.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        compare(&index, &rootfs2, &pack_files, &mut report).map(|()| report)
+    let rootfs = rootfs.to_owned();
+    tokio::task::spawn_blocking(move || {
+        compare(&index, &rootfs, &pack_files, &mut report).map(|()| report)
     })
     .await
-    .expect("verify task panicked")?;
-    Ok(report)
+    .expect("verify task panicked")
 }
 
 fn compare(

@@ -43,7 +43,8 @@ const WIDEN_BYTES: u64 = 256 << 10;
 
 /// Range requests prefetch keeps in flight at once.
 const PREFETCH_STREAMS: usize = 4;
-/// Stored bytes per prefetch request at most.
+/// Stored bytes per prefetch request at most, unless its chunks are back to back in their pack
+/// (then `MAX_RUN_BYTES`).
 const PREFETCH_RUN_BYTES: u64 = 4 << 20;
 /// Chunks of the trace this close in a pack (stored bytes between them) share a request, the
 /// chunks between them included: on a fast link a few hundred KiB cost less than a round trip.
@@ -646,9 +647,16 @@ impl ChunkFetcher {
             for c in window {
                 if let (Some(first), Some(last)) = (run.first(), run.last()) {
                     let end = last.pack_range().end;
+                    // Chunks stored back to back (a hot pack in trace order) may fill a
+                    // request up to `MAX_RUN_BYTES`: a few large requests at link speed.
+                    let limit = if c.offset == end {
+                        MAX_RUN_BYTES
+                    } else {
+                        PREFETCH_RUN_BYTES
+                    };
                     let close = last.pack == c.pack
                         && c.offset >= end
-                        && c.pack_range().end - first.offset <= PREFETCH_RUN_BYTES;
+                        && c.pack_range().end - first.offset <= limit;
                     let between = if close {
                         self.between(c.pack, end, c.offset)
                     } else {

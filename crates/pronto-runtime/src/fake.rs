@@ -545,5 +545,6 @@ pub fn local_spec(node: &Node, function: &str) -> InstanceSpec {
         internet_access: true,
         registry: None,
         artifact_repository: None,
+        artifact_revision: None,
     }
 }

@@ -54,6 +54,9 @@ pub struct InstanceSpec {
     pub registry: Option<RegistryClient>,
     /// The repository holding the accelerated artifact; `None`: the image's own.
     pub artifact_repository: Option<Reference>,
+    /// The artifact revision to mount, pinned by its manifest digest (a hot revision, see
+    /// `pronto_convert::relayout`); `None`: the base revision, by its tag.
+    pub artifact_revision: Option<pronto_image::Digest>,
 }
 
 /// A health check that decides when a new instance is ready (Function Compute's

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use pronto_artifact::{fetch_artifact_in, ArtifactError};
+use pronto_artifact::{fetch_artifact_revision, ArtifactError, Revision};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient};
 use pronto_lazyfs::stats::Stats;
@@ -142,6 +142,9 @@ impl MountSlot {
     }
 }
 
+/// An image's manifest digest and the artifact revision mounted (`None`: the base's tag).
+type MountKey = (Digest, Option<Digest>);
+
 /// How [`LazyStore::acquire`] got its mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
@@ -160,10 +163,11 @@ pub struct LazyStore {
     cache: Arc<ChunkCache>,
     options: MountOptions,
     fetch_rt: FetchRuntime,
-    /// Per image, its mount if any instance holds it. The per-image lock is held while that
-    /// image is mounted, so concurrent starts of one image share one mount and starts of other
-    /// images are not held up.
-    mounts: Mutex<HashMap<Digest, Arc<MountSlot>>>,
+    /// Per image and artifact revision (`None`: the base), its mount if any instance holds it.
+    /// The per-image lock is held while that image is mounted, so concurrent starts of one
+    /// image share one mount and starts of other images are not held up. A start pinned to a
+    /// hot revision does not share a mount of the base (its instances keep theirs).
+    mounts: Mutex<HashMap<MountKey, Arc<MountSlot>>>,
     next: AtomicU64,
     book: Arc<StatsBook>,
 }
@@ -195,11 +199,15 @@ impl LazyStore {
     ///
     /// A new mount reads the artifact from `repo` (an artifact repository; `None`: beside the
     /// image) with `own` (a function's client; `None`: the node's), for as long as it lives.
-    /// Mounts are shared per image digest whoever made them: the caller has checked this
-    /// start's own access to the image first (see [`crate::images`]).
+    /// Mounts are shared per image digest (and revision) whoever made them: the caller has
+    /// checked this start's own access to the image first (see [`crate::images`]).
+    ///
+    /// `revision` pins the artifact manifest (a hot revision); it gets the same checks as the
+    /// base (its subject and index are `image`'s), so a revision of another image is refused.
     pub async fn acquire(
         &self,
         image: &ResolvedImage,
+        revision: Option<&Digest>,
         trace: Option<&AccessTrace>,
         own: Option<&RegistryClient>,
         repo: Option<&Reference>,
@@ -209,7 +217,7 @@ impl LazyStore {
             // Forget images nobody holds or is mounting.
             mounts.retain(|_, slot| Arc::strong_count(slot) > 1 || slot.is_live());
             mounts
-                .entry(image.manifest_digest.clone())
+                .entry((image.manifest_digest.clone(), revision.cloned()))
                 .or_default()
                 .clone()
         };
@@ -218,7 +226,10 @@ impl LazyStore {
             return Ok((m, Acquired::Shared));
         }
         let client = own.unwrap_or(&self.client);
-        let artifact = fetch_artifact_in(client, image, repo.unwrap_or(&image.pinned)).await?;
+        let revision = revision.map_or(Revision::Base, |d| Revision::Pinned(d.clone()));
+        let artifact =
+            fetch_artifact_revision(client, image, repo.unwrap_or(&image.pinned), &revision)
+                .await?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self
             .root
@@ -301,13 +312,13 @@ impl LazyStore {
         removed
     }
 
-    /// `digest` is mounted (or being mounted): an acquire would share that mount.
+    /// `digest` is mounted (or being mounted), any revision of it.
     pub fn has_mount(&self, digest: &Digest) -> bool {
         self.mounts
             .lock()
             .expect("mounts lock poisoned")
-            .get(digest)
-            .is_some_and(|slot| slot.is_live())
+            .iter()
+            .any(|((d, _), slot)| d == digest && slot.is_live())
     }
 
     /// Counters of every live mount.

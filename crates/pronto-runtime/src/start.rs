@@ -171,7 +171,13 @@ impl Node {
             let repo = spec.artifact_repository.as_ref();
             match n
                 .lazy
-                .acquire(&spec.image, spec.prefetch.as_deref(), own, repo)
+                .acquire(
+                    &spec.image,
+                    spec.artifact_revision.as_ref(),
+                    spec.prefetch.as_deref(),
+                    own,
+                    repo,
+                )
                 .await
             {
                 Ok((mount, acquired)) => {

@@ -127,6 +127,7 @@ fn spec(f: &Fixture) -> InstanceSpec {
         internet_access: true,
         registry: None,
         artifact_repository: None,
+        artifact_revision: None,
     }
 }
 

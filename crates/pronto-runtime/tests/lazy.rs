@@ -60,6 +60,7 @@ fn spec(image: Arc<pull::ResolvedImage>, accelerated: bool) -> InstanceSpec {
         internet_access: true,
         registry: None,
         artifact_repository: None,
+        artifact_revision: None,
     }
 }
 
@@ -306,12 +307,13 @@ async fn a_stuck_mount_does_not_hold_up_another_images() {
         .unwrap(),
     );
     let s = store.clone();
-    let hung = tokio::spawn(async move { s.acquire(&stuck, None, None, None).await.map(|_| ()) });
+    let hung =
+        tokio::spawn(async move { s.acquire(&stuck, None, None, None, None).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!hung.is_finished(), "the silent registry answered?");
     let (mount, how) = tokio::time::timeout(
         Duration::from_secs(20),
-        store.acquire(&resolved, None, None, None),
+        store.acquire(&resolved, None, None, None, None),
     )
     .await
     .expect("held up by the other image's mount")

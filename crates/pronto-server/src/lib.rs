@@ -24,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod console;
 pub mod explain;
+pub mod hot;
 pub mod images;
 pub mod invoke;
 pub mod metrics;
@@ -196,6 +197,8 @@ pub struct AppState {
     pub max_instances: usize,
     pub idle_timeout: std::time::Duration,
     pub accel: std::sync::Arc<accel::Accelerator>,
+    /// Hot-set re-layout jobs (after a function's first access trace).
+    pub hot: std::sync::Arc<hot::HotPacker>,
     /// Whether acceleration jobs run (see [`ServerConfig::accelerate`]).
     pub accelerate: bool,
     /// Counted as things happen.
@@ -314,9 +317,26 @@ impl Server {
                 max_concurrent_starts: config.max_concurrent_starts.max(1),
             },
         );
+        let hot = hot::HotPacker::new(
+            access.clone(),
+            images.clone(),
+            store.clone(),
+            pronto_convert::RelayoutOptions::new(config.data_dir.join("convert")),
+        );
+        if config.accelerate {
+            let jobs = hot.clone();
+            pool.on_trace_recorded(Box::new(move |function, image| {
+                jobs.trace_recorded(function, image)
+            }));
+            let resumed = hot.resume().await?;
+            if resumed > 0 {
+                tracing::info!(resumed, "resumed hot pack jobs");
+            }
+        }
         let exporter = std::sync::Arc::new(metrics::Exporter::new(&metrics, pool.clone()));
         let state = AppState {
             accel,
+            hot,
             accelerate: config.accelerate,
             store,
             registry: config.registry.clone(),
@@ -516,6 +536,7 @@ impl RunningServer {
         }
         // In-flight requests have drained: now the conversions and the instances go.
         self.state.accel.stop().await;
+        self.state.hot.stop().await;
         self.state.pool.shutdown().await;
         self.state.pool.node().close();
         first

@@ -305,6 +305,48 @@ pub struct AccelerationInfo {
     /// `Ready`: how long the conversion took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
+    /// Pronto: the hot-set re-layout of this artifact (`hot.rs`), made after the image's first
+    /// access trace; absent until then. It belongs to this conversion of this image: a new
+    /// image or conversion replaces the whole `AccelerationInfo`, so a hot revision of an
+    /// older image is never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_pack: Option<HotPackInfo>,
+}
+
+/// Where the hot-set re-layout stands. Cold starts mount `artifactDigest` only when `Ready` and
+/// made for the function's current image (`image`); until then, and after `Failed`, the base
+/// revision (nothing is retried until a new trace or image).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HotPackInfo {
+    pub status: AccelerationStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The image manifest digest it was made for.
+    pub image: String,
+    /// The base revision's manifest digest it was made from.
+    pub base_digest: String,
+    /// `Ready`: the hot revision's manifest digest (what cold starts mount, pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_digest: Option<String>,
+    /// `Ready`: `REGISTRY/REPO:sha256-<hex>.pronto-hot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// `Ready`: hot packs written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<u64>,
+    /// `Ready`: their stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// `Ready`: chunks moved into them (the trace's, in its order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// `Ready`: how long the job took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// When the job ended (or, `Preparing`, began).
+    pub created_time: String,
 }
 
 impl Default for AccelerationInfo {
@@ -317,6 +359,7 @@ impl Default for AccelerationInfo {
             index_size: None,
             stored_bytes: None,
             duration_seconds: None,
+            hot_pack: None,
         }
     }
 }

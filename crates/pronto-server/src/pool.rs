@@ -359,7 +359,12 @@ pub struct Pool {
     /// a stalled registry cannot hold the shutdown.
     cancel_starts: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
+    /// Told (function, image digest) once a new access trace is stored: the hot-set job.
+    on_trace: std::sync::OnceLock<TraceListener>,
 }
+
+/// What [`Pool::on_trace_recorded`] calls.
+pub type TraceListener = Box<dyn Fn(String, pronto_image::Digest) + Send + Sync>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -459,7 +464,13 @@ impl Pool {
             starts: tokio_util::task::TaskTracker::new(),
             cancel_starts: tokio_util::sync::CancellationToken::new(),
             metrics,
+            on_trace: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what is told of each access trace stored (once; later calls are ignored).
+    pub fn on_trace_recorded(&self, listener: TraceListener) {
+        let _ = self.on_trace.set(listener);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -757,7 +768,7 @@ impl Pool {
     /// After the first response of a cold start: stores the access trace its new lazy mount
     /// recorded (in the background), so that the next cold starts prefetch it.
     pub fn keep_access_trace(
-        &self,
+        self: &Arc<Self>,
         lease: &Lease,
         spec: &RunSpec,
         profile: crate::explain::StartProfile,
@@ -769,7 +780,9 @@ impl Pool {
             return;
         }
         let (store, function) = (self.store.clone(), spec.name().to_string());
-        let digest = spec.instance.image.manifest_digest.to_string();
+        let image = spec.instance.image.manifest_digest.clone();
+        let digest = image.to_string();
+        let pool = self.clone();
         tokio::spawn(async move {
             let chunks = trace.len();
             match store
@@ -787,6 +800,9 @@ impl Pool {
             let profile = serde_json::to_string(&profile).expect("plain numbers");
             if let Err(e) = store.set_start_profile(&function, &digest, profile).await {
                 tracing::warn!(%function, error = %e, "storing the start's profile");
+            }
+            if let Some(listener) = pool.on_trace.get() {
+                listener(function, image);
             }
         });
     }

@@ -92,6 +92,13 @@ pub fn run_spec(
             digest: None,
             ..r
         });
+    // The hot revision, once made for this very image (a stale one is never mounted).
+    let image_digest = f.image.manifest_digest.to_string();
+    let artifact_revision = ready
+        .and_then(|a| a.hot_pack.as_ref())
+        .filter(|h| h.status == AccelerationStatus::Ready && h.image == image_digest)
+        .and_then(|h| h.artifact_digest.as_deref())
+        .and_then(|d| d.parse::<pronto_image::Digest>().ok());
     Ok(RunSpec {
         // A version never changes; any change of LATEST bumps its modified time.
         revision: format!(
@@ -120,6 +127,7 @@ pub fn run_spec(
             internet_access: s.internet_access,
             registry,
             artifact_repository,
+            artifact_revision,
         },
         timeout: Duration::from_secs(u64::from(s.timeout)),
         concurrency: s.instance_concurrency as usize,

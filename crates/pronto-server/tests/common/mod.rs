@@ -110,6 +110,14 @@ impl Env {
         self.server = Some(self.start_server().await);
     }
 
+    /// Stops the server, runs `between` on the data directory's store (what a daemon killed
+    /// mid-way would have left), and starts a new one.
+    pub async fn restart_after(&mut self, between: impl AsyncFnOnce(pronto_server::Store)) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        between(pronto_server::Store::open(&self.data_dir()).unwrap()).await;
+        self.server = Some(self.start_server().await);
+    }
+
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().unwrap()
     }
