@@ -237,13 +237,7 @@ pub async fn push_hot_manifest(
     source: &Digest,
     manifest: &ImageManifest,
 ) -> Result<Digest, RegistryError> {
-    client
-        .push_blob(repo, Bytes::from_static(EMPTY_CONFIG))
-        .await?;
-    let body = Bytes::from(serde_json::to_vec(manifest).expect("manifest serializes"));
-    client
-        .push_manifest(repo, &hot_artifact_tag(source), OCI_MANIFEST, body)
-        .await
+    push_tagged(client, repo, &hot_artifact_tag(source), manifest).await
 }
 
 /// Pushes the manifest under the artifact tag; returns its digest.
@@ -253,13 +247,21 @@ pub async fn push_manifest(
     source: &Digest,
     manifest: &ImageManifest,
 ) -> Result<Digest, RegistryError> {
+    push_tagged(client, repo, &artifact_tag(source), manifest).await
+}
+
+/// The empty config blob, then `manifest` under `tag`.
+async fn push_tagged(
+    client: &RegistryClient,
+    repo: &Reference,
+    tag: &str,
+    manifest: &ImageManifest,
+) -> Result<Digest, RegistryError> {
     client
         .push_blob(repo, Bytes::from_static(EMPTY_CONFIG))
         .await?;
     let body = Bytes::from(serde_json::to_vec(manifest).expect("manifest serializes"));
-    client
-        .push_manifest(repo, &artifact_tag(source), OCI_MANIFEST, body)
-        .await
+    client.push_manifest(repo, tag, OCI_MANIFEST, body).await
 }
 
 /// Why the artifact of an image cannot be used: not there, or not what it claims to be. Each

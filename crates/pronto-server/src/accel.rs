@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     AccelerationInfo, AccelerationStatus, AccelerationType, ContainerConfig, PinnedImage,
 };
-use crate::store::{ListQuery, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// What a finished conversion produced.
 #[derive(Debug, Clone)]
@@ -136,29 +136,15 @@ impl Accelerator {
 
     /// Restarts the jobs of every function stored as `Preparing` (after a restart).
     pub async fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut after = None;
         let mut n = 0;
-        loop {
-            let page = self
-                .store
-                .list_functions(ListQuery {
-                    prefix: None,
-                    after: after.clone(),
-                    limit: 100,
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.spec.function_name.clone());
-            for f in &page {
-                if f.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing)
-                {
-                    self.submit(
-                        f.spec.function_name.clone(),
-                        f.image.clone(),
-                        f.spec.custom_container_config.clone(),
-                    );
-                    n += 1;
-                }
+        for f in &self.store.all_functions().await? {
+            if f.acceleration.as_ref().map(|a| a.status) == Some(AccelerationStatus::Preparing) {
+                self.submit(
+                    f.spec.function_name.clone(),
+                    f.image.clone(),
+                    f.spec.custom_container_config.clone(),
+                );
+                n += 1;
             }
         }
         Ok(n)

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use crate::access::{AccessError, RegistryAccess};
 use crate::images::{ImageError, Images};
 use crate::model::{format_time, now, AccelerationStatus, AccelerationType, Function, HotPackInfo};
-use crate::store::{ListQuery, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 enum JobError {
@@ -134,33 +134,20 @@ impl HotPacker {
 
     /// Restarts the jobs stored as `Preparing` (after a restart).
     pub async fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut after = None;
         let mut n = 0;
-        loop {
-            let page = self
-                .store
-                .list_functions(ListQuery {
-                    prefix: None,
-                    after: after.clone(),
-                    limit: 100,
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.spec.function_name.clone());
-            for f in &page {
-                let preparing = f
-                    .acceleration
-                    .as_ref()
-                    .and_then(|a| a.hot_pack.as_ref())
-                    .is_some_and(|h| h.status == AccelerationStatus::Preparing);
-                if preparing {
-                    self.submit(
-                        f.spec.function_name.clone(),
-                        f.image.manifest_digest.clone(),
-                        true,
-                    );
-                    n += 1;
-                }
+        for f in &self.store.all_functions().await? {
+            let preparing = f
+                .acceleration
+                .as_ref()
+                .and_then(|a| a.hot_pack.as_ref())
+                .is_some_and(|h| h.status == AccelerationStatus::Preparing);
+            if preparing {
+                self.submit(
+                    f.spec.function_name.clone(),
+                    f.image.manifest_digest.clone(),
+                    true,
+                );
+                n += 1;
             }
         }
         Ok(n)

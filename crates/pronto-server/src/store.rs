@@ -316,6 +316,25 @@ impl Store {
         .await
     }
 
+    /// Every function, a page at a time (for the jobs resumed at start).
+    pub async fn all_functions(&self) -> Result<Vec<Function>, StoreError> {
+        let (mut all, mut after) = (Vec::new(), None);
+        loop {
+            let page = self
+                .list_functions(ListQuery {
+                    prefix: None,
+                    after: after.take(),
+                    limit: 100,
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(all);
+            };
+            after = Some(last.spec.function_name.clone());
+            all.extend(page);
+        }
+    }
+
     /// Functions by name, ascending, with their access-trace summaries.
     pub async fn list_functions(&self, q: ListQuery) -> Result<Vec<Function>, StoreError> {
         self.with_conn(move |c| {
