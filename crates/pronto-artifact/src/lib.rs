@@ -21,7 +21,7 @@
 //!   the base revision and the trace ([`build_hot_manifest`], [`push_hot_manifest`]); read
 //!   with [`fetch_artifact_revision`] and the same checks.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use bytes::Bytes;
@@ -164,7 +164,7 @@ impl IndexLayer {
             self.digest.clone(),
             self.bytes.len() as u64,
         );
-        d.annotations = Some(HashMap::from([
+        d.annotations = Some(BTreeMap::from([
             (
                 INDEX_DIGEST_ANNOTATION.to_string(),
                 self.index_digest.to_string(),
@@ -873,6 +873,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_manifest_built_twice_serializes_to_the_same_bytes() {
+        // The index layer's annotations are a map: in key order, or the digest of the same
+        // conversion would change from run to run (a HashMap's order is random per process).
+        let body = || {
+            let index = IndexLayer::compress(b"index");
+            serde_json::to_vec(&build_manifest(&source(), &index, &two_packs())).unwrap()
+        };
+        let first = body();
+        for _ in 0..32 {
+            assert_eq!(body(), first);
+        }
+        let text = String::from_utf8(first).unwrap();
+        let (digest, size) = (
+            text.find(INDEX_DIGEST_ANNOTATION).unwrap(),
+            text.find(INDEX_SIZE_ANNOTATION).unwrap(),
+        );
+        assert_eq!(
+            digest < size,
+            INDEX_DIGEST_ANNOTATION < INDEX_SIZE_ANNOTATION,
+            "annotations in key order: {text}"
+        );
     }
 
     #[test]

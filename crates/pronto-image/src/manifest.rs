@@ -4,7 +4,7 @@
 //! strings, and keeping the parse here lets every digest be validated as it is read (see
 //! [`Digest`]). The image *config* is `oci-spec`'s [`ImageConfiguration`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +68,8 @@ pub struct Descriptor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<HashMap<String, String>>,
+    /// A `BTreeMap`: serialized in key order, so a manifest built twice has one digest.
+    pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
 }
@@ -134,7 +135,7 @@ pub struct ImageManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<HashMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// An image index / Docker manifest list.
@@ -146,7 +147,7 @@ pub struct ImageIndex {
     pub media_type: Option<String>,
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<HashMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// What a manifest request returned, once its kind is known.
