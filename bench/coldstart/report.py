@@ -75,7 +75,10 @@ def lazy_table(w):
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, cs in starts.items():
         rs = by[(w, m)]
-        means = [c["fetch_seconds"] * 1e3 / c["range_requests"] for c in cs if c.get("range_requests") and "fetch_seconds" in c]
+        # fetch_seconds counts the Range requests a reader waited for (misses), since 2026-12-07;
+        # before, every request (miss_range_requests absent)
+        means = [c["fetch_seconds"] * 1e3 / c.get("miss_range_requests", c["range_requests"])
+                 for c in cs if c.get("miss_range_requests", c.get("range_requests")) and "fetch_seconds" in c]
         maxes = [c["fetch_max_seconds"] * 1e3 for c in cs if "fetch_max_seconds" in c]
         mounts = [float(r["mount_ms"]) for r in rs if (r.get("mount_ms") or "-") != "-"]
         row = [m, str(len(cs)), fmt(med(mounts) if mounts else None, ".0f"),
@@ -116,13 +119,14 @@ lines = [
     "bytes the Range requests returned (`fetched_bytes`, compressed), (content) = the chunks' uncompressed "
     "bytes (`fetched_content_bytes`); wire/read and content/read = their ratios per start (over-fetch); "
     "fetched includes what the prefetch fetched (prefetched_*); "
-    "Range req = the mount's Range requests; fetch ms = the mount's Range request latency (on-demand misses "
-    "and prefetch alike): the per-start mean (`fetch_seconds` / `range_requests`; the counters keep no median), "
+    "Range req = the mount's Range requests; fetch ms = the latency of the Range requests a reader waited for "
+    "(its misses; not read-ahead, prefetch or the stream): the per-start mean (`fetch_seconds` / `miss_range_requests`; the counters keep no median), "
     "median over starts, and the largest single request of any start (`fetch_max_seconds`).",
     "",
     "Modes: `full` = full pull and unpack; `accel-first` = lazy rootfs, empty chunk cache, no access trace (it records one); "
     "`accel` = lazy rootfs, empty chunk cache, prefetching the trace the `accel-first` sample before it recorded "
-    "(rootfs `lazy+prefetch`); `floor` = the image already unpacked on the node; `warm` = a second request to the `full` instance.",
+    "(rootfs `lazy+prefetch`), " + ("from the hot revision made from that trace, once its hot pack is Ready; "
+    if e.get("ACCEL_HOT") else "from the base revision (the bench did not wait for the hot pack); ") + "`floor` = the image already unpacked on the node; `warm` = a second request to the `full` instance.",
     "",
 ]
 for w in workloads:

@@ -235,13 +235,31 @@ import sqlite3, sys
 db, op, fn = sys.argv[1:]
 c = sqlite3.connect(db)
 if op == "delete":
-    c.execute("DELETE FROM access_traces WHERE function_name = ?", (fn,)); c.commit()
+    # the trace, and the hot pack made from it (accel-first starts from the base revision)
+    c.execute("DELETE FROM access_traces WHERE function_name = ?", (fn,))
+    c.execute("UPDATE functions SET acceleration = json_remove(acceleration, '$.hotPack') WHERE name = ?", (fn,))
+    c.commit()
 else:
     print(c.execute("SELECT count(*) FROM access_traces WHERE function_name = ?", (fn,)).fetchone()[0])
 PYTRACE
 }
+# Waits (bounded) until FUNCTION's hot pack, made from the trace accel-first recorded, is Ready:
+# the accel sample mounts the hot revision, as a function's later cold starts do.
+wait_hot() { # function
+  local st
+  for _ in $(seq 600); do
+    st=$(P function get "$1" | jq -r '.customContainerConfig.accelerationInfo.hotPack.status // empty')
+    case $st in
+      Ready) return 0 ;;
+      Failed) warn "$1: hot pack failed: $(P function get "$1" | jq -c '.customContainerConfig.accelerationInfo.hotPack')"; return 0 ;;
+    esac
+    sleep 0.2
+  done
+  die "$1: no hot pack 120 s after the accel-first sample"
+}
 # A cold node as MODE wants it, then the daemon started fresh.
 cold_node() { # mode workload
+  [ "$1" != accel ] || wait_hot "$2-acc"
   stop_daemon
   [ -z "$(our_mounts)" ] || die "mounts left after the daemon stopped: $(our_mounts | tr '\n' ' ')"
   case $1 in
@@ -324,7 +342,7 @@ report_env "$work"
 mkdir -p "$out"
 cp "$samples" "$out/samples.tsv"
 sizes=""; for w in ${workloads//,/ }; do sizes+="$w=${size[$w]},$(jq -r '.customContainerConfig.accelerationInfo // .accelerationInfo | tojson' "$work/$w-acc.json" | tr -d '\t');"; done
-export EXPLAIN_DIR=$work RUNS=$runs LINK_SHORT="$rate, $rtt RTT" LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
+export ACCEL_HOT=1 EXPLAIN_DIR=$work RUNS=$runs LINK_SHORT="$rate, $rtt RTT" LINK="$rate, ${rtt} RTT (measured: a new connection to the first byte of GET /v2/ takes ${ping_rtt} ms, i.e. 2 RTT + the registry)" LEAK_LINE="$leak_line" SIZES="$sizes" \
   MACHINE="$MACHINE, load average at the end $LOAD_END (a shared machine)" VERSION="pronto $pronto_version"
 "$PY" "$here/report.py" "$samples" "$out"
 log "written: $out/report.md, $out/breakdown.svg"
