@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// `host` runs them in the node's (root inside is root on the node).
     #[arg(long, env = "PRONTO_USERNS", default_value = "private")]
     userns: pronto_server::UsernsMode,
+    /// What a new lazy mount does with the rest of its image: `auto` streams it into the
+    /// chunk cache when that pays (at once on a fast link, after the start's burst on a slow
+    /// one), `always` from the mount on, `off` fetches only what programs read (and prefetch).
+    #[arg(long, env = "PRONTO_BACKGROUND_STREAM", default_value = "auto")]
+    background_stream: pronto_server::StreamPolicy,
     /// Where instances' addresses come from: each instance with `internetAccess` gets a /30
     /// of it, a veth and NAT out of the node (it can reach neither the node itself nor other
     /// instances); `none`: instances have only their loopback.
@@ -96,6 +101,7 @@ pub async fn run(args: ServeArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     config.artifact_repository = args.artifact_repository;
     config.isolation.seccomp = args.seccomp;
     config.isolation.userns = args.userns;
+    config.background_stream = args.background_stream;
     config.network = args
         .instance_subnet
         .0

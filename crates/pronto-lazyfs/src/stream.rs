@@ -35,6 +35,19 @@ pub enum StreamPolicy {
     Always,
 }
 
+impl std::str::FromStr for StreamPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StreamPolicy, String> {
+        match s {
+            "off" => Ok(StreamPolicy::Off),
+            "auto" => Ok(StreamPolicy::Auto),
+            "always" => Ok(StreamPolicy::Always),
+            _ => Err(format!("{s:?}: expected off, auto or always")),
+        }
+    }
+}
+
 /// Requests in flight at most while nothing else is.
 const STREAM_REQUESTS: usize = 3;
 /// A stream request carries about this much transfer at the measured rate...
@@ -266,6 +279,16 @@ fn runs(fetcher: &ChunkFetcher, max: u64) -> Vec<Vec<ChunkRef>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn policies_parse_from_their_flag_values() {
+        assert_eq!("off".parse(), Ok(StreamPolicy::Off));
+        assert_eq!("auto".parse(), Ok(StreamPolicy::Auto));
+        assert_eq!("always".parse(), Ok(StreamPolicy::Always));
+        assert!("Auto"
+            .parse::<StreamPolicy>()
+            .unwrap_err()
+            .contains("off, auto or always"));
+    }
 
     #[test]
     fn auto_streams_at_once_on_a_fast_link_else_after_the_burst() {

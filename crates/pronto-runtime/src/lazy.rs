@@ -162,6 +162,8 @@ pub struct LazyStore {
     client: RegistryClient,
     cache: Arc<ChunkCache>,
     options: MountOptions,
+    /// What a new mount does with the rest of its image (after its prefetch, if any).
+    stream: StreamPolicy,
     fetch_rt: FetchRuntime,
     /// Per image and artifact revision (`None`: the base), its mount if any instance holds it.
     /// The per-image lock is held while that image is mounted, so concurrent starts of one
@@ -186,6 +188,7 @@ impl LazyStore {
             client,
             cache: Arc::new(ChunkCache::open(cache_dir, cache_bytes)?),
             options: MountOptions::default(),
+            stream: StreamPolicy::Auto,
             fetch_rt: FetchRuntime::new()?,
             mounts: Mutex::default(),
             next: AtomicU64::new(0),
@@ -263,7 +266,7 @@ impl LazyStore {
             _ => Acquired::Recording,
         };
         // The rest of the image, when it pays, after the prefetch (see `pronto_lazyfs::stream`).
-        mount.start_stream(StreamPolicy::Auto);
+        mount.start_stream(self.stream);
         self.book.add(n, mount.stats_handle());
         let shared = Arc::new(SharedMount {
             digest: image.manifest_digest.clone(),
@@ -274,6 +277,12 @@ impl LazyStore {
         });
         *held = Arc::downgrade(&shared);
         Ok((shared, acquired))
+    }
+
+    /// New mounts stream the rest of their image per `policy` (`Auto` unless set).
+    pub fn with_background_stream(mut self, policy: StreamPolicy) -> LazyStore {
+        self.stream = policy;
+        self
     }
 
     /// Detaches the mounts a previous process left under the root (their connection died with

@@ -55,7 +55,7 @@ mod teardown;
 mod tests;
 pub mod userns;
 
-pub use pronto_lazyfs::{AccessTrace, StatsSnapshot};
+pub use pronto_lazyfs::{AccessTrace, StatsSnapshot, StreamPolicy};
 
 pub use host::{Host, LinuxHost};
 pub use instance::{

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub isolation: Isolation,
     /// Instances' outbound network; `None`: they have only their loopback.
     pub network: Option<NetworkConfig>,
+    /// Whether a new lazy mount streams the rest of its image into the chunk cache (see
+    /// `pronto_lazyfs::stream`): `Auto` decides from the measured link and the bytes left.
+    pub background_stream: pronto_lazyfs::StreamPolicy,
 }
 
 /// Where instances' addresses come from and what they resolve names with.
@@ -127,7 +130,8 @@ impl Node {
             &data_dir.join("chunks"),
             config.chunk_cache_bytes,
             config.registry.clone(),
-        )?;
+        )?
+        .with_background_stream(config.background_stream);
         // Also removes what pulls of a killed daemon left.
         let images = ImageStore::new(
             data_dir.join("images"),

@@ -26,6 +26,7 @@ async fn env() -> Env {
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: 1 << 20,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        background_stream: crate::StreamPolicy::Auto,
         isolation: Default::default(),
         network: None,
     };

@@ -75,6 +75,7 @@ async fn fixture_on(isolation: Isolation, network: Option<NetworkConfig>) -> Fix
         registry: client,
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        background_stream: pronto_runtime::StreamPolicy::Auto,
         isolation,
         network,
     })
@@ -102,6 +103,7 @@ impl Drop for Fixture {
                 registry: RegistryClient::new(ClientOptions::default()).unwrap(),
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+                background_stream: pronto_runtime::StreamPolicy::Auto,
                 isolation: Default::default(),
                 network: None,
             }))
@@ -400,6 +402,7 @@ async fn a_new_node_cleans_up_after_a_crashed_one() {
         registry: RegistryClient::new(ClientOptions::default()).unwrap(),
         chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        background_stream: pronto_runtime::StreamPolicy::Auto,
         isolation: Default::default(),
         network: None,
     })

@@ -71,6 +71,7 @@ async fn open_node(data: &Path) -> Node {
         registry: client(),
         chunk_cache_bytes: 1 << 30,
         max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+        background_stream: pronto_runtime::StreamPolicy::Auto,
         isolation: Default::default(),
         network: None,
     })

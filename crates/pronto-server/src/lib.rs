@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::ApiToken;
 /// The node switches `pronto serve` sets (`--seccomp`, `--userns`).
 pub use pronto_runtime::network::{Subnet, DEFAULT_SUBNET};
-pub use pronto_runtime::{Isolation, NetworkConfig, SeccompMode, UsernsMode};
+pub use pronto_runtime::{Isolation, NetworkConfig, SeccompMode, StreamPolicy, UsernsMode};
 pub use store::Store;
 
 /// Where `pronto serve` listens for invocations unless told otherwise.
@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub max_conversions: usize,
     /// Bound of the node chunk cache (contents of lazily loaded rootfs), in bytes.
     pub chunk_cache_bytes: u64,
+    /// What new lazy mounts do with the rest of their image (`pronto serve --background-stream`).
+    pub background_stream: StreamPolicy,
     /// Serve `/metrics` on the control listener without the API token.
     pub metrics_public: bool,
     /// The node's memory for instances (MiB): the sum of `memorySize` of live instances stays
@@ -131,6 +133,7 @@ impl ServerConfig {
             accelerate: true,
             max_conversions: 1,
             chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
+            background_stream: StreamPolicy::Auto,
             metrics_public: false,
             memory_budget_mb: default_memory_budget_mb(),
             max_concurrent_starts: pool::PoolLimits::default().max_concurrent_starts,
@@ -261,6 +264,7 @@ impl Server {
             max_unpacked_bytes: config.max_unpacked_bytes,
             isolation: config.isolation,
             network: config.network.clone(),
+            background_stream: config.background_stream,
         })
         .await
         .map_err(|source| ServerError::Node {

@@ -249,6 +249,7 @@ impl Drop for Env {
                 registry,
                 chunk_cache_bytes: pronto_runtime::DEFAULT_CHUNK_CACHE_BYTES,
                 max_unpacked_bytes: pronto_image::pull::DEFAULT_MAX_UNPACKED_BYTES,
+                background_stream: pronto_runtime::StreamPolicy::Auto,
                 isolation: Default::default(),
                 network: None,
             }))
