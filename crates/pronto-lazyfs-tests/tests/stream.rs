@@ -271,6 +271,13 @@ async fn the_stream_fills_the_cache_and_never_serves_wrong_bytes() {
             "{name} after streaming:\n{}",
             diff.join("\n")
         );
+        // The stream's thread finds nothing left to fetch, on its own time (bounded wait).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while mount.stats().stream_state != StreamState::Done as u64
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let s = mount.stats();
         assert_eq!(s.fetched_chunks, 0, "{name}: all from the cache: {s}");
         assert_eq!(s.stream_state, StreamState::Done as u64, "{name}: {s}");
