@@ -597,14 +597,9 @@ impl ChunkFetcher {
                 return;
             }
             let lead = self.claim(&run);
-            let mut at = 0;
-            while at < lead.len() {
-                // What was claimed may have holes (chunks read since): adjacent pieces only.
-                let mut end = at + 1;
-                while end < lead.len() && lead[end - 1].0.pack_range().end == lead[end].0.offset {
-                    end += 1;
-                }
-                let refs: Vec<ChunkRef> = lead[at..end].iter().map(|(c, _)| *c).collect();
+            for piece in adjacent_pieces(&lead) {
+                let (at, end) = (piece.start, piece.end);
+                let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
                 let results = self.fetch_run(&refs, FetchKind::Prefetch).await;
                 let content = results
                     .iter()
@@ -615,7 +610,6 @@ impl ChunkFetcher {
                 drop(self.land(&lead[at..end], results));
                 // Counted once cached: a reader who sees the count finds the chunks.
                 self.stats.prefetched(ok, content);
-                at = end;
             }
         };
         self.rt.block_on(
@@ -942,6 +936,22 @@ impl ChunkFetcher {
         }
         last
     }
+}
+
+/// The pieces of `lead` (chunks claimed in pack order) stored back to back, one Range request
+/// each: what was claimed may have holes (chunks read meanwhile).
+pub(crate) fn adjacent_pieces<T>(lead: &[(ChunkRef, T)]) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < lead.len() {
+        let mut end = at + 1;
+        while end < lead.len() && lead[end - 1].0.pack_range().end == lead[end].0.offset {
+            end += 1;
+        }
+        pieces.push(at..end);
+        at = end;
+    }
+    pieces
 }
 
 #[cfg(test)]

@@ -176,14 +176,9 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
             }
             active.fetch_add(1, Ordering::SeqCst);
             let lead = fetcher.claim(&run);
-            let mut at = 0;
-            while at < lead.len() {
-                // What was claimed may have holes (chunks read since): adjacent pieces only.
-                let mut end = at + 1;
-                while end < lead.len() && lead[end - 1].0.pack_range().end == lead[end].0.offset {
-                    end += 1;
-                }
-                let refs: Vec<ChunkRef> = lead[at..end].iter().map(|(c, _)| *c).collect();
+            for piece in crate::fetch::adjacent_pieces(&lead) {
+                let (at, end) = (piece.start, piece.end);
+                let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
                 let results = tokio::select! {
                     r = fetcher.fetch_run(&refs, FetchKind::Stream) => r,
                     () = stopped(cancel) => {
@@ -205,7 +200,6 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
                 let _ = tokio::task::spawn_blocking(move || drop(f.land(&piece, results))).await;
                 // Counted once cached.
                 fetcher.stats().streamed(ok as u64, content);
-                at = end;
             }
             active.fetch_sub(1, Ordering::SeqCst);
         }
