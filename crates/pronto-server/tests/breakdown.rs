@@ -57,7 +57,7 @@ const PHASES: [&str; 9] = [
 /// The phases, in order, add up to `total`, which is within 5% of the client's measure (or,
 /// for a start of a few tens of milliseconds, within `slack_ms`: the header counts whole
 /// milliseconds, and the client's measure includes its connection and the response's way
-/// back).
+/// back, which took 6.6 ms of a 98 ms start once in CI on a loaded machine).
 fn check(header: &str, client: Duration, rootfs_phase: &str, slack_ms: f64) -> Vec<(String, u128)> {
     let f = fields(header);
     let total: u128 = f[0].1.parse().unwrap();
@@ -117,7 +117,7 @@ async fn the_phases_add_up_to_the_cold_start_the_client_measured_with_basic_auth
     // The first call after a restart: no credential cached, the image not on the node.
     env.restart().await;
     let (header, took) = cold(&env, "private").await;
-    let phases = check(&header, took, "pull", 0.0);
+    let phases = check(&header, took, "pull", 15.0);
     assert!(header.contains("rootfs=pulled"), "{header}");
     let m = env.scrape().await;
     let auth_sum = m
@@ -154,7 +154,7 @@ async fn the_phases_add_up_to_the_cold_start_the_client_measured_with_basic_auth
     env.restart().await;
     env.registry.stop();
     let (header, took) = cold(&env, "private").await;
-    let phases = check(&header, took, "local", 5.0);
+    let phases = check(&header, took, "local", 15.0);
     assert_eq!(phases[3].0, "auth", "{header}");
     assert!(phases[3].1 <= 20, "{header}");
     assert!(header.contains("rootfs=local"), "{header}");
