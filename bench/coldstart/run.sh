@@ -204,10 +204,29 @@ lazy_stats() {
 samples="$work/samples.tsv"
 : >"$work/ids.seen"
 printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\tlazy\tmount_ms\n' >"$samples"
+# PRONTO_BENCH_PROFILE=DIR (optional, for investigations): each cold sample is recorded with
+# `perf record -a -g` (whole machine: the daemon and the function) into DIR/W-MODE-RUN.perf, and
+# the daemon's log is copied to DIR/serve.log at the end.
+profile_start() { # workload mode run
+  perf_pid=""
+  [ -n "${PRONTO_BENCH_PROFILE:-}" ] && [ "$2" != warm ] || return 0
+  mkdir -p "$PRONTO_BENCH_PROFILE"
+  perf record -q -a -g -F 499 -o "$PRONTO_BENCH_PROFILE/$1-$2-$3.perf" >/dev/null 2>&1 &
+  perf_pid=$!
+  sleep 0.3
+}
+profile_stop() {
+  [ -n "${perf_pid:-}" ] || return 0
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  perf_pid=""
+}
 invoke_once() { # workload function mode run
   local w=$1 fn=$2 mode=$3 i=$4 res code ttfb cold
+  profile_start "$w" "$mode" "$i"
   res=$(curl -sS -o "$work/body" -D "$work/hdr" -w '%{http_code} %{time_starttransfer}' --max-time 900 \
     -H "Authorization: Bearer $token" "http://127.0.0.1:$iport/invoke/$fn${path[$w]}") || die "$w $mode: invoke failed"
+  profile_stop
   read -r code ttfb <<<"$res"
   [ "$code" = 200 ] || { head -c 600 "$work/body" >&2; tail -20 "$work/serve.log" >&2; die "$w $mode run $i: HTTP $code"; }
   check_body "$w" "$work/body" || { head -c 300 "$work/body" >&2; die "$w $mode run $i: wrong body"; }
@@ -312,6 +331,7 @@ if [[ ",$modes," == *,accel-first,* ]]; then
   done
 fi
 stop_daemon
+[ -z "${PRONTO_BENCH_PROFILE:-}" ] || cp "$work/serve.log" "$PRONTO_BENCH_PROFILE/serve.log"
 
 # ---- nothing left behind ----------------------------------------------------------------------
 leftover=""

@@ -624,6 +624,22 @@ impl RegistryClient {
         start: u64,
         len: u64,
     ) -> Result<Bytes, RegistryError> {
+        self.read_blob_range_progressive(r, digest, start, len, |_| {})
+            .await
+    }
+
+    /// As [`RegistryClient::read_blob_range`]; `progress` is called with the bytes received so
+    /// far (a prefix of the range) each time more arrive, so that a caller can use the start
+    /// of a large range before its end has come (the lazy fetcher hands out each chunk of a
+    /// long request as soon as its bytes are in).
+    pub async fn read_blob_range_progressive(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+        mut progress: impl FnMut(&[u8]) + Send,
+    ) -> Result<Bytes, RegistryError> {
         let range_err = |detail: String| RegistryError::Range {
             digest: digest.clone(),
             start,
@@ -671,6 +687,7 @@ impl RegistryClient {
                 return Err(range_err("registry sent more bytes than asked for".into()));
             }
             out.extend_from_slice(&chunk);
+            progress(&out);
         }
         if out.len() as u64 != len {
             return Err(range_err(format!("registry sent {} bytes", out.len())));

@@ -592,6 +592,75 @@ async fn a_miss_is_not_queued_behind_prefetch_or_the_stream() {
     mount.unmount().unwrap();
 }
 
+/// A long prefetch request (a hot pack's back-to-back chunks: one request of 12 MiB, about a
+/// second at 100 Mbit/s) hands out each chunk as soon as its bytes are in: a reader of the
+/// first chunk, which the request claimed, waits for that chunk, not for the whole request
+/// and its decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prefetch_request_serves_its_first_chunks_before_its_last_arrive() {
+    let _serial = SERIAL.lock().await;
+    logs();
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let hot = noise(12 << 20, 31);
+    let image = ImageBuilder::new().layer(Layer::zstd().file("app/hot", &hot));
+    accelerate_with(
+        &registry,
+        image,
+        "stream/progressive:v1",
+        CHUNK,
+        32 << 20,
+        work.path(),
+    )
+    .await;
+    let proxy = FaultyProxy::start(registry.addr());
+    let artifact = via_proxy(&proxy, "stream/progressive:v1").await;
+    proxy.set_link(Some(Link::mbit(100, 10)));
+    let trace = AccessTrace {
+        chunks: hot
+            .chunks(CHUNK as usize)
+            .map(pronto_format::chunk_digest)
+            .collect(),
+    };
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt");
+    let mut mount = mount_with(&artifact, &cache, &dir, &options(StreamPolicy::Off));
+    let started = Instant::now();
+    assert_eq!(mount.prefetch(&trace), trace.len());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (first, expect) = (dir.join("app/hot"), hot[..CHUNK as usize].to_vec());
+    let waited = blocking(move || {
+        let began = Instant::now();
+        let mut got = vec![0u8; CHUNK as usize];
+        std::fs::File::open(&first)
+            .unwrap()
+            .read_exact_at(&mut got, 0)
+            .unwrap();
+        assert!(got == expect, "the first chunk: other bytes");
+        began.elapsed()
+    })
+    .await;
+    let at_read = mount.stats();
+    wait_until(Duration::from_secs(60), "the prefetch is done", || {
+        mount.stats().prefetched_chunks == trace.len() as u64
+    })
+    .await;
+    let whole = started.elapsed();
+    let s = mount.stats();
+    eprintln!("the first chunk after {waited:?}, the prefetch {whole:?}: {s}");
+    assert_eq!(s.range_requests, 1, "one request for the hot set: {s}");
+    assert_eq!(s.demand_range_requests, 0, "the reader waited on it: {s}");
+    assert!(
+        at_read.prefetched_chunks < trace.len() as u64,
+        "the read came during the request: {at_read}"
+    );
+    assert!(
+        waited * 3 < whole,
+        "the first chunk took {waited:?} of a request of {whole:?}: {s}"
+    );
+    mount.unmount().unwrap();
+}
+
 /// `Auto` on a mount whose program reads a little and then stops: the stream measures the
 /// link (its first request when nothing else did), waits for the reads to settle or streams
 /// at once when the rest is small for the link, and ends with every chunk cached.

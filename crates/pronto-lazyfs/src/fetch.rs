@@ -123,7 +123,7 @@ pub(crate) struct Flight {
 }
 
 impl Flight {
-    fn finish(&self, result: Result<Bytes, FetchError>) {
+    pub(crate) fn finish(&self, result: Result<Bytes, FetchError>) {
         *self.result.lock().expect("flight lock poisoned") = Some(result);
         self.ready.notify_all();
     }
@@ -142,6 +142,9 @@ impl Flight {
 /// A chunk as a fetch gives it: its content and its segments' values (for the cache entry), or
 /// why not.
 type Fetched = Result<(Bytes, Vec<SegmentValue>), FetchError>;
+
+/// Hands chunk `i` of a run to its waiters as soon as it is in (see `ChunkFetcher::fetch_run`).
+pub(crate) type Deliver<'a> = dyn Fn(usize, &Bytes) + Sync + 'a;
 
 /// Chunks fetched and handed out but not yet in the node cache; dropping this writes them there
 /// (and takes them out of the in-flight map).
@@ -600,7 +603,11 @@ impl ChunkFetcher {
             for piece in adjacent_pieces(&lead) {
                 let (at, end) = (piece.start, piece.end);
                 let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
-                let results = self.fetch_run(&refs, FetchKind::Prefetch).await;
+                // Each chunk goes to its waiters as soon as it is in (see `fetch_run`).
+                let deliver = |i: usize, data: &Bytes| lead[at + i].1.finish(Ok(data.clone()));
+                let results = self
+                    .fetch_run(&refs, FetchKind::Prefetch, Some(&deliver))
+                    .await;
                 let content = results
                     .iter()
                     .flatten()
@@ -715,7 +722,7 @@ impl ChunkFetcher {
             .rt
             .block_on(futures_util::future::join_all(runs.iter().map(|run| {
                 let refs: Vec<ChunkRef> = run.iter().map(|&i| chunks[i]).collect();
-                async move { self.fetch_run(&refs, kind).await }
+                async move { self.fetch_run(&refs, kind, None).await }
             })));
         let mut results: Vec<Option<Fetched>> = vec![None; chunks.len()];
         for (run, run_result) in runs.iter().zip(run_results) {
@@ -757,7 +764,7 @@ impl ChunkFetcher {
                 // A task dropped before it lands (the runtime shutting down) must not leave
                 // readers waiting on its flights forever.
                 let guard = Abandoned(&fetcher, &run);
-                let results = fetcher.fetch_run(&refs, FetchKind::ReadAhead).await;
+                let results = fetcher.fetch_run(&refs, FetchKind::ReadAhead, None).await;
                 std::mem::forget(guard);
                 // Cache writes are file I/O: off the runtime's workers.
                 let landed = tokio::task::spawn_blocking(move || {
@@ -812,7 +819,18 @@ impl ChunkFetcher {
     }
 
     /// One Range request for a run of adjacent chunks, retried; each chunk verified.
-    pub(crate) async fn fetch_run(&self, run: &[ChunkRef], kind: FetchKind) -> Vec<Fetched> {
+    ///
+    /// With `deliver`, each chunk is decoded as soon as its bytes are in and handed to
+    /// `deliver(i, data)` (the caller finishes its flight: readers waiting on it go on while
+    /// the rest of a long request arrives, instead of waiting for its last byte and the
+    /// decoding of the whole run). The decoding then happens where this future is polled:
+    /// use it from a thread of its own (prefetch, stream), never a runtime worker.
+    pub(crate) async fn fetch_run(
+        &self,
+        run: &[ChunkRef],
+        kind: FetchKind,
+        deliver: Option<&Deliver<'_>>,
+    ) -> Vec<Fetched> {
         let first = run[0];
         let start = first.offset;
         let end = run.last().expect("runs are not empty").pack_range().end;
@@ -836,18 +854,51 @@ impl ChunkFetcher {
         let mut backoff = self.retry.first_backoff;
         let mut last: Vec<Fetched> = Vec::new();
         let began = Instant::now();
+        // Chunks decoded and delivered as their bytes came (by any attempt): final.
+        let mut early: Vec<Option<(Bytes, Vec<SegmentValue>)>> = vec![None; run.len()];
         for attempt in 1..=self.retry.attempts.max(1) {
             let started = Instant::now();
             let _foreground = (kind != FetchKind::Stream).then(|| {
                 self.foreground.fetch_add(1, Ordering::SeqCst);
                 Foreground(self)
             });
-            let got = tokio::time::timeout(
-                self.retry.attempt_timeout,
-                self.client
-                    .read_blob_range(&self.repo, pack, start, end - start),
-            )
-            .await;
+            let got = {
+                let (early, mut next) = (&mut early, 0);
+                let progress = |received: &[u8]| {
+                    let Some(deliver) = deliver else {
+                        return;
+                    };
+                    while let Some(c) = run.get(next) {
+                        let at = (c.offset - start) as usize;
+                        let Some(stored) = received.get(at..at + c.compressed_size as usize) else {
+                            break;
+                        };
+                        if early[next].is_none() {
+                            // A chunk that fails its check is left to the final pass, which
+                            // reports it.
+                            if let Ok((data, values)) =
+                                pronto_format::decompress_chunk_with_segments(stored, c)
+                            {
+                                let data = Bytes::from(data);
+                                deliver(next, &data);
+                                early[next] = Some((data, values));
+                            }
+                        }
+                        next += 1;
+                    }
+                };
+                tokio::time::timeout(
+                    self.retry.attempt_timeout,
+                    self.client.read_blob_range_progressive(
+                        &self.repo,
+                        pack,
+                        start,
+                        end - start,
+                        progress,
+                    ),
+                )
+                .await
+            };
             drop(_foreground);
             last = match got {
                 Ok(Ok(bytes)) => {
@@ -859,11 +910,15 @@ impl ChunkFetcher {
                         content,
                         started.elapsed(),
                     );
-                    let chunks = run.to_vec();
+                    let (chunks, known) = (run.to_vec(), early.clone());
                     let decode = move || -> Vec<Result<(Bytes, Vec<SegmentValue>), String>> {
                         chunks
                             .iter()
-                            .map(|c| {
+                            .zip(known)
+                            .map(|(c, known)| {
+                                if let Some(done) = known {
+                                    return Ok(done);
+                                }
                                 let at = (c.offset - start) as usize;
                                 let stored = bytes
                                     .get(at..at + c.compressed_size as usize)
@@ -874,7 +929,11 @@ impl ChunkFetcher {
                             })
                             .collect()
                     };
-                    let decoded = if end - start >= BLOCKING_DECODE_BYTES {
+                    // Prefetch and stream requests run on their own (low-priority) threads,
+                    // which decode them too; a reader's large run goes to the blocking pool
+                    // so the runtime's workers stay free for other requests.
+                    let own_thread = matches!(kind, FetchKind::Prefetch | FetchKind::Stream);
+                    let decoded = if !own_thread && end - start >= BLOCKING_DECODE_BYTES {
                         tokio::task::spawn_blocking(decode)
                             .await
                             .unwrap_or_else(|e| vec![Err(format!("decoding: {e}")); run.len()])
@@ -897,6 +956,12 @@ impl ChunkFetcher {
                     })
                     .collect(),
             };
+            // What an attempt delivered stays delivered, whatever became of the rest.
+            for (result, known) in last.iter_mut().zip(&early) {
+                if let (Err(_), Some(done)) = (&*result, known) {
+                    *result = Ok(done.clone());
+                }
+            }
             let Some(Err(e)) = last.iter().find(|r| r.is_err()) else {
                 return last;
             };

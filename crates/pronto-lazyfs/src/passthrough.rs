@@ -204,11 +204,7 @@ fn run(
     queued: Arc<Mutex<HashSet<u32>>>,
     cancel: Arc<AtomicBool>,
 ) {
-    // Background work: leave the CPU to the programs reading the mount. Nice values are per
-    // thread on Linux.
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
-        debug!(error = %e, "lowering the materializer's priority");
-    }
+    crate::lower_priority("materializer");
     let mut logged = None;
     let mut last_log = Instant::now();
     loop {

@@ -1,6 +1,6 @@
 //! The background stream: the chunks of an image not yet in the node cache, fetched in pack
-//! order in large Range requests, verified and decompressed on the blocking pool (several
-//! cores) and stored in the cache, so that a start that reads much of its image, or a program
+//! order in large Range requests, verified, decompressed and stored in the cache on its own
+//! thread (nice 10: it yields the CPU to the programs and the OCI runtime), so that a start that reads much of its image, or a program
 //! that later reads files its start did not, finds them local instead of paying round trips.
 //!
 //! It stays behind everything else: a chunk is claimed in the fetcher's in-flight map only when
@@ -179,8 +179,12 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
             for piece in crate::fetch::adjacent_pieces(&lead) {
                 let (at, end) = (piece.start, piece.end);
                 let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
+                // Each chunk goes to its waiters as soon as it is in (see `fetch_run`).
+                let deliver = |i: usize, data: &bytes::Bytes| {
+                    lead[at + i].1.finish(Ok(data.clone()));
+                };
                 let results = tokio::select! {
-                    r = fetcher.fetch_run(&refs, FetchKind::Stream) => r,
+                    r = fetcher.fetch_run(&refs, FetchKind::Stream, Some(&deliver)) => r,
                     () = stopped(cancel) => {
                         fetcher.release(&lead[at..], crate::fetch::ABANDONED);
                         break;
@@ -195,9 +199,8 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
                     .flatten()
                     .map(|(data, _)| data.len() as u64)
                     .sum();
-                let (f, piece) = (fetcher.clone(), lead[at..end].to_vec());
-                // Cache writes are file I/O: off the runtime's workers.
-                let _ = tokio::task::spawn_blocking(move || drop(f.land(&piece, results))).await;
+                // Stored on the stream's own thread (low priority), not a runtime worker's.
+                drop(fetcher.land(&lead[at..end], results));
                 // Counted once cached.
                 fetcher.stats().streamed(ok as u64, content);
             }

@@ -224,6 +224,14 @@ impl Instance {
             .and_then(|m| m.take_access_trace())
     }
 
+    /// Its start is over (its first response went out): a lazy mount that prefetched a trace
+    /// may stream the rest of its image now (see [`SharedMount::start_deferred_stream`]).
+    pub fn start_is_over(&self) {
+        if let Some(m) = self.lazy.lock().expect("instance lock poisoned").as_ref() {
+            m.start_deferred_stream();
+        }
+    }
+
     /// The counters of its lazy mount (shared with the image's other instances on this node),
     /// if its rootfs is lazy.
     pub fn lazy_stats(&self) -> Option<pronto_lazyfs::StatsSnapshot> {

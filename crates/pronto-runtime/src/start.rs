@@ -36,6 +36,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a failed start waits for the container's last output lines.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+/// A prefetched lazy mount's background stream starts this long after its instance became
+/// ready if no response started it before (an instance started with no request waiting).
+const DEFERRED_STREAM_FALLBACK: Duration = Duration::from_secs(10);
 
 fn setup(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Setup { step, source }
@@ -104,6 +107,18 @@ impl Node {
                     ms = s.timings.app_ready.as_millis() as u64,
                     "instance started"
                 );
+                if let Some(m) = &lazy {
+                    // Its first response normally starts a deferred stream (the server calls
+                    // `Instance::start_is_over`); an instance nobody calls (provisioned) starts
+                    // it a while after it became ready.
+                    let m = Arc::downgrade(m);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(DEFERRED_STREAM_FALLBACK).await;
+                        if let Some(m) = m.upgrade() {
+                            m.start_deferred_stream();
+                        }
+                    });
+                }
                 Ok(Instance {
                     id: layout.id.clone(),
                     function: spec.function,

@@ -374,3 +374,52 @@ async fn a_container_reads_a_cached_file_through_passthrough() {
     instance.stop().await.unwrap();
     assert_eq!(lazy_mounts(data.path()), 0);
 }
+
+/// A start that prefetches a trace leaves the rest of the image alone until it is over (the
+/// prefetch brings what it reads; streaming the rest meanwhile would only compete with it),
+/// then, told so by its first response (`Instance::start_is_over`), streams the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_start_streams_the_rest_of_its_image_only_once_it_is_over() {
+    use pronto_lazyfs::StreamState;
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let reference = registry.reference("fn/deferred:v1");
+    image().push(&client(), &reference).await.unwrap();
+    let resolved = accelerate(&reference, work.path(), 256 << 10).await;
+
+    // The trace of a first start, on a node of its own.
+    let data = tempfile::tempdir().unwrap();
+    let node = open_node(data.path()).await;
+    let first = node.start(spec(resolved.clone(), true)).await.unwrap();
+    assert!(get(&first, "/").await.ends_with("lazy hello\n"));
+    let trace = first.take_access_trace().expect("a fresh mount records");
+    first.stop().await.unwrap();
+    drop(node);
+
+    // A cold node prefetches it: no stream while the start runs...
+    let data = tempfile::tempdir().unwrap();
+    let node = open_node(data.path()).await;
+    let mut prefetching = spec(resolved.clone(), true);
+    prefetching.prefetch = Some(Arc::new(trace));
+    let instance = node.start(prefetching).await.unwrap();
+    assert!(instance.timings.prefetched);
+    assert!(get(&instance, "/").await.ends_with("lazy hello\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = instance.lazy_stats().unwrap();
+    assert_eq!(s.stream_state, StreamState::Off as u64, "{s}");
+    assert_eq!(s.streamed_chunks, 0, "{s}");
+    // ... and the rest of the image once it is over (gt/big, which it did not read).
+    instance.start_is_over();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = instance.lazy_stats().unwrap();
+        if s.stream_state == StreamState::Done as u64 {
+            assert!(s.streamed_bytes >= 3 << 20, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no stream: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    instance.stop().await.unwrap();
+    assert_eq!(lazy_mounts(data.path()), 0);
+}

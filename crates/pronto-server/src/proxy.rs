@@ -143,6 +143,7 @@ pub async fn forward(
     let breakdown = Breakdown::of(&lease, marks, first_byte);
     if let Some(b) = &breakdown {
         pool.keep_access_trace(&lease, spec, b.start_profile(&lease));
+        lease.instance.start_is_over();
         b.record(metrics, spec.name());
         tracing::info!(
             rootfs = b.rootfs,
