@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -192,6 +192,31 @@ async fn a_walk_fetches_nothing_and_a_small_read_fetches_one_chunk() {
     })
     .await;
     assert_eq!(tty, (-1, Some(libc::ENOTTY)));
+    // An image without extended attributes: none listed, and `getxattr` is "not supported"
+    // (the kernel stops asking the daemon after its first `ENOSYS`), again and again.
+    let d = dir.clone();
+    let xattrs = blocking(move || {
+        let path = std::ffi::CString::new(d.join("data/big").into_os_string().into_vec()).unwrap();
+        let get = |name: &std::ffi::CStr| {
+            let mut buf = [0u8; 64];
+            // SAFETY: both strings are NUL-terminated; the buffer's length is passed.
+            let r = unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        };
+        // SAFETY: as above; a zero-length buffer asks for the list's size.
+        let listed = unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+        (get(c"user.k"), get(c"security.capability"), listed)
+    })
+    .await;
+    let unsupported = (-1, Some(libc::EOPNOTSUPP));
+    assert_eq!(xattrs, (unsupported, unsupported, 0));
     let s = mount.stats();
     assert_eq!(
         (s.fetched_chunks, s.range_requests, s.fetched_bytes),

@@ -108,6 +108,8 @@ pub(crate) struct LazyFs {
     policy: PassthroughPolicy,
     /// The kernel granted passthrough at init, and has not refused a backing file since.
     passthrough: AtomicBool,
+    /// No inode of the image has an extended attribute (see `getxattr`).
+    xattr_free: bool,
     /// Per inode being read: its reader's read-ahead state.
     sequential: std::sync::Mutex<std::collections::HashMap<u32, Sequential>>,
 }
@@ -115,6 +117,8 @@ pub(crate) struct LazyFs {
 impl LazyFs {
     pub(crate) fn new(parts: LazyFsParts) -> LazyFs {
         let file_bytes = file_bytes(&parts.index);
+        let xattr_free = (0..parts.index.inode_count())
+            .all(|n| parts.index.xattrs(n).is_ok_and(|x| x.is_empty()));
         LazyFs {
             index: parts.index,
             fetcher: parts.fetcher,
@@ -128,6 +132,7 @@ impl LazyFs {
             materializer: parts.materializer,
             policy: parts.passthrough,
             passthrough: AtomicBool::new(false),
+            xattr_free,
             sequential: std::sync::Mutex::default(),
         }
     }
@@ -708,6 +713,16 @@ impl Filesystem for LazyFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _busy = self.busy.enter();
+        if self.xattr_free {
+            // An image without extended attributes: `ENOSYS` makes the kernel stop asking
+            // (every later `getxattr` on the mount fails at once with `EOPNOTSUPP`, "none" to
+            // overlayfs and to `exec`). Without it each file an overlay looks up costs a round
+            // trip to the daemon for its metacopy xattr, and each exec one for
+            // `security.capability`: about half of a Python start's synchronous FUSE requests.
+            // `listxattr` still answers (an empty list), so the tree reads as unpacked.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let xattrs =
             Self::index_ino(ino).and_then(|n| self.index.xattrs(n).map_err(|e| self.corrupt(e)));
         match xattrs {
