@@ -189,7 +189,7 @@ async fn a_hot_revision_is_the_same_tree_and_prefetches_its_trace_in_a_few_reque
     assert_eq!(mount.prefetch(&trace), trace.len());
     prefetched(&mount, trace.len()).await;
     let s = mount.stats();
-    let limit = report.hot_bytes.div_ceil(16 << 20) + 1;
+    let limit = report.hot_bytes.div_ceil(8 << 20) + 1;
     assert!(
         s.range_requests <= limit,
         "hot prefetch: {} requests for {} bytes (base: {base_requests}): {s}",

@@ -592,8 +592,8 @@ async fn a_miss_is_not_queued_behind_prefetch_or_the_stream() {
     mount.unmount().unwrap();
 }
 
-/// A long prefetch request (a hot pack's back-to-back chunks: one request of 12 MiB, about a
-/// second at 100 Mbit/s) hands out each chunk as soon as its bytes are in: a reader of the
+/// A long prefetch request (a hot pack's back-to-back chunks: one request of 8 MiB, about
+/// 0.7 s at 100 Mbit/s) hands out each chunk as soon as its bytes are in: a reader of the
 /// first chunk, which the request claimed, waits for that chunk, not for the whole request
 /// and its decoding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +602,7 @@ async fn a_long_prefetch_request_serves_its_first_chunks_before_its_last_arrive(
     logs();
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
-    let hot = noise(12 << 20, 31);
+    let hot = noise(8 << 20, 31);
     let image = ImageBuilder::new().layer(Layer::zstd().file("app/hot", &hot));
     accelerate_with(
         &registry,
