@@ -48,6 +48,9 @@ enum JobError {
     Store(#[from] StoreError),
 }
 
+/// A new job waits this long (already `Preparing`) before it reads anything.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct HotPacker {
     access: Arc<RegistryAccess>,
     images: Arc<Images>,
@@ -214,6 +217,11 @@ impl HotPacker {
         else {
             return;
         };
+        if !resume {
+            // The start that recorded the trace is answering its first request now: the job
+            // (reading the hot set, hashing, uploading) would take CPU and link from it.
+            tokio::time::sleep(SETTLE).await;
+        }
         let _permit = self.limit.acquire().await.expect("semaphore never closed");
         let started = Instant::now();
         let result = self.relayout(&f, image).await;
