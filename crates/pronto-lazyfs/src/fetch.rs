@@ -953,9 +953,9 @@ impl ChunkFetcher {
                             })
                             .collect()
                     };
-                    // Prefetch and stream requests run on their own (low-priority) threads,
-                    // which decode them too; a reader's large run goes to the blocking pool
-                    // so the runtime's workers stay free for other requests.
+                    // Prefetch and stream requests run on threads of their own, which decode
+                    // them too (as they come, see `deliver`); a reader's large run goes to the
+                    // blocking pool so the runtime's workers stay free for other requests.
                     let own_thread = matches!(kind, FetchKind::Prefetch | FetchKind::Stream);
                     let decoded = if !own_thread && end - start >= BLOCKING_DECODE_BYTES {
                         tokio::task::spawn_blocking(decode)

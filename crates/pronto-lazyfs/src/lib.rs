@@ -37,9 +37,9 @@ pub use stream::StreamPolicy;
 pub use trace::AccessTrace;
 
 /// Lowers the calling thread's CPU priority to nice 10 (nice values are per thread on Linux):
-/// background work (prefetch, stream, backing files) leaves the CPU to the programs reading
-/// the mount and to the OCI runtime starting them. On a 2-core node a prefetch that decoded
-/// and stored at full priority held both cores while runc started the container.
+/// work nobody waits for (building backing files) leaves the CPU to the programs reading the
+/// mount. Not for the prefetch or the stream: a program may be waiting on a chunk they
+/// claimed (see ARCHITECTURE.md, "Threads").
 pub(crate) fn lower_priority(what: &str) {
     if let Err(e) = rustix::process::setpriority_process(None, 10) {
         tracing::debug!(error = %e, "lowering the priority of the {what}");

@@ -242,7 +242,6 @@ impl LazyMount {
         let spawned = std::thread::Builder::new()
             .name("pronto-prefetch".into())
             .spawn(move || {
-                crate::lower_priority("prefetch");
                 let started = std::time::Instant::now();
                 fetcher.prefetch(&chunks, &stop);
                 fetcher.set_prefetching(false);
@@ -394,7 +393,6 @@ fn start_stream(fetcher: &Arc<ChunkFetcher>, policy: StreamPolicy) -> Option<Pre
     let spawned = std::thread::Builder::new()
         .name("pronto-stream".into())
         .spawn(move || {
-            crate::lower_priority("background stream");
             let state = crate::stream::run(&streamer, policy, &stop);
             streamer.stats().set_stream_state(state);
             let _ = done_tx.send(());

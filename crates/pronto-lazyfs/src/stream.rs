@@ -1,6 +1,6 @@
 //! The background stream: the chunks of an image not yet in the node cache, fetched in pack
-//! order in large Range requests, verified, decompressed and stored in the cache on its own
-//! thread (nice 10: it yields the CPU to the programs and the OCI runtime), so that a start that reads much of its image, or a program
+//! order in large Range requests, verified and decompressed (each chunk as soon as its bytes
+//! are in) and stored in the cache (on the blocking pool), so that a start that reads much of its image, or a program
 //! that later reads files its start did not, finds them local instead of paying round trips.
 //!
 //! It stays behind everything else: a chunk is claimed in the fetcher's in-flight map only when
@@ -199,8 +199,10 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
                     .flatten()
                     .map(|(data, _)| data.len() as u64)
                     .sum();
-                // Stored on the stream's own thread (low priority), not a runtime worker's.
-                drop(fetcher.land(&lead[at..end], results));
+                let (f, piece) = (fetcher.clone(), lead[at..end].to_vec());
+                // Cache writes are file I/O: on the blocking pool, several at once, while the
+                // stream's thread decodes the next request's chunks as they come.
+                let _ = tokio::task::spawn_blocking(move || drop(f.land(&piece, results))).await;
                 // Counted once cached.
                 fetcher.stats().streamed(ok as u64, content);
             }
