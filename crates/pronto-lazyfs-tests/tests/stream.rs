@@ -641,15 +641,44 @@ async fn a_long_prefetch_request_serves_its_first_chunks_before_its_last_arrive(
     })
     .await;
     let at_read = mount.stats();
+    // The last chunk comes with the request's last bytes: its reader waits on the flight,
+    // and that wait is counted (explain takes it out of the program's own time).
+    let (last, expect) = (
+        dir.join("app/hot"),
+        hot[hot.len() - CHUNK as usize..].to_vec(),
+    );
+    let waited_last = blocking(move || {
+        let began = Instant::now();
+        let mut got = vec![0u8; CHUNK as usize];
+        std::fs::File::open(&last)
+            .unwrap()
+            .read_exact_at(&mut got, (8 << 20) - u64::from(CHUNK))
+            .unwrap();
+        assert!(got == expect, "the last chunk: other bytes");
+        began.elapsed()
+    })
+    .await;
     wait_until(Duration::from_secs(60), "the prefetch is done", || {
         mount.stats().prefetched_chunks == trace.len() as u64
     })
     .await;
     let whole = started.elapsed();
     let s = mount.stats();
-    eprintln!("the first chunk after {waited:?}, the prefetch {whole:?}: {s}");
+    eprintln!(
+        "the first chunk after {waited:?}, the last after {waited_last:?} more, the prefetch \
+         {whole:?}: {s}"
+    );
     assert_eq!(s.range_requests, 1, "one request for the hot set: {s}");
     assert_eq!(s.demand_range_requests, 0, "the reader waited on it: {s}");
+    let flight_wait = Duration::from_micros(s.flight_wait_micros);
+    assert!(
+        flight_wait >= waited_last / 2 && flight_wait < whole,
+        "the last chunk's wait ({waited_last:?}) is counted as a wait on a flight: {s}"
+    );
+    assert!(
+        waited_last > Duration::from_millis(100),
+        "the last chunk came with the request's end"
+    );
     assert!(
         at_read.prefetched_chunks < trace.len() as u64,
         "the read came during the request: {at_read}"

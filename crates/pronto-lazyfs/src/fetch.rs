@@ -485,7 +485,7 @@ impl ChunkFetcher {
                 let range = r.start as usize..r.end as usize;
                 match s {
                     Source::Failed(e) => Err(e),
-                    Source::Flight(f) => match f.wait() {
+                    Source::Flight(f) => match self.wait_on(&f) {
                         // Claimed by a request that was dropped (the stream stopped).
                         Err(e) if e.reason == ABANDONED => self
                             .fetch_runs(&[*c], FetchKind::Demand)
@@ -507,6 +507,14 @@ impl ChunkFetcher {
             })
             .collect();
         (results, unstored)
+    }
+
+    /// The flight's result once it has one, the wait counted (`flight_wait_micros`).
+    fn wait_on(&self, f: &Flight) -> Result<Bytes, FetchError> {
+        let waiting = Instant::now();
+        let got = f.wait();
+        self.stats.flight_waited(waiting.elapsed());
+        got
     }
 
     /// Hands what a leader fetched to everyone waiting on its flights at once. The chunks it

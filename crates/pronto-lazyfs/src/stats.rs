@@ -68,6 +68,7 @@ pub struct Stats {
     fetch_errors: AtomicU64,
     fetch_micros_total: AtomicU64,
     fetch_micros_max: AtomicU64,
+    flight_wait_micros: AtomicU64,
     demand_range_requests: AtomicU64,
     prefetched_chunks: AtomicU64,
     prefetched_content_bytes: AtomicU64,
@@ -121,6 +122,10 @@ pub struct StatsSnapshot {
     pub demand_range_requests: u64,
     pub fetch_micros_total: u64,
     pub fetch_micros_max: u64,
+    /// Time readers waited, microseconds, for chunks another request had in flight (a
+    /// prefetch, the stream, read-ahead or another reader's miss): with `fetch_micros_total`,
+    /// what the programs' reads waited on the registry.
+    pub flight_wait_micros: u64,
     /// Of the chunks fetched, those the prefetcher fetched (ahead of demand, from an access
     /// trace), their content bytes and their bytes on the wire (compressed).
     pub prefetched_chunks: u64,
@@ -178,6 +183,7 @@ impl Stats {
             demand_range_requests: self.demand_range_requests.load(Relaxed),
             fetch_micros_total: self.fetch_micros_total.load(Relaxed),
             fetch_micros_max: self.fetch_micros_max.load(Relaxed),
+            flight_wait_micros: self.flight_wait_micros.load(Relaxed),
             prefetched_chunks: self.prefetched_chunks.load(Relaxed),
             prefetched_content_bytes: self.prefetched_content_bytes.load(Relaxed),
             prefetched_bytes: self.prefetched_bytes.load(Relaxed),
@@ -249,6 +255,11 @@ impl Stats {
 
     pub(crate) fn inflight_wait(&self) {
         self.inflight_waits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn flight_waited(&self, waited: std::time::Duration) {
+        self.flight_wait_micros
+            .fetch_add(waited.as_micros() as u64, Relaxed);
     }
 
     pub(crate) fn range_request(
@@ -337,6 +348,7 @@ impl StatsSnapshot {
         self.demand_range_requests += other.demand_range_requests;
         self.fetch_micros_total += other.fetch_micros_total;
         self.fetch_micros_max = self.fetch_micros_max.max(other.fetch_micros_max);
+        self.flight_wait_micros += other.flight_wait_micros;
         self.prefetched_chunks += other.prefetched_chunks;
         self.prefetched_content_bytes += other.prefetched_content_bytes;
         self.prefetched_bytes += other.prefetched_bytes;

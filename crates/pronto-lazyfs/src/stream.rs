@@ -66,6 +66,13 @@ pub(crate) const EAGER_TIME: Duration = Duration::from_secs(5);
 /// ... otherwise once no other request has been in flight for this long (the start's burst of
 /// misses is over: it answers, or computes).
 pub(crate) const QUIET_TIME: Duration = Duration::from_secs(1);
+/// A stream started by the quiet rule (the rest of the image takes longer than `EAGER_TIME`)
+/// sends a request only once no other request has been in flight for this long: on such a
+/// link a stream request beside a program's misses halves their share of it, and the program
+/// was found to resume its reads after pauses of a second or more (python-ml at 100 Mbit/s,
+/// 20 ms: its first start 20-28 s with the stream taking every pause, against 17 s for a full
+/// pull).
+const GAP: Duration = Duration::from_millis(300);
 /// How often a waiting stream looks again, and how soon a stop is seen.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -95,6 +102,8 @@ pub(crate) fn run(
         return StreamState::Stopped;
     }
     let mut failed = false;
+    // Streaming on a link too slow to bring the rest soon: only in the program's gaps.
+    let mut gentle = false;
     if policy == StreamPolicy::Auto {
         // A prefetch fetches what the start will read first: after it.
         while fetcher.is_prefetching() {
@@ -107,7 +116,7 @@ pub(crate) fn run(
             // Nothing measured the link yet (a start's misses are small): one request of the
             // stream does, the first of the image.
             let first: Vec<_> = runs(fetcher, PROBE_BYTES).into_iter().take(1).collect();
-            failed = stream_runs(fetcher, first, cancel);
+            failed = stream_runs(fetcher, first, cancel, false);
         }
         let fetched_before = stats.snapshot().fetched_bytes;
         loop {
@@ -117,6 +126,7 @@ pub(crate) fn run(
             let left = stored.saturating_sub(stats.snapshot().fetched_bytes - fetched_before);
             let (busy, idle) = fetcher.foreground();
             if auto_go(stats.link_rate(), left, busy, idle) {
+                gentle = !eager(stats.link_rate(), left);
                 break;
             }
             std::thread::sleep(POLL);
@@ -137,7 +147,7 @@ pub(crate) fn run(
         request_bytes, rate, "streaming the rest of the image"
     );
     if !failed {
-        failed = stream_runs(fetcher, runs, cancel);
+        failed = stream_runs(fetcher, runs, cancel, gentle);
     }
     let state = if cancel.load(Ordering::Relaxed) || failed {
         StreamState::Stopped
@@ -157,8 +167,14 @@ pub(crate) fn run(
 }
 
 /// Fetches `runs` into the node cache, `STREAM_REQUESTS` at a time (one while other requests
-/// are in flight), until done or `cancel`; whether a request failed (the rest not tried).
-fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &AtomicBool) -> bool {
+/// are in flight; `gentle`: none, and none until they have been quiet for `GAP`), until done
+/// or `cancel`; whether a request failed (the rest not tried).
+fn stream_runs(
+    fetcher: &Arc<ChunkFetcher>,
+    runs: Vec<Vec<ChunkRef>>,
+    cancel: &AtomicBool,
+    gentle: bool,
+) -> bool {
     let active = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let one = |run: Vec<ChunkRef>| {
@@ -169,7 +185,8 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
                 if cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     return;
                 }
-                if fetcher.foreground().0 == 0 || active.load(Ordering::SeqCst) == 0 {
+                let (busy, idle) = fetcher.foreground();
+                if may_send(gentle, busy, idle, active.load(Ordering::SeqCst)) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -222,8 +239,23 @@ fn stream_runs(fetcher: &Arc<ChunkFetcher>, runs: Vec<Vec<ChunkRef>>, cancel: &A
 /// brings the `left` stored bytes within [`EAGER_TIME`], or else once the start's misses have
 /// settled (no other request in flight, none for [`QUIET_TIME`]).
 pub(crate) fn auto_go(rate: u64, left: u64, busy: usize, idle: Duration) -> bool {
-    let eager = rate > 0 && (left as f64 / rate as f64) <= EAGER_TIME.as_secs_f64();
-    eager || (busy == 0 && idle >= QUIET_TIME)
+    eager(rate, left) || (busy == 0 && idle >= QUIET_TIME)
+}
+
+/// Whether the measured link brings the `left` stored bytes within [`EAGER_TIME`].
+fn eager(rate: u64, left: u64) -> bool {
+    rate > 0 && (left as f64 / rate as f64) <= EAGER_TIME.as_secs_f64()
+}
+
+/// Whether a stream request may leave now, with `busy` other requests in flight (the last
+/// one ended `idle` ago) and `active` stream requests: beside others, one at most; `gentle`
+/// (a slow link), none, and only after `GAP` without any.
+fn may_send(gentle: bool, busy: usize, idle: Duration, active: usize) -> bool {
+    if gentle {
+        busy == 0 && idle >= GAP
+    } else {
+        busy == 0 || active == 0
+    }
 }
 
 /// Resolves once `cancel` is set (looked at every [`POLL`]).
@@ -287,6 +319,20 @@ mod tests {
             .parse::<StreamPolicy>()
             .unwrap_err()
             .contains("off, auto or always"));
+    }
+
+    #[test]
+    fn a_gentle_stream_waits_for_a_pause_and_an_eager_one_stays_one_beside_others() {
+        let ms = Duration::from_millis;
+        // Eager: one request beside the program's, several when nothing else is in flight.
+        assert!(may_send(false, 2, ms(0), 0));
+        assert!(!may_send(false, 2, ms(0), 1));
+        assert!(may_send(false, 0, ms(0), 2));
+        // Gentle: never beside another request, and only after a pause.
+        assert!(!may_send(true, 1, ms(5000), 0));
+        assert!(!may_send(true, 0, ms(100), 0));
+        assert!(may_send(true, 0, GAP, 0));
+        assert!(may_send(true, 0, GAP, 2));
     }
 
     #[test]

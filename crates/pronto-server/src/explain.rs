@@ -151,7 +151,9 @@ pub struct StartProfile {
     pub setup_ms: f64,
     /// From the container's start to the first byte of the response, less `fetch_wait_ms`.
     pub program_ms: f64,
-    /// Time the start's reads waited on the registry (its on-demand fetches).
+    /// Time the start's reads waited on the registry: its on-demand fetches and the chunks
+    /// the stream, read-ahead or another reader had in flight (those waits became most of it
+    /// once a fast link streams the image beside the start).
     pub fetch_wait_ms: f64,
 }
 

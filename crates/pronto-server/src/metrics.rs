@@ -425,6 +425,12 @@ impl Collector for NodeCollector {
         )?;
         put(
             &mut enc,
+            "pronto_lazyfs_flight_wait_seconds",
+            "Time programs' reads waited for chunks another request had in flight (prefetch, stream, read-ahead, another reader)",
+            &ConstCounter::new(s.flight_wait_micros as f64 / 1e6),
+        )?;
+        put(
+            &mut enc,
             "pronto_lazyfs_fetch_max_seconds",
             "The slowest successful Range request a program's read waited for",
             &ConstGauge::new(s.fetch_micros_max as f64 / 1e6),

@@ -251,10 +251,11 @@ impl Breakdown {
                 .map(|(_, d)| d.as_secs_f64() * 1e3)
                 .sum()
         };
-        let fetch_wait_ms = lease
-            .instance
-            .lazy_stats()
-            .map_or(0.0, |s| s.fetch_micros_total as f64 / 1e3);
+        // What the program's reads waited on the registry: its own misses, and chunks the
+        // stream, read-ahead or another reader had in flight.
+        let fetch_wait_ms = lease.instance.lazy_stats().map_or(0.0, |s| {
+            (s.fetch_micros_total + s.flight_wait_micros) as f64 / 1e3
+        });
         let program = ms(&["ready", "response"]);
         crate::explain::StartProfile {
             setup_ms: ms(&["setup", "start"]),
