@@ -206,7 +206,7 @@ samples="$work/samples.tsv"
 printf 'workload\tmode\trun\tttfb_ms\timageReady\tcontainerStarted\tappReady\tfirstByte\trootfs\tbytes\tranges\tcpu_s\tlazy\tmount_ms\n' >"$samples"
 # PRONTO_BENCH_PROFILE=DIR (optional, for investigations): each cold sample is recorded with
 # `perf record -a -g` (whole machine: the daemon and the function) into DIR/W-MODE-RUN.perf, and
-# the daemon's log is copied to DIR/serve.log at the end.
+# the daemon's log and explain's answers are copied to DIR at the end.
 profile_start() { # workload mode run
   perf_pid=""
   [ -n "${PRONTO_BENCH_PROFILE:-}" ] && [ "$2" != warm ] || return 0
@@ -331,7 +331,7 @@ if [[ ",$modes," == *,accel-first,* ]]; then
   done
 fi
 stop_daemon
-[ -z "${PRONTO_BENCH_PROFILE:-}" ] || cp "$work/serve.log" "$PRONTO_BENCH_PROFILE/serve.log"
+[ -z "${PRONTO_BENCH_PROFILE:-}" ] || cp "$work/serve.log" "$work"/*-explain.json "$PRONTO_BENCH_PROFILE/" 2>/dev/null || true
 
 # ---- nothing left behind ----------------------------------------------------------------------
 leftover=""

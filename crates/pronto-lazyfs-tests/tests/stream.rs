@@ -592,6 +592,22 @@ async fn a_miss_is_not_queued_behind_prefetch_or_the_stream() {
     mount.unmount().unwrap();
 }
 
+/// How long reading `expect.len()` bytes of `path` at `at` took; they must be `expect`.
+async fn timed_read(path: &Path, at: u64, expect: &[u8]) -> Duration {
+    let (path, expect) = (path.to_owned(), expect.to_vec());
+    blocking(move || {
+        let began = Instant::now();
+        let mut got = vec![0u8; expect.len()];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut got, at)
+            .unwrap();
+        assert!(got == expect, "{} at {at}: other bytes", path.display());
+        began.elapsed()
+    })
+    .await
+}
+
 /// A long prefetch request (a hot pack's back-to-back chunks: one request of 8 MiB, about
 /// 0.7 s at 100 Mbit/s) hands out each chunk as soon as its bytes are in: a reader of the
 /// first chunk, which the request claimed, waits for that chunk, not for the whole request
@@ -628,36 +644,13 @@ async fn a_long_prefetch_request_serves_its_first_chunks_before_its_last_arrive(
     let started = Instant::now();
     assert_eq!(mount.prefetch(&trace), trace.len());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (first, expect) = (dir.join("app/hot"), hot[..CHUNK as usize].to_vec());
-    let waited = blocking(move || {
-        let began = Instant::now();
-        let mut got = vec![0u8; CHUNK as usize];
-        std::fs::File::open(&first)
-            .unwrap()
-            .read_exact_at(&mut got, 0)
-            .unwrap();
-        assert!(got == expect, "the first chunk: other bytes");
-        began.elapsed()
-    })
-    .await;
+    let file = dir.join("app/hot");
+    let waited = timed_read(&file, 0, &hot[..CHUNK as usize]).await;
     let at_read = mount.stats();
     // The last chunk comes with the request's last bytes: its reader waits on the flight,
     // and that wait is counted (explain takes it out of the program's own time).
-    let (last, expect) = (
-        dir.join("app/hot"),
-        hot[hot.len() - CHUNK as usize..].to_vec(),
-    );
-    let waited_last = blocking(move || {
-        let began = Instant::now();
-        let mut got = vec![0u8; CHUNK as usize];
-        std::fs::File::open(&last)
-            .unwrap()
-            .read_exact_at(&mut got, (8 << 20) - u64::from(CHUNK))
-            .unwrap();
-        assert!(got == expect, "the last chunk: other bytes");
-        began.elapsed()
-    })
-    .await;
+    let at = hot.len() - CHUNK as usize;
+    let waited_last = timed_read(&file, at as u64, &hot[at..]).await;
     wait_until(Duration::from_secs(60), "the prefetch is done", || {
         mount.stats().prefetched_chunks == trace.len() as u64
     })
