@@ -62,7 +62,7 @@ const PROBE_BYTES: u64 = 2 << 20;
 /// `Auto`: stream at once when the rest of the image takes at most this long at the measured
 /// rate (a start can then lose at most this much link time to it, and a full pull would have
 /// cost that and more)...
-pub(crate) const EAGER_TIME: Duration = Duration::from_secs(5);
+pub const EAGER_TIME: Duration = Duration::from_secs(5);
 /// ... otherwise once no other request has been in flight for this long (the start's burst of
 /// misses is over: it answers, or computes).
 pub(crate) const QUIET_TIME: Duration = Duration::from_secs(1);

@@ -55,6 +55,7 @@ mod teardown;
 mod tests;
 pub mod userns;
 
+pub use pronto_lazyfs::stream::EAGER_TIME as STREAM_EAGER_TIME;
 pub use pronto_lazyfs::{AccessTrace, StatsSnapshot, StreamPolicy};
 
 pub use host::{Host, LinuxHost};

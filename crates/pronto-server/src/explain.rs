@@ -20,7 +20,9 @@
 //! - accelerated, first start (no prefetch): the index and the chunks the trace names
 //!   (stored size), in 3 round trips (auth, artifact manifest, index) plus one per request,
 //!   the lazy fs's requests taken as runs of the trace in read order whose chunks are stored
-//!   back to back in one pack (each request waits for the read before it);
+//!   back to back in one pack (each request waits for the read before it); on a link that
+//!   brings the whole artifact within the stream's eager time (5 s), at most that transfer,
+//!   since the node streams the image beside such a start;
 //! - accelerated with the trace prefetched (later starts): the same bytes, the trace sorted
 //!   into pack order and cut into runs of at most 4 MiB, 4 requests in flight at once.
 //!
@@ -323,7 +325,13 @@ pub fn explain(
         out
     });
 
-    let prediction = predict(&known, facts, image_file_bytes, link);
+    // The artifact's stored bytes: what a stream of the whole image transfers.
+    let stored: u64 = by_digest
+        .values()
+        .map(|(c, _)| u64::from(c.compressed_size))
+        .sum::<u64>()
+        + facts.index_size;
+    let prediction = predict(&known, facts, image_file_bytes, stored, link);
     Ok(Explanation {
         function_name: name.to_string(),
         resolved_image_uri: image.to_string(),
@@ -373,7 +381,13 @@ const MODEL: &str = "image transfer = bytes / bandwidth + round trips x RTT; col
 /// Unpacking speed of the full-pull path, file bytes per second (see the module's doc).
 pub const UNPACK_BYTES_PER_SECOND: f64 = 173e6;
 
-fn predict(read: &[ChunkRef], facts: &ImageFacts, file_bytes: u64, link: Link) -> Prediction {
+fn predict(
+    read: &[ChunkRef],
+    facts: &ImageFacts,
+    file_bytes: u64,
+    stored: u64,
+    link: Link,
+) -> Prediction {
     let time = |bytes: u64, trips: u64| {
         bytes as f64 * 8.0 / link.bits_per_second + trips as f64 * link.rtt_seconds
     };
@@ -403,9 +417,18 @@ fn predict(read: &[ChunkRef], facts: &ImageFacts, file_bytes: u64, link: Link) -
         // The index comes before the container can start; the chunks of a prefetch arrive
         // while it starts, so only what the setup does not hide adds up.
         let index = time(facts.index_size, 3);
+        // A first start on a link that brings the whole artifact within the stream's eager
+        // time has it streamed beside it (`--background-stream auto`): its reads then wait
+        // at most for the whole artifact at link speed, not a round trip per run.
+        let streamed = time(stored, 4);
+        let on_demand = if streamed <= pronto_runtime::STREAM_EAGER_TIME.as_secs_f64() {
+            accelerated.seconds.min(streamed)
+        } else {
+            accelerated.seconds
+        };
         ColdStartPrediction {
             full_ms: full.seconds.max(unpack) * 1e3 + local,
-            accelerated_ms: accelerated.seconds * 1e3 + local,
+            accelerated_ms: on_demand * 1e3 + local,
             prefetched_ms: index * 1e3
                 + ((prefetched.seconds - index) * 1e3).max(p.setup_ms)
                 + p.program_ms,
@@ -515,6 +538,34 @@ mod tests {
     }
 
     #[test]
+    fn a_first_start_on_a_fast_link_waits_for_the_stream_not_a_round_trip_per_run() {
+        let facts = ImageFacts {
+            layers: vec![("a".into(), 10_000_000)],
+            config_size: 1000,
+            index_size: 0,
+            owners: None,
+            start_profile: Some(StartProfile {
+                setup_ms: 100.0,
+                program_ms: 1000.0,
+                fetch_wait_ms: 0.0,
+            }),
+        };
+        let link = Link {
+            bits_per_second: 1e9,
+            rtt_seconds: 0.002,
+        };
+        // 1,000 scattered chunks of 1 kB: 1,003 round trips on demand, about 2 s.
+        let read: Vec<ChunkRef> = (0..1000).map(|i| chunk(0, i * 10_000, 1000)).collect();
+        let cold = |stored| predict(&read, &facts, 0, stored, link).cold_start.unwrap();
+        // A 10 MB artifact streams in 0.09 s: that bounds the wait.
+        let small = cold(10_000_000).accelerated_ms;
+        assert!((small - (1100.0 + 80.0 + 8.0)).abs() < 1.0, "{small}");
+        // A 1 GB one (8 s, over the eager time) is not streamed beside the start.
+        let large = cold(1_000_000_000).accelerated_ms;
+        assert!((large - (1100.0 + 8.0 + 2006.0)).abs() < 1.0, "{large}");
+    }
+
+    #[test]
     fn requests_are_runs_of_adjacent_chunks() {
         let c = [
             chunk(0, 0, 10),
@@ -549,6 +600,7 @@ mod tests {
             ],
             &facts,
             0,
+            10_000_000,
             link,
         );
         assert_eq!(p.full.bytes, 3_001_000);
