@@ -131,7 +131,7 @@ pub(crate) struct Flight {
 }
 
 impl Flight {
-    pub(crate) fn finish(&self, result: Result<Bytes, FetchError>) {
+    fn finish(&self, result: Result<Bytes, FetchError>) {
         *self.result.lock().expect("flight lock poisoned") = Some(result);
         self.ready.notify_all();
     }
@@ -150,9 +150,6 @@ impl Flight {
 /// A chunk as a fetch gives it: its content and its segments' values (for the cache entry), or
 /// why not.
 type Fetched = Result<(Bytes, Vec<SegmentValue>), FetchError>;
-
-/// Hands chunk `i` of a run to its waiters as soon as it is in (see `ChunkFetcher::fetch_run`).
-pub(crate) type Deliver<'a> = dyn Fn(usize, &Bytes) + Sync + 'a;
 
 /// Chunks fetched and handed out but not yet in the node cache; dropping this writes them there
 /// (and takes them out of the in-flight map).
@@ -636,9 +633,8 @@ impl ChunkFetcher {
                 let (at, end) = (piece.start, piece.end);
                 let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
                 // Each chunk goes to its waiters as soon as it is in (see `fetch_run`).
-                let deliver = |i: usize, data: &Bytes| lead[at + i].1.finish(Ok(data.clone()));
                 let results = self
-                    .fetch_run(&refs, FetchKind::Prefetch, Some(&deliver))
+                    .fetch_run(&refs, FetchKind::Prefetch, Some(&lead[at..end]))
                     .await;
                 let content = results
                     .iter()
@@ -852,16 +848,16 @@ impl ChunkFetcher {
 
     /// One Range request for a run of adjacent chunks, retried; each chunk verified.
     ///
-    /// With `deliver`, each chunk is decoded as soon as its bytes are in and handed to
-    /// `deliver(i, data)` (the caller finishes its flight: readers waiting on it go on while
-    /// the rest of a long request arrives, instead of waiting for its last byte and the
-    /// decoding of the whole run). The decoding then happens where this future is polled:
+    /// With `flights` (the run's claimed flights, in order), each chunk is decoded as soon as
+    /// its bytes are in and its flight finished then: readers waiting on it go on while the
+    /// rest of a long request arrives, instead of waiting for its last byte and the decoding
+    /// of the whole run. The decoding then happens where this future is polled:
     /// use it from a thread of its own (prefetch, stream), never a runtime worker.
     pub(crate) async fn fetch_run(
         &self,
         run: &[ChunkRef],
         kind: FetchKind,
-        deliver: Option<&Deliver<'_>>,
+        flights: Option<&[(ChunkRef, Arc<Flight>)]>,
     ) -> Vec<Fetched> {
         let first = run[0];
         let start = first.offset;
@@ -897,7 +893,7 @@ impl ChunkFetcher {
             let got = {
                 let (early, mut next) = (&mut early, 0);
                 let progress = |received: &[u8]| {
-                    let Some(deliver) = deliver else {
+                    let Some(flights) = flights else {
                         return;
                     };
                     while let Some(c) = run.get(next) {
@@ -912,7 +908,7 @@ impl ChunkFetcher {
                                 pronto_format::decompress_chunk_with_segments(stored, c)
                             {
                                 let data = Bytes::from(data);
-                                deliver(next, &data);
+                                flights[next].1.finish(Ok(data.clone()));
                                 early[next] = Some((data, values));
                             }
                         }
@@ -962,7 +958,7 @@ impl ChunkFetcher {
                             .collect()
                     };
                     // Prefetch and stream requests run on threads of their own, which decode
-                    // them too (as they come, see `deliver`); a reader's large run goes to the
+                    // them too (as they come, see `flights`); a reader's large run goes to the
                     // blocking pool so the runtime's workers stay free for other requests.
                     let own_thread = matches!(kind, FetchKind::Prefetch | FetchKind::Stream);
                     let decoded = if !own_thread && end - start >= BLOCKING_DECODE_BYTES {

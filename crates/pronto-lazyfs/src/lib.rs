@@ -35,13 +35,3 @@ pub use mount::{cleanup_stale_mounts, mounts_under, LazyMount, MountOptions};
 pub use stats::{StatsSnapshot, StreamState};
 pub use stream::StreamPolicy;
 pub use trace::AccessTrace;
-
-/// Lowers the calling thread's CPU priority to nice 10 (nice values are per thread on Linux):
-/// work nobody waits for (building backing files) leaves the CPU to the programs reading the
-/// mount. Not for the prefetch or the stream: a program may be waiting on a chunk they
-/// claimed (see ARCHITECTURE.md, "Threads").
-pub(crate) fn lower_priority(what: &str) {
-    if let Err(e) = rustix::process::setpriority_process(None, 10) {
-        tracing::debug!(error = %e, "lowering the priority of the {what}");
-    }
-}

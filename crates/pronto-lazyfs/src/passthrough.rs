@@ -204,7 +204,12 @@ fn run(
     queued: Arc<Mutex<HashSet<u32>>>,
     cancel: Arc<AtomicBool>,
 ) {
-    crate::lower_priority("materializer");
+    // Background work nobody waits for: leave the CPU to the programs reading the mount.
+    // Nice values are per thread on Linux. (Not the prefetch or the stream: a program may be
+    // waiting on a chunk they claimed; see ARCHITECTURE.md, "Threads".)
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        debug!(error = %e, "lowering the materializer's priority");
+    }
     let mut logged = None;
     let mut last_log = Instant::now();
     loop {

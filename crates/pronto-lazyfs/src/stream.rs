@@ -197,11 +197,8 @@ fn stream_runs(
                 let (at, end) = (piece.start, piece.end);
                 let refs: Vec<ChunkRef> = lead[piece].iter().map(|(c, _)| *c).collect();
                 // Each chunk goes to its waiters as soon as it is in (see `fetch_run`).
-                let deliver = |i: usize, data: &bytes::Bytes| {
-                    lead[at + i].1.finish(Ok(data.clone()));
-                };
                 let results = tokio::select! {
-                    r = fetcher.fetch_run(&refs, FetchKind::Stream, Some(&deliver)) => r,
+                    r = fetcher.fetch_run(&refs, FetchKind::Stream, Some(&lead[at..end])) => r,
                     () = stopped(cancel) => {
                         fetcher.release(&lead[at..], crate::fetch::ABANDONED);
                         break;
