@@ -491,6 +491,42 @@ async fn a_corrupt_chunk_in_the_registry_is_eio_and_named_never_bad_bytes() {
     let s = mount.stats();
     assert!(s.fetch_errors >= 1 && s.fetch_retries >= 1, "{s}");
     mount.unmount().unwrap();
+
+    // A prefetch of the file (one request, each chunk handed out as its bytes arrive): the
+    // sound chunks around the bad one land, the bad one is never handed out nor cached, and a
+    // reader of it gets EIO.
+    let cache = Arc::new(ChunkCache::open(&work.path().join("cache2"), 1 << 30).unwrap());
+    let dir = work.path().join("mnt2");
+    let mut mount = mount_at(&artifact, &cache, &dir, fast_retry());
+    let chunks = index.chunks(ino).unwrap();
+    let trace = pronto_lazyfs::AccessTrace {
+        chunks: chunks.iter().map(|c| c.digest).collect(),
+    };
+    assert_eq!(mount.prefetch(&trace), 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = mount.stats();
+        if s.prefetched_chunks == 2 && s.fetch_errors >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the prefetch never ended: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cache.contains(&chunks[0].digest) && cache.contains(&chunks[2].digest));
+    assert!(
+        !cache.contains(&chunk.digest),
+        "a bad chunk is never cached"
+    );
+    let d = dir.clone();
+    let err = blocking(move || {
+        let mut f = std::fs::File::open(d.join("bad")).unwrap();
+        let mut rest = vec![0u8; CHUNK as usize];
+        f.seek(SeekFrom::Start(u64::from(CHUNK))).unwrap();
+        f.read_exact(&mut rest).unwrap_err()
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    mount.unmount().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
