@@ -21,6 +21,8 @@
 //!   the base revision and the trace ([`build_hot_manifest`], [`push_hot_manifest`]); read
 //!   with [`fetch_artifact_revision`] and the same checks.
 
+mod whole;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
@@ -29,9 +31,13 @@ use pronto_format::{FormatError, Index};
 use pronto_image::manifest::{Descriptor, ImageManifest, ManifestKind, OCI_MANIFEST};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient, RegistryError};
+pub use whole::{WholeIndex, WholeIndexError};
 
-/// The artifact version written: layer 0 is the index compressed ([`INDEX_ZSTD_MEDIA_TYPE`]).
-pub const ARTIFACT_TYPE: &str = "application/vnd.pronto.image.v2";
+/// The artifact version written: layer 0 is the index split ([`INDEX_SPLIT_MEDIA_TYPE`]).
+pub const ARTIFACT_TYPE: &str = "application/vnd.pronto.image.v3";
+/// Artifacts converted before the index was split: layer 0 is the index compressed
+/// ([`INDEX_ZSTD_MEDIA_TYPE`]). Still read; no longer written.
+pub const ARTIFACT_TYPE_V2: &str = "application/vnd.pronto.image.v2";
 /// Artifacts converted before the index was compressed: layer 0 is the index as is
 /// ([`INDEX_MEDIA_TYPE`]). Still read; no longer written.
 pub const ARTIFACT_TYPE_V1: &str = "application/vnd.pronto.image.v1";
@@ -40,6 +46,15 @@ pub const INDEX_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1";
 /// The index blob as one zstd stream (artifact v2). The layer's digest and size are the
 /// compressed bytes'; the uncompressed blob's are in the two annotations below.
 pub const INDEX_ZSTD_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1+zstd";
+/// The index split for a mount that serves before its chunk digests arrive (artifact v3): the
+/// *tree* (the index blob with every chunk record's digest zeroed) as one zstd stream, then the
+/// digests, 32 bytes per chunk record in record order. The two index annotations below, plus
+/// the tree's stored size and digest ([`TREE_SIZE_ANNOTATION`], [`TREE_DIGEST_ANNOTATION`]).
+pub const INDEX_SPLIT_MEDIA_TYPE: &str = "application/vnd.pronto.index.v1+split";
+/// Bytes of the compressed tree at the start of a split index layer (decimal).
+pub const TREE_SIZE_ANNOTATION: &str = "vnd.pronto.index.tree-size";
+/// The sha256 digest of those bytes: what a mount checks before it serves from the tree.
+pub const TREE_DIGEST_ANNOTATION: &str = "vnd.pronto.index.tree-digest";
 /// The sha256 digest of the uncompressed index (`sha256:<hex>`): the index's identity, as in v1.
 pub const INDEX_DIGEST_ANNOTATION: &str = "vnd.pronto.index.uncompressed-digest";
 /// The uncompressed index's size in bytes (decimal): the bound of its decompression.
@@ -132,10 +147,12 @@ fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
     }
 }
 
-/// The index as the artifact stores it: compressed, with both identities.
+/// The index as the artifact stores it: split (v3) or compressed whole (v2), with both
+/// identities.
 #[derive(Debug, Clone)]
 pub struct IndexLayer {
-    /// What is pushed: the index as one zstd stream.
+    /// What is pushed: the tree as one zstd stream then the digests (split), or the index as
+    /// one zstd stream.
     pub bytes: Bytes,
     /// Digest of `bytes` (the layer's digest).
     pub digest: Digest,
@@ -143,10 +160,29 @@ pub struct IndexLayer {
     pub index_digest: Digest,
     /// Length of the uncompressed index.
     pub index_size: u64,
+    /// Split: the compressed tree's length at the start of `bytes`, and its digest.
+    pub tree: Option<(u64, Digest)>,
 }
 
 impl IndexLayer {
-    /// Compresses an index blob for the artifact.
+    /// The index split for the artifact (the layer written now): its tree compressed, then its
+    /// chunk digests.
+    pub fn split(index: &Index) -> Result<IndexLayer, FormatError> {
+        let (tree, digests) = index.split_digests()?;
+        let mut bytes = pronto_format::compress_index(&tree);
+        let tree_part = (bytes.len() as u64, Digest::of(&bytes));
+        bytes.extend_from_slice(&digests);
+        let bytes = Bytes::from(bytes);
+        Ok(IndexLayer {
+            digest: Digest::of(&bytes),
+            bytes,
+            index_digest: Digest::of(index.as_bytes()),
+            index_size: index.as_bytes().len() as u64,
+            tree: Some(tree_part),
+        })
+    }
+
+    /// An index blob compressed whole (artifact v2, no longer written by the converter).
     pub fn compress(index: &[u8]) -> IndexLayer {
         let bytes = Bytes::from(pronto_format::compress_index(index));
         IndexLayer {
@@ -154,17 +190,28 @@ impl IndexLayer {
             bytes,
             index_digest: Digest::of(index),
             index_size: index.len() as u64,
+            tree: None,
+        }
+    }
+
+    /// The artifact type of a manifest with this index layer.
+    pub fn artifact_type(&self) -> &'static str {
+        if self.tree.is_some() {
+            ARTIFACT_TYPE
+        } else {
+            ARTIFACT_TYPE_V2
         }
     }
 
     /// The manifest's layer 0 for this index.
     pub fn descriptor(&self) -> Descriptor {
-        let mut d = descriptor(
-            INDEX_ZSTD_MEDIA_TYPE,
-            self.digest.clone(),
-            self.bytes.len() as u64,
-        );
-        d.annotations = Some(BTreeMap::from([
+        let media_type = if self.tree.is_some() {
+            INDEX_SPLIT_MEDIA_TYPE
+        } else {
+            INDEX_ZSTD_MEDIA_TYPE
+        };
+        let mut d = descriptor(media_type, self.digest.clone(), self.bytes.len() as u64);
+        let mut annotations = BTreeMap::from([
             (
                 INDEX_DIGEST_ANNOTATION.to_string(),
                 self.index_digest.to_string(),
@@ -173,13 +220,18 @@ impl IndexLayer {
                 INDEX_SIZE_ANNOTATION.to_string(),
                 self.index_size.to_string(),
             ),
-        ]));
+        ]);
+        if let Some((size, digest)) = &self.tree {
+            annotations.insert(TREE_SIZE_ANNOTATION.to_string(), size.to_string());
+            annotations.insert(TREE_DIGEST_ANNOTATION.to_string(), digest.to_string());
+        }
+        d.annotations = Some(annotations);
         d
     }
 }
 
-/// The artifact manifest (the current version, [`ARTIFACT_TYPE`]): layer 0 is the compressed
-/// index, the rest are packs in index order.
+/// The artifact manifest (its version is the index layer's: [`IndexLayer::artifact_type`]):
+/// layer 0 is the index, the rest are packs in index order.
 pub fn build_manifest(
     source: &Descriptor,
     index: &IndexLayer,
@@ -194,7 +246,7 @@ pub fn build_manifest(
     ImageManifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
-        artifact_type: Some(ARTIFACT_TYPE.to_string()),
+        artifact_type: Some(index.artifact_type().to_string()),
         config: descriptor(
             EMPTY_CONFIG_MEDIA_TYPE,
             Digest::of(EMPTY_CONFIG),
@@ -280,7 +332,8 @@ pub enum ArtifactError {
     #[error("{reference} is an image index, not a Pronto artifact manifest")]
     NotAManifest { reference: String },
     #[error(
-        "{reference} has artifact type {}, expected {ARTIFACT_TYPE} (or {ARTIFACT_TYPE_V1})",
+        "{reference} has artifact type {}, expected {ARTIFACT_TYPE} (or {ARTIFACT_TYPE_V2}, \
+         {ARTIFACT_TYPE_V1})",
         or_none(.found)
     )]
     ArtifactType {
@@ -317,6 +370,23 @@ pub enum ArtifactError {
     /// stopped at that size), or is not a zstd stream.
     #[error("index layer {layer}: {source}")]
     IndexDecompress {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
+    /// A split index layer's tree is not the bytes its annotation names.
+    #[error("index layer {layer}: its tree hashes to {found}, its annotation says {expected}")]
+    TreeDigest {
+        layer: Digest,
+        expected: Digest,
+        found: Digest,
+    },
+    /// A split index layer read in one request for a mount: its bytes are not its digest.
+    #[error("index layer {layer}: its bytes hash to {found}")]
+    LayerDigest { layer: Digest, found: Digest },
+    /// A split index layer's digests do not complete its tree into the index it names.
+    #[error("index layer {layer}: its chunk digests: {source}")]
+    IndexDigests {
         layer: Digest,
         #[source]
         source: FormatError,
@@ -402,8 +472,12 @@ pub struct Artifact {
     pub digest: Digest,
     /// Digest of the uncompressed index (whatever the artifact version).
     pub index_digest: Digest,
+    /// The index, validated; from [`fetch_artifact_for_mount`] and a split layer, its tree
+    /// ([`Index::is_tree_only`]): the chunks come with [`Artifact::whole_index`].
     pub index: Index,
-    /// Bytes fetched for the index: the compressed layer (v2), the index itself (v1).
+    /// The index with its chunk digests: `index` itself, or (a tree) once they have arrived.
+    pub whole_index: WholeIndex,
+    /// Bytes fetched for the index: the stored layer (v2, v3), the index itself (v1).
     pub index_layer_size: u64,
     /// Pack digests and sizes, in index order (the manifest agrees).
     pub packs: Vec<(Digest, u64)>,
@@ -442,6 +516,157 @@ pub async fn fetch_artifact_revision(
     repo: &Reference,
     revision: &Revision,
 ) -> Result<Artifact, ArtifactError> {
+    let (reference, digest, manifest) = fetch_manifest(client, image, repo, revision).await?;
+    let (layer, packs) = check_manifest(&reference, &image.manifest_digest, &manifest)?;
+    let stored = client
+        .fetch_blob(&reference, &layer.stored.digest, Some(layer.stored.size))
+        .await
+        .map_err(|error| ArtifactError::FetchIndex {
+            source: Box::new(error),
+        })?;
+    let index_bytes = layer.open(stored)?;
+    let index = check_index(
+        &layer.index_digest,
+        index_bytes,
+        &image.manifest_digest,
+        &image.config_bytes,
+        &packs,
+    )?;
+    Ok(Artifact {
+        hot_base: hot_base(&manifest),
+        reference,
+        digest,
+        index_digest: layer.index_digest,
+        whole_index: WholeIndex::ready(index.clone()),
+        index,
+        index_layer_size: layer.stored.size,
+        packs,
+    })
+}
+
+/// As [`fetch_artifact_revision`], for a mount: from a split index layer (v3) it returns as
+/// soon as the tree has arrived and passed every check a tree can (its digest, bounded
+/// decompression, header, sections, `validate`, source, config, packs), with `index` the tree
+/// ([`Index::is_tree_only`]). The same request goes on reading the chunk digests in the
+/// background; [`Artifact::whole_index`] gets the whole index once the layer's digest, the
+/// index's checksum and its declared digest are checked, or the reason it failed. Other
+/// versions are fetched whole, as by [`fetch_artifact_revision`].
+///
+/// One request, the tree first: the mount costs the round trip and the tree's transfer, not
+/// the digests' (about 70% of a compressed index), which a mount needs only at its first chunk.
+pub async fn fetch_artifact_for_mount(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    repo: &Reference,
+    revision: &Revision,
+) -> Result<Artifact, ArtifactError> {
+    let (reference, digest, manifest) = fetch_manifest(client, image, repo, revision).await?;
+    let (layer, packs) = check_manifest(&reference, &image.manifest_digest, &manifest)?;
+    let (Some((tree_size, _)), Some(size)) = (layer.tree.clone(), layer.declared_size) else {
+        return fetch_artifact_revision(client, image, repo, revision).await;
+    };
+    let layer_digest = layer.stored.digest.clone();
+    let layer_size = layer.stored.size;
+    let (tree_tx, tree_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let read = {
+        let (client, reference, layer_digest) =
+            (client.clone(), reference.clone(), layer_digest.clone());
+        tokio::spawn(async move {
+            let mut tree_tx = Some(tree_tx);
+            client
+                .read_blob_range_progressive(&reference, &layer_digest, 0, layer_size, |so_far| {
+                    if so_far.len() as u64 >= tree_size {
+                        if let Some(tx) = tree_tx.take() {
+                            let _ = tx.send(so_far[..tree_size as usize].to_vec());
+                        }
+                    }
+                })
+                .await
+        })
+    };
+    let fetch_error = |error| ArtifactError::FetchIndex {
+        source: Box::new(error),
+    };
+    let (stored_tree, read) = match tree_rx.await {
+        Ok(tree) => (tree, read),
+        // The read ended before the tree was in: its error.
+        Err(_) => {
+            let error = match read.await.expect("index layer read panicked") {
+                Err(e) => e,
+                Ok(_) => unreachable!("a whole layer holds its tree"),
+            };
+            return Err(fetch_error(error));
+        }
+    };
+    // Decompression and `validate` are O(index): off the runtime's workers.
+    let checked = {
+        let layer = layer.clone();
+        tokio::task::spawn_blocking(move || {
+            let tree = layer.open_tree(&stored_tree, size)?;
+            tree.validate().map_err(|source| ArtifactError::Index {
+                digest: layer.index_digest.clone(),
+                source,
+            })?;
+            Ok::<_, ArtifactError>(tree)
+        })
+        .await
+        .expect("index tree check panicked")
+    };
+    let tree = match checked {
+        Ok(tree) => tree,
+        Err(e) => {
+            read.abort();
+            return Err(e);
+        }
+    };
+    let claims = check_claims(
+        &layer.index_digest,
+        &tree,
+        &image.manifest_digest,
+        &image.config_bytes,
+        &packs,
+    );
+    if let Err(e) = claims {
+        read.abort();
+        return Err(e);
+    }
+    let whole_index = WholeIndex::pending();
+    {
+        let (whole, tree) = (whole_index.clone(), tree.clone());
+        let desc = layer.clone();
+        tokio::spawn(async move {
+            let done = match read.await {
+                Err(e) => Err(format!("reading the index layer: {e}")),
+                Ok(Err(e)) => Err(fetch_error(e).to_string()),
+                Ok(Ok(stored)) => {
+                    tokio::task::spawn_blocking(move || desc.complete_read(&tree, &stored))
+                        .await
+                        .map_err(|e| format!("completing the index: {e}"))
+                        .and_then(|done| done.map_err(|e| e.to_string()))
+                }
+            };
+            whole.set(done);
+        });
+    }
+    Ok(Artifact {
+        hot_base: hot_base(&manifest),
+        reference,
+        digest,
+        index_digest: layer.index_digest,
+        index: tree,
+        whole_index,
+        index_layer_size: layer.stored.size,
+        packs,
+    })
+}
+
+/// The artifact manifest of `revision`, fetched (the registry client checks a pinned digest).
+async fn fetch_manifest(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    repo: &Reference,
+    revision: &Revision,
+) -> Result<(Reference, Digest, ImageManifest), ArtifactError> {
     let source = &image.manifest_digest;
     let reference = match revision {
         Revision::Base => artifact_reference(repo, source),
@@ -470,62 +695,109 @@ pub async fn fetch_artifact_revision(
             reference: reference.to_string(),
         });
     };
-    let (layer, packs) = check_manifest(&reference, source, &manifest)?;
-    let stored = client
-        .fetch_blob(&reference, &layer.stored.digest, Some(layer.stored.size))
-        .await
-        .map_err(|error| ArtifactError::FetchIndex {
-            source: Box::new(error),
-        })?;
-    let index_bytes = layer.open(stored)?;
-    let index = check_index(
-        &layer.index_digest,
-        index_bytes,
-        source,
-        &image.config_bytes,
-        &packs,
-    )?;
-    let hot_base = manifest
+    Ok((reference, fetched.digest, *manifest))
+}
+
+fn hot_base(manifest: &ImageManifest) -> Option<Digest> {
+    manifest
         .annotations
         .as_ref()
         .and_then(|a| a.get(ANNOTATION_HOT_BASE))
-        .and_then(|d| d.parse().ok());
-    Ok(Artifact {
-        reference,
-        digest: fetched.digest,
-        index_digest: layer.index_digest,
-        index,
-        index_layer_size: layer.stored.size,
-        packs,
-        hot_base,
-    })
+        .and_then(|d| d.parse().ok())
 }
 
 /// Layer 0 of an artifact manifest, checked: what to fetch, and what it must turn into.
-#[derive(Debug)]
-struct IndexLayerDesc<'m> {
-    stored: &'m Descriptor,
+#[derive(Debug, Clone)]
+struct IndexLayerDesc {
+    stored: Descriptor,
     /// The uncompressed index's digest.
     index_digest: Digest,
     /// When compressed: the uncompressed size its annotation declares (the decompression
     /// bound); `None` for an index stored as is (v1).
     declared_size: Option<u64>,
+    /// When split (v3): the compressed tree's size at the start of the layer, and its digest.
+    tree: Option<(u64, Digest)>,
 }
 
-impl IndexLayerDesc<'_> {
+impl IndexLayerDesc {
     /// The index blob from the layer's bytes (digest-checked by the registry client): as is
-    /// (v1), or decompressed within the declared size and checked against the declared digest.
+    /// (v1), or decompressed within the declared size (v2; v3: the tree, completed with the
+    /// digests after it) and checked against the declared digest.
     fn open(&self, stored: Bytes) -> Result<Bytes, ArtifactError> {
         let Some(size) = self.declared_size else {
             return Ok(stored);
         };
-        let bytes = pronto_format::decompress_index(&stored, size).map_err(|source| {
+        let bytes = match &self.tree {
+            None => self.decompress(&stored, size)?,
+            Some((tree_size, _)) => {
+                let (tree, digests) = stored.split_at(*tree_size as usize);
+                let tree = self.open_tree(tree, size)?;
+                self.complete(&tree, digests)?.as_bytes().to_vec()
+            }
+        };
+        self.check_digest(&bytes)?;
+        Ok(Bytes::from(bytes))
+    }
+
+    fn decompress(&self, stored: &[u8], size: u64) -> Result<Vec<u8>, ArtifactError> {
+        pronto_format::decompress_index(stored, size).map_err(|source| {
             ArtifactError::IndexDecompress {
                 layer: self.stored.digest.clone(),
                 source,
             }
-        })?;
-        let found = Digest::of(&bytes);
+        })
+    }
+
+    /// A split layer's tree from its stored bytes: checked against the tree digest, decompressed
+    /// within the declared size, opened (not validated: the caller does).
+    fn open_tree(&self, stored: &[u8], size: u64) -> Result<Index, ArtifactError> {
+        let layer = || self.stored.digest.clone();
+        if let Some((_, expected)) = &self.tree {
+            let found = Digest::of(stored);
+            if &found != expected {
+                return Err(ArtifactError::TreeDigest {
+                    layer: layer(),
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        let bytes = self.decompress(stored, size)?;
+        Index::open_tree(bytes).map_err(|source| ArtifactError::Index {
+            digest: self.index_digest.clone(),
+            source,
+        })
+    }
+
+    /// The whole index from a split layer's tree and the digests after it.
+    fn complete(&self, tree: &Index, digests: &[u8]) -> Result<Index, ArtifactError> {
+        tree.with_digests(digests)
+            .map_err(|source| ArtifactError::IndexDigests {
+                layer: self.stored.digest.clone(),
+                source,
+            })
+    }
+
+    /// The whole index from a split layer read in one request (see
+    /// [`fetch_artifact_for_mount`]), whose `tree` was checked and opened from its start: the
+    /// layer's digest (a range read is not checked by the registry client), then the index
+    /// completed with the digests after the tree, checked against the declared digest.
+    fn complete_read(&self, tree: &Index, stored: &[u8]) -> Result<Index, ArtifactError> {
+        let found = Digest::of(stored);
+        if found != self.stored.digest {
+            return Err(ArtifactError::LayerDigest {
+                layer: self.stored.digest.clone(),
+                found,
+            });
+        }
+        let tree_size = self.tree.as_ref().map_or(0, |(size, _)| *size as usize);
+        let whole = self.complete(tree, &stored[tree_size..])?;
+        self.check_digest(whole.as_bytes())?;
+        Ok(whole)
+    }
+
+    fn check_digest(&self, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let found = Digest::of(bytes);
         if found != self.index_digest {
             return Err(ArtifactError::IndexDigest {
                 layer: self.stored.digest.clone(),
@@ -533,7 +805,7 @@ impl IndexLayerDesc<'_> {
                 found,
             });
         }
-        Ok(Bytes::from(bytes))
+        Ok(())
     }
 }
 
@@ -544,14 +816,15 @@ type PackList = Vec<(Digest, u64)>;
 /// version), that its subject is `image`, its layers' media types (layer 0 as the version
 /// wants) and the index layer's annotations. Returns the index layer and the packs the manifest
 /// lists, in order.
-fn check_manifest<'m>(
+fn check_manifest(
     reference: &Reference,
     image: &Digest,
-    manifest: &'m ImageManifest,
-) -> Result<(IndexLayerDesc<'m>, PackList), ArtifactError> {
+    manifest: &ImageManifest,
+) -> Result<(IndexLayerDesc, PackList), ArtifactError> {
     let reference = || reference.to_string();
     let index_type = match manifest.artifact_type.as_deref() {
-        Some(ARTIFACT_TYPE) => INDEX_ZSTD_MEDIA_TYPE,
+        Some(ARTIFACT_TYPE) => INDEX_SPLIT_MEDIA_TYPE,
+        Some(ARTIFACT_TYPE_V2) => INDEX_ZSTD_MEDIA_TYPE,
         Some(ARTIFACT_TYPE_V1) => INDEX_MEDIA_TYPE,
         _ => {
             return Err(ArtifactError::ArtifactType {
@@ -587,9 +860,10 @@ fn check_manifest<'m>(
     let packs = packs.iter().map(|p| (p.digest.clone(), p.size)).collect();
     if index_type == INDEX_MEDIA_TYPE {
         let layer = IndexLayerDesc {
-            stored: index,
+            stored: index.clone(),
             index_digest: index.digest.clone(),
             declared_size: None,
+            tree: None,
         };
         return Ok((layer, packs));
     }
@@ -617,17 +891,38 @@ fn check_manifest<'m>(
         "a digest sha256:<64 hex>",
     )?;
     let size: u64 = annotation(reference(), index, INDEX_SIZE_ANNOTATION, "a size in bytes")?;
+    let tree = if index_type == INDEX_SPLIT_MEDIA_TYPE {
+        const BELOW: &str = "a size in bytes, above 0 and below the layer's";
+        let tree_size: u64 = annotation(reference(), index, TREE_SIZE_ANNOTATION, BELOW)?;
+        if tree_size == 0 || tree_size >= index.size {
+            return Err(ArtifactError::IndexAnnotation {
+                reference: reference(),
+                name: TREE_SIZE_ANNOTATION,
+                found: Some(tree_size.to_string()),
+                expected: BELOW,
+            });
+        }
+        let tree_digest: Digest = annotation(
+            reference(),
+            index,
+            TREE_DIGEST_ANNOTATION,
+            "a digest sha256:<64 hex>",
+        )?;
+        Some((tree_size, tree_digest))
+    } else {
+        None
+    };
     let layer = IndexLayerDesc {
-        stored: index,
+        stored: index.clone(),
         index_digest,
         declared_size: Some(size),
+        tree,
     };
     Ok((layer, packs))
 }
 
-/// Opens the index blob `bytes` (whose digest the registry client checked) and checks it whole:
-/// header, sections, checksum and tree; that it was converted from `image` and carries its
-/// `config`; and that it lists the packs the manifest lists (`listed`), in the same order.
+/// Opens the index blob `bytes` (whose digest was checked) and checks it whole: header,
+/// sections, checksum and tree, then what it claims ([`check_claims`]).
 fn check_index(
     digest: &Digest,
     bytes: Bytes,
@@ -642,6 +937,20 @@ fn check_index(
     // `open` checks the header, sections and checksum; `validate` the whole tree.
     let index = Index::open(bytes).map_err(format_error)?;
     index.validate().map_err(format_error)?;
+    check_claims(digest, &index, image, config, listed)?;
+    Ok(index)
+}
+
+/// Checks an opened and validated index (whole, or a split layer's tree) against what it must
+/// be: converted from `image` and carrying its `config`, listing the packs the manifest lists
+/// (`listed`), in the same order.
+fn check_claims(
+    digest: &Digest,
+    index: &Index,
+    image: &Digest,
+    config: &[u8],
+    listed: &[(Digest, u64)],
+) -> Result<(), ArtifactError> {
     if &index.source_manifest() != image.as_bytes() {
         return Err(ArtifactError::IndexSource {
             digest: digest.clone(),
@@ -683,7 +992,7 @@ fn check_index(
             });
         }
     }
-    Ok(index)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -785,7 +1094,7 @@ mod tests {
         let packs = two_packs();
         let layer = IndexLayer::compress(b"index");
         let m = build_manifest(&source(), &layer, &packs);
-        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
+        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE_V2));
         assert_eq!(m.media_type.as_deref(), Some(OCI_MANIFEST));
         assert_eq!(m.subject.as_ref(), Some(&source()));
         assert_eq!(m.config.media_type, EMPTY_CONFIG_MEDIA_TYPE);
@@ -911,6 +1220,88 @@ mod tests {
         assert_eq!(bytes, blob);
         let index = check_index(&desc.index_digest, bytes, &image(), CONFIG, &packs).unwrap();
         assert_eq!(index.as_bytes(), &blob);
+    }
+
+    #[test]
+    fn a_split_index_round_trips_its_tree_first_and_refuses_what_does_not_fit() {
+        let packs = two_packs();
+        let blob = index_blob(&image(), CONFIG, &packs);
+        let whole = Index::open(blob.clone()).unwrap();
+        let layer = IndexLayer::split(&whole).unwrap();
+        let (tree_size, tree_digest) = layer.tree.clone().unwrap();
+        // The tree compressed, then 32 bytes per chunk record.
+        let (_, digests) = whole.split_digests().unwrap();
+        assert_eq!(&layer.bytes[tree_size as usize..], &digests[..]);
+        assert_eq!(tree_digest, Digest::of(&layer.bytes[..tree_size as usize]));
+        let m = through_json(&build_manifest(&source(), &layer, &packs));
+        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
+        assert_eq!(m.layers[0].media_type, INDEX_SPLIT_MEDIA_TYPE);
+        let (desc, _) = check_manifest(&reference(), &image(), &m).unwrap();
+        // Fetched whole: the same index as the one split.
+        assert_eq!(desc.open(layer.bytes.clone()).unwrap(), blob);
+        // For a mount: the tree from the layer's start, then the whole index from all of it.
+        let tree = desc
+            .open_tree(&layer.bytes[..tree_size as usize], blob.len() as u64)
+            .unwrap();
+        assert!(tree.is_tree_only());
+        tree.validate().unwrap();
+        check_claims(&desc.index_digest, &tree, &image(), CONFIG, &packs).unwrap();
+        let completed = desc.complete_read(&tree, &layer.bytes).unwrap();
+        assert_eq!(completed.as_bytes(), &blob);
+
+        // Lies: a tree that is not the annotated one, a layer that is not its digest, digests
+        // that are not this index's.
+        let mut bad_tree = layer.bytes.to_vec();
+        bad_tree[0] ^= 1;
+        let e = desc
+            .open_tree(&bad_tree[..tree_size as usize], blob.len() as u64)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "index layer {}: its tree hashes to {}, its annotation says {tree_digest}",
+                layer.digest,
+                Digest::of(&bad_tree[..tree_size as usize])
+            )
+        );
+        let mut bad_digests = layer.bytes.to_vec();
+        *bad_digests.last_mut().unwrap() ^= 1;
+        let e = desc.complete_read(&tree, &bad_digests).unwrap_err();
+        assert!(matches!(e, ArtifactError::LayerDigest { .. }), "{e}");
+        // Digests that hash right (a manifest made for them) but belong to no such index.
+        let mut other = layer.clone();
+        other.bytes = Bytes::from(bad_digests);
+        other.digest = Digest::of(&other.bytes);
+        let m = through_json(&build_manifest(&source(), &other, &packs));
+        let (desc, _) = check_manifest(&reference(), &image(), &m).unwrap();
+        let e = desc.complete_read(&tree, &other.bytes).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "index layer {}: its chunk digests: checksum mismatch",
+                other.digest
+            )),
+            "{e}"
+        );
+
+        // The tree's size must be inside the layer; its annotations must be there.
+        for (value, name) in [
+            (Some("0"), TREE_SIZE_ANNOTATION),
+            (Some(&*layer.bytes.len().to_string()), TREE_SIZE_ANNOTATION),
+            (None, TREE_SIZE_ANNOTATION),
+            (None, TREE_DIGEST_ANNOTATION),
+        ] {
+            let mut m = through_json(&build_manifest(&source(), &layer, &packs));
+            let a = m.layers[0].annotations.as_mut().unwrap();
+            match value {
+                Some(v) => a.insert(name.to_string(), v.to_string()),
+                None => a.remove(name),
+            };
+            let e = check_manifest(&reference(), &image(), &m).unwrap_err();
+            assert!(
+                matches!(&e, ArtifactError::IndexAnnotation { name: n, .. } if *n == name),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1081,7 +1472,8 @@ mod tests {
             check(&m),
             format!(
                 "{shown} has artifact type application/vnd.other, expected \
-                 application/vnd.pronto.image.v2 (or application/vnd.pronto.image.v1)"
+                 application/vnd.pronto.image.v3 (or application/vnd.pronto.image.v2, \
+                 application/vnd.pronto.image.v1)"
             )
         );
         m.artifact_type = None;
@@ -1092,8 +1484,8 @@ mod tests {
         assert_eq!(
             check(&m),
             format!(
-                "{shown} has artifact type none, expected application/vnd.pronto.image.v2 (or \
-                 application/vnd.pronto.image.v1)"
+                "{shown} has artifact type none, expected application/vnd.pronto.image.v3 (or \
+                 application/vnd.pronto.image.v2, application/vnd.pronto.image.v1)"
             )
         );
 

@@ -352,9 +352,10 @@ pub async fn convert(
     };
     let built = built?;
 
-    // Then the index (compressed: it is fetched before every lazy mount), then the manifest
-    // that makes them reachable.
-    let index_layer = pronto_artifact::IndexLayer::compress(&built.index);
+    // Then the index (split and compressed: a lazy mount serves once its tree is in), then
+    // the manifest that makes them reachable.
+    let index_layer =
+        pronto_artifact::IndexLayer::split(&pronto_format::Index::open(built.index)?)?;
     let (index_digest, index_size) = (index_layer.index_digest.clone(), index_layer.index_size);
     let index_layer_size = index_layer.bytes.len() as u64;
     client

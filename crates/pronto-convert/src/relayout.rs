@@ -225,7 +225,7 @@ pub async fn relayout(
     let upload_time = upload_started.elapsed();
     let index_bytes = hot_index(&base.index, &base.packs, &hot_packs, &moves)?;
     let index_size = index_bytes.len() as u64;
-    let index_layer = pronto_artifact::IndexLayer::compress(&index_bytes);
+    let index_layer = pronto_artifact::IndexLayer::split(&Index::open(index_bytes)?)?;
     client
         .push_blob(&repo, index_layer.bytes.clone())
         .await

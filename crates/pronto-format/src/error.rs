@@ -176,6 +176,17 @@ pub enum FormatError {
         /// Checksum computed.
         computed: [u8; 32],
     },
+    /// A chunk asked of an index opened from a split layer's tree, before its digests.
+    #[error("the chunk digests of this index have not arrived (a split index's tree)")]
+    DigestsPending,
+    /// A split index's digest table that is not 32 bytes per chunk record.
+    #[error("digest table of {actual} bytes; the index's chunk records need {expected}")]
+    DigestTableSize {
+        /// 32 × the chunk records.
+        expected: u64,
+        /// Bytes given.
+        actual: u64,
+    },
     /// The index has no inode 0.
     #[error("index has no inodes (inode 0 must be the root directory)")]
     NoRoot,

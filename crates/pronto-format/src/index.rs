@@ -73,6 +73,8 @@ pub struct Index {
     chunk_size: u32,
     source_manifest: [u8; 32],
     spans: [Span; Section::COUNT],
+    /// Opened with [`Index::open_tree`]: the chunk digests are zeros, not to be handed out.
+    tree_only: bool,
 }
 
 impl std::fmt::Debug for Index {
@@ -85,6 +87,7 @@ impl std::fmt::Debug for Index {
             .field("dirents", &count(Section::Dirents))
             .field("chunks", &count(Section::Chunks))
             .field("packs", &count(Section::Packs))
+            .field("tree_only", &self.tree_only)
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +155,20 @@ impl Index {
     /// O(blob) for the checksum, O(1) otherwise. Call [`Index::validate`] before serving a blob
     /// from an untrusted source.
     pub fn open(bytes: impl Into<Bytes>) -> Result<Index> {
-        let bytes: Bytes = bytes.into();
+        Index::open_as(bytes.into(), false)
+    }
+
+    /// Opens the tree of a split index (`docs/format.md`, the index layer): an index blob whose
+    /// chunk records have all-zero digests, the digests coming after. Checks all that
+    /// [`Index::open`] checks but the checksum, which is the whole index's (the tree's bytes
+    /// are checked against the digest its layer declares). Everything but the chunks reads as
+    /// from the whole index; [`Index::chunk`] and [`Index::chunks`] refuse
+    /// ([`FormatError::DigestsPending`]) until [`Index::with_digests`] makes the whole index.
+    pub fn open_tree(bytes: impl Into<Bytes>) -> Result<Index> {
+        Index::open_as(bytes.into(), true)
+    }
+
+    fn open_as(bytes: Bytes, tree_only: bool) -> Result<Index> {
         let len = bytes.len() as u64;
         if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] != MAGIC {
             return Err(FormatError::BadMagic {
@@ -203,7 +219,11 @@ impl Index {
         }
         // The checksum before the structure: a flipped bit reads as corruption, not as some
         // structural error that happens to follow from it.
-        let computed = compute_checksum(&bytes).unwrap_or_default();
+        let computed = if tree_only {
+            h.checksum
+        } else {
+            compute_checksum(&bytes).unwrap_or_default()
+        };
         if computed != h.checksum {
             return Err(FormatError::ChecksumMismatch {
                 stored: h.checksum,
@@ -274,6 +294,7 @@ impl Index {
             chunk_size: h.chunk_size,
             source_manifest: h.source_manifest,
             spans,
+            tree_only,
         };
         if index.inode_count() == 0 {
             return Err(FormatError::NoRoot);
@@ -290,6 +311,50 @@ impl Index {
     /// The blob.
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// Opened with [`Index::open_tree`]: chunk digests not here yet.
+    pub fn is_tree_only(&self) -> bool {
+        self.tree_only
+    }
+
+    /// Splits the index for a split index layer: the tree (the blob with every chunk record's
+    /// digest zeroed; the checksum stays the whole blob's) and the digests, 32 bytes per chunk
+    /// record in record order. About 70% of a compressed index is digests (random bytes), which
+    /// a mount does not need before its first chunk.
+    pub fn split_digests(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        if self.tree_only {
+            return Err(FormatError::DigestsPending);
+        }
+        let mut tree = self.bytes.to_vec();
+        let span = self.spans[Section::Chunks as usize];
+        let mut digests = Vec::with_capacity(span.count as usize * 32);
+        for i in 0..span.count as usize {
+            let at = span.offset + i * ChunkV1::SIZE;
+            digests.extend_from_slice(&tree[at..at + 32]);
+            tree[at..at + 32].fill(0);
+        }
+        Ok((tree, digests))
+    }
+
+    /// The whole index: this tree with `digests` (as [`Index::split_digests`] gave them)
+    /// written back, opened with its checksum, which is how a digest table that is not this
+    /// index's is caught.
+    pub fn with_digests(&self, digests: &[u8]) -> Result<Index> {
+        let span = self.spans[Section::Chunks as usize];
+        let expected = u64::from(span.count) * 32;
+        if digests.len() as u64 != expected {
+            return Err(FormatError::DigestTableSize {
+                expected,
+                actual: digests.len() as u64,
+            });
+        }
+        let mut blob = self.bytes.to_vec();
+        for (i, d) in digests.chunks_exact(32).enumerate() {
+            let at = span.offset + i * ChunkV1::SIZE;
+            blob[at..at + 32].copy_from_slice(d);
+        }
+        Index::open(blob)
     }
 
     /// The root directory's inode number: always 0.
@@ -430,12 +495,18 @@ impl Index {
     /// Chunk `index` of a regular file: the chunk holding bytes
     /// `index * chunk_size..min(size, (index + 1) * chunk_size)`.
     pub fn chunk(&self, ino: u32, index: u32) -> Result<ChunkRef> {
+        if self.tree_only {
+            return Err(FormatError::DigestsPending);
+        }
         let raw = self.file_inode(ino)?;
         self.chunk_of(&raw, index)
     }
 
     /// All chunks of a regular file, in file order (empty for an empty file).
     pub fn chunks(&self, ino: u32) -> Result<Vec<ChunkRef>> {
+        if self.tree_only {
+            return Err(FormatError::DigestsPending);
+        }
         let raw = self.file_inode(ino)?;
         (0..raw.data_count)
             .map(|i| self.chunk_of(&raw, i))
@@ -1159,6 +1230,52 @@ mod tests {
             index.validate().unwrap();
             index.walk().unwrap();
         }
+    }
+
+    #[test]
+    fn a_split_index_reads_as_a_tree_then_whole_with_its_own_digests_only() {
+        let index = opened(small());
+        let (tree, digests) = index.split_digests().unwrap();
+        // Three chunk records (a: 1, b: 2); their digests are gone from the tree.
+        assert_eq!(digests.len(), 3 * 32);
+        assert_eq!(&digests[..32], &index.chunk(1, 0).unwrap().digest[..]);
+        assert_eq!(tree.len(), index.as_bytes().len());
+        assert!(matches!(
+            Index::open(tree.clone()).unwrap_err(),
+            FormatError::ChecksumMismatch { .. }
+        ));
+        // The tree: all but chunks, as the whole index; validate passes (it checks records,
+        // not digests); no chunk is handed out with a zero digest.
+        let t = Index::open_tree(tree).unwrap();
+        assert!(t.is_tree_only());
+        t.validate().unwrap();
+        assert_eq!(t.walk().unwrap(), index.walk().unwrap());
+        assert_eq!(t.lookup(0, b"b").unwrap(), Some(2));
+        assert_eq!(t.inode(2).unwrap().size, u64::from(CS) + 1);
+        assert_eq!(t.xattrs(1).unwrap(), index.xattrs(1).unwrap());
+        assert!(matches!(t.chunk(2, 0), Err(FormatError::DigestsPending)));
+        assert!(matches!(t.chunks(1), Err(FormatError::DigestsPending)));
+        assert!(matches!(
+            t.split_digests(),
+            Err(FormatError::DigestsPending)
+        ));
+        // Whole again: the same bytes.
+        let whole = t.with_digests(&digests).unwrap();
+        assert_eq!(whole.as_bytes(), index.as_bytes());
+        assert_eq!(whole.chunks(2).unwrap(), index.chunks(2).unwrap());
+        // Digests of another index, or reordered, or cut: refused.
+        let mut swapped = digests.clone();
+        swapped[..32].copy_from_slice(&digests[64..]);
+        swapped[64..].copy_from_slice(&digests[..32]);
+        assert_ne!(swapped, digests);
+        assert!(matches!(
+            t.with_digests(&swapped).unwrap_err(),
+            FormatError::ChecksumMismatch { .. }
+        ));
+        assert_eq!(
+            t.with_digests(&digests[..64]).unwrap_err().to_string(),
+            "digest table of 64 bytes; the index's chunk records need 96"
+        );
     }
 
     #[test]

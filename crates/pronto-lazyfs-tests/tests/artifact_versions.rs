@@ -1,17 +1,19 @@
-//! The artifact's index layer on a real registry: the compressed index (artifact v2) and the
-//! uncompressed one of artifacts converted before it (v1) both mount and equal a plain unpack;
-//! a compressed layer that is not what its manifest says is refused by `fetch_artifact`, naming
-//! the check.
+//! The artifact's index layer on a real registry: the split index (artifact v3, mounted from
+//! its tree first), the compressed one (v2) and the uncompressed one (v1) of artifacts
+//! converted before all mount and equal a plain unpack; a compressed layer that is not what its
+//! manifest says is refused by `fetch_artifact`, naming the check.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{accelerate, blocking, client, fast_retry, mount_at};
 use pronto_artifact::{
-    artifact_reference, fetch_artifact, push_manifest, ArtifactError, ARTIFACT_TYPE_V1,
-    INDEX_MEDIA_TYPE, INDEX_SIZE_ANNOTATION, INDEX_ZSTD_MEDIA_TYPE,
+    artifact_reference, build_manifest, fetch_artifact, fetch_artifact_for_mount, push_manifest,
+    ArtifactError, IndexLayer, Revision, ARTIFACT_TYPE_V1, ARTIFACT_TYPE_V2, INDEX_MEDIA_TYPE,
+    INDEX_SIZE_ANNOTATION, INDEX_SPLIT_MEDIA_TYPE, INDEX_ZSTD_MEDIA_TYPE,
 };
 use pronto_format::FormatError;
 use pronto_image::manifest::{ImageManifest, ManifestKind};
@@ -38,13 +40,32 @@ async fn replace_manifest(image: &ResolvedImage, manifest: &ImageManifest) {
         .unwrap();
 }
 
+/// Rewrites the artifact as a converter from before the split did (v2: the index compressed
+/// whole); returns its manifest.
+async fn rewrite_as_v2(image: &ResolvedImage, whole: &Bytes) -> ImageManifest {
+    let current = artifact_manifest(image).await;
+    let layer = IndexLayer::compress(whole);
+    client()
+        .push_blob(&image.pinned, layer.bytes.clone())
+        .await
+        .unwrap();
+    let packs: Vec<_> = current.layers[1..]
+        .iter()
+        .map(|l| (l.digest.clone(), l.size))
+        .collect();
+    let v2 = build_manifest(current.subject.as_ref().unwrap(), &layer, &packs);
+    assert_eq!(v2.artifact_type.as_deref(), Some(ARTIFACT_TYPE_V2));
+    replace_manifest(image, &v2).await;
+    v2
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v1_artifact_with_an_uncompressed_index_still_mounts_and_equals_an_unpack() {
+async fn v1_v2_and_v3_artifacts_all_mount_and_equal_an_unpack() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::open(&work.path().join("cache"), 1 << 30).unwrap());
     let (name, image) = ground_truth_images(CHUNK).remove(0);
-    let (resolved, v2) = accelerate(
+    let (resolved, whole) = accelerate(
         &registry,
         image,
         &format!("v1/{name}:v1"),
@@ -53,13 +74,33 @@ async fn a_v1_artifact_with_an_uncompressed_index_still_mounts_and_equals_an_unp
     )
     .await;
 
-    // What the converter writes now: the index compressed, its own digest kept.
+    // What the converter writes now: the index split, its own digest kept. For a mount, the
+    // tree comes first; the whole index is the one `fetch_artifact` gives.
     let mut manifest = artifact_manifest(&resolved).await;
-    assert_eq!(manifest.layers[0].media_type, INDEX_ZSTD_MEDIA_TYPE);
-    let uncompressed = v2.index.as_bytes().clone();
-    assert_eq!(v2.index_digest, Digest::of(&uncompressed));
-    assert_eq!(v2.index_layer_size, manifest.layers[0].size);
-    assert!(v2.index_layer_size < uncompressed.len() as u64);
+    assert_eq!(manifest.layers[0].media_type, INDEX_SPLIT_MEDIA_TYPE);
+    let uncompressed = whole.index.as_bytes().clone();
+    assert_eq!(whole.index_digest, Digest::of(&uncompressed));
+    assert_eq!(whole.index_layer_size, manifest.layers[0].size);
+    assert!(whole.index_layer_size < uncompressed.len() as u64);
+    let v3 = fetch_artifact_for_mount(&client(), &resolved, &resolved.pinned, &Revision::Base)
+        .await
+        .unwrap();
+    assert!(v3.index.is_tree_only());
+    assert_eq!(v3.index.walk().unwrap(), whole.index.walk().unwrap());
+    let completed = blocking({
+        let w = v3.whole_index.clone();
+        move || w.wait(Duration::from_secs(10)).unwrap().as_bytes().clone()
+    })
+    .await;
+    assert_eq!(completed, uncompressed);
+
+    let v2_manifest = rewrite_as_v2(&resolved, &uncompressed).await;
+    let v2 = fetch_artifact_for_mount(&client(), &resolved, &resolved.pinned, &Revision::Base)
+        .await
+        .unwrap();
+    assert_eq!(v2.index_layer_size, v2_manifest.layers[0].size);
+    assert!(!v2.index.is_tree_only(), "a v2 layer is fetched whole");
+    assert_eq!(v2.index.as_bytes(), &uncompressed);
 
     // Rewrite it as a converter from before the change did: artifact v1, the index as is.
     let reference = registry.reference(&format!("v1/{name}:v1"));
@@ -67,7 +108,7 @@ async fn a_v1_artifact_with_an_uncompressed_index_still_mounts_and_equals_an_unp
         .push_blob(&reference, uncompressed.clone())
         .await
         .unwrap();
-    assert_eq!(pushed, v2.index_digest);
+    assert_eq!(pushed, whole.index_digest);
     manifest.artifact_type = Some(ARTIFACT_TYPE_V1.into());
     manifest.layers[0].media_type = INDEX_MEDIA_TYPE.into();
     manifest.layers[0].digest = pushed;
@@ -85,7 +126,7 @@ async fn a_v1_artifact_with_an_uncompressed_index_still_mounts_and_equals_an_unp
     pull::unpack_image(&client(), &resolved, &unpacked, Arc::new(NoProgress))
         .await
         .unwrap();
-    for (label, artifact) in [("v1", &v1), ("v2", &v2)] {
+    for (label, artifact) in [("v1", &v1), ("v2", &v2), ("v3", &v3)] {
         let dir = work.path().join(format!("mnt-{label}"));
         let mount = mount_at(artifact, &cache, &dir, fast_retry());
         let (expected, actual) = blocking({
@@ -117,7 +158,8 @@ async fn a_compressed_index_that_is_not_what_the_manifest_says_is_refused_naming
     let tag = format!("bad/{name}:v1");
     let (resolved, good) = accelerate(&registry, image, &tag, CHUNK, work.path()).await;
     let reference = registry.reference(&tag);
-    let original = artifact_manifest(&resolved).await;
+    let original = rewrite_as_v2(&resolved, good.index.as_bytes()).await;
+    assert_eq!(original.layers[0].media_type, INDEX_ZSTD_MEDIA_TYPE);
     let n = good.index.as_bytes().len();
 
     // Layer bytes that match their own digest (so the registry client passes them) but

@@ -20,11 +20,12 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pronto_format::{ChunkRef, SegmentValue};
+use pronto_artifact::{WholeIndex, WholeIndexError};
+use pronto_format::{ChunkRef, Index, SegmentValue};
 use pronto_image::{Digest, Reference, RegistryClient};
 use tracing::{error, warn};
 
@@ -33,6 +34,10 @@ use crate::stats::{FetchKind, Stats};
 
 /// A run is at most this many stored bytes (one Range request).
 const MAX_RUN_BYTES: u64 = 16 << 20;
+/// How long a reader (or the prefetch, or the stream) waits for the chunk digests of a mount
+/// that started from its index's tree: they follow the tree in the same response, so this is
+/// a bound for a registry that stalls mid-layer, not a wait anyone should see.
+pub const WHOLE_INDEX_WAIT: Duration = Duration::from_secs(30);
 
 /// A miss is widened to the chunks stored right after it in its pack, up to this many stored
 /// bytes in all: the converter writes a directory's files next to each other, and a program
@@ -191,8 +196,12 @@ pub struct ChunkFetcher {
     retry: RetryPolicy,
     inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     rt: tokio::runtime::Handle,
-    /// Per pack, its chunks by offset (for widening); empty: no widening.
-    layout: Vec<Vec<ChunkRef>>,
+    /// Per pack, its chunks by offset (for widening); empty: no widening. Made from the whole
+    /// index once it is here.
+    layout: OnceLock<Vec<Vec<ChunkRef>>>,
+    /// The index with its chunk digests (a mount from a split index layer gets them after it
+    /// starts serving); `None`: only what [`ChunkFetcher::with_pack_layout`] gave.
+    whole: Option<WholeIndex>,
     /// Set when the mount is going away: failed requests are not retried, so that readers
     /// get their answer (EIO) before the FUSE connection ends.
     closing: AtomicBool,
@@ -259,7 +268,8 @@ impl ChunkFetcher {
             retry,
             inflight: Mutex::default(),
             rt,
-            layout: Vec::new(),
+            layout: OnceLock::new(),
+            whole: None,
             closing: AtomicBool::new(false),
             failed: Mutex::default(),
             foreground: AtomicUsize::new(0),
@@ -270,7 +280,48 @@ impl ChunkFetcher {
 
     /// Lets misses widen to their neighbours in the packs: `chunks` are all the chunks of the
     /// index (any order, repeats allowed).
-    pub fn with_pack_layout(mut self, chunks: impl IntoIterator<Item = ChunkRef>) -> Self {
+    pub fn with_pack_layout(self, chunks: impl IntoIterator<Item = ChunkRef>) -> Self {
+        self.set_layout(chunks);
+        self
+    }
+
+    /// The mount's index with its chunk digests, now or later: the pack layout is made from
+    /// it once it is here (see [`ChunkFetcher::whole_index`]).
+    pub fn with_whole_index(mut self, whole: WholeIndex) -> Self {
+        self.whole = Some(whole);
+        self
+    }
+
+    /// The index with its chunk digests, waiting for them at most [`WHOLE_INDEX_WAIT`]
+    /// (blocks: FUSE workers and background threads only). The first call that gets it makes
+    /// the pack layout.
+    pub fn whole_index(&self) -> Result<&Index, WholeIndexError> {
+        let Some(whole) = &self.whole else {
+            return Err(WholeIndexError::Failed(
+                "no index given to the fetcher".into(),
+            ));
+        };
+        let index = match whole.get() {
+            Some(index) => index,
+            None => whole.wait(WHOLE_INDEX_WAIT)?,
+        };
+        if self.layout.get().is_none() {
+            self.set_layout(
+                (0..index.inode_count())
+                    .filter_map(|n| index.chunks(n).ok())
+                    .flatten(),
+            );
+        }
+        Ok(index)
+    }
+
+    /// The index with its chunk digests if they are here (never waits).
+    pub fn whole_index_now(&self) -> Option<&Index> {
+        self.whole.as_ref()?.get()?;
+        self.whole_index().ok()
+    }
+
+    fn set_layout(&self, chunks: impl IntoIterator<Item = ChunkRef>) {
         let mut layout: Vec<Vec<ChunkRef>> = vec![Vec::new(); self.packs.len()];
         for c in chunks {
             if let Some(pack) = layout.get_mut(c.pack as usize) {
@@ -281,13 +332,12 @@ impl ChunkFetcher {
             pack.sort_by_key(|c| c.offset);
             pack.dedup_by_key(|c| c.offset);
         }
-        self.layout = layout;
-        self
+        let _ = self.layout.set(layout);
     }
 
     /// The chunks stored right after `c` in its pack that fit in [`WIDEN_BYTES`] with it.
     fn neighbours(&self, c: &ChunkRef) -> &[ChunkRef] {
-        let Some(pack) = self.layout.get(c.pack as usize) else {
+        let Some(pack) = self.layout().get(c.pack as usize) else {
             return &[];
         };
         let Ok(at) = pack.binary_search_by_key(&c.offset, |n| n.offset) else {
@@ -714,7 +764,7 @@ impl ChunkFetcher {
         if to - from > PREFETCH_GAP_BYTES {
             return None;
         }
-        let chunks = self.layout.get(pack as usize)?;
+        let chunks = self.layout().get(pack as usize)?;
         let at = chunks.partition_point(|c| c.offset < from);
         let mut end = at;
         let mut next = from;
@@ -835,7 +885,7 @@ impl ChunkFetcher {
     }
 
     pub(crate) fn layout(&self) -> &[Vec<ChunkRef>] {
-        &self.layout
+        self.layout.get().map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn cache(&self) -> &ChunkCache {

@@ -199,6 +199,15 @@ impl LazyFs {
         self.index.inode(n).map_err(|e| self.corrupt(e))
     }
 
+    /// The index with its chunk digests (a mount from a split index layer may wait for them;
+    /// bounded): EIO, named in the log, if they never came or were not the index's.
+    fn whole(&self) -> Result<&pronto_format::Index, Errno> {
+        self.fetcher.whole_index().map_err(|e| {
+            error!(error = %e, "no chunk can be read");
+            Errno::EIO
+        })
+    }
+
     /// The index was validated at mount, so this means a bug; say so and fail the call.
     fn corrupt(&self, e: FormatError) -> Errno {
         error!(error = %e, "index read failed");
@@ -258,9 +267,10 @@ impl LazyFs {
         }
         let cs = u64::from(self.index.chunk_size());
         let n = inode.ino;
+        let whole = self.whole()?;
         let mut pieces = Vec::new();
         for i in offset / cs..=(end - 1) / cs {
-            let chunk = self.index.chunk(n, i as u32).map_err(|e| self.corrupt(e))?;
+            let chunk = whole.chunk(n, i as u32).map_err(|e| self.corrupt(e))?;
             let base = i * cs;
             let from = offset.max(base) - base;
             let to = end.min(base + u64::from(chunk.uncompressed_size)) - base;
@@ -273,7 +283,7 @@ impl LazyFs {
         let count = u64::from(self.index.chunk_count(n).map_err(|e| self.corrupt(e))?);
         let ahead: Vec<_> = self
             .plan_ahead(n, offset / cs, last, count)
-            .filter_map(|i| self.index.chunk(n, i as u32).ok())
+            .filter_map(|i| whole.chunk(n, i as u32).ok())
             .collect();
         if !ahead.is_empty() {
             self.fetcher.fetch_ahead(&ahead);
@@ -306,7 +316,7 @@ impl LazyFs {
         {
             return None;
         }
-        let chunks = self.index.chunks(inode.ino).ok()?;
+        let chunks = self.whole().ok()?.chunks(inode.ino).ok()?;
         let key = file_key(&chunks);
         Some(Candidate { chunks, key })
     }

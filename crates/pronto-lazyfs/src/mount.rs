@@ -86,7 +86,6 @@ pub struct LazyMount {
     /// `st_dev` of the mount: names its FUSE connection in `/sys/fs/fuse/connections`.
     dev: u64,
     stats: Arc<Stats>,
-    index: pronto_format::Index,
     fetcher: Arc<ChunkFetcher>,
     cache: Arc<ChunkCache>,
     recorder: Arc<AccessRecorder>,
@@ -122,10 +121,6 @@ impl LazyMount {
         rt: tokio::runtime::Handle,
     ) -> io::Result<LazyMount> {
         let stats = Arc::new(Stats::default());
-        let index = &artifact.index;
-        let all_chunks = (0..index.inode_count())
-            .filter_map(|n| index.chunks(n).ok())
-            .flatten();
         let fetcher = Arc::new(
             ChunkFetcher::new(
                 client,
@@ -136,12 +131,16 @@ impl LazyMount {
                 options.retry,
                 rt,
             )
-            .with_pack_layout(all_chunks),
+            .with_whole_index(artifact.whole_index.clone()),
         );
+        if artifact.whole_index.get().is_some() {
+            // The pack layout now, as long as nobody waits for it.
+            let _ = fetcher.whole_index();
+        }
         let recorder = Arc::new(AccessRecorder::new(options.record_access));
         let busy = Arc::new(Busy::default());
         let materializer = Materializer::start(MaterializerContext {
-            index: artifact.index.clone(),
+            index: artifact.whole_index.clone(),
             cache: cache.clone(),
             stats: stats.clone(),
             mountpoint: mountpoint.to_owned(),
@@ -194,7 +193,6 @@ impl LazyMount {
             mountpoint: mountpoint.to_owned(),
             dev,
             stats,
-            index: artifact.index.clone(),
             fetcher,
             cache,
             recorder,
@@ -216,24 +214,19 @@ impl LazyMount {
     /// Starts fetching the chunks of `trace` (a previous start's reads of this image) in the
     /// background, ahead of the program's reads; a mount that prefetches stops recording.
     /// Digests the index does not hold are skipped. Returns how many chunks will be fetched
-    /// (those of the trace the index holds). Unmounting cancels what is left.
+    /// (those of the trace the index holds; while the index's chunk digests have not arrived,
+    /// the trace's length: the thread maps it once they have). Unmounting cancels what is left.
     pub fn prefetch(&mut self, trace: &AccessTrace) -> usize {
         self.recorder.stop();
-        let mut by_digest: HashMap<[u8; 32], ChunkRef> = HashMap::new();
-        for n in 0..self.index.inode_count() {
-            for c in self.index.chunks(n).unwrap_or_default() {
-                by_digest.entry(c.digest).or_insert(c);
-            }
-        }
-        let chunks: Vec<ChunkRef> = trace
-            .chunks
-            .iter()
-            .filter_map(|d| by_digest.get(d).copied())
-            .collect();
-        let count = chunks.len();
+        let planned = self
+            .fetcher
+            .whole_index_now()
+            .map(|index| trace_chunks(index, trace));
+        let count = planned.as_ref().map_or(trace.chunks.len(), Vec::len);
         if count == 0 {
             return 0;
         }
+        let later = planned.is_none().then(|| trace.clone());
         let cancel = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = std::sync::mpsc::channel();
         let (fetcher, stop, stats) = (self.fetcher.clone(), cancel.clone(), self.stats.clone());
@@ -243,6 +236,16 @@ impl LazyMount {
             .name("pronto-prefetch".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
+                let chunks = match (planned, later) {
+                    (Some(chunks), _) => chunks,
+                    (None, trace) => match fetcher.whole_index() {
+                        Ok(index) => trace_chunks(index, &trace.unwrap_or_default()),
+                        Err(e) => {
+                            warn!(error = %e, "no prefetch");
+                            Vec::new()
+                        }
+                    },
+                };
                 fetcher.prefetch(&chunks, &stop);
                 fetcher.set_prefetching(false);
                 let s = stats.snapshot();
@@ -393,6 +396,13 @@ fn start_stream(fetcher: &Arc<ChunkFetcher>, policy: StreamPolicy) -> Option<Pre
     let spawned = std::thread::Builder::new()
         .name("pronto-stream".into())
         .spawn(move || {
+            // The stream walks the packs' layout, made once the chunk digests are in.
+            if let Err(e) = streamer.whole_index() {
+                warn!(error = %e, "no background stream");
+                streamer.stats().set_stream_state(StreamState::Stopped);
+                let _ = done_tx.send(());
+                return;
+            }
             let state = crate::stream::run(&streamer, policy, &stop);
             streamer.stats().set_stream_state(state);
             let _ = done_tx.send(());
@@ -405,6 +415,21 @@ fn start_stream(fetcher: &Arc<ChunkFetcher>, policy: StreamPolicy) -> Option<Pre
             None
         }
     }
+}
+
+/// The chunks of `trace` that `index` holds, in trace order.
+fn trace_chunks(index: &pronto_format::Index, trace: &AccessTrace) -> Vec<ChunkRef> {
+    let mut by_digest: HashMap<[u8; 32], ChunkRef> = HashMap::new();
+    for n in 0..index.inode_count() {
+        for c in index.chunks(n).unwrap_or_default() {
+            by_digest.entry(c.digest).or_insert(c);
+        }
+    }
+    trace
+        .chunks
+        .iter()
+        .filter_map(|d| by_digest.get(d).copied())
+        .collect()
 }
 
 fn detach(path: &Path) -> io::Result<()> {

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fuser::BackingId;
-use pronto_format::{Index, NodeKind};
+use pronto_artifact::WholeIndex;
+use pronto_format::NodeKind;
 use tracing::{debug, warn};
 
 use crate::cache::{file_key, ChunkCache, MaterializeError, Materialized};
@@ -136,7 +137,8 @@ pub(crate) struct Materializer {
 
 /// What the background thread works with.
 pub(crate) struct MaterializerContext {
-    pub(crate) index: Index,
+    /// Files are asked for once their chunks are cached, so the index has its digests by then.
+    pub(crate) index: WholeIndex,
     pub(crate) cache: Arc<ChunkCache>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) mountpoint: PathBuf,
@@ -246,13 +248,16 @@ fn run(
 }
 
 fn build(ctx: &MaterializerContext, ino: u32, cancel: &AtomicBool) {
-    let Ok(inode) = ctx.index.inode(ino) else {
+    let Some(index) = ctx.index.get() else {
+        return;
+    };
+    let Ok(inode) = index.inode(ino) else {
         return;
     };
     if inode.kind != NodeKind::File {
         return;
     }
-    let Ok(chunks) = ctx.index.chunks(ino) else {
+    let Ok(chunks) = index.chunks(ino) else {
         return;
     };
     // Chunks still being stored land within milliseconds; a fetch that fails never does.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use pronto_artifact::{fetch_artifact_revision, ArtifactError, Revision};
+use pronto_artifact::{fetch_artifact_for_mount, ArtifactError, Revision};
 use pronto_image::pull::ResolvedImage;
 use pronto_image::{Digest, Reference, RegistryClient};
 use pronto_lazyfs::stats::Stats;
@@ -248,7 +248,7 @@ impl LazyStore {
         let client = own.unwrap_or(&self.client);
         let revision = revision.map_or(Revision::Base, |d| Revision::Pinned(d.clone()));
         let artifact =
-            fetch_artifact_revision(client, image, repo.unwrap_or(&image.pinned), &revision)
+            fetch_artifact_for_mount(client, image, repo.unwrap_or(&image.pinned), &revision)
                 .await?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self
