@@ -113,8 +113,8 @@ lines = [
     "which is per start: the daemon is restarted for every sample.",
     "",
     "Lazy mount table: the `pronto_lazyfs_*` counters of the daemon's `/metrics` read right after the "
-    "response. mount ms = the `mount` phase of the `x-pronto-cold-start` header (artifact manifest, index, "
-    "its checks, the FUSE mount). MB read = bytes the program read through the mount (`read_bytes`; reads of files opened "
+    "response. mount ms = the `mount` phase of the `x-pronto-cold-start` header (artifact manifest, the index "
+    "layer up to its tree (v3: the chunk digests arrive after) and its checks, the FUSE mount). MB read = bytes the program read through the mount (`read_bytes`; reads of files opened "
     "with FUSE passthrough bypass the daemon and are not in it: see passthrough opens); fetched (wire) = "
     "bytes the Range requests returned (`fetched_bytes`, compressed), (content) = the chunks' uncompressed "
     "bytes (`fetched_content_bytes`); wire/read and content/read = their ratios per start (over-fetch); "

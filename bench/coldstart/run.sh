@@ -238,7 +238,7 @@ invoke_once() { # workload function mode run
   # rootfs keeps fetching only what is read, so a sample counts what its start read)
   local lazy=- mount_ms
   [ "$mode" = warm ] || lazy=$(lazy_stats)
-  # the lazy rootfs's `mount` phase (artifact manifest, index, its checks, the FUSE mount); - if none
+  # the lazy rootfs's `mount` phase (artifact manifest, index tree, its checks, the FUSE mount); - if none
   mount_ms=$(echo "$cold" | tr ';' '\n' | awk -F= '$1=="mount"{m=$2} END{print (m == "" ? "-" : m)}')
   # shellcheck disable=SC2046,SC2183 # the cold-start fields split into 5 of the arguments
   printf '%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$mode" "$i" "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" \
