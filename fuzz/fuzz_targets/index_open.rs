@@ -4,7 +4,9 @@
 //! recomputed) to reach the structural checks behind it; inputs whose last byte is odd keep
 //! theirs, so the checksum path is fuzzed too. Oracles: nothing panics, allocates without
 //! bound or loops; and an index that passes `validate` answers every accessor without error,
-//! its walk and its lookups agree.
+//! its walk and its lookups agree. Split (artifact v3): the tree of any index that opened opens
+//! with `open_tree`, validates as the index does, walks the same, hands out no chunk, and
+//! with its digests back is the same blob; `open_tree` of the raw input never panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     if data.last().is_some_and(|b| b & 1 == 0) {
         layout::reseal(&mut blob);
     }
+    let _ = Index::open_tree(blob.clone()).map(|t| t.validate());
     let Ok(index) = Index::open(blob) else {
         return;
     };
@@ -89,4 +92,14 @@ fuzz_target!(|data: &[u8]| {
     for path in [&b""[..], b"/", b"a", b"a/b/c", b"../x", b"/./a//b"] {
         let _ = index.resolve(path);
     }
+
+    let (tree, digests) = index.split_digests().expect("an opened index splits");
+    let tree = Index::open_tree(tree).expect("the tree of an opened index opens");
+    assert_eq!(tree.validate().is_ok(), valid, "the tree validates as the index does");
+    if valid {
+        assert_eq!(tree.walk().ok(), index.walk().ok(), "the tree walks as the index");
+    }
+    assert!(tree.chunk(0, 0).is_err() && tree.chunks(0).is_err());
+    let whole = tree.with_digests(&digests).expect("its own digests complete it");
+    assert_eq!(whole.as_bytes(), index.as_bytes());
 });
