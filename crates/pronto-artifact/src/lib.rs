@@ -516,8 +516,32 @@ pub async fn fetch_artifact_revision(
     repo: &Reference,
     revision: &Revision,
 ) -> Result<Artifact, ArtifactError> {
-    let (reference, digest, manifest) = fetch_manifest(client, image, repo, revision).await?;
-    let (layer, packs) = check_manifest(&reference, &image.manifest_digest, &manifest)?;
+    let listed = fetch_manifest(client, image, repo, revision).await?;
+    fetch_whole(client, image, listed).await
+}
+
+/// An artifact manifest fetched and checked ([`check_manifest`]), its index not yet.
+struct Listed {
+    reference: Reference,
+    digest: Digest,
+    manifest: ImageManifest,
+    layer: IndexLayerDesc,
+    packs: PackList,
+}
+
+/// The artifact `listed` names with its index fetched whole and checked.
+async fn fetch_whole(
+    client: &RegistryClient,
+    image: &ResolvedImage,
+    listed: Listed,
+) -> Result<Artifact, ArtifactError> {
+    let Listed {
+        reference,
+        digest,
+        manifest,
+        layer,
+        packs,
+    } = listed;
     let stored = client
         .fetch_blob(&reference, &layer.stored.digest, Some(layer.stored.size))
         .await
@@ -560,11 +584,19 @@ pub async fn fetch_artifact_for_mount(
     repo: &Reference,
     revision: &Revision,
 ) -> Result<Artifact, ArtifactError> {
-    let (reference, digest, manifest) = fetch_manifest(client, image, repo, revision).await?;
-    let (layer, packs) = check_manifest(&reference, &image.manifest_digest, &manifest)?;
-    let (Some((tree_size, _)), Some(size)) = (layer.tree.clone(), layer.declared_size) else {
-        return fetch_artifact_revision(client, image, repo, revision).await;
+    let listed = fetch_manifest(client, image, repo, revision).await?;
+    let (Some((tree_size, _)), Some(size)) =
+        (listed.layer.tree.clone(), listed.layer.declared_size)
+    else {
+        return fetch_whole(client, image, listed).await;
     };
+    let Listed {
+        reference,
+        digest,
+        manifest,
+        layer,
+        packs,
+    } = listed;
     let layer_digest = layer.stored.digest.clone();
     let layer_size = layer.stored.size;
     let (tree_tx, tree_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
@@ -660,13 +692,14 @@ pub async fn fetch_artifact_for_mount(
     })
 }
 
-/// The artifact manifest of `revision`, fetched (the registry client checks a pinned digest).
+/// The artifact manifest of `revision`, fetched (the registry client checks a pinned digest)
+/// and checked ([`check_manifest`]).
 async fn fetch_manifest(
     client: &RegistryClient,
     image: &ResolvedImage,
     repo: &Reference,
     revision: &Revision,
-) -> Result<(Reference, Digest, ImageManifest), ArtifactError> {
+) -> Result<Listed, ArtifactError> {
     let source = &image.manifest_digest;
     let reference = match revision {
         Revision::Base => artifact_reference(repo, source),
@@ -695,7 +728,14 @@ async fn fetch_manifest(
             reference: reference.to_string(),
         });
     };
-    Ok((reference, fetched.digest, *manifest))
+    let (layer, packs) = check_manifest(&reference, source, &manifest)?;
+    Ok(Listed {
+        reference,
+        digest: fetched.digest,
+        manifest: *manifest,
+        layer,
+        packs,
+    })
 }
 
 fn hot_base(manifest: &ImageManifest) -> Option<Digest> {
