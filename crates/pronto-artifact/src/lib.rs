@@ -768,15 +768,15 @@ impl IndexLayerDesc {
             return Ok(stored);
         };
         let bytes = match &self.tree {
-            None => self.decompress(&stored, size)?,
+            None => Bytes::from(self.decompress(&stored, size)?),
             Some((tree_size, _)) => {
                 let (tree, digests) = stored.split_at(*tree_size as usize);
                 let tree = self.open_tree(tree, size)?;
-                self.complete(&tree, digests)?.as_bytes().to_vec()
+                self.complete(&tree, digests)?.as_bytes().clone()
             }
         };
         self.check_digest(&bytes)?;
-        Ok(Bytes::from(bytes))
+        Ok(bytes)
     }
 
     fn decompress(&self, stored: &[u8], size: u64) -> Result<Vec<u8>, ArtifactError> {

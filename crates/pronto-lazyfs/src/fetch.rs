@@ -200,7 +200,7 @@ pub struct ChunkFetcher {
     /// index once it is here.
     layout: OnceLock<Vec<Vec<ChunkRef>>>,
     /// The index with its chunk digests (a mount from a split index layer gets them after it
-    /// starts serving); `None`: only what [`ChunkFetcher::with_pack_layout`] gave.
+    /// starts serving); `None` in unit tests, which give the layout themselves.
     whole: Option<WholeIndex>,
     /// Set when the mount is going away: failed requests are not retried, so that readers
     /// get their answer (EIO) before the FUSE connection ends.
@@ -279,8 +279,9 @@ impl ChunkFetcher {
     }
 
     /// Lets misses widen to their neighbours in the packs: `chunks` are all the chunks of the
-    /// index (any order, repeats allowed).
-    pub fn with_pack_layout(self, chunks: impl IntoIterator<Item = ChunkRef>) -> Self {
+    /// index (any order, repeats allowed). A mount has it made from its whole index instead.
+    #[cfg(test)]
+    pub(crate) fn with_pack_layout(self, chunks: impl IntoIterator<Item = ChunkRef>) -> Self {
         self.set_layout(chunks);
         self
     }

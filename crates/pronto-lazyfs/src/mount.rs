@@ -133,10 +133,8 @@ impl LazyMount {
             )
             .with_whole_index(artifact.whole_index.clone()),
         );
-        if artifact.whole_index.get().is_some() {
-            // The pack layout now, as long as nobody waits for it.
-            let _ = fetcher.whole_index();
-        }
+        // The pack layout now if the index is whole already (nobody waits for it).
+        let _ = fetcher.whole_index_now();
         let recorder = Arc::new(AccessRecorder::new(options.record_access));
         let busy = Arc::new(Busy::default());
         let materializer = Materializer::start(MaterializerContext {
@@ -218,15 +216,15 @@ impl LazyMount {
     /// the trace's length: the thread maps it once they have). Unmounting cancels what is left.
     pub fn prefetch(&mut self, trace: &AccessTrace) -> usize {
         self.recorder.stop();
-        let planned = self
-            .fetcher
-            .whole_index_now()
-            .map(|index| trace_chunks(index, trace));
-        let count = planned.as_ref().map_or(trace.chunks.len(), Vec::len);
+        // The chunks now, or (the digests not here yet) the trace, mapped by the thread.
+        let planned = match self.fetcher.whole_index_now() {
+            Some(index) => Ok(trace_chunks(index, trace)),
+            None => Err(trace.clone()),
+        };
+        let count = planned.as_ref().map_or_else(|t| t.chunks.len(), Vec::len);
         if count == 0 {
             return 0;
         }
-        let later = planned.is_none().then(|| trace.clone());
         let cancel = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = std::sync::mpsc::channel();
         let (fetcher, stop, stats) = (self.fetcher.clone(), cancel.clone(), self.stats.clone());
@@ -236,16 +234,16 @@ impl LazyMount {
             .name("pronto-prefetch".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let chunks = match (planned, later) {
-                    (Some(chunks), _) => chunks,
-                    (None, trace) => match fetcher.whole_index() {
-                        Ok(index) => trace_chunks(index, &trace.unwrap_or_default()),
-                        Err(e) => {
-                            warn!(error = %e, "no prefetch");
-                            Vec::new()
-                        }
-                    },
-                };
+                let chunks = planned
+                    .or_else(|trace| {
+                        fetcher
+                            .whole_index()
+                            .map(|index| trace_chunks(index, &trace))
+                    })
+                    .unwrap_or_else(|e| {
+                        warn!(error = %e, "no prefetch");
+                        Vec::new()
+                    });
                 fetcher.prefetch(&chunks, &stop);
                 fetcher.set_prefetching(false);
                 let s = stats.snapshot();
